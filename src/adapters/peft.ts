@@ -1,0 +1,224 @@
+/**
+ * PEFT LoRA adapters: adapter_config.json + adapter_model.safetensors → LoraWeights for the slots.
+ * Honoured: r, lora_alpha, use_rslora (scale α/√r), target_modules (list, "all-linear" or a regex),
+ * rank_pattern, alpha_pattern, bias "none". Refused with an error naming the field: use_dora,
+ * modules_to_save, other bias modes, pickle weights, unknown targets, shapes that do not match the
+ * base model, ranks above the configured maximum.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { AdapterInvalidError, CheckpointError } from '../errors.js';
+import { SafetensorsFile } from '../runtime/checkpoint/safetensors.js';
+import { PROJECTIONS, projectionPath, projectionShape, type ModelSpec, type Projection } from '../runtime/checkpoint/spec.js';
+import { factorKey, type LoraFactor, type LoraWeights } from '../runtime/lora-slots.js';
+
+export const ADAPTER_CONFIG = 'adapter_config.json';
+export const ADAPTER_WEIGHTS = 'adapter_model.safetensors';
+
+export interface PeftConfig {
+  r: number;
+  loraAlpha: number;
+  useRslora: boolean;
+  /** Module names or a regex over full module names (PEFT's string form). */
+  targetModules: readonly string[] | RegExp;
+  rankPattern: Readonly<Record<string, number>>;
+  alphaPattern: Readonly<Record<string, number>>;
+  baseModelNameOrPath: string | null;
+}
+
+function fail(message: string, param: string): never {
+  throw new AdapterInvalidError(`${ADAPTER_CONFIG}: ${message}`, param);
+}
+
+function numberMap(v: unknown, field: string): Record<string, number> {
+  if (v == null) return {};
+  if (typeof v !== 'object' || Array.isArray(v)) fail(`${field} must be an object of pattern → number`, field);
+  for (const [k, x] of Object.entries(v as Record<string, unknown>)) {
+    if (typeof x !== 'number' || !(x > 0)) fail(`${field}[${JSON.stringify(k)}] must be a positive number, got ${JSON.stringify(x)}`, field);
+  }
+  return v as Record<string, number>;
+}
+
+export function parsePeftConfig(json: unknown): PeftConfig {
+  if (json === null || typeof json !== 'object' || Array.isArray(json)) fail('must be a JSON object', 'adapter_config');
+  const c = json as Record<string, unknown>;
+  const peftType = c.peft_type ?? 'LORA';
+  if (peftType !== 'LORA') fail(`peft_type ${JSON.stringify(peftType)} is not supported (only LORA)`, 'peft_type');
+  if (c.use_dora === true) fail('use_dora=true (DoRA) is not supported', 'use_dora');
+  if (Array.isArray(c.modules_to_save) ? c.modules_to_save.length > 0 : c.modules_to_save != null) {
+    fail(`modules_to_save ${JSON.stringify(c.modules_to_save)} is not supported (full modules cannot be swapped per request)`, 'modules_to_save');
+  }
+  if ((c.bias ?? 'none') !== 'none') fail(`bias ${JSON.stringify(c.bias)} is not supported (only "none")`, 'bias');
+  if (c.fan_in_fan_out === true) fail('fan_in_fan_out=true is not supported (Conv1D-style models)', 'fan_in_fan_out');
+  if (typeof c.r !== 'number' || !Number.isInteger(c.r) || c.r < 1) fail(`r must be a positive integer, got ${JSON.stringify(c.r)}`, 'r');
+  const alpha = c.lora_alpha ?? c.r;
+  if (typeof alpha !== 'number' || !(alpha > 0)) fail(`lora_alpha must be a positive number, got ${JSON.stringify(c.lora_alpha)}`, 'lora_alpha');
+
+  let targetModules: readonly string[] | RegExp;
+  const t = c.target_modules;
+  if (t === 'all-linear') {
+    targetModules = PROJECTIONS;
+  } else if (typeof t === 'string') {
+    try {
+      targetModules = new RegExp(`^(?:${t})$`);
+    } catch {
+      fail(`target_modules regex ${JSON.stringify(t)} is invalid`, 'target_modules');
+    }
+  } else if (Array.isArray(t) && t.length > 0 && t.every((x) => typeof x === 'string')) {
+    const unknown = (t as string[]).filter((x) => !(PROJECTIONS as readonly string[]).includes(x));
+    if (unknown.length > 0) {
+      fail(`target_modules ${JSON.stringify(unknown)} are not supported; supported: ${PROJECTIONS.join(', ')}`, 'target_modules');
+    }
+    targetModules = t as string[];
+  } else {
+    fail(`target_modules must be a non-empty list of module names or a regex string, got ${JSON.stringify(t)}`, 'target_modules');
+  }
+  return {
+    r: c.r,
+    loraAlpha: alpha,
+    useRslora: c.use_rslora === true,
+    targetModules,
+    rankPattern: numberMap(c.rank_pattern, 'rank_pattern'),
+    alphaPattern: numberMap(c.alpha_pattern, 'alpha_pattern'),
+    baseModelNameOrPath: typeof c.base_model_name_or_path === 'string' ? c.base_model_name_or_path : null,
+  };
+}
+
+/** PEFT's pattern rule: the key must match the end of the full module name at a dot boundary. */
+function patternValue(pattern: Readonly<Record<string, number>>, moduleName: string): number | undefined {
+  for (const [key, value] of Object.entries(pattern)) {
+    if (new RegExp(`^(?:.*\\.)?(?:${key})$`).test(moduleName)) return value;
+  }
+  return undefined;
+}
+
+/** `base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight` (optionally `.lora_A.default.weight`). */
+const KEY = /^(?:base_model\.model\.)?model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.lora_([AB])(?:\.[\w-]+)?\.weight$/;
+
+export interface LoadOptions {
+  maxRank: number;
+}
+
+export interface PeftAdapter {
+  config: PeftConfig;
+  weights: LoraWeights;
+  /** The projections that carry LoRA factors. */
+  targets: Projection[];
+}
+
+export function readPeftConfig(dir: string): PeftConfig {
+  const path = join(dir, ADAPTER_CONFIG);
+  if (!existsSync(path)) throw new AdapterInvalidError(`adapter has no ${ADAPTER_CONFIG}`, 'adapter_config');
+  let json: unknown;
+  try {
+    json = JSON.parse(readFileSync(path, 'utf8'));
+  } catch (err) {
+    throw new AdapterInvalidError(`${ADAPTER_CONFIG} is not valid JSON (${(err as Error).message})`, 'adapter_config');
+  }
+  return parsePeftConfig(json);
+}
+
+/** Reads and validates a PEFT adapter directory against the base model spec. */
+export function loadPeftAdapter(dir: string, spec: ModelSpec, opts: LoadOptions): PeftAdapter {
+  const config = readPeftConfig(dir);
+  const weightsPath = join(dir, ADAPTER_WEIGHTS);
+  if (!existsSync(weightsPath)) {
+    const pickle = existsSync(join(dir, 'adapter_model.bin'));
+    throw new AdapterInvalidError(
+      pickle
+        ? 'adapter_model.bin (a pickle) is not loaded for safety; save the adapter with safe_serialization=True (adapter_model.safetensors)'
+        : `adapter has no ${ADAPTER_WEIGHTS}`,
+      'adapter_model',
+    );
+  }
+  let file: SafetensorsFile;
+  try {
+    file = SafetensorsFile.open(weightsPath);
+  } catch (err) {
+    throw new AdapterInvalidError(err instanceof CheckpointError ? err.message : String(err), 'adapter_model');
+  }
+  try {
+    return readFactors(file, config, spec, opts);
+  } finally {
+    file.close();
+  }
+}
+
+function readFactors(file: SafetensorsFile, config: PeftConfig, spec: ModelSpec, opts: LoadOptions): PeftAdapter {
+  const pairs = new Map<string, { layer: number; projection: Projection; a?: string; b?: string }>();
+  for (const name of file.tensors.keys()) {
+    const m = KEY.exec(name);
+    const projection = m?.[3] as Projection | undefined;
+    if (!m || !projection || !(PROJECTIONS as readonly string[]).includes(projection) || projectionPath(projection) !== `${m[2]}.${m[3]}`) {
+      throw new AdapterInvalidError(`${ADAPTER_WEIGHTS}: tensor ${name} is not a LoRA factor of a supported projection`, 'adapter_model');
+    }
+    const layer = Number(m[1]);
+    if (layer >= spec.numLayers) {
+      throw new AdapterInvalidError(`${ADAPTER_WEIGHTS}: tensor ${name} is for layer ${layer} but the base model has ${spec.numLayers} layers`, 'adapter_model');
+    }
+    const key = factorKey(layer, projection);
+    const entry = pairs.get(key) ?? { layer, projection };
+    if (m[4] === 'A') entry.a = name;
+    else entry.b = name;
+    pairs.set(key, entry);
+  }
+  if (pairs.size === 0) throw new AdapterInvalidError(`${ADAPTER_WEIGHTS} holds no LoRA factors`, 'adapter_model');
+
+  const factors = new Map<string, LoraFactor>();
+  const targets = new Set<Projection>();
+  let maxRank = 0;
+  let bytes = 0;
+  for (const [key, e] of pairs) {
+    const moduleName = `model.layers.${e.layer}.${projectionPath(e.projection)}`;
+    if (!e.a || !e.b) throw new AdapterInvalidError(`${ADAPTER_WEIGHTS}: ${moduleName} has lora_${e.a ? 'A' : 'B'} but no lora_${e.a ? 'B' : 'A'}`, 'adapter_model');
+    if (!targeted(config.targetModules, e.projection, moduleName)) {
+      throw new AdapterInvalidError(`${ADAPTER_WEIGHTS}: ${moduleName} has LoRA factors but is not in target_modules`, 'target_modules');
+    }
+    const rank = patternValue(config.rankPattern, moduleName) ?? config.r;
+    const alpha = patternValue(config.alphaPattern, moduleName) ?? config.loraAlpha;
+    if (rank > opts.maxRank) {
+      throw new AdapterInvalidError(`rank ${rank} of ${moduleName} is above the maximum LoRA rank ${opts.maxRank}`, config.rankPattern && rank !== config.r ? 'rank_pattern' : 'r');
+    }
+    const [din, dout] = projectionShape(spec, e.projection);
+    const ai = file.tensors.get(e.a)!;
+    const bi = file.tensors.get(e.b)!;
+    const want = (what: string, got: number[], shape: number[]): void => {
+      if (got.length !== 2 || got[0] !== shape[0] || got[1] !== shape[1]) {
+        throw new AdapterInvalidError(
+          `${ADAPTER_WEIGHTS}: ${what} has shape ${JSON.stringify(got)}, expected ${JSON.stringify(shape)} (rank ${rank}, base model ${din}→${dout})`,
+          'adapter_model',
+        );
+      }
+    };
+    want(e.a, ai.shape, [rank, din]);
+    want(e.b, bi.shape, [dout, rank]);
+    const scale = config.useRslora ? alpha / Math.sqrt(rank) : alpha / rank;
+    const a = transpose(file.readFloat32(e.a), rank, din, 1);
+    const b = transpose(file.readFloat32(e.b), dout, rank, scale);
+    checkFinite(a, e.a);
+    checkFinite(b, e.b);
+    factors.set(key, { rank, a, b });
+    targets.add(e.projection);
+    maxRank = Math.max(maxRank, rank);
+    bytes += a.byteLength + b.byteLength;
+  }
+  return { config, weights: { factors, maxRank, bytes }, targets: PROJECTIONS.filter((p) => targets.has(p)) };
+}
+
+function targeted(t: readonly string[] | RegExp, p: Projection, moduleName: string): boolean {
+  if (t instanceof RegExp) return t.test(moduleName);
+  return t.includes(p);
+}
+
+/** [rows, cols] → [cols, rows], times `scale`. */
+function transpose(m: Float32Array, rows: number, cols: number, scale: number): Float32Array {
+  const out = new Float32Array(rows * cols);
+  for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) out[j * rows + i] = m[i * cols + j] * scale;
+  return out;
+}
+
+function checkFinite(m: Float32Array, name: string): void {
+  for (let i = 0; i < m.length; i++) {
+    if (!Number.isFinite(m[i])) throw new AdapterInvalidError(`${ADAPTER_WEIGHTS}: ${name} contains a non-finite value`, 'adapter_model');
+  }
+}

@@ -1,0 +1,44 @@
+/**
+ * Names and meaning of the decoder graph's inputs and outputs: the contract between the graph
+ * builder and the runtime that feeds it. All index inputs are int32.
+ *
+ * A step packs the new tokens of B rows into T tokens (row-major: row 0's tokens, then row 1's, ...).
+ * Attention runs on a padded [B, S] view (S = the longest row's new tokens) against each row's past
+ * keys, gathered from a token pool by index; P = the longest past in the step.
+ */
+
+export const IO = {
+  /** [T] token ids */
+  inputIds: 'input_ids',
+  /** [T] absolute position of each token (rotary) */
+  positionIds: 'position_ids',
+  /** [B, S] packed token index for each padded slot (padding: any valid index; it is masked) */
+  padIndex: 'pad_index',
+  /** [T] index b*S + s of each packed token in the padded view */
+  unpadIndex: 'unpad_index',
+  /** [B, P] pool index of each past token of each row (padding: any valid index; it is masked) */
+  kvIndex: 'kv_index',
+  /** [B] number of past tokens of each row */
+  pastLen: 'past_len',
+  /** [L] packed tokens whose logits are computed */
+  logitsIndex: 'logits_index',
+  /**
+   * [U, n] packed token index for each adapter-slot group; padding = T (a zero row).
+   * U = number of slots fed, n = the largest group.
+   */
+  loraGather: 'lora_gather',
+  /** [U, n] packed token index each grouped row adds its delta to; padding = 0 (it adds zeros). */
+  loraScatter: 'lora_scatter',
+  /** [L, vocab] float32 */
+  logits: 'logits',
+} as const;
+
+/** [poolTokens, kvHeads*headDim]: the key cache pool of layer l. */
+export const pastKey = (l: number): string => `past_key.${l}`;
+export const pastValue = (l: number): string => `past_value.${l}`;
+/** [T, kvHeads*headDim]: the post-rotary keys of this step's tokens, to be written into the pool. */
+export const newKey = (l: number): string => `new_key.${l}`;
+export const newValue = (l: number): string => `new_value.${l}`;
+/** [U, in, R] and [U, R, out]: the LoRA stacks of slots 0..U-1 (scale folded into B). */
+export const loraA = (l: number, module: string): string => `lora.${l}.${module}.a`;
+export const loraB = (l: number, module: string): string => `lora.${l}.${module}.b`;

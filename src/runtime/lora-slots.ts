@@ -1,0 +1,185 @@
+/**
+ * The LoRA slots the graph reads: per (layer, projection) a stack A [slots, in, R] and
+ * B [slots, R, out] with the PEFT scale folded into B. Loaded adapters occupy slots 0..count-1
+ * contiguously, so the graph is fed zero-copy prefix views [count, ...]. Loading writes slot `count`;
+ * unloading moves the last slot into the hole. R is the largest rank loaded (rounded up to 8): lower
+ * ranks are zero-padded, and the stacks are repacked when R changes.
+ *
+ * Semantics: y[t] += (x[t] @ A[slot[t]]) @ B[slot[t]]
+ */
+import { CapacityError } from '../errors.js';
+import { floatToHalf } from './checkpoint/safetensors.js';
+import { PROJECTIONS, projectionShape, type ModelSpec, type Projection } from './checkpoint/spec.js';
+import type { FloatStore } from './kv-cache.js';
+
+/** One projection's LoRA factors in runtime layout. */
+export interface LoraFactor {
+  rank: number;
+  /** [in, rank] (PEFT lora_A transposed) */
+  a: Float32Array;
+  /** [rank, out] (PEFT lora_B transposed, times the scale) */
+  b: Float32Array;
+}
+
+/** An adapter ready to be put into a slot. Key: `${layer}.${projection}`; absent = no LoRA there. */
+export interface LoraWeights {
+  factors: ReadonlyMap<string, LoraFactor>;
+  /** The largest rank of any factor. */
+  maxRank: number;
+  /** Bytes held by the factors (for cache accounting). */
+  bytes: number;
+}
+
+export const factorKey = (layer: number, p: Projection): string => `${layer}.${p}`;
+
+const RANK_ALIGN = 8;
+
+interface Stack {
+  layer: number;
+  projection: Projection;
+  din: number;
+  dout: number;
+  a: FloatStore;
+  b: FloatStore;
+}
+
+export class LoraSlots {
+  readonly capacity: number;
+  readonly maxRank: number;
+  private readonly half: boolean;
+  private readonly stacks: Stack[] = [];
+  /** Rank of every slot's adapter, for repacking. */
+  private readonly slotRank: number[] = [];
+  private weights: (LoraWeights | null)[];
+  private r = 0;
+  /** Bumped whenever the stacks' contents or layout change (feeds cache key). */
+  version = 0;
+
+  constructor(spec: ModelSpec, capacity: number, maxRank: number, half: boolean) {
+    if (!Number.isSafeInteger(capacity) || capacity < 1) throw new CapacityError(`adapter slots must be >= 1, got ${capacity}`);
+    if (!Number.isSafeInteger(maxRank) || maxRank < 1) throw new CapacityError(`max LoRA rank must be >= 1, got ${maxRank}`);
+    this.capacity = capacity;
+    this.maxRank = maxRank;
+    this.half = half;
+    this.weights = [];
+    for (let l = 0; l < spec.numLayers; l++) {
+      for (const p of PROJECTIONS) {
+        const [din, dout] = projectionShape(spec, p);
+        this.stacks.push({ layer: l, projection: p, din, dout, a: this.alloc(0), b: this.alloc(0) });
+      }
+    }
+  }
+
+  private alloc(n: number): FloatStore {
+    return this.half ? new Uint16Array(n) : new Float32Array(n);
+  }
+
+  /** Number of occupied slots (slots 0..count-1). */
+  get count(): number {
+    return this.weights.length;
+  }
+
+  /** The rank dimension R of the stacks (0 when empty). */
+  get rank(): number {
+    return this.r;
+  }
+
+  /** Puts an adapter into the next free slot and returns the slot index. */
+  load(w: LoraWeights): number {
+    if (this.weights.length >= this.capacity) throw new CapacityError(`all ${this.capacity} adapter slots are in use`);
+    if (w.maxRank > this.maxRank) {
+      throw new CapacityError(`adapter rank ${w.maxRank} is above the maximum LoRA rank ${this.maxRank}`, 'r');
+    }
+    const slot = this.weights.length;
+    this.weights.push(w);
+    this.slotRank.push(w.maxRank);
+    const wanted = Math.max(this.r, roundRank(w.maxRank, this.maxRank));
+    if (wanted !== this.r || this.weights.length > this.slotsAllocated()) this.repack(wanted);
+    else this.writeSlot(slot, w);
+    this.version++;
+    return slot;
+  }
+
+  /**
+   * Empties `slot`. The last slot's adapter moves into it; returns the slot it moved from (the
+   * caller remaps that adapter to `slot`), or null when `slot` was the last.
+   */
+  unload(slot: number): number | null {
+    const last = this.weights.length - 1;
+    if (slot < 0 || slot > last) throw new Error(`slot ${slot} is not loaded`);
+    let moved: number | null = null;
+    if (slot !== last) {
+      this.weights[slot] = this.weights[last];
+      this.slotRank[slot] = this.slotRank[last];
+      this.writeSlot(slot, this.weights[slot]!);
+      moved = last;
+    }
+    this.weights.pop();
+    this.slotRank.pop();
+    const wanted = this.slotRank.length === 0 ? 0 : roundRank(Math.max(...this.slotRank), this.maxRank);
+    if (wanted < this.r) this.repack(wanted);
+    this.version++;
+    return moved;
+  }
+
+  private slotsAllocated(): number {
+    const s = this.stacks[0];
+    const per = s.din * this.r;
+    return per === 0 ? 0 : s.a.length / per;
+  }
+
+  /** Reallocates every stack with rank stride `r` and room for all slots, rewriting each slot. */
+  private repack(r: number): void {
+    this.r = r;
+    // Grow in steps so that loading slot after slot does not reallocate every time.
+    const slots = r === 0 ? 0 : Math.min(this.capacity, Math.max(1, 2 * this.weights.length));
+    for (const s of this.stacks) {
+      s.a = this.alloc(slots * s.din * r);
+      s.b = this.alloc(slots * r * s.dout);
+    }
+    this.weights.forEach((w, slot) => this.writeSlot(slot, w!));
+  }
+
+  private writeSlot(slot: number, w: LoraWeights): void {
+    const r = this.r;
+    for (const s of this.stacks) {
+      const aOff = slot * s.din * r;
+      const bOff = slot * r * s.dout;
+      s.a.fill(0, aOff, aOff + s.din * r);
+      s.b.fill(0, bOff, bOff + r * s.dout);
+      const f = w.factors.get(factorKey(s.layer, s.projection));
+      if (!f) continue;
+      // A [in, rank] → rows of stride r; B [rank, out] → the first `rank` rows.
+      for (let i = 0; i < s.din; i++) this.store(s.a, aOff + i * r, f.a.subarray(i * f.rank, (i + 1) * f.rank));
+      this.store(s.b, bOff, f.b);
+    }
+  }
+
+  private store(dst: FloatStore, at: number, src: Float32Array): void {
+    if (dst instanceof Float32Array) {
+      dst.set(src, at);
+      return;
+    }
+    for (let i = 0; i < src.length; i++) dst[at + i] = floatToHalf(src[i]);
+  }
+
+  /** The prefix views [count, in, R] / [count, R, out] of every stack, in graph order. */
+  *views(): Generator<{ layer: number; projection: Projection; a: FloatStore; aDims: number[]; b: FloatStore; bDims: number[] }> {
+    const u = this.weights.length;
+    const r = this.r;
+    for (const s of this.stacks) {
+      yield {
+        layer: s.layer,
+        projection: s.projection,
+        a: s.a.subarray(0, u * s.din * r),
+        aDims: [u, s.din, r],
+        b: s.b.subarray(0, u * r * s.dout),
+        bDims: [u, r, s.dout],
+      };
+    }
+  }
+}
+
+function roundRank(rank: number, max: number): number {
+  return Math.min(max, Math.ceil(rank / RANK_ALIGN) * RANK_ALIGN);
+}

@@ -1,0 +1,235 @@
+/**
+ * The decoder at run time: one onnxruntime session over a built graph, the KV pool and the LoRA
+ * slots, driven one step at a time. A step takes any mix of rows — prefill chunks with ragged
+ * lengths and single-token decodes, each with its own adapter slot or none — and returns logits for
+ * the tokens each row asks for.
+ */
+import { CapacityError } from '../errors.js';
+import type { ModelSpec } from './checkpoint/spec.js';
+import type { BuiltModel } from './graph/build.js';
+import { IO, loraA, loraB, newKey, newValue, pastKey, pastValue } from './graph/io.js';
+import { KvPool, KvSequence, type FloatStore } from './kv-cache.js';
+import { LoraSlots } from './lora-slots.js';
+import { Session, tensor, type Device, type Tensor } from './session.js';
+
+export interface ModelOptions {
+  device: Device;
+  allowCpuFallback: boolean;
+  threads: number;
+  /** Tokens the KV pool holds over all sequences. */
+  kvCacheTokens: number;
+  /** Adapter slots in the graph (the most distinct adapters in one step). */
+  adapterSlots: number;
+  /** Highest LoRA rank accepted. */
+  maxLoraRank: number;
+  log?: (msg: string) => void;
+}
+
+export interface StepRow {
+  seq: KvSequence;
+  /** New tokens: a prompt (chunk) or the one token sampled last step. */
+  tokens: ArrayLike<number>;
+  /** Adapter slot, or -1 for the base model. */
+  slot: number;
+  /** Which new tokens get logits. */
+  logits: 'last' | 'all' | 'none';
+}
+
+export interface StepOutput {
+  /** [rowsWithLogits..., vocab] row-major logits, in row order. */
+  logits: Float32Array;
+  /** Per input row: index of its first logits row in `logits`, or -1. */
+  logitsRow: Int32Array;
+  vocabSize: number;
+}
+
+/** A growable Int32 scratch buffer: preallocated, handed out as views. */
+class Scratch {
+  private buf = new Int32Array(256);
+  view(n: number): Int32Array {
+    if (n > this.buf.length) this.buf = new Int32Array(Math.max(n, this.buf.length * 2));
+    return this.buf.subarray(0, n);
+  }
+}
+
+export class DecoderModel {
+  readonly spec: ModelSpec;
+  readonly maxPositions: number;
+  readonly kv: KvPool;
+  readonly lora: LoraSlots;
+  readonly device: Device;
+  private readonly session: Session;
+  private readonly half: boolean;
+  private readonly poolFeeds: Record<string, Tensor> = {};
+  private loraFeeds: Record<string, Tensor> = {};
+  private loraFeedsVersion = -1;
+  private readonly fetch: string[];
+  private readonly scratch = Array.from({ length: 10 }, () => new Scratch());
+
+  private constructor(built: BuiltModel, session: Session, opts: ModelOptions) {
+    this.spec = built.spec;
+    this.maxPositions = built.options.maxPositions;
+    this.session = session;
+    this.device = session.device;
+    this.half = built.options.activations === 'fp16';
+    const kvDim = this.spec.numKvHeads * this.spec.headDim;
+    this.kv = new KvPool(this.spec.numLayers, kvDim, opts.kvCacheTokens, this.half);
+    this.lora = new LoraSlots(this.spec, opts.adapterSlots, opts.maxLoraRank, this.half);
+    const ft = this.half ? 'float16' : 'float32';
+    for (let l = 0; l < this.spec.numLayers; l++) {
+      this.poolFeeds[pastKey(l)] = tensor(ft, this.kv.keys[l], [this.kv.capacity, kvDim]);
+      this.poolFeeds[pastValue(l)] = tensor(ft, this.kv.values[l], [this.kv.capacity, kvDim]);
+    }
+    this.fetch = [IO.logits];
+    for (let l = 0; l < this.spec.numLayers; l++) this.fetch.push(newKey(l), newValue(l));
+  }
+
+  static async load(built: BuiltModel, opts: ModelOptions): Promise<DecoderModel> {
+    const session = await Session.create(built.modelPath, {
+      device: opts.device,
+      allowCpuFallback: opts.allowCpuFallback,
+      threads: opts.threads,
+      log: opts.log,
+    });
+    return new DecoderModel(built, session, opts);
+  }
+
+  newSequence(): KvSequence {
+    return new KvSequence();
+  }
+
+  freeSequence(seq: KvSequence): void {
+    this.kv.free(seq);
+  }
+
+  private loraTensors(): Record<string, Tensor> {
+    if (this.loraFeedsVersion !== this.lora.version) {
+      const ft = this.half ? 'float16' : 'float32';
+      const feeds: Record<string, Tensor> = {};
+      for (const v of this.lora.views()) {
+        feeds[loraA(v.layer, v.projection)] = tensor(ft, v.a, v.aDims);
+        feeds[loraB(v.layer, v.projection)] = tensor(ft, v.b, v.bDims);
+      }
+      this.loraFeeds = feeds;
+      this.loraFeedsVersion = this.lora.version;
+    }
+    return this.loraFeeds;
+  }
+
+  /**
+   * Runs one forward step. Each row's new tokens are appended to its sequence.
+   * Throws CapacityError (before touching any state) when a row would pass the model's positions
+   * or the KV pool is full.
+   */
+  async step(rows: readonly StepRow[]): Promise<StepOutput> {
+    const B = rows.length;
+    if (B === 0) throw new Error('step needs at least one row');
+    let T = 0;
+    let S = 0;
+    let P = 0;
+    let L = 0;
+    for (const r of rows) {
+      const n = r.tokens.length;
+      if (n === 0) throw new Error('a step row needs at least one token');
+      if (r.seq.length + n > this.maxPositions) {
+        throw new CapacityError(`sequence would reach ${r.seq.length + n} positions; the model's context is ${this.maxPositions}`);
+      }
+      if (r.slot < -1 || r.slot >= this.lora.count) throw new Error(`row uses adapter slot ${r.slot} but ${this.lora.count} are loaded`);
+      T += n;
+      S = Math.max(S, n);
+      P = Math.max(P, r.seq.length);
+      L += r.logits === 'all' ? n : r.logits === 'last' ? 1 : 0;
+    }
+    // Reserve KV space for all rows first, so a full pool fails the step before any state changes.
+    const needed = rows.reduce((sum, r) => sum + Math.max(0, KvPool.tokensFor(r.seq.length + r.tokens.length) - r.seq.allocated), 0);
+    if (needed > this.kv.freeTokens) {
+      throw new CapacityError(`KV cache is full: this step needs ${needed} more tokens, ${this.kv.freeTokens} of ${this.kv.capacity} are free`);
+    }
+    for (const r of rows) this.kv.reserve(r.seq, r.seq.length + r.tokens.length);
+
+    const [ids, pos, pad, unpad, kvIdx, pastLen, logitsIdx, writeIdx] = this.scratch.map((s, i) =>
+      s.view([T, T, B * S, T, B * P, B, L, T][i] ?? 0),
+    );
+    const logitsRow = new Int32Array(B).fill(-1);
+    let t = 0;
+    let li = 0;
+    for (let b = 0; b < B; b++) {
+      const r = rows[b];
+      const past = r.seq.length;
+      const n = r.tokens.length;
+      pastLen[b] = past;
+      kvIdx.set(r.seq.indices.subarray(0, past), b * P);
+      kvIdx.fill(0, b * P + past, (b + 1) * P);
+      if (r.logits !== 'none') logitsRow[b] = li;
+      for (let s = 0; s < n; s++, t++) {
+        const id = r.tokens[s];
+        if (!Number.isInteger(id) || id < 0 || id >= this.spec.vocabSize) {
+          throw new CapacityError(`token id ${id} is outside the vocabulary (0..${this.spec.vocabSize - 1})`);
+        }
+        ids[t] = id;
+        pos[t] = past + s;
+        pad[b * S + s] = t;
+        unpad[t] = b * S + s;
+        writeIdx[t] = r.seq.indices[past + s];
+        if (r.logits === 'all' || (r.logits === 'last' && s === n - 1)) logitsIdx[li++] = t;
+      }
+      pad.fill(t - 1, b * S + n, (b + 1) * S);
+    }
+
+    const { gather, scatter, U, n } = this.groupBySlot(rows, T);
+    const feeds: Record<string, Tensor> = {
+      ...this.poolFeeds,
+      ...this.loraTensors(),
+      [IO.inputIds]: tensor('int32', ids, [T]),
+      [IO.positionIds]: tensor('int32', pos, [T]),
+      [IO.padIndex]: tensor('int32', pad, [B, S]),
+      [IO.unpadIndex]: tensor('int32', unpad, [T]),
+      [IO.kvIndex]: tensor('int32', kvIdx, [B, P]),
+      [IO.pastLen]: tensor('int32', pastLen, [B]),
+      [IO.logitsIndex]: tensor('int32', logitsIdx, [L]),
+      [IO.loraGather]: tensor('int32', gather, [U, n]),
+      [IO.loraScatter]: tensor('int32', scatter, [U, n]),
+    };
+    const out = await this.session.run(feeds, this.fetch);
+    for (let l = 0; l < this.spec.numLayers; l++) {
+      this.kv.write(l, out[newKey(l)].data as FloatStore, out[newValue(l)].data as FloatStore, writeIdx, T);
+    }
+    for (const r of rows) r.seq.length += r.tokens.length;
+    return { logits: out[IO.logits].data as Float32Array, logitsRow, vocabSize: this.spec.vocabSize };
+  }
+
+  /**
+   * Groups the tokens of adapter rows by slot: gather [U, n] (padding T = the zero row),
+   * scatter [U, n] (padding 0, which then adds zeros). U = slots loaded; U = 0 when no row uses one.
+   */
+  private groupBySlot(rows: readonly StepRow[], T: number): { gather: Int32Array; scatter: Int32Array; U: number; n: number } {
+    const counts = new Int32Array(this.lora.count);
+    let any = false;
+    for (const r of rows) {
+      if (r.slot >= 0) {
+        counts[r.slot] += r.tokens.length;
+        any = true;
+      }
+    }
+    if (!any) return { gather: new Int32Array(0), scatter: new Int32Array(0), U: 0, n: 0 };
+    const U = this.lora.count;
+    const n = Math.max(...counts);
+    const gather = this.scratch[8].view(U * n).fill(T);
+    const scatter = this.scratch[9].view(U * n).fill(0);
+    const fill = new Int32Array(U);
+    let t = 0;
+    for (const r of rows) {
+      for (let s = 0; s < r.tokens.length; s++, t++) {
+        if (r.slot < 0) continue;
+        const at = r.slot * n + fill[r.slot]++;
+        gather[at] = t;
+        scatter[at] = t;
+      }
+    }
+    return { gather, scatter, U, n };
+  }
+
+  async close(): Promise<void> {
+    await this.session.release();
+  }
+}

@@ -1,0 +1,61 @@
+/**
+ * In-memory description of a tiny Hugging Face-style decoder checkpoint and of PEFT LoRA adapters,
+ * as produced by the test generators and consumed by the independent reference forward pass.
+ * Everything is float32, row-major, with Hugging Face tensor names and layouts.
+ */
+
+export interface RefRopeScaling {
+  /** Only Llama 3.1/3.2 style scaling is modelled. */
+  ropeType: 'llama3';
+  factor: number;
+  lowFreqFactor: number;
+  highFreqFactor: number;
+  originalMaxPositionEmbeddings: number;
+}
+
+export interface RefModelConfig {
+  hiddenSize: number;
+  numLayers: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  intermediateSize: number;
+  vocabSize: number;
+  ropeTheta: number;
+  rmsNormEps: number;
+  tieWordEmbeddings: boolean;
+  /** q/k/v projections carry a bias (Qwen2). */
+  attentionBias: boolean;
+  ropeScaling: RefRopeScaling | null;
+}
+
+export interface RefTensor {
+  shape: number[];
+  data: Float32Array;
+}
+
+/**
+ * Hugging Face names and shapes ([out, in] for Linear weights):
+ *   model.embed_tokens.weight [vocab, hidden]
+ *   model.layers.{i}.input_layernorm.weight [hidden]
+ *   model.layers.{i}.self_attn.{q,k,v,o}_proj.weight, model.layers.{i}.self_attn.{q,k,v}_proj.bias
+ *   model.layers.{i}.post_attention_layernorm.weight [hidden]
+ *   model.layers.{i}.mlp.{gate,up,down}_proj.weight
+ *   model.norm.weight [hidden]
+ *   lm_head.weight [vocab, hidden] (absent when tieWordEmbeddings)
+ */
+export type RefWeights = Map<string, RefTensor>;
+
+export type LoraModule = 'q_proj' | 'k_proj' | 'v_proj' | 'o_proj' | 'gate_proj' | 'up_proj' | 'down_proj';
+
+export interface RefLoraPair {
+  /** PEFT lora_A.weight, [r, in] */
+  a: RefTensor;
+  /** PEFT lora_B.weight, [out, r] */
+  b: RefTensor;
+  /** The PEFT scale for this module: alpha/r, or alpha/sqrt(r) with rsLoRA (patterns applied). */
+  scale: number;
+}
+
+/** One adapter: key `${layer}.${module}` (e.g. "0.q_proj") → the pair. Missing keys = no LoRA there. */
+export type RefLora = Map<string, RefLoraPair>;

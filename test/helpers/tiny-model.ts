@@ -1,0 +1,279 @@
+/**
+ * Deterministic tiny random checkpoints and PEFT adapters, written to disk in Hugging Face format and
+ * kept in memory (RefWeights / RefLora) for the reference forward pass.
+ */
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { floatToBf16 } from '../../src/runtime/checkpoint/safetensors.js';
+import { writeSafetensors, type TensorToWrite } from '../../src/runtime/checkpoint/writer.js';
+import type { LoraModule, RefLora, RefModelConfig, RefTensor, RefWeights } from './model-types.js';
+
+/** mulberry32 */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+export function randn(rand: () => number, n: number, std: number, mean = 0): Float32Array {
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    const u = rand() || 1e-12;
+    const v = rand();
+    out[i] = mean + std * Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
+  }
+  return out;
+}
+
+export type Flavour = 'llama' | 'qwen2' | 'mistral';
+
+export interface TinyModelOptions {
+  flavour?: Flavour;
+  seed?: number;
+  hiddenSize?: number;
+  numLayers?: number;
+  numHeads?: number;
+  numKvHeads?: number;
+  headDim?: number;
+  intermediateSize?: number;
+  vocabSize?: number;
+  tieWordEmbeddings?: boolean;
+  dtype?: 'F32' | 'BF16';
+  /** Split the weights over this many shards with an index file. */
+  shards?: number;
+  ropeScaling?: RefModelConfig['ropeScaling'];
+  maxPositionEmbeddings?: number;
+  /** Extra config.json fields (to test refusals). */
+  configOverrides?: Record<string, unknown>;
+}
+
+export interface TinyModel {
+  dir: string;
+  cfg: RefModelConfig;
+  weights: RefWeights;
+}
+
+const MODULE_PATH: Record<LoraModule, string> = {
+  q_proj: 'self_attn.q_proj',
+  k_proj: 'self_attn.k_proj',
+  v_proj: 'self_attn.v_proj',
+  o_proj: 'self_attn.o_proj',
+  gate_proj: 'mlp.gate_proj',
+  up_proj: 'mlp.up_proj',
+  down_proj: 'mlp.down_proj',
+};
+export const ALL_MODULES = Object.keys(MODULE_PATH) as LoraModule[];
+
+export function moduleShape(cfg: RefModelConfig, m: LoraModule): [number, number] {
+  const q = cfg.numHeads * cfg.headDim;
+  const kv = cfg.numKvHeads * cfg.headDim;
+  const h = cfg.hiddenSize;
+  const shapes: Record<LoraModule, [number, number]> = {
+    q_proj: [h, q],
+    k_proj: [h, kv],
+    v_proj: [h, kv],
+    o_proj: [q, h],
+    gate_proj: [h, cfg.intermediateSize],
+    up_proj: [h, cfg.intermediateSize],
+    down_proj: [cfg.intermediateSize, h],
+  };
+  return shapes[m];
+}
+
+function roundBf16(a: Float32Array): Float32Array {
+  const u = new Uint32Array(a.buffer, a.byteOffset, a.length);
+  for (let i = 0; i < a.length; i++) u[i] = floatToBf16(a[i]) << 16;
+  return a;
+}
+
+export function tempDir(prefix = 'loraplex-test-'): string {
+  return mkdtempSync(join(tmpdir(), prefix));
+}
+
+/** Writes a tiny random checkpoint (config.json + safetensors) and returns it with its in-memory weights. */
+export function makeTinyModel(opts: TinyModelOptions = {}, dir = tempDir()): TinyModel {
+  const flavour = opts.flavour ?? 'llama';
+  const numHeads = opts.numHeads ?? 4;
+  const headDim = opts.headDim ?? 16;
+  const cfg: RefModelConfig = {
+    hiddenSize: opts.hiddenSize ?? 64,
+    numLayers: opts.numLayers ?? 2,
+    numHeads,
+    numKvHeads: opts.numKvHeads ?? 2,
+    headDim,
+    intermediateSize: opts.intermediateSize ?? 96,
+    vocabSize: opts.vocabSize ?? 128,
+    ropeTheta: 10000,
+    rmsNormEps: 1e-5,
+    tieWordEmbeddings: opts.tieWordEmbeddings ?? flavour === 'qwen2',
+    attentionBias: flavour === 'qwen2',
+    ropeScaling: opts.ropeScaling ?? null,
+  };
+  const rand = prng(opts.seed ?? 1);
+  const w: RefWeights = new Map();
+  const H = cfg.hiddenSize;
+  const q = numHeads * headDim;
+  const kv = cfg.numKvHeads * headDim;
+  const I = cfg.intermediateSize;
+  const put = (name: string, shape: number[], std: number, mean = 0): void => {
+    let data = randn(rand, shape.reduce((a, b) => a * b, 1), std, mean);
+    if (opts.dtype === 'BF16') data = roundBf16(data);
+    w.set(name, { shape, data });
+  };
+  // Scales chosen so activations stay O(1) and the next-token distribution is peaked, like a trained model's.
+  put('model.embed_tokens.weight', [cfg.vocabSize, H], 0.35);
+  for (let l = 0; l < cfg.numLayers; l++) {
+    const p = `model.layers.${l}`;
+    put(`${p}.input_layernorm.weight`, [H], 0.1, 1);
+    put(`${p}.self_attn.q_proj.weight`, [q, H], 1 / Math.sqrt(H));
+    put(`${p}.self_attn.k_proj.weight`, [kv, H], 1 / Math.sqrt(H));
+    put(`${p}.self_attn.v_proj.weight`, [kv, H], 1 / Math.sqrt(H));
+    if (cfg.attentionBias) {
+      put(`${p}.self_attn.q_proj.bias`, [q], 0.1);
+      put(`${p}.self_attn.k_proj.bias`, [kv], 0.1);
+      put(`${p}.self_attn.v_proj.bias`, [kv], 0.1);
+    }
+    put(`${p}.self_attn.o_proj.weight`, [H, q], 1 / Math.sqrt(q));
+    put(`${p}.post_attention_layernorm.weight`, [H], 0.1, 1);
+    put(`${p}.mlp.gate_proj.weight`, [I, H], 1 / Math.sqrt(H));
+    put(`${p}.mlp.up_proj.weight`, [I, H], 1 / Math.sqrt(H));
+    put(`${p}.mlp.down_proj.weight`, [H, I], 1 / Math.sqrt(I));
+  }
+  put('model.norm.weight', [H], 0.1, 1);
+  if (!cfg.tieWordEmbeddings) put('lm_head.weight', [cfg.vocabSize, H], 0.35);
+
+  mkdirSync(dir, { recursive: true });
+  const architectures = { llama: 'LlamaForCausalLM', qwen2: 'Qwen2ForCausalLM', mistral: 'MistralForCausalLM' }[flavour];
+  const config: Record<string, unknown> = {
+    architectures: [architectures],
+    model_type: flavour,
+    hidden_size: H,
+    intermediate_size: I,
+    num_hidden_layers: cfg.numLayers,
+    num_attention_heads: numHeads,
+    num_key_value_heads: cfg.numKvHeads,
+    head_dim: headDim,
+    vocab_size: cfg.vocabSize,
+    rope_theta: cfg.ropeTheta,
+    rms_norm_eps: cfg.rmsNormEps,
+    tie_word_embeddings: cfg.tieWordEmbeddings,
+    max_position_embeddings: opts.maxPositionEmbeddings ?? 512,
+    hidden_act: 'silu',
+    bos_token_id: 1,
+    eos_token_id: 2,
+    torch_dtype: opts.dtype === 'BF16' ? 'bfloat16' : 'float32',
+    ...(cfg.ropeScaling
+      ? {
+          rope_scaling: {
+            rope_type: 'llama3',
+            factor: cfg.ropeScaling.factor,
+            low_freq_factor: cfg.ropeScaling.lowFreqFactor,
+            high_freq_factor: cfg.ropeScaling.highFreqFactor,
+            original_max_position_embeddings: cfg.ropeScaling.originalMaxPositionEmbeddings,
+          },
+        }
+      : {}),
+    ...(flavour === 'mistral' ? { sliding_window: null } : {}),
+    ...opts.configOverrides,
+  };
+  writeFileSync(join(dir, 'config.json'), JSON.stringify(config, null, 2));
+  writeWeights(dir, w, opts.dtype ?? 'F32', opts.shards ?? 1);
+  return { dir, cfg, weights: w };
+}
+
+function writeWeights(dir: string, w: RefWeights, dtype: 'F32' | 'BF16', shards: number): void {
+  const entries = [...w.entries()].map(([name, t]): TensorToWrite => ({ name, shape: t.shape, dtype, data: t.data }));
+  if (shards <= 1) {
+    writeSafetensors(join(dir, 'model.safetensors'), entries);
+    return;
+  }
+  const per = Math.ceil(entries.length / shards);
+  const weightMap: Record<string, string> = {};
+  for (let s = 0; s < shards; s++) {
+    const file = `model-${String(s + 1).padStart(5, '0')}-of-${String(shards).padStart(5, '0')}.safetensors`;
+    const part = entries.slice(s * per, (s + 1) * per);
+    for (const e of part) weightMap[e.name] = file;
+    writeSafetensors(join(dir, file), part);
+  }
+  writeFileSync(join(dir, 'model.safetensors.index.json'), JSON.stringify({ metadata: {}, weight_map: weightMap }, null, 2));
+}
+
+export interface TinyAdapterOptions {
+  seed?: number;
+  r?: number;
+  alpha?: number;
+  targets?: LoraModule[];
+  useRslora?: boolean;
+  /** PEFT rank_pattern / alpha_pattern: module-name pattern → rank / alpha. */
+  rankPattern?: Record<string, number>;
+  alphaPattern?: Record<string, number>;
+  /** Standard deviation of lora_B (PEFT initialises B to zero; trained adapters are not). */
+  bStd?: number;
+  configOverrides?: Record<string, unknown>;
+}
+
+export interface TinyAdapter {
+  dir: string;
+  lora: RefLora;
+}
+
+/** PEFT's pattern rule: the pattern must match the end of the module name at a dot boundary. */
+function patternValue(pattern: Record<string, number> | undefined, moduleName: string): number | undefined {
+  if (!pattern) return undefined;
+  for (const [key, value] of Object.entries(pattern)) {
+    if (new RegExp(`^(.*\\.)?(${key})$`).test(moduleName)) return value;
+  }
+  return undefined;
+}
+
+/** Writes a PEFT LoRA adapter for `model` and returns it with its in-memory form. */
+export function makeTinyAdapter(model: TinyModel, opts: TinyAdapterOptions = {}, dir = tempDir('loraplex-adapter-')): TinyAdapter {
+  const r = opts.r ?? 4;
+  const alpha = opts.alpha ?? 2 * r;
+  const targets = opts.targets ?? ALL_MODULES;
+  const rand = prng(opts.seed ?? 7);
+  const lora: RefLora = new Map();
+  const tensors: TensorToWrite[] = [];
+  for (let l = 0; l < model.cfg.numLayers; l++) {
+    for (const m of targets) {
+      const moduleName = `model.layers.${l}.${MODULE_PATH[m]}`;
+      const rank = patternValue(opts.rankPattern, moduleName) ?? r;
+      const a = patternValue(opts.alphaPattern, moduleName) ?? alpha;
+      const [inF, outF] = moduleShape(model.cfg, m);
+      const A: RefTensor = { shape: [rank, inF], data: randn(rand, rank * inF, 1 / Math.sqrt(inF)) };
+      const B: RefTensor = { shape: [outF, rank], data: randn(rand, outF * rank, opts.bStd ?? 0.2) };
+      const scale = opts.useRslora ? a / Math.sqrt(rank) : a / rank;
+      lora.set(`${l}.${m}`, { a: A, b: B, scale });
+      const prefix = `base_model.model.${moduleName}`;
+      tensors.push({ name: `${prefix}.lora_A.weight`, shape: A.shape, dtype: 'F32', data: A.data });
+      tensors.push({ name: `${prefix}.lora_B.weight`, shape: B.shape, dtype: 'F32', data: B.data });
+    }
+  }
+  mkdirSync(dir, { recursive: true });
+  const config = {
+    peft_type: 'LORA',
+    task_type: 'CAUSAL_LM',
+    base_model_name_or_path: 'tiny-random',
+    r,
+    lora_alpha: alpha,
+    lora_dropout: 0,
+    target_modules: targets,
+    use_rslora: opts.useRslora ?? false,
+    use_dora: false,
+    rank_pattern: opts.rankPattern ?? {},
+    alpha_pattern: opts.alphaPattern ?? {},
+    bias: 'none',
+    fan_in_fan_out: false,
+    modules_to_save: null,
+    ...opts.configOverrides,
+  };
+  writeFileSync(join(dir, 'adapter_config.json'), JSON.stringify(config, null, 2));
+  writeSafetensors(join(dir, 'adapter_model.safetensors'), tensors);
+  return { dir, lora };
+}
