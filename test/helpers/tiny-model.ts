@@ -51,6 +51,14 @@ export interface TinyModelOptions {
   maxPositionEmbeddings?: number;
   /** Extra config.json fields (to test refusals). */
   configOverrides?: Record<string, unknown>;
+  /**
+   * Peaked next-token distributions like a trained model's: the untied head is
+   * `peaked * embed[perm(v)] + noise`, so each token strongly predicts a successor, and the layers
+   * perturb that choice. 0 (default) = a plain random head.
+   */
+  peaked?: number;
+  /** Multiplier on o_proj/down_proj (the residual writers); trained models keep these small. Default 1. */
+  residualScale?: number;
 }
 
 export interface TinyModel {
@@ -139,14 +147,28 @@ export function makeTinyModel(opts: TinyModelOptions = {}, dir = tempDir()): Tin
       put(`${p}.self_attn.k_proj.bias`, [kv], 0.1);
       put(`${p}.self_attn.v_proj.bias`, [kv], 0.1);
     }
-    put(`${p}.self_attn.o_proj.weight`, [H, q], 1 / Math.sqrt(q));
+    put(`${p}.self_attn.o_proj.weight`, [H, q], (opts.residualScale ?? 1) / Math.sqrt(q));
     put(`${p}.post_attention_layernorm.weight`, [H], 0.1, 1);
     put(`${p}.mlp.gate_proj.weight`, [I, H], 1 / Math.sqrt(H));
     put(`${p}.mlp.up_proj.weight`, [I, H], 1 / Math.sqrt(H));
-    put(`${p}.mlp.down_proj.weight`, [H, I], 1 / Math.sqrt(I));
+    put(`${p}.mlp.down_proj.weight`, [H, I], (opts.residualScale ?? 1) / Math.sqrt(I));
   }
   put('model.norm.weight', [H], 0.1, 1);
   if (!cfg.tieWordEmbeddings) put('lm_head.weight', [cfg.vocabSize, H], 0.35);
+  if (opts.peaked) {
+    if (cfg.tieWordEmbeddings) throw new Error('peaked needs an untied head');
+    const emb = w.get('model.embed_tokens.weight')!.data;
+    const head = w.get('lm_head.weight')!.data;
+    const perm = Array.from({ length: cfg.vocabSize }, (_, i) => i);
+    for (let i = perm.length - 1; i > 0; i--) {
+      const j = Math.floor(rand() * (i + 1));
+      [perm[i], perm[j]] = [perm[j], perm[i]];
+    }
+    for (let v = 0; v < cfg.vocabSize; v++) {
+      for (let i = 0; i < H; i++) head[v * H + i] += opts.peaked * emb[perm[v] * H + i];
+    }
+    if (opts.dtype === 'BF16') roundBf16(head);
+  }
 
   mkdirSync(dir, { recursive: true });
   const architectures = { llama: 'LlamaForCausalLM', qwen2: 'Qwen2ForCausalLM', mistral: 'MistralForCausalLM' }[flavour];

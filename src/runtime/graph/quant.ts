@@ -27,7 +27,7 @@ export interface NBitsWeight {
 
 /**
  * Quantizes W given as [N, K] row-major (Hugging Face Linear layout).
- * 4-bit is asymmetric (min/max per block, with zero points); 8-bit is symmetric (absmax/127).
+ * 4-bit is asymmetric (per-block range with zero points, see fitBlock4); 8-bit is symmetric (absmax/127).
  */
 export function quantizeNBits(w: Float32Array, n: number, k: number, bits: 4 | 8): NBitsWeight {
   const kBlocks = Math.ceil(k / BLOCK);
@@ -46,15 +46,7 @@ export function quantizeNBits(w: Float32Array, n: number, k: number, bits: 4 | 8
       let scale: number;
       let zp: number;
       if (bits === 4) {
-        let lo = 0;
-        let hi = 0;
-        for (let i = start; i < end; i++) {
-          const v = w[rowOff + i];
-          if (v < lo) lo = v;
-          if (v > hi) hi = v;
-        }
-        scale = (hi - lo) / maxQ;
-        zp = scale === 0 ? 8 : Math.min(maxQ, Math.max(0, Math.round(-lo / scale)));
+        ({ scale, zp } = fitBlock4(w, rowOff + start, rowOff + end));
         const zpIdx = row * zpBytesPerRow + (b >> 1);
         zeroPoints![zpIdx] |= (b & 1) === 0 ? zp : zp << 4;
       } else {
@@ -76,6 +68,42 @@ export function quantizeNBits(w: Float32Array, n: number, k: number, bits: 4 | 8
     }
   }
   return { bits, packed, scales, zeroPoints, kBlocks };
+}
+
+/** Range shrink factors tried per 4-bit block; the one with the least squared error wins. */
+const SHRINK = [1, 0.95, 0.9, 0.85, 0.8];
+
+/**
+ * Asymmetric 4-bit scale and zero point for w[start, end): the min/max range, shrunk when clipping
+ * the extremes lowers the block's squared rounding error (it usually does for bell-shaped weights).
+ */
+function fitBlock4(w: Float32Array, start: number, end: number): { scale: number; zp: number } {
+  let lo = 0;
+  let hi = 0;
+  for (let i = start; i < end; i++) {
+    const v = w[i];
+    if (v < lo) lo = v;
+    if (v > hi) hi = v;
+  }
+  if (hi === lo) return { scale: 0, zp: 8 };
+  let best = { scale: 0, zp: 8 };
+  let bestErr = Infinity;
+  for (const s of SHRINK) {
+    const scale = ((hi - lo) * s) / 15;
+    const zp = Math.min(15, Math.max(0, Math.round((-lo * s) / scale)));
+    const inv = 1 / scale;
+    let err = 0;
+    for (let i = start; i < end; i++) {
+      const q = Math.min(15, Math.max(0, Math.round(w[i] * inv) + zp));
+      const d = w[i] - (q - zp) * scale;
+      err += d * d;
+    }
+    if (err < bestErr) {
+      bestErr = err;
+      best = { scale, zp };
+    }
+  }
+  return best;
 }
 
 /** The 16 NormalFloat4 code values (QLoRA, Dettmers et al. 2023), ascending. */
