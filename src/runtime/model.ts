@@ -60,6 +60,8 @@ export class DecoderModel {
   readonly device: Device;
   private readonly session: Session;
   private readonly half: boolean;
+  /** The graph has multi-LoRA inputs (always, except base-only builds used for comparison). */
+  private readonly hasLora: boolean;
   private readonly poolFeeds: Record<string, Tensor> = {};
   private loraFeeds: Record<string, Tensor> = {};
   private loraFeedsVersion = -1;
@@ -72,6 +74,7 @@ export class DecoderModel {
     this.session = session;
     this.device = session.device;
     this.half = built.options.activations === 'fp16';
+    this.hasLora = built.options.lora;
     const kvDim = this.spec.numKvHeads * this.spec.headDim;
     this.kv = new KvPool(this.spec.numLayers, kvDim, opts.kvCacheTokens, this.half);
     this.lora = new LoraSlots(this.spec, opts.adapterSlots, opts.maxLoraRank, this.half);
@@ -176,10 +179,8 @@ export class DecoderModel {
       pad.fill(t - 1, b * S + n, (b + 1) * S);
     }
 
-    const { gather, scatter, U, n } = this.groupBySlot(rows, T);
     const feeds: Record<string, Tensor> = {
       ...this.poolFeeds,
-      ...this.loraTensors(),
       [IO.inputIds]: tensor('int32', ids, [T]),
       [IO.positionIds]: tensor('int32', pos, [T]),
       [IO.padIndex]: tensor('int32', pad, [B, S]),
@@ -187,9 +188,15 @@ export class DecoderModel {
       [IO.kvIndex]: tensor('int32', kvIdx, [B, P]),
       [IO.pastLen]: tensor('int32', pastLen, [B]),
       [IO.logitsIndex]: tensor('int32', logitsIdx, [L]),
-      [IO.loraGather]: tensor('int32', gather, [U, n]),
-      [IO.loraScatter]: tensor('int32', scatter, [U, n]),
     };
+    if (this.hasLora) {
+      const { gather, scatter, U, n } = this.groupBySlot(rows, T);
+      Object.assign(feeds, this.loraTensors());
+      feeds[IO.loraGather] = tensor('int32', gather, [U, n]);
+      feeds[IO.loraScatter] = tensor('int32', scatter, [U, n]);
+    } else if (rows.some((r) => r.slot >= 0)) {
+      throw new Error('this graph was built without adapter support');
+    }
     const out = await this.session.run(feeds, this.fetch);
     for (let l = 0; l < this.spec.numLayers; l++) {
       this.kv.write(l, out[newKey(l)].data as FloatStore, out[newValue(l)].data as FloatStore, writeIdx, T);

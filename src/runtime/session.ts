@@ -5,6 +5,9 @@
 import ort from 'onnxruntime-node';
 import { RuntimeConfigError } from '../errors.js';
 
+// onnxruntime's own logger prints to stderr in colour; errors reach the user through our messages.
+ort.env.logLevel = 'fatal';
+
 export type Device = 'cpu' | 'cuda' | 'webgpu';
 export const DEVICES: readonly Device[] = ['cpu', 'cuda', 'webgpu'];
 
@@ -44,6 +47,7 @@ export class Session {
     const base: ort.InferenceSession.SessionOptions = {
       graphOptimizationLevel: 'all',
       logSeverityLevel: 3,
+      ...(process.env.LORAPLEX_ORT_PROFILE ? { enableProfiling: true, profileFilePrefix: process.env.LORAPLEX_ORT_PROFILE } : {}),
       // Spinning threads burn CPU between steps; a server is mostly between steps.
       extra: { session: { intra_op: { allow_spinning: '0' } } },
       ...(opts.threads > 0 ? { intraOpNumThreads: opts.threads } : {}),

@@ -169,8 +169,8 @@ export function halfToFloat(h: number): number {
 
 /** float32 → IEEE half bits, round to nearest even. */
 export function floatToHalf(value: number): number {
-  const f32 = new Float32Array([value]);
-  const x = new Uint32Array(f32.buffer)[0];
+  f32Scratch[0] = value;
+  const x = u32Scratch[0];
   const sign = (x >>> 16) & 0x8000;
   const exp = (x >>> 23) & 0xff;
   let mant = x & 0x7fffff;
@@ -193,9 +193,31 @@ export function floatToHalf(value: number): number {
   return sign | half;
 }
 
+const f32Scratch = new Float32Array(1);
+const u32Scratch = new Uint32Array(f32Scratch.buffer);
+
 /** float32 → bfloat16 bits, round to nearest even. */
 export function floatToBf16(value: number): number {
-  const x = new Uint32Array(new Float32Array([value]).buffer)[0];
+  f32Scratch[0] = value;
+  return bf16Bits(u32Scratch[0]);
+}
+
+function bf16Bits(x: number): number {
   if ((x & 0x7fffffff) > 0x7f800000) return (x >>> 16) | 0x40;
   return ((x + 0x7fff + ((x >>> 16) & 1)) >>> 16) & 0xffff;
+}
+
+/** Bulk float32 → bfloat16 bits. */
+export function toBf16Array(values: Float32Array): Uint16Array {
+  const bits = new Uint32Array(values.buffer, values.byteOffset, values.length);
+  const out = new Uint16Array(values.length);
+  for (let i = 0; i < values.length; i++) out[i] = bf16Bits(bits[i]);
+  return out;
+}
+
+/** Bulk float32 → IEEE half bits. */
+export function toHalfArray(values: Float32Array): Uint16Array {
+  const out = new Uint16Array(values.length);
+  for (let i = 0; i < values.length; i++) out[i] = floatToHalf(values[i]);
+  return out;
 }

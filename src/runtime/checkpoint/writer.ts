@@ -3,7 +3,7 @@
  * generators, so that large random checkpoints never have to be held in memory at once.
  */
 import { closeSync, openSync, renameSync, writeSync } from 'node:fs';
-import { floatToBf16, floatToHalf, type SafetensorsDtype } from './safetensors.js';
+import { toBf16Array, toHalfArray, type SafetensorsDtype } from './safetensors.js';
 
 export interface TensorToWrite {
   name: string;
@@ -51,8 +51,6 @@ export function writeSafetensors(path: string, tensors: readonly TensorToWrite[]
 
 function encode(values: Float32Array, dtype: SafetensorsDtype): Uint8Array {
   if (dtype === 'F32') return new Uint8Array(values.buffer, values.byteOffset, values.byteLength);
-  const out = new Uint16Array(values.length);
-  const conv = dtype === 'F16' ? floatToHalf : floatToBf16;
-  for (let i = 0; i < values.length; i++) out[i] = conv(values[i]);
+  const out = dtype === 'F16' ? toHalfArray(values) : toBf16Array(values);
   return new Uint8Array(out.buffer);
 }

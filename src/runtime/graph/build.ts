@@ -25,6 +25,8 @@ export interface BuildOptions {
   activations: Activations;
   /** Positions covered by the rotary tables; defaults to the model's limit. */
   maxPositions?: number;
+  /** Build the multi-LoRA inputs (default). false = a base-only graph, used to measure LoRA's cost. */
+  lora?: boolean;
 }
 
 export interface BuiltModel {
@@ -69,6 +71,7 @@ export async function buildModel(
       weights: options.weights,
       activations: options.activations,
       maxPositions: resolveMaxPositions(ckpt.spec, options.maxPositions),
+      lora: options.lora ?? true,
     };
     mkdirSync(ctx.cacheDir, { recursive: true });
     const memo = hashMemo(join(ctx.cacheDir, 'file-hashes.json'));
@@ -78,7 +81,7 @@ export async function buildModel(
       .update(JSON.stringify({ v: BUILDER_VERSION, checkpointHash, opts }))
       .digest('hex')
       .slice(0, 20);
-    const dir = join(ctx.cacheDir, `${opts.weights}-${opts.activations}-${key}`);
+    const dir = join(ctx.cacheDir, `${opts.weights}-${opts.activations}${opts.lora ? '' : '-nolora'}-${key}`);
     const modelPath = join(dir, 'model.onnx');
     if (existsSync(join(dir, 'meta.json')) && existsSync(modelPath)) {
       ctx.log?.(`using cached build ${dir}`);
@@ -94,7 +97,7 @@ export async function buildModel(
       const external = new ExternalDataWriter(join(tmp, 'model.onnx.data'), 'model.onnx.data');
       const g = new GraphBuilder(opts.activations === 'fp16' ? 'float16' : 'float', external);
       try {
-        buildDecoder(g, ckpt, { weights: opts.weights, maxPositions: opts.maxPositions }, ctx.progress ?? (() => {}));
+        buildDecoder(g, ckpt, opts, ctx.progress ?? (() => {}));
       } finally {
         external.close();
       }

@@ -27,6 +27,8 @@ export interface DecoderOptions {
   weights: WeightFormat;
   /** Highest position the rotary tables cover (the model's usable context). */
   maxPositions: number;
+  /** Include the multi-LoRA inputs and ops (false: a base-only graph, for comparison). */
+  lora: boolean;
 }
 
 export type ProgressFn = (done: number, total: number, label: string) => void;
@@ -48,8 +50,10 @@ export function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: DecoderOpt
   const kvIndex = g.input(IO.kvIndex, 'int32', ['B', 'P']);
   const pastLen = g.input(IO.pastLen, 'int32', ['B']);
   const logitsIndex = g.input(IO.logitsIndex, 'int32', ['L']);
-  const loraGather = g.input(IO.loraGather, 'int32', ['U', 'n']);
-  const loraScatterIdx = g.op('Unsqueeze', [g.op('Cast', [g.input(IO.loraScatter, 'int32', ['U', 'n'])], { to: 7 }), g.const64([2])]);
+  const loraGather = opts.lora ? g.input(IO.loraGather, 'int32', ['U', 'n']) : '';
+  const loraScatterIdx = opts.lora
+    ? g.op('Unsqueeze', [g.op('Cast', [g.input(IO.loraScatter, 'int32', ['U', 'n'])], { to: 7 }), g.const64([2])])
+    : '';
 
   // ---- shared per-step values
   const positions = g.op('Unsqueeze', [g.op('Cast', [positionIds], { to: 7 }), g.const64([0])]); // [1, T] int64
@@ -67,7 +71,8 @@ export function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: DecoderOpt
     const b = g.input(loraB(l, m), ft, ['U', 'R', dout]);
     return g.op('MatMul', [g.op('MatMul', [xg, a]), b]);
   };
-  const scatterAdd = (y: string, d: string): string => g.op('ScatterND', [y, loraScatterIdx, d], { reduction: 'add' });
+  const scatterAdd = (y: string, d: () => string): string =>
+    opts.lora ? g.op('ScatterND', [y, loraScatterIdx, d()], { reduction: 'add' }) : y;
 
   // ---- embeddings
   let h = g.op('Gather', [g.floatInit('embed_tokens', [spec.vocabSize, spec.hiddenSize], ckpt.read('model.embed_tokens.weight')), inputIds], { axis: 0 });
@@ -83,13 +88,14 @@ export function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: DecoderOpt
     const qkvW = concatRows([read('q_proj', 'weight'), read('k_proj', 'weight'), read('v_proj', 'weight')]);
     const qkvBias = spec.attentionBias ? concatRows([read('q_proj', 'bias'), read('k_proj', 'bias'), read('v_proj', 'bias')]) : null;
     let qkv = emitLinear(g, x, `layers.${l}.qkv`, { w: qkvW, n: qDim + 2 * kvDim, k: spec.hiddenSize, bias: qkvBias }, opts.weights);
-    const xg = group(x, spec.hiddenSize);
-    const dqkv = g.op('Concat', [
-      delta(xg, l, 'q_proj', spec.hiddenSize, qDim),
-      delta(xg, l, 'k_proj', spec.hiddenSize, kvDim),
-      delta(xg, l, 'v_proj', spec.hiddenSize, kvDim),
-    ], { axis: 2 });
-    qkv = scatterAdd(qkv, dqkv);
+    qkv = scatterAdd(qkv, () => {
+      const xg = group(x, spec.hiddenSize);
+      return g.op('Concat', [
+        delta(xg, l, 'q_proj', spec.hiddenSize, qDim),
+        delta(xg, l, 'k_proj', spec.hiddenSize, kvDim),
+        delta(xg, l, 'v_proj', spec.hiddenSize, kvDim),
+      ], { axis: 2 });
+    });
     const [q, k, v] = [g.name('q'), g.name('k'), newValue(l)];
     g.opMulti('Split', [qkv, g.const64([qDim, kvDim, kvDim])], [q, k, v], { axis: 1 });
     g.output(v, ft, ['T', kvDim]);
@@ -110,7 +116,7 @@ export function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: DecoderOpt
     const attn = g.op('Attention', [qPadded, keys, values, mask], { q_num_heads: spec.numHeads, kv_num_heads: spec.numKvHeads });
     const attnPacked = g.op('Gather', [g.op('Reshape', [attn, g.const64([-1, qDim])]), unpadIndex], { axis: 0 });
     let o = emitLinear(g, attnPacked, `layers.${l}.o`, { w: read('o_proj', 'weight'), n: spec.hiddenSize, k: qDim }, opts.weights);
-    o = scatterAdd(o, delta(group(attnPacked, qDim), l, 'o_proj', qDim, spec.hiddenSize));
+    o = scatterAdd(o, () => delta(group(attnPacked, qDim), l, 'o_proj', qDim, spec.hiddenSize));
 
     // ---- MLP
     const post = g.floatInit(`layers.${l}.post_norm`, [spec.hiddenSize], ckpt.read(`${p}.post_attention_layernorm.weight`));
@@ -119,13 +125,15 @@ export function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: DecoderOpt
     const I = spec.intermediateSize;
     const guW = concatRows([read('gate_proj', 'weight'), read('up_proj', 'weight')]);
     let gu = emitLinear(g, x2, `layers.${l}.gate_up`, { w: guW, n: 2 * I, k: spec.hiddenSize }, opts.weights);
-    const x2g = group(x2, spec.hiddenSize);
-    gu = scatterAdd(gu, g.op('Concat', [delta(x2g, l, 'gate_proj', spec.hiddenSize, I), delta(x2g, l, 'up_proj', spec.hiddenSize, I)], { axis: 2 }));
+    gu = scatterAdd(gu, () => {
+      const x2g = group(x2, spec.hiddenSize);
+      return g.op('Concat', [delta(x2g, l, 'gate_proj', spec.hiddenSize, I), delta(x2g, l, 'up_proj', spec.hiddenSize, I)], { axis: 2 });
+    });
     const [gate, up] = [g.name('gate'), g.name('up')];
     g.opMulti('Split', [gu, g.const64([I, I])], [gate, up], { axis: 1 });
     const act = g.op('Mul', [g.op('Mul', [gate, g.op('Sigmoid', [gate])]), up]);
     let down = emitLinear(g, act, `layers.${l}.down`, { w: read('down_proj', 'weight'), n: spec.hiddenSize, k: I }, opts.weights);
-    down = scatterAdd(down, delta(group(act, I), l, 'down_proj', I, spec.hiddenSize));
+    down = scatterAdd(down, () => delta(group(act, I), l, 'down_proj', I, spec.hiddenSize));
 
     const nextNorm =
       l + 1 < spec.numLayers

@@ -3,7 +3,7 @@
  * external data file as they are added (never all in memory); small constants are inlined.
  */
 import { closeSync, openSync, writeSync } from 'node:fs';
-import { floatToHalf } from '../checkpoint/safetensors.js';
+import { toHalfArray } from '../checkpoint/safetensors.js';
 import type { AttrValue, DataTypeName, Dim, NodeSpec, TensorSpec, ValueSpec } from './onnx.js';
 
 /** Initializers at or above this size go to the external data file. */
@@ -105,9 +105,7 @@ export class GraphBuilder {
   /** A float initializer in the graph's float type (converted to fp16 when needed). */
   floatInit(name: string, dims: readonly number[], values: Float32Array): string {
     if (this.ft === 'float') return this.init(name, 'float', dims, values);
-    const half = new Uint16Array(values.length);
-    for (let i = 0; i < values.length; i++) half[i] = floatToHalf(values[i]);
-    return this.init(name, 'float16', dims, half);
+    return this.init(name, 'float16', dims, toHalfArray(values));
   }
 
   private readonly constants = new Map<string, string>();

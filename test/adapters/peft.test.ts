@@ -1,0 +1,130 @@
+/** PEFT adapter parsing: honoured fields give the right factors; refused fields name the field. */
+import { readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { loadPeftAdapter, parsePeftConfig } from '../../src/adapters/peft.js';
+import { AdapterInvalidError } from '../../src/errors.js';
+import { Checkpoint } from '../../src/runtime/checkpoint/checkpoint.js';
+import { writeSafetensors } from '../../src/runtime/checkpoint/writer.js';
+import { makeTinyAdapter, makeTinyModel } from '../helpers/tiny-model.js';
+
+const tm = makeTinyModel({ seed: 3 });
+const ckpt = Checkpoint.open(tm.dir);
+const spec = ckpt.spec;
+ckpt.close();
+
+function expectAdapterError(fn: () => unknown, param: string, ...parts: (string | RegExp)[]): void {
+  let err: unknown;
+  try {
+    fn();
+  } catch (e) {
+    err = e;
+  }
+  expect(err, 'expected an AdapterInvalidError').toBeInstanceOf(AdapterInvalidError);
+  expect((err as AdapterInvalidError).param).toBe(param);
+  expect((err as AdapterInvalidError).statusCode).toBe(422);
+  for (const p of parts) expect((err as Error).message).toMatch(p);
+}
+
+function editConfig(dir: string, edit: (c: Record<string, unknown>) => void): void {
+  const path = join(dir, 'adapter_config.json');
+  const c = JSON.parse(readFileSync(path, 'utf8')) as Record<string, unknown>;
+  edit(c);
+  writeFileSync(path, JSON.stringify(c));
+}
+
+describe('honoured fields', () => {
+  it('folds alpha/r, rsLoRA alpha/sqrt(r), rank_pattern and alpha_pattern into B, transposed', () => {
+    const cases = [
+      makeTinyAdapter(tm, { seed: 1, r: 4, alpha: 8 }),
+      makeTinyAdapter(tm, { seed: 2, r: 4, alpha: 8, useRslora: true }),
+      makeTinyAdapter(tm, { seed: 3, r: 4, alpha: 8, rankPattern: { 'layers.0.self_attn.q_proj': 2 }, alphaPattern: { down_proj: 3 } }),
+    ];
+    for (const a of cases) {
+      const loaded = loadPeftAdapter(a.dir, spec, { maxRank: 64 });
+      for (const [key, pair] of a.lora) {
+        const f = loaded.weights.factors.get(key)!;
+        const [rank, din] = pair.a.shape;
+        const dout = pair.b.shape[0];
+        expect(f.rank).toBe(rank);
+        // a[i, j] = A[j, i]; b[j, o] = scale * B[o, j]
+        expect(f.a[3 * rank + 1]).toBe(pair.a.data[1 * din + 3]);
+        expect(f.b[1 * dout + 5]).toBeCloseTo(pair.scale * pair.b.data[5 * rank + 1], 6);
+      }
+    }
+    const pattern = loadPeftAdapter(cases[2].dir, spec, { maxRank: 64 });
+    expect(pattern.weights.factors.get('0.q_proj')!.rank).toBe(2);
+    expect(pattern.weights.factors.get('1.q_proj')!.rank).toBe(4);
+    expect(cases[2].lora.get('0.down_proj')!.scale).toBe(3 / 4);
+    expect(cases[1].lora.get('0.q_proj')!.scale).toBe(8 / 2);
+  });
+
+  it('accepts "all-linear" and regex target_modules and layers without factors', () => {
+    const a = makeTinyAdapter(tm, { seed: 4, targets: ['q_proj', 'v_proj'], configOverrides: { target_modules: '.*\\.(q_proj|v_proj)' } });
+    expect(loadPeftAdapter(a.dir, spec, { maxRank: 64 }).targets).toEqual(['q_proj', 'v_proj']);
+    expect(parsePeftConfig({ r: 8, target_modules: 'all-linear' }).targetModules).toHaveLength(7);
+  });
+});
+
+describe('refusals name the field', () => {
+  it.each([
+    [{ use_dora: true }, 'use_dora', /use_dora=true \(DoRA\) is not supported/],
+    [{ modules_to_save: ['lm_head'] }, 'modules_to_save', /modules_to_save \["lm_head"\] is not supported/],
+    [{ bias: 'all' }, 'bias', /bias "all" is not supported/],
+    [{ peft_type: 'IA3' }, 'peft_type', /peft_type "IA3" is not supported/],
+    [{ target_modules: ['q_proj', 'c_attn', 'embed_tokens'] }, 'target_modules', /\["c_attn","embed_tokens"\] are not supported; supported: q_proj/],
+    [{ r: 0 }, 'r', /r must be a positive integer, got 0/],
+    [{ lora_alpha: 'x' }, 'lora_alpha', /lora_alpha must be a positive number, got "x"/],
+    [{ rank_pattern: { q_proj: -1 } }, 'rank_pattern', /rank_pattern\["q_proj"\] must be a positive number/],
+  ] as const)('%j', (override, param, message) => {
+    const a = makeTinyAdapter(tm, { seed: 5 });
+    editConfig(a.dir, (c) => Object.assign(c, override));
+    expectAdapterError(() => loadPeftAdapter(a.dir, spec, { maxRank: 64 }), param, message);
+  });
+
+  it('refuses pickle weights', () => {
+    const a = makeTinyAdapter(tm, { seed: 6 });
+    renameSync(join(a.dir, 'adapter_model.safetensors'), join(a.dir, 'adapter_model.bin'));
+    expectAdapterError(() => loadPeftAdapter(a.dir, spec, { maxRank: 64 }), 'adapter_model', /adapter_model.bin \(a pickle\) is not loaded/);
+  });
+
+  it('refuses a rank above the configured maximum', () => {
+    const a = makeTinyAdapter(tm, { seed: 7, r: 16 });
+    expectAdapterError(() => loadPeftAdapter(a.dir, spec, { maxRank: 8 }), 'r', /rank 16 of model.layers.0.self_attn.q_proj is above the maximum LoRA rank 8/);
+  });
+
+  it('refuses shapes that do not match the base model', () => {
+    const other = makeTinyModel({ seed: 8, intermediateSize: 128 });
+    const a = makeTinyAdapter(other, { seed: 8, targets: ['up_proj'] });
+    expectAdapterError(
+      () => loadPeftAdapter(a.dir, spec, { maxRank: 64 }),
+      'adapter_model',
+      /model.layers.0.mlp.up_proj.lora_B.weight has shape \[128,4\], expected \[96,4\]/,
+    );
+  });
+
+  it('refuses a rank that contradicts the config, a lone lora_A and unknown tensors', () => {
+    const a = makeTinyAdapter(tm, { seed: 9, r: 4 });
+    editConfig(a.dir, (c) => (c.r = 8));
+    expectAdapterError(() => loadPeftAdapter(a.dir, spec, { maxRank: 64 }), 'adapter_model', /has shape \[4,64\], expected \[8,64\]/);
+
+    const b = makeTinyAdapter(tm, { seed: 10 });
+    writeSafetensors(join(b.dir, 'adapter_model.safetensors'), [
+      { name: 'base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight', shape: [4, 64], dtype: 'F32', data: new Float32Array(256) },
+    ]);
+    expectAdapterError(() => loadPeftAdapter(b.dir, spec, { maxRank: 64 }), 'adapter_model', /q_proj has lora_A but no lora_B/);
+
+    writeSafetensors(join(b.dir, 'adapter_model.safetensors'), [
+      { name: 'base_model.model.lm_head.lora_A.weight', shape: [4, 64], dtype: 'F32', data: new Float32Array(256) },
+    ]);
+    expectAdapterError(() => loadPeftAdapter(b.dir, spec, { maxRank: 64 }), 'adapter_model', /lm_head.lora_A.weight is not a LoRA factor of a supported projection/);
+  });
+
+  it('refuses factors for a module outside target_modules and a missing config', () => {
+    const a = makeTinyAdapter(tm, { seed: 11, targets: ['q_proj', 'k_proj'] });
+    editConfig(a.dir, (c) => (c.target_modules = ['q_proj']));
+    expectAdapterError(() => loadPeftAdapter(a.dir, spec, { maxRank: 64 }), 'target_modules', /k_proj has LoRA factors but is not in target_modules/);
+    renameSync(join(a.dir, 'adapter_config.json'), join(a.dir, 'x.json'));
+    expectAdapterError(() => loadPeftAdapter(a.dir, spec, { maxRank: 64 }), 'adapter_config', /no adapter_config.json/);
+  });
+});

@@ -1,0 +1,73 @@
+/** The build cache, the fp16 option and execution provider selection. */
+import { appendFileSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { RuntimeConfigError } from '../../src/errors.js';
+import { buildModel } from '../../src/runtime/graph/build.js';
+import { DecoderModel } from '../../src/runtime/model.js';
+import { referenceLogits } from '../helpers/reference.js';
+import { maxAbsDiff } from '../helpers/runtime.js';
+import { makeTinyModel, tempDir } from '../helpers/tiny-model.js';
+
+describe('build cache', () => {
+  it('reuses a build, and rebuilds when the options or the checkpoint change', async () => {
+    const tm = makeTinyModel({ seed: 51 });
+    const cacheDir = tempDir();
+    const first = await buildModel(tm.dir, { weights: 'int4', activations: 'fp32' }, { cacheDir });
+    const again = await buildModel(tm.dir, { weights: 'int4', activations: 'fp32' }, { cacheDir });
+    expect(first.built).toBe(true);
+    expect(again.built).toBe(false);
+    expect(again.dir).toBe(first.dir);
+    const other = await buildModel(tm.dir, { weights: 'int8', activations: 'fp32' }, { cacheDir });
+    expect(other.built).toBe(true);
+    expect(other.dir).not.toBe(first.dir);
+    appendFileSync(join(tm.dir, 'config.json'), ' ');
+    const changed = await buildModel(tm.dir, { weights: 'int4', activations: 'fp32' }, { cacheDir });
+    expect(changed.built).toBe(true);
+    expect(changed.dir).not.toBe(first.dir);
+    expect(readdirSync(cacheDir).filter((d) => d.includes('.tmp-'))).toEqual([]);
+  });
+
+  it('reports build progress up to the total', async () => {
+    const tm = makeTinyModel({ seed: 52, numLayers: 3 });
+    const seen: [number, number][] = [];
+    await buildModel(tm.dir, { weights: 'fp32', activations: 'fp32' }, { cacheDir: tempDir(), progress: (d, t) => seen.push([d, t]) });
+    expect(seen.at(-1)).toEqual([5, 5]);
+  });
+
+  it('refuses unknown weight formats', async () => {
+    const tm = makeTinyModel({ seed: 53 });
+    await expect(buildModel(tm.dir, { weights: 'int3' as 'int4', activations: 'fp32' }, { cacheDir: tempDir() })).rejects.toThrow(
+      /weight format "int3" is not one of fp32, int8, int4, nf4/,
+    );
+  });
+});
+
+describe('fp16 activations', () => {
+  it('builds and runs (on CPU here) within fp16 precision of the reference', async () => {
+    const tm = makeTinyModel({ seed: 54, flavour: 'qwen2' });
+    const built = await buildModel(tm.dir, { weights: 'fp32', activations: 'fp16' }, { cacheDir: tempDir() });
+    const model = await DecoderModel.load(built, { device: 'cpu', allowCpuFallback: false, threads: 1, kvCacheTokens: 64, adapterSlots: 2, maxLoraRank: 8 });
+    const toks = [5, 9, 100, 3];
+    const out = await model.step([{ seq: model.newSequence(), tokens: toks, slot: -1, logits: 'last' }]);
+    const ref = referenceLogits(tm.cfg, tm.weights, toks);
+    expect(maxAbsDiff(out.logits, ref[3])).toBeLessThan(0.05);
+    await model.close();
+  });
+});
+
+describe('execution providers', () => {
+  it('says clearly when a device is unusable, and falls back only when allowed', async () => {
+    const tm = makeTinyModel({ seed: 55 });
+    const built = await buildModel(tm.dir, { weights: 'fp32', activations: 'fp32' }, { cacheDir: tempDir() });
+    const opts = { threads: 1, kvCacheTokens: 64, adapterSlots: 2, maxLoraRank: 8 };
+    const err = await DecoderModel.load(built, { ...opts, device: 'cuda', allowCpuFallback: false }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(RuntimeConfigError);
+    expect((err as Error).message).toMatch(/execution provider cuda is not usable here: .*--allow-cpu-fallback/);
+    const logs: string[] = [];
+    const model = await DecoderModel.load(built, { ...opts, device: 'cuda', allowCpuFallback: true, log: (m) => logs.push(m) });
+    expect(model.device).toBe('cpu');
+    expect(logs.join('\n')).toMatch(/falling back to cpu as allowed/);
+    await model.close();
+  });
+});

@@ -1,0 +1,64 @@
+/** The slot stacks: contiguous occupancy, move-last-into-hole, rank repacking, refusals. */
+import { describe, expect, it } from 'vitest';
+import { CapacityError } from '../../src/errors.js';
+import { parseModelSpec } from '../../src/runtime/checkpoint/spec.js';
+import { LoraSlots, factorKey, type LoraWeights } from '../../src/runtime/lora-slots.js';
+
+const spec = parseModelSpec({
+  architectures: ['LlamaForCausalLM'], hidden_size: 8, num_hidden_layers: 1, num_attention_heads: 2,
+  num_key_value_heads: 1, intermediate_size: 16, vocab_size: 10,
+});
+
+/** An adapter with only q_proj, every A entry = `tag`, every B entry = `tag` * 10. */
+function adapter(tag: number, rank: number): LoraWeights {
+  const a = new Float32Array(8 * rank).fill(tag);
+  const b = new Float32Array(rank * 8).fill(tag * 10);
+  return { factors: new Map([[factorKey(0, 'q_proj'), { rank, a, b }]]), maxRank: rank, bytes: a.byteLength + b.byteLength };
+}
+
+function qView(slots: LoraSlots) {
+  return [...slots.views()].find((v) => v.projection === 'q_proj')!;
+}
+
+describe('LoraSlots', () => {
+  it('fills slots 0..n-1, pads ranks to the stride and zeroes untargeted projections', () => {
+    const s = new LoraSlots(spec, 3, 64, false);
+    expect(s.load(adapter(1, 2))).toBe(0);
+    expect(s.load(adapter(2, 4))).toBe(1);
+    expect(s.rank).toBe(8);
+    const q = qView(s);
+    expect(q.aDims).toEqual([2, 8, 8]);
+    expect(q.bDims).toEqual([2, 8, 8]);
+    // slot 1, input row 3: 4 values of 2 then zero padding up to R=8
+    expect(Array.from(q.a.subarray(8 * 8 + 3 * 8, 8 * 8 + 4 * 8))).toEqual([2, 2, 2, 2, 0, 0, 0, 0]);
+    // slot 0's B: 2 rank rows of 10, then zero rows
+    expect(q.b[0]).toBe(10);
+    expect(q.b[2 * 8]).toBe(0);
+    const o = [...s.views()].find((v) => v.projection === 'o_proj')!;
+    expect(o.a.every((x) => x === 0)).toBe(true);
+  });
+
+  it('moves the last slot into a hole and shrinks the stride when the big rank leaves', () => {
+    const s = new LoraSlots(spec, 3, 64, false);
+    s.load(adapter(1, 2));
+    s.load(adapter(2, 16));
+    s.load(adapter(3, 4));
+    expect(s.rank).toBe(16);
+    expect(s.unload(0)).toBe(2);
+    expect(s.count).toBe(2);
+    expect(qView(s).a[0]).toBe(3);
+    expect(s.unload(1)).toBeNull();
+    expect(s.rank).toBe(8);
+    expect(qView(s).aDims).toEqual([1, 8, 8]);
+    expect(qView(s).a[0]).toBe(3);
+    expect(s.unload(0)).toBeNull();
+    expect(qView(s).aDims).toEqual([0, 8, 0]);
+  });
+
+  it('refuses a full set of slots and a rank above the maximum', () => {
+    const s = new LoraSlots(spec, 1, 8, false);
+    s.load(adapter(1, 8));
+    expect(() => s.load(adapter(2, 2))).toThrow(CapacityError);
+    expect(() => new LoraSlots(spec, 1, 8, false).load(adapter(1, 9))).toThrow(/rank 9 is above the maximum LoRA rank 8/);
+  });
+});
