@@ -1,0 +1,81 @@
+#!/usr/bin/env node
+/**
+ * The loraplex command line. Options come from the knob table in config.ts (flag > environment >
+ * default); errors exit non-zero with a one-line message.
+ */
+import { Command, Option } from 'commander';
+import { ConfigError, KNOBS, resolveConfig, type Knob, type KnobKey } from '../config.js';
+import { LoraplexError } from '../errors.js';
+import { runBuild, runGenerate } from './commands.js';
+
+const RUNTIME_KEYS = [
+  'model', 'quant', 'activations', 'device', 'allowCpuFallback', 'threads', 'cacheDir', 'maxContext', 'kvCacheTokens',
+  'maxLoraRank', 'maxActiveAdapters',
+] as const satisfies readonly KnobKey[];
+
+function describeKnob(k: Knob): string {
+  const parts = [k.doc];
+  if (k.choices) parts.push(`one of: ${k.choices.join(', ')}`);
+  if (k.default !== undefined && k.default !== '' && !(Array.isArray(k.default) && k.default.length === 0)) {
+    parts.push(`default: ${Array.isArray(k.default) ? k.default.join(',') : String(k.default)}`);
+  }
+  parts.push(`env: ${k.env}`);
+  return `${parts[0]} (${parts.slice(1).join('; ')})`;
+}
+
+/** Adds the knobs as options; their values are resolved later by resolveConfig. */
+export function addKnobs(cmd: Command, keys: readonly KnobKey[]): Command {
+  for (const key of keys) {
+    const k = KNOBS[key] as Knob;
+    cmd.addOption(new Option(k.flag, describeKnob(k)));
+  }
+  return cmd;
+}
+
+function fail(err: unknown): never {
+  if (err instanceof ConfigError) {
+    process.stderr.write(`loraplex: ${err.message}\n`);
+  } else if (err instanceof LoraplexError) {
+    process.stderr.write(`loraplex: ${err.message}\n`);
+  } else {
+    process.stderr.write(`loraplex: ${(err as Error)?.stack ?? String(err)}\n`);
+  }
+  process.exit(1);
+}
+
+const program = new Command('loraplex')
+  .description('Multi-LoRA inference server: one quantized base model, many PEFT adapters, one OpenAI-compatible API.')
+  .showHelpAfterError();
+
+addKnobs(program.command('build').description('build (or reuse) the cached ONNX graph for a checkpoint'), RUNTIME_KEYS).action(
+  async (opts: Record<string, unknown>) => {
+    try {
+      await runBuild(resolveConfig(RUNTIME_KEYS, opts, process.env, ['model']));
+    } catch (err) {
+      fail(err);
+    }
+  },
+);
+
+addKnobs(program.command('generate').description('generate from a prompt, greedily by default'), RUNTIME_KEYS)
+  .option('--adapter <dir>', 'PEFT adapter directory to apply')
+  .option('--prompt-ids <ids>', 'prompt as comma-separated token ids')
+  .option('--prompt <text>', 'prompt text (needs tokenizer.json in the model directory)')
+  .option('--max-tokens <n>', 'tokens to generate', '32')
+  .option('--json', 'print one JSON object on the last line of stdout')
+  .action(async (opts: Record<string, unknown>) => {
+    try {
+      const config = resolveConfig(RUNTIME_KEYS, opts, process.env, ['model']);
+      await runGenerate(config, {
+        adapter: opts.adapter as string | undefined,
+        promptIds: opts.promptIds as string | undefined,
+        prompt: opts.prompt as string | undefined,
+        maxTokens: opts.maxTokens as string,
+        json: opts.json === true,
+      });
+    } catch (err) {
+      fail(err);
+    }
+  });
+
+program.parseAsync(process.argv).catch(fail);

@@ -1,0 +1,138 @@
+/**
+ * Every configuration knob, declared once: flag, environment variable, default and description.
+ * The CLI builds its options from this table; values are validated at start-up (all errors listed
+ * together), frozen and passed down. Nothing else reads process.env.
+ */
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+
+type Kind = 'string' | 'int' | 'bool' | 'bytes' | 'list';
+
+export interface Knob<K extends string = string> {
+  key: K;
+  flag: string;
+  env: string;
+  kind: Kind;
+  /** undefined = no default (required where a command needs it, else unset). */
+  default?: string | number | boolean | string[];
+  choices?: readonly string[];
+  min?: number;
+  doc: string;
+}
+
+const knob = <K extends string>(k: Knob<K>): Knob<K> => k;
+
+export const KNOBS = {
+  // ---- model and runtime
+  model: knob({ key: 'model', flag: '--model <dir>', env: 'LORAPLEX_MODEL', kind: 'string', doc: 'Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer files)' }),
+  quant: knob({ key: 'quant', flag: '--quant <format>', env: 'LORAPLEX_QUANT', kind: 'string', default: 'int4', choices: ['fp32', 'int8', 'int4', 'nf4'], doc: 'weight format of the base model: int4 and int8 are the fast CPU paths; nf4 is what QLoRA trained against (slower on CPU)' }),
+  activations: knob({ key: 'activations', flag: '--activations <type>', env: 'LORAPLEX_ACTIVATIONS', kind: 'string', default: 'fp32', choices: ['fp32', 'fp16'], doc: 'activation precision; fp16 is meant for GPU execution providers' }),
+  device: knob({ key: 'device', flag: '--device <ep>', env: 'LORAPLEX_DEVICE', kind: 'string', default: 'cpu', choices: ['cpu', 'cuda', 'webgpu'], doc: 'onnxruntime execution provider' }),
+  allowCpuFallback: knob({ key: 'allowCpuFallback', flag: '--allow-cpu-fallback', env: 'LORAPLEX_ALLOW_CPU_FALLBACK', kind: 'bool', default: false, doc: 'run on the CPU when the chosen device is unavailable (otherwise refuse to start)' }),
+  threads: knob({ key: 'threads', flag: '--threads <n>', env: 'LORAPLEX_THREADS', kind: 'int', default: 0, min: 0, doc: 'onnxruntime intra-op threads (0 = one per core)' }),
+  cacheDir: knob({ key: 'cacheDir', flag: '--cache-dir <dir>', env: 'LORAPLEX_CACHE_DIR', kind: 'string', default: join(homedir(), '.cache', 'loraplex'), doc: 'where built graphs (and the demo model) are cached' }),
+  maxContext: knob({ key: 'maxContext', flag: '--max-context <tokens>', env: 'LORAPLEX_MAX_CONTEXT', kind: 'int', default: 0, min: 0, doc: "longest sequence (prompt + generated tokens); 0 = the model's max_position_embeddings" }),
+  kvCacheTokens: knob({ key: 'kvCacheTokens', flag: '--kv-cache-tokens <n>', env: 'LORAPLEX_KV_CACHE_TOKENS', kind: 'int', default: 32768, min: 16, doc: 'tokens the KV cache holds across all running sequences' }),
+  maxLoraRank: knob({ key: 'maxLoraRank', flag: '--max-lora-rank <r>', env: 'LORAPLEX_MAX_LORA_RANK', kind: 'int', default: 64, min: 1, doc: 'highest adapter rank accepted' }),
+  maxActiveAdapters: knob({ key: 'maxActiveAdapters', flag: '--max-active-adapters <n>', env: 'LORAPLEX_MAX_ACTIVE_ADAPTERS', kind: 'int', default: 8, min: 1, doc: 'distinct adapters in one batch (adapter slots in the graph)' }),
+  // ---- adapters and scheduling
+  adapters: knob({ key: 'adapters', flag: '--adapters <dir>', env: 'LORAPLEX_ADAPTERS', kind: 'string', doc: 'adapter store: one sub-directory per adapter (PEFT files); uploads land here' }),
+  adapterCacheBytes: knob({ key: 'adapterCacheBytes', flag: '--adapter-cache-bytes <size>', env: 'LORAPLEX_ADAPTER_CACHE_BYTES', kind: 'bytes', default: 2 * 1024 ** 3, min: 0, doc: 'host memory for loaded adapters (LRU), e.g. 2GiB or 512MB' }),
+  maxBatchSize: knob({ key: 'maxBatchSize', flag: '--max-batch-size <rows>', env: 'LORAPLEX_MAX_BATCH_SIZE', kind: 'int', default: 32, min: 1, doc: 'sequences in one forward step' }),
+  maxBatchPrefillTokens: knob({ key: 'maxBatchPrefillTokens', flag: '--max-batch-prefill-tokens <n>', env: 'LORAPLEX_MAX_BATCH_PREFILL_TOKENS', kind: 'int', default: 2048, min: 1, doc: 'prompt tokens processed in one step (longer prompts are chunked)' }),
+  maxQueuedRequests: knob({ key: 'maxQueuedRequests', flag: '--max-queued-requests <n>', env: 'LORAPLEX_MAX_QUEUED_REQUESTS', kind: 'int', default: 256, min: 0, doc: 'waiting requests beyond which new ones are refused with 429' }),
+  adapterCycleMs: knob({ key: 'adapterCycleMs', flag: '--adapter-cycle-ms <ms>', env: 'LORAPLEX_ADAPTER_CYCLE_MS', kind: 'int', default: 2000, min: 1, doc: 'time slice after which waiting adapters get their turn over the running ones' }),
+  requestTimeoutMs: knob({ key: 'requestTimeoutMs', flag: '--request-timeout-ms <ms>', env: 'LORAPLEX_REQUEST_TIMEOUT_MS', kind: 'int', default: 600000, min: 1, doc: 'deadline for one request, queueing included' }),
+  strictBase: knob({ key: 'strictBase', flag: '--strict-base', env: 'LORAPLEX_STRICT_BASE', kind: 'bool', default: false, doc: "refuse adapters whose base_model_name_or_path names another model" }),
+  // ---- HTTP server
+  host: knob({ key: 'host', flag: '--host <addr>', env: 'LORAPLEX_HOST', kind: 'string', default: '0.0.0.0', doc: 'address to listen on' }),
+  port: knob({ key: 'port', flag: '--port <n>', env: 'LORAPLEX_PORT', kind: 'int', default: 8080, min: 0, doc: 'port to listen on' }),
+  servedModelName: knob({ key: 'servedModelName', flag: '--served-model-name <id>', env: 'LORAPLEX_SERVED_MODEL_NAME', kind: 'string', doc: "the base model's id in the API (default: the model directory's name)" }),
+  adminToken: knob({ key: 'adminToken', flag: '--admin-token <token>', env: 'LORAPLEX_ADMIN_TOKEN', kind: 'string', doc: 'bearer token for the admin routes; without it they are off' }),
+  apiKeys: knob({ key: 'apiKeys', flag: '--api-key <keys>', env: 'LORAPLEX_API_KEY', kind: 'list', doc: 'comma-separated API keys required on the inference routes (none = open)' }),
+  loraRoots: knob({ key: 'loraRoots', flag: '--lora-roots <dirs>', env: 'LORAPLEX_LORA_ROOTS', kind: 'list', doc: 'comma-separated directories /v1/load_lora_adapter may read adapters from' }),
+  maxUploadBytes: knob({ key: 'maxUploadBytes', flag: '--max-upload-bytes <size>', env: 'LORAPLEX_MAX_UPLOAD_BYTES', kind: 'bytes', default: 1024 ** 3, min: 1, doc: 'largest adapter upload' }),
+  logLevel: knob({ key: 'logLevel', flag: '--log-level <level>', env: 'LORAPLEX_LOG_LEVEL', kind: 'string', default: 'info', choices: ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'], doc: 'log level' }),
+  logPrompts: knob({ key: 'logPrompts', flag: '--log-prompts', env: 'LORAPLEX_LOG_PROMPTS', kind: 'bool', default: false, doc: 'include prompt and completion text in request logs' }),
+} as const;
+
+export type KnobKey = keyof typeof KNOBS;
+
+type ValueOf<K extends Kind> = K extends 'int' | 'bytes' ? number : K extends 'bool' ? boolean : K extends 'list' ? string[] : string;
+export type Config = {
+  readonly [K in KnobKey]: (typeof KNOBS)[K] extends { default: unknown } ? ValueOf<(typeof KNOBS)[K]['kind']> : ValueOf<(typeof KNOBS)[K]['kind']> | undefined;
+};
+
+const UNITS: Record<string, number> = { '': 1, b: 1, k: 1e3, kb: 1e3, m: 1e6, mb: 1e6, g: 1e9, gb: 1e9, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3 };
+
+export function parseBytes(text: string): number | null {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(text);
+  if (!m) return null;
+  const unit = UNITS[m[2].toLowerCase()];
+  return unit === undefined ? null : Math.round(Number(m[1]) * unit);
+}
+
+/** Parses one raw value (from a flag or the environment); returns an error message or the value. */
+export function parseKnob(k: Knob, raw: unknown): { value?: unknown; error?: string } {
+  if (raw === undefined) return { value: k.default };
+  const name = `${k.flag.split(' ')[0]} (${k.env})`;
+  switch (k.kind) {
+    case 'bool':
+      if (typeof raw === 'boolean') return { value: raw };
+      if (/^(1|true|yes|on)$/i.test(String(raw))) return { value: true };
+      if (/^(0|false|no|off|)$/i.test(String(raw))) return { value: false };
+      return { error: `${name} must be true or false, got ${JSON.stringify(raw)}` };
+    case 'int': {
+      const s = String(raw).trim();
+      const n = Number(s);
+      if (!/^-?\d+$/.test(s) || !Number.isSafeInteger(n)) return { error: `${name} must be an integer, got ${JSON.stringify(raw)}` };
+      if (k.min !== undefined && n < k.min) return { error: `${name} must be >= ${k.min}, got ${n}` };
+      return { value: n };
+    }
+    case 'bytes': {
+      const n = typeof raw === 'number' ? raw : parseBytes(String(raw));
+      if (n === null) return { error: `${name} must be a size like 512MB or 2GiB, got ${JSON.stringify(raw)}` };
+      if (k.min !== undefined && n < k.min) return { error: `${name} must be >= ${k.min} bytes, got ${n}` };
+      return { value: n };
+    }
+    case 'list':
+      return { value: (Array.isArray(raw) ? raw.map(String) : String(raw).split(',')).map((s) => s.trim()).filter((s) => s !== '') };
+    case 'string': {
+      const s = String(raw);
+      if (k.choices && !k.choices.includes(s)) return { error: `${name} must be one of ${k.choices.join(', ')}, got ${JSON.stringify(s)}` };
+      return { value: s };
+    }
+  }
+}
+
+export class ConfigError extends Error {
+  readonly problems: string[];
+  constructor(problems: string[]) {
+    super(`invalid configuration: ${problems.join('; ')}`);
+    this.problems = problems;
+  }
+}
+
+/**
+ * Resolves the knobs `keys` from flag values (already parsed by the CLI, undefined when not given)
+ * and the environment, in that order of precedence. Throws ConfigError listing every problem.
+ */
+export function resolveConfig(
+  keys: readonly KnobKey[],
+  flags: Partial<Record<KnobKey, unknown>>,
+  env: Record<string, string | undefined>,
+  required: readonly KnobKey[] = [],
+): Partial<Config> {
+  const out: Record<string, unknown> = {};
+  const problems: string[] = [];
+  for (const key of keys) {
+    const k = KNOBS[key] as Knob;
+    const raw = flags[key] !== undefined ? flags[key] : env[k.env];
+    const { value, error } = parseKnob(k, raw === '' && k.kind !== 'bool' ? undefined : raw);
+    if (error) problems.push(error);
+    else if (value === undefined && required.includes(key)) problems.push(`${k.flag.split(' ')[0]} (or ${k.env}) is required`);
+    else out[key] = value;
+  }
+  if (problems.length > 0) throw new ConfigError(problems);
+  return Object.freeze(out) as Partial<Config>;
+}

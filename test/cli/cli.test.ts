@@ -1,0 +1,61 @@
+/** The command line end to end: real processes, real files, JSON on the last line of stdout. */
+import { execFile } from 'node:child_process';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { describe, expect, it } from 'vitest';
+import { referenceLogits } from '../helpers/reference.js';
+import { argmax } from '../helpers/runtime.js';
+import { makeTinyAdapter, makeTinyModel, tempDir } from '../helpers/tiny-model.js';
+
+const run = promisify(execFile);
+const CLI = join(import.meta.dirname, '../../src/cli/index.ts');
+
+async function cli(args: string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const r = await run(process.execPath, ['--import', 'tsx', CLI, ...args], { env: { ...process.env, ...env } });
+    return { code: 0, stdout: r.stdout, stderr: r.stderr };
+  } catch (err) {
+    const e = err as { code: number; stdout: string; stderr: string };
+    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+  }
+}
+
+const lastJson = (stdout: string): Record<string, unknown> => JSON.parse(stdout.trim().split('\n').at(-1)!) as Record<string, unknown>;
+
+describe('loraplex CLI', () => {
+  const tm = makeTinyModel({ flavour: 'llama', seed: 61 });
+  const adapter = makeTinyAdapter(tm, { seed: 62 });
+  const cacheDir = tempDir();
+
+  it('build caches the graph: the second run reuses it', async () => {
+    const first = await cli(['build', '--model', tm.dir, '--quant', 'int8', '--cache-dir', cacheDir]);
+    expect(first.code).toBe(0);
+    expect(lastJson(first.stdout).built).toBe(true);
+    expect(first.stderr).toMatch(/build: 100% \(4\/4\)/);
+    const second = await cli(['build', '--model', tm.dir, '--cache-dir', cacheDir], { LORAPLEX_QUANT: 'int8' });
+    expect(lastJson(second.stdout)).toMatchObject({ built: false, dir: lastJson(first.stdout).dir });
+  });
+
+  it('generate greedy tokens equal the reference argmax chain, with an adapter', async () => {
+    const r = await cli(['generate', '--model', tm.dir, '--adapter', adapter.dir, '--quant', 'fp32', '--prompt-ids', '1,2,3', '--max-tokens', '4', '--json', '--cache-dir', cacheDir]);
+    expect(r.code).toBe(0);
+    const out = lastJson(r.stdout);
+    const toks = [1, 2, 3];
+    for (let i = 0; i < 4; i++) toks.push(argmax(referenceLogits(tm.cfg, tm.weights, toks, adapter.lora).at(-1)!));
+    expect(out.tokens).toEqual(toks.slice(3));
+  });
+
+  it.each([
+    [['generate', '--prompt-ids', '1'], /--model \(or LORAPLEX_MODEL\) is required/],
+    [['generate', '--model', '/nonexistent', '--prompt-ids', '1'], /model directory \/nonexistent does not exist/],
+    [['build', '--model', '.', '--quant', 'int5', '--threads', '-1'], /--quant \(LORAPLEX_QUANT\) must be one of fp32, int8, int4, nf4, got "int5"; --threads \(LORAPLEX_THREADS\) must be >= 0, got -1/],
+    [['generate', '--model', '.', '--prompt-ids', '1,x'], /--prompt-ids must be comma-separated non-negative integers, got "1,x"/],
+    [['generate', '--model', '.', '--prompt-ids', '1', '--prompt', 'hi'], /give exactly one of --prompt-ids or --prompt/],
+  ])('%j fails with one line', async (args, message) => {
+    const r = await cli([...args, '--cache-dir', cacheDir]);
+    expect(r.code).not.toBe(0);
+    const lines = r.stderr.trim().split('\n');
+    expect(lines.at(-1)).toMatch(message);
+    expect(lines.at(-1)).toMatch(/^loraplex: /);
+  });
+});
