@@ -163,9 +163,9 @@ export class LoraSlots {
     for (let i = 0; i < src.length; i++) dst[at + i] = floatToHalf(src[i]);
   }
 
-  /** The prefix views [count, in, R] / [count, R, out] of every stack, in graph order. */
-  *views(): Generator<{ layer: number; projection: Projection; a: FloatStore; aDims: number[]; b: FloatStore; bDims: number[] }> {
-    const u = this.weights.length;
+  /** The prefix views [u, in, R] / [u, R, out] of every stack (slots 0..u-1), in graph order. */
+  *views(u = this.weights.length): Generator<{ layer: number; projection: Projection; a: FloatStore; aDims: number[]; b: FloatStore; bDims: number[] }> {
+    if (u > this.weights.length) throw new Error(`views of ${u} slots but ${this.weights.length} are loaded`);
     const r = this.r;
     for (const s of this.stacks) {
       yield {

@@ -63,7 +63,8 @@ export class DecoderModel {
   /** The graph has multi-LoRA inputs (always, except base-only builds used for comparison). */
   private readonly hasLora: boolean;
   private readonly poolFeeds: Record<string, Tensor> = {};
-  private loraFeeds: Record<string, Tensor> = {};
+  /** LoRA stack feeds by number of slots fed (a prefix of the loaded slots); reset when slots change. */
+  private loraFeeds = new Map<number, Record<string, Tensor>>();
   private loraFeedsVersion = -1;
   private readonly fetch: string[];
   private readonly scratch = Array.from({ length: 10 }, () => new Scratch());
@@ -105,18 +106,23 @@ export class DecoderModel {
     this.kv.free(seq);
   }
 
-  private loraTensors(): Record<string, Tensor> {
+  /** Feeds for the stacks of slots 0..u-1. */
+  private loraTensors(u: number): Record<string, Tensor> {
     if (this.loraFeedsVersion !== this.lora.version) {
+      this.loraFeeds.clear();
+      this.loraFeedsVersion = this.lora.version;
+    }
+    let feeds = this.loraFeeds.get(u);
+    if (!feeds) {
       const ft = this.half ? 'float16' : 'float32';
-      const feeds: Record<string, Tensor> = {};
-      for (const v of this.lora.views()) {
+      feeds = {};
+      for (const v of this.lora.views(u)) {
         feeds[loraA(v.layer, v.projection)] = tensor(ft, v.a, v.aDims);
         feeds[loraB(v.layer, v.projection)] = tensor(ft, v.b, v.bDims);
       }
-      this.loraFeeds = feeds;
-      this.loraFeedsVersion = this.lora.version;
+      this.loraFeeds.set(u, feeds);
     }
-    return this.loraFeeds;
+    return feeds;
   }
 
   /**
@@ -191,7 +197,7 @@ export class DecoderModel {
     };
     if (this.hasLora) {
       const { gather, scatter, U, n } = this.groupBySlot(rows, T);
-      Object.assign(feeds, this.loraTensors());
+      Object.assign(feeds, this.loraTensors(U));
       feeds[IO.loraGather] = tensor('int32', gather, [U, n]);
       feeds[IO.loraScatter] = tensor('int32', scatter, [U, n]);
     } else if (rows.some((r) => r.slot >= 0)) {
@@ -207,20 +213,21 @@ export class DecoderModel {
 
   /**
    * Groups the tokens of adapter rows by slot: gather [U, n] (padding T = the zero row),
-   * scatter [U, n] (padding 0, which then adds zeros). U = slots loaded; U = 0 when no row uses one.
+   * scatter [U, n] (padding 0, which then adds zeros). U = highest slot used + 1 (slots above it
+   * are not fed); U = 0 when no row uses an adapter.
    */
   private groupBySlot(rows: readonly StepRow[], T: number): { gather: Int32Array; scatter: Int32Array; U: number; n: number } {
     const counts = new Int32Array(this.lora.count);
-    let any = false;
+    let U = 0;
     for (const r of rows) {
       if (r.slot >= 0) {
         counts[r.slot] += r.tokens.length;
-        any = true;
+        U = Math.max(U, r.slot + 1);
       }
     }
-    if (!any) return { gather: new Int32Array(0), scatter: new Int32Array(0), U: 0, n: 0 };
-    const U = this.lora.count;
-    const n = Math.max(...counts);
+    if (U === 0) return { gather: new Int32Array(0), scatter: new Int32Array(0), U: 0, n: 0 };
+    let n = 0;
+    for (let u = 0; u < U; u++) n = Math.max(n, counts[u]);
     const gather = this.scratch[8].view(U * n).fill(T);
     const scatter = this.scratch[9].view(U * n).fill(0);
     const fill = new Int32Array(U);

@@ -1,0 +1,28 @@
+/**
+ * `npm run bench [-- --quick] [--dir DIR] [--out FILE]`: runs the benchmarks and prints a Markdown
+ * report (and writes JSON next to it). Absolute times drift on shared machines; read the ratios.
+ */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { cpus, totalmem } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { runtimeBench } from './runtime.js';
+
+const { values } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false },
+    dir: { type: 'string', default: join('.cache', 'bench') },
+    out: { type: 'string' },
+  },
+});
+
+const ctx = { quick: values.quick!, dir: values.dir!, log: (line: string) => process.stderr.write(`${line}\n`) };
+mkdirSync(ctx.dir, { recursive: true });
+const started = Date.now();
+const machine = `${cpus().length}× ${cpus()[0]?.model ?? 'CPU'}, ${Math.round(totalmem() / 1024 ** 3)} GiB, Node ${process.version}`;
+const runtime = await runtimeBench(ctx);
+const report = [`## loraplex benchmarks${ctx.quick ? ' (quick)' : ''}`, '', `Machine: ${machine}`, '', runtime.markdown, '', `Resident memory at the end: ${Math.round(process.memoryUsage().rss / 1024 ** 2)} MiB. Took ${Math.round((Date.now() - started) / 1000)} s.`].join('\n');
+process.stdout.write(`${report}\n`);
+const out = values.out ?? join(ctx.dir, ctx.quick ? 'results-quick' : 'results');
+writeFileSync(`${out}.json`, JSON.stringify({ machine, quick: ctx.quick, runtime }, null, 2));
+writeFileSync(`${out}.md`, `${report}\n`);

@@ -1,0 +1,201 @@
+/**
+ * Runtime benchmarks on a Qwen2.5-0.5B-shaped model with random weights (a small shape in --quick):
+ * decode throughput fp32 vs int4, the cost of LoRA by number of distinct adapters, and decode step
+ * time at KV capacity C vs 2C with the same live context. All comparisons are interleaved and
+ * reported as ratios from the same run.
+ */
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { loadPeftAdapter } from '../src/adapters/peft.js';
+import { writeRandomPeftAdapter } from '../src/adapters/random.js';
+import { ensureRandomCheckpoint, QWEN2_5_0_5B, type CheckpointShape } from '../src/runtime/checkpoint/random.js';
+import { buildModel, type BuildOptions, type BuiltModel } from '../src/runtime/graph/build.js';
+import type { WeightFormat } from '../src/runtime/graph/quant.js';
+import type { KvSequence } from '../src/runtime/kv-cache.js';
+import type { LoraWeights } from '../src/runtime/lora-slots.js';
+import { DecoderModel } from '../src/runtime/model.js';
+import { progressBar } from '../src/util/progress.js';
+import { fmt, interleaved, table } from './lib.js';
+
+export const QUICK_SHAPE: CheckpointShape = {
+  architecture: 'Qwen2ForCausalLM',
+  hiddenSize: 256,
+  numLayers: 4,
+  numHeads: 4,
+  numKvHeads: 2,
+  intermediateSize: 1024,
+  vocabSize: 32000,
+  tieWordEmbeddings: true,
+  maxPositionEmbeddings: 4096,
+};
+
+export interface BenchContext {
+  quick: boolean;
+  dir: string;
+  log: (line: string) => void;
+}
+
+export interface RuntimeBenchResult {
+  shape: string;
+  decode: { rows: number; fp32TokPerS: number; int4TokPerS: number; int4OverFp32: number }[];
+  lora: { rows: number; u: number; stepMs: number; ratioToU0: number }[];
+  loraGraphOverBase: { rows: number; ratio: number }[];
+  capacity: { c: number; live: number; stepMsC: number; stepMs2C: number; ratio: number };
+  markdown: string;
+}
+
+export async function prepareModel(ctx: BenchContext): Promise<{ modelDir: string; shape: CheckpointShape; name: string }> {
+  const shape = ctx.quick ? QUICK_SHAPE : QWEN2_5_0_5B;
+  const name = ctx.quick ? 'quick-256x4' : 'qwen2.5-0.5b-shape';
+  const modelDir = join(ctx.dir, 'models', name);
+  if (!existsSync(join(modelDir, '.complete'))) {
+    const bar = progressBar(`writing random ${name} checkpoint`);
+    ensureRandomCheckpoint(modelDir, shape, { progress: bar });
+    bar.stop();
+  }
+  return { modelDir, shape, name };
+}
+
+export async function buildFor(ctx: BenchContext, modelDir: string, opts: BuildOptions): Promise<BuiltModel> {
+  const bar = progressBar(`building ${opts.weights}${opts.lora === false ? ' base-only' : ''} graph`);
+  const built = await buildModel(modelDir, { maxPositions: 4096, ...opts }, { cacheDir: join(ctx.dir, 'builds'), progress: bar, log: ctx.log });
+  bar.stop();
+  return built;
+}
+
+export async function loadModel(built: BuiltModel, kvCacheTokens: number, adapterSlots = 8): Promise<DecoderModel> {
+  return DecoderModel.load(built, { device: 'cpu', allowCpuFallback: false, threads: 0, kvCacheTokens, adapterSlots, maxLoraRank: 64 });
+}
+
+/** Writes (once) and loads `count` random rank-16 adapters on all seven projections. */
+export function benchAdapters(ctx: BenchContext, name: string, model: DecoderModel, count: number, rank = 16): { dirs: string[]; weights: LoraWeights[] } {
+  const dirs: string[] = [];
+  const weights: LoraWeights[] = [];
+  for (let i = 0; i < count; i++) {
+    const dir = join(ctx.dir, 'adapters', `${name}-r${rank}-${i}`);
+    if (!existsSync(join(dir, 'adapter_model.safetensors'))) writeRandomPeftAdapter(dir, model.spec, { rank, seed: 1000 + i });
+    dirs.push(dir);
+    weights.push(loadPeftAdapter(dir, model.spec, { maxRank: 64 }).weights);
+  }
+  return { dirs, weights };
+}
+
+function prompt(n: number, vocab: number, seed: number): number[] {
+  return Array.from({ length: n }, (_, i) => (seed * 7919 + i * 104729) % vocab);
+}
+
+/** Prefills `rows` sequences with `len` tokens each (in chunks that respect a prefill budget). */
+async function prefill(model: DecoderModel, rows: number, len: number, slotOf: (row: number) => number = () => -1): Promise<KvSequence[]> {
+  const seqs = Array.from({ length: rows }, () => model.newSequence());
+  const perStep = Math.max(1, Math.floor(2048 / len));
+  for (let i = 0; i < rows; i += perStep) {
+    const chunk = seqs.slice(i, i + perStep);
+    await model.step(chunk.map((seq, j) => ({ seq, tokens: prompt(len, model.spec.vocabSize, i + j), slot: slotOf(i + j), logits: 'none' as const })));
+  }
+  return seqs;
+}
+
+function decodeStep(model: DecoderModel, seqs: KvSequence[], slotOf: (row: number) => number = () => -1): () => Promise<unknown> {
+  return () => model.step(seqs.map((seq, i) => ({ seq, tokens: [(seq.length * 31 + i) % model.spec.vocabSize], slot: slotOf(i), logits: 'last' as const })));
+}
+
+export async function runtimeBench(ctx: BenchContext): Promise<RuntimeBenchResult> {
+  const { modelDir, name } = await prepareModel(ctx);
+  const rounds = ctx.quick ? 5 : 12;
+  const rowCounts = [1, 8, 32];
+  const promptLen = 128;
+  const kvTokens = 32 * (promptLen + 64) + 1024;
+
+  // ---- decode throughput: fp32 vs int4
+  const builtInt4 = await buildFor(ctx, modelDir, { weights: 'int4', activations: 'fp32' });
+  const builtFp32 = await buildFor(ctx, modelDir, { weights: 'fp32', activations: 'fp32' });
+  const decode: RuntimeBenchResult['decode'] = [];
+  {
+    const models: Record<WeightFormat, DecoderModel> = {
+      int4: await loadModel(builtInt4, kvTokens),
+      fp32: await loadModel(builtFp32, kvTokens),
+    } as Record<WeightFormat, DecoderModel>;
+    for (const rows of rowCounts) {
+      ctx.log(`decode throughput, ${rows} rows: fp32 vs int4`);
+      const s4 = await prefill(models.int4, rows, promptLen);
+      const s32 = await prefill(models.fp32, rows, promptLen);
+      const t = await interleaved({ int4: decodeStep(models.int4, s4), fp32: decodeStep(models.fp32, s32) }, { rounds });
+      decode.push({ rows, fp32TokPerS: (rows * 1000) / t.fp32.median, int4TokPerS: (rows * 1000) / t.int4.median, int4OverFp32: t.fp32.median / t.int4.median });
+      s4.forEach((s) => models.int4.freeSequence(s));
+      s32.forEach((s) => models.fp32.freeSequence(s));
+    }
+    await models.fp32.close();
+    await models.int4.close();
+  }
+
+  // ---- LoRA cost by distinct adapters in the batch, and the LoRA graph at U = 0 vs a base-only graph
+  const lora: RuntimeBenchResult['lora'] = [];
+  const loraGraphOverBase: RuntimeBenchResult['loraGraphOverBase'] = [];
+  {
+    const model = await loadModel(builtInt4, kvTokens);
+    const base = await loadModel(await buildFor(ctx, modelDir, { weights: 'int4', activations: 'fp32', lora: false }), kvTokens);
+    const { weights } = benchAdapters(ctx, name, model, 8);
+    weights.forEach((w) => model.lora.load(w));
+    for (const rows of [8, 32]) {
+      ctx.log(`LoRA cost, ${rows} rows: U = 0, 1, 4, 8 distinct adapters (rank 16, all 7 projections)`);
+      const seqs = await prefill(model, rows, promptLen);
+      const baseSeqs = await prefill(base, rows, promptLen);
+      const slotFor = (u: number) => (i: number) => (u === 0 ? -1 : i % u);
+      const t = await interleaved(
+        {
+          u0: decodeStep(model, seqs, slotFor(0)),
+          u1: decodeStep(model, seqs, slotFor(1)),
+          u4: decodeStep(model, seqs, slotFor(4)),
+          u8: decodeStep(model, seqs, slotFor(8)),
+          baseGraph: decodeStep(base, baseSeqs),
+        },
+        { rounds },
+      );
+      for (const [u, key] of [[0, 'u0'], [1, 'u1'], [4, 'u4'], [8, 'u8']] as const) {
+        lora.push({ rows, u, stepMs: t[key].median, ratioToU0: t[key].median / t.u0.median });
+      }
+      loraGraphOverBase.push({ rows, ratio: t.u0.median / t.baseGraph.median });
+      seqs.forEach((s) => model.freeSequence(s));
+      baseSeqs.forEach((s) => base.freeSequence(s));
+    }
+    await model.close();
+    await base.close();
+  }
+
+  // ---- KV capacity C vs 2C with the same live context
+  let capacity: RuntimeBenchResult['capacity'];
+  {
+    const rows = 8;
+    const live = ctx.quick ? 256 : 512;
+    const c = rows * (live + 64) * 2;
+    ctx.log(`decode step at KV capacity ${c} vs ${2 * c} tokens, ${rows} rows with ${live} tokens of context each`);
+    const small = await loadModel(builtInt4, c);
+    const big = await loadModel(builtInt4, 2 * c);
+    const sa = await prefill(small, rows, live);
+    const sb = await prefill(big, rows, live);
+    const t = await interleaved({ c: decodeStep(small, sa), c2: decodeStep(big, sb) }, { rounds });
+    capacity = { c, live, stepMsC: t.c.median, stepMs2C: t.c2.median, ratio: t.c2.median / t.c.median };
+    await small.close();
+    await big.close();
+  }
+
+  const markdown = [
+    `### Runtime (${name}, random weights, CPU)`,
+    '',
+    'Decode throughput (tokens/s, 128-token contexts):',
+    '',
+    table(['rows', 'fp32 tok/s', 'int4 tok/s', 'int4 / fp32'], decode.map((d) => [d.rows, fmt(d.fp32TokPerS, 1), fmt(d.int4TokPerS, 1), `${fmt(d.int4OverFp32)}×`])),
+    '',
+    'LoRA cost (int4, rank-16 adapters on all 7 projections; step time as a ratio to the same batch with no adapter rows):',
+    '',
+    table(['rows', 'U=0', 'U=1', 'U=4', 'U=8', 'U=0 LoRA graph / base-only graph'], [8, 32].map((rows) => {
+      const r = lora.filter((x) => x.rows === rows);
+      const b = loraGraphOverBase.find((x) => x.rows === rows)!;
+      return [rows, `${fmt(r[0].stepMs)} ms`, ...r.slice(1).map((x) => `${fmt(x.ratioToU0)}×`), `${fmt(b.ratio)}×`];
+    })),
+    '',
+    `KV capacity: decode step with ${capacity.live}-token contexts × 8 rows: ${fmt(capacity.stepMsC)} ms at capacity ${capacity.c} tokens, ` +
+      `${fmt(capacity.stepMs2C)} ms at ${2 * capacity.c} (2C / C = ${fmt(capacity.ratio)}×)`,
+  ].join('\n');
+  return { shape: name, decode, lora, loraGraphOverBase, capacity, markdown };
+}
