@@ -6,6 +6,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { CheckpointError } from '../errors.js';
+import { ChatTemplate, tokenText } from './chat-template.js';
 
 export interface TokenizerFiles {
   tokenizer: Record<string, unknown>;
@@ -29,6 +30,11 @@ export function readTokenizerFiles(dir: string): TokenizerFiles | null {
 export class TextTokenizer {
   private readonly tok: Tokenizer;
   readonly config: Record<string, unknown>;
+  readonly bosId: number | null;
+  readonly eosId: number | null;
+  /** tokenizer_config.json's add_bos_token when it says; null = as tokenizer.json's post-processor does. */
+  private readonly addBos: boolean | null;
+  readonly chatTemplate: ChatTemplate | null;
 
   constructor(files: TokenizerFiles) {
     try {
@@ -37,6 +43,14 @@ export class TextTokenizer {
       throw new CheckpointError(`tokenizer.json cannot be loaded: ${(err as Error).message}`, err);
     }
     this.config = files.config;
+    const idOf = (key: string): number | null => {
+      const text = tokenText(files.config[key]);
+      return text === null ? null : (this.tok.token_to_id(text) ?? null);
+    };
+    this.bosId = idOf('bos_token');
+    this.eosId = idOf('eos_token');
+    this.addBos = typeof files.config.add_bos_token === 'boolean' ? files.config.add_bos_token : null;
+    this.chatTemplate = ChatTemplate.fromTokenizerConfig(files.config);
   }
 
   static load(dir: string): TextTokenizer | null {
@@ -44,12 +58,22 @@ export class TextTokenizer {
     return files ? new TextTokenizer(files) : null;
   }
 
-  /** Token ids of `text`; special tokens (BOS) added as the tokenizer's post-processor says. */
+  /**
+   * Token ids of `text`. With `addSpecialTokens`, BOS is added as tokenizer.json's post-processor
+   * says, corrected by tokenizer_config.json's add_bos_token when that is given.
+   */
   encode(text: string, addSpecialTokens = true): number[] {
-    return this.tok.encode(text, { add_special_tokens: addSpecialTokens }).ids;
+    const ids = this.tok.encode(text, { add_special_tokens: addSpecialTokens }).ids;
+    if (addSpecialTokens && this.bosId !== null && this.addBos !== null) {
+      const has = ids[0] === this.bosId;
+      if (this.addBos && !has) ids.unshift(this.bosId);
+      else if (!this.addBos && has && !text.startsWith(tokenText(this.config.bos_token) ?? '\0')) ids.shift();
+    }
+    return ids;
   }
 
   decode(ids: readonly number[], skipSpecialTokens = true): string {
+    if (ids.length === 0) return '';
     return this.tok.decode([...ids], { skip_special_tokens: skipSpecialTokens });
   }
 

@@ -1,0 +1,91 @@
+/**
+ * Chat templates from tokenizer_config.json, rendered with @huggingface/jinja and the variables real
+ * templates use: messages, add_generation_prompt, bos_token, eos_token (and the other special
+ * tokens) and tools; the library provides raise_exception and strftime_now. The rendered text already holds the template's special tokens,
+ * so it is tokenized without adding BOS again (as transformers' apply_chat_template does).
+ */
+import { Template } from '@huggingface/jinja';
+import { LoraplexError } from '../errors.js';
+
+export interface ChatMessage {
+  role: string;
+  content: string | null;
+  name?: string;
+  tool_calls?: unknown;
+  tool_call_id?: string;
+}
+
+export class ChatTemplateError extends LoraplexError {
+  constructor(message: string, param: string | null = 'messages') {
+    super(message, { code: 'chat_template_error', statusCode: 400, type: 'invalid_request_error', param });
+  }
+}
+
+/** A special-token value in tokenizer_config.json: a string or an AddedToken object. */
+export function tokenText(v: unknown): string | null {
+  if (typeof v === 'string') return v;
+  if (v && typeof v === 'object' && typeof (v as { content?: unknown }).content === 'string') return (v as { content: string }).content;
+  return null;
+}
+
+export class ChatTemplate {
+  private readonly templates: Map<string, Template>;
+  private readonly specials: Record<string, string>;
+
+  private constructor(templates: Map<string, Template>, specials: Record<string, string>) {
+    this.templates = templates;
+    this.specials = specials;
+  }
+
+  /** The template of a tokenizer_config.json object, or null when it has none. */
+  static fromTokenizerConfig(cfg: Record<string, unknown>, source = 'tokenizer_config.json'): ChatTemplate | null {
+    const raw = cfg.chat_template;
+    if (raw == null) return null;
+    const entries: [string, string][] = [];
+    if (typeof raw === 'string') {
+      entries.push(['default', raw]);
+    } else if (Array.isArray(raw)) {
+      for (const t of raw as { name?: unknown; template?: unknown }[]) {
+        if (typeof t?.name === 'string' && typeof t.template === 'string') entries.push([t.name, t.template]);
+      }
+    }
+    if (entries.length === 0) throw new LoraplexError(`${source}: chat_template must be a string or a list of {name, template}`, { code: 'checkpoint_invalid', statusCode: 500, type: 'server_error' });
+    const templates = new Map<string, Template>();
+    for (const [name, text] of entries) {
+      try {
+        templates.set(name, new Template(text));
+      } catch (err) {
+        throw new LoraplexError(`${source}: chat template ${JSON.stringify(name)} does not parse: ${(err as Error).message}`, {
+          code: 'checkpoint_invalid',
+          statusCode: 500,
+          type: 'server_error',
+        });
+      }
+    }
+    const specials: Record<string, string> = {};
+    for (const key of ['bos_token', 'eos_token', 'unk_token', 'pad_token', 'sep_token', 'cls_token', 'mask_token']) {
+      const t = tokenText(cfg[key]);
+      if (t !== null) specials[key] = t;
+    }
+    return new ChatTemplate(templates, specials);
+  }
+
+  /** Renders messages to the prompt text. */
+  render(messages: readonly ChatMessage[], opts: { addGenerationPrompt?: boolean; tools?: unknown[] | null } = {}): string {
+    const tools = opts.tools && opts.tools.length > 0 ? opts.tools : null;
+    const template = (tools && this.templates.get('tool_use')) || this.templates.get('default') || this.templates.values().next().value!;
+    try {
+      return template.render({
+        ...this.specials,
+        messages,
+        add_generation_prompt: opts.addGenerationPrompt ?? true,
+        tools,
+      });
+    } catch (err) {
+      // raise_exception (provided by the library) and rendering errors both mean these messages
+      // do not fit the template: a client error.
+      throw new ChatTemplateError(`the chat template rejected these messages: ${(err as Error).message}`);
+    }
+  }
+}
+

