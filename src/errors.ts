@@ -60,3 +60,10 @@ export class CapacityError extends LoraplexError {
     super(message, { code: 'capacity_exceeded', statusCode: 400, type: 'invalid_request_error', param });
   }
 }
+
+/** A request field with a wrong value. */
+export class ValidationError extends LoraplexError {
+  constructor(message: string, param: string | null = null) {
+    super(message, { code: 'invalid_parameter', statusCode: 400, type: 'invalid_request_error', param });
+  }
+}

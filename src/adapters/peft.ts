@@ -8,6 +8,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { AdapterInvalidError, CheckpointError } from '../errors.js';
+import { ChatTemplate } from '../runtime/chat-template.js';
 import { SafetensorsFile } from '../runtime/checkpoint/safetensors.js';
 import { PROJECTIONS, projectionPath, projectionShape, type ModelSpec, type Projection } from '../runtime/checkpoint/spec.js';
 import { factorKey, type LoraFactor, type LoraWeights } from '../runtime/lora-slots.js';
@@ -221,4 +222,18 @@ function checkFinite(m: Float32Array, name: string): void {
   for (let i = 0; i < m.length; i++) {
     if (!Number.isFinite(m[i])) throw new AdapterInvalidError(`${ADAPTER_WEIGHTS}: ${name} contains a non-finite value`, 'adapter_model');
   }
+}
+
+/** An adapter directory's own chat template (tokenizer_config.json), which wins over the base model's. */
+export function readAdapterChatTemplate(dir: string): ChatTemplate | null {
+  const path = join(dir, 'tokenizer_config.json');
+  if (!existsSync(path)) return null;
+  let cfg: unknown;
+  try {
+    cfg = JSON.parse(readFileSync(path, 'utf8'));
+  } catch (err) {
+    throw new AdapterInvalidError(`tokenizer_config.json is not valid JSON (${(err as Error).message})`, 'tokenizer_config');
+  }
+  if (cfg === null || typeof cfg !== 'object') throw new AdapterInvalidError('tokenizer_config.json must be a JSON object', 'tokenizer_config');
+  return ChatTemplate.fromTokenizerConfig(cfg as Record<string, unknown>, `${dir}/tokenizer_config.json`);
 }

@@ -1,7 +1,12 @@
 /** The CLI's commands, as functions of a resolved configuration. */
 import { loadPeftAdapter } from '../adapters/peft.js';
 import type { Config } from '../config.js';
-import { CapacityError } from '../errors.js';
+import { readAdapterChatTemplate as adapterChatTemplate } from '../adapters/peft.js';
+import { ValidationError } from '../errors.js';
+import type { ChatMessage } from '../runtime/chat-template.js';
+import { Generation } from '../runtime/generation.js';
+import { parseSampling } from '../runtime/sampling-params.js';
+import { Sampler } from '../runtime/sampling.js';
 import { buildFromSettings, openRuntime, type RuntimeSettings } from '../runtime/open.js';
 import { progressBar } from '../util/progress.js';
 
@@ -26,35 +31,92 @@ export interface GenerateArgs {
   adapter?: string;
   promptIds?: string;
   prompt?: string;
+  chat?: string;
   maxTokens: string;
   json: boolean;
+  temperature?: string;
+  topP?: string;
+  topK?: string;
+  minP?: string;
+  repetitionPenalty?: string;
+  frequencyPenalty?: string;
+  presencePenalty?: string;
+  seed?: string;
+  logitBias?: string;
+  stop?: string[];
+  logprobs?: string;
 }
 
 function parsePromptIds(text: string): number[] {
   const ids = text.split(',').map((s) => s.trim());
   if (ids.length === 0 || ids.some((s) => !/^\d+$/.test(s))) {
-    throw new CapacityError(`--prompt-ids must be comma-separated non-negative integers, got ${JSON.stringify(text)}`);
+    throw new ValidationError(`--prompt-ids must be comma-separated non-negative integers, got ${JSON.stringify(text)}`, 'prompt-ids');
   }
   return ids.map(Number);
 }
 
-export async function runGenerate(config: Partial<Config>, args: GenerateArgs): Promise<void> {
-  if ((args.promptIds === undefined) === (args.prompt === undefined)) {
-    throw new CapacityError('give exactly one of --prompt-ids or --prompt');
+function flagNumber(name: string, v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (v.trim() === '' || !Number.isFinite(n)) throw new ValidationError(`--${name} must be a number, got ${JSON.stringify(v)}`, name);
+  return n;
+}
+
+function parseJsonFlag(name: string, v: string): unknown {
+  try {
+    return JSON.parse(v);
+  } catch (err) {
+    throw new ValidationError(`--${name} must be JSON (${(err as Error).message})`, name);
   }
+}
+
+function parseMessages(v: string): ChatMessage[] {
+  const m = parseJsonFlag('chat', v);
+  if (!Array.isArray(m) || m.length === 0 || !m.every((x) => x && typeof x.role === 'string' && (typeof x.content === 'string' || x.content === null))) {
+    throw new ValidationError('--chat must be a non-empty JSON array of {"role": string, "content": string}', 'chat');
+  }
+  return m as ChatMessage[];
+}
+
+export async function runGenerate(config: Partial<Config>, args: GenerateArgs): Promise<void> {
+  const given = [args.promptIds, args.prompt, args.chat].filter((x) => x !== undefined).length;
+  if (given !== 1) throw new ValidationError('give exactly one of --prompt-ids, --prompt or --chat');
   const maxTokens = Number(args.maxTokens);
-  if (!Number.isSafeInteger(maxTokens) || maxTokens < 1) throw new CapacityError(`--max-tokens must be a positive integer, got ${JSON.stringify(args.maxTokens)}`);
+  if (!Number.isSafeInteger(maxTokens) || maxTokens < 1) throw new ValidationError(`--max-tokens must be a positive integer, got ${JSON.stringify(args.maxTokens)}`, 'max-tokens');
   const promptIds = args.promptIds === undefined ? null : parsePromptIds(args.promptIds);
+  const messages = args.chat === undefined ? null : parseMessages(args.chat);
+  const rawSampling = {
+    temperature: flagNumber('temperature', args.temperature) ?? 0,
+    top_p: flagNumber('top-p', args.topP),
+    top_k: flagNumber('top-k', args.topK),
+    min_p: flagNumber('min-p', args.minP),
+    repetition_penalty: flagNumber('repetition-penalty', args.repetitionPenalty),
+    frequency_penalty: flagNumber('frequency-penalty', args.frequencyPenalty),
+    presence_penalty: flagNumber('presence-penalty', args.presencePenalty),
+    seed: flagNumber('seed', args.seed),
+    logit_bias: args.logitBias === undefined ? undefined : parseJsonFlag('logit-bias', args.logitBias),
+    logprobs: flagNumber('logprobs', args.logprobs),
+  };
   const bar = progressBar('build');
   const rt = await openRuntime(settings(config), bar, log);
   bar.stop();
   try {
+    const sampling = parseSampling(rawSampling, rt.model.spec.vocabSize);
+    const tok = rt.tokenizer;
     let prompt: number[];
     if (promptIds) {
       prompt = promptIds;
+    } else if (!tok) {
+      throw new ValidationError(`--prompt and --chat need a tokenizer.json in ${config.model}; use --prompt-ids`);
+    } else if (messages) {
+      const template = (args.adapter ? adapterChatTemplate(args.adapter) : null) ?? tok.chatTemplate;
+      if (!template) throw new ValidationError(`the model in ${config.model} has no chat template (tokenizer_config.json chat_template); use --prompt`, 'chat');
+      prompt = tok.encode(template.render(messages), false);
     } else {
-      if (!rt.tokenizer) throw new CapacityError(`--prompt needs a tokenizer.json in ${config.model}; use --prompt-ids`);
-      prompt = rt.tokenizer.encode(args.prompt!);
+      prompt = tok.encode(args.prompt!);
+    }
+    if (prompt.length + maxTokens > rt.model.maxPositions) {
+      throw new ValidationError(`prompt tokens + --max-tokens must be <= ${rt.model.maxPositions}; given ${prompt.length} prompt tokens and ${maxTokens}`, 'max-tokens');
     }
     let slot = -1;
     if (args.adapter) {
@@ -62,26 +124,25 @@ export async function runGenerate(config: Partial<Config>, args: GenerateArgs): 
       slot = rt.model.lora.load(adapter.weights);
     }
     const eos = new Set(rt.model.spec.eosTokenIds);
+    if (tok?.eosId != null) eos.add(tok.eosId);
+    const gen = new Generation(prompt, sampling, { maxNewTokens: maxTokens, eosIds: eos, stopTokenIds: new Set(), stopStrings: args.stop ?? [] }, tok);
+    const sampler = new Sampler(rt.model.spec.vocabSize);
     const seq = rt.model.newSequence();
-    const generated: number[] = [];
+    let text = '';
+    const logprobs: { token: number; logprob: number; top: { token: number; logprob: number }[] }[] = [];
     let next = prompt;
-    let finish: 'stop' | 'length' = 'length';
-    for (let i = 0; i < maxTokens; i++) {
+    while (!gen.done) {
       const out = await rt.model.step([{ seq, tokens: next, slot, logits: 'last' }]);
-      const logits = out.logits.subarray(0, out.vocabSize);
-      let best = 0;
-      for (let v = 1; v < logits.length; v++) if (logits[v] > logits[best]) best = v;
-      if (eos.has(best)) {
-        finish = 'stop';
-        break;
-      }
-      generated.push(best);
-      next = [best];
+      const e = gen.next(out.logits.subarray(0, out.vocabSize), sampler);
+      text += e.text;
+      if (e.logprob !== undefined) logprobs.push({ token: e.id, logprob: e.logprob, top: (e.top ?? []).map((t) => ({ token: t.id, logprob: t.logprob })) });
+      next = [e.id];
     }
-    const result: Record<string, unknown> = { tokens: generated, finish_reason: finish };
-    if (rt.tokenizer) result.text = rt.tokenizer.decode(generated);
+    const result: Record<string, unknown> = { tokens: gen.output, finish_reason: gen.finishReason };
+    if (tok) result.text = text;
+    if (sampling.logprobs !== null) result.logprobs = logprobs;
     if (args.json) process.stdout.write(`${JSON.stringify(result)}\n`);
-    else process.stdout.write(`${rt.tokenizer ? String(result.text) : generated.join(',')}\n`);
+    else process.stdout.write(`${tok ? text : gen.output.join(',')}\n`);
   } finally {
     await rt.model.close();
   }

@@ -57,11 +57,23 @@ addKnobs(program.command('build').description('build (or reuse) the cached ONNX 
   },
 );
 
-addKnobs(program.command('generate').description('generate from a prompt, greedily by default'), RUNTIME_KEYS)
+addKnobs(program.command('generate').description('generate from a prompt or chat messages (greedy unless --temperature is given)'), RUNTIME_KEYS)
   .option('--adapter <dir>', 'PEFT adapter directory to apply')
   .option('--prompt-ids <ids>', 'prompt as comma-separated token ids')
   .option('--prompt <text>', 'prompt text (needs tokenizer.json in the model directory)')
+  .option('--chat <messages>', 'chat messages as JSON, rendered with the chat template: [{"role":"user","content":"Hi"}]')
   .option('--max-tokens <n>', 'tokens to generate', '32')
+  .option('--temperature <t>', '0 = greedy (default 0)')
+  .option('--top-p <p>', 'nucleus sampling mass (0, 1]')
+  .option('--top-k <k>', 'sample among the k most likely tokens (0 = off)')
+  .option('--min-p <p>', 'drop tokens below p times the most likely one')
+  .option('--repetition-penalty <x>', 'penalize tokens already in prompt or output (> 1)')
+  .option('--frequency-penalty <x>', 'OpenAI frequency penalty (-2..2)')
+  .option('--presence-penalty <x>', 'OpenAI presence penalty (-2..2)')
+  .option('--logit-bias <json>', 'token id → bias, e.g. {"42": -100}')
+  .option('--seed <n>', 'seed for sampling (same seed and input → same tokens)')
+  .option('--stop <text...>', 'stop strings (not included in the output)')
+  .option('--logprobs <n>', 'report each token\'s logprob and the top n alternatives (0..20)')
   .option('--json', 'print one JSON object on the last line of stdout')
   .action(async (opts: Record<string, unknown>) => {
     try {
@@ -70,8 +82,20 @@ addKnobs(program.command('generate').description('generate from a prompt, greedi
         adapter: opts.adapter as string | undefined,
         promptIds: opts.promptIds as string | undefined,
         prompt: opts.prompt as string | undefined,
+        chat: opts.chat as string | undefined,
         maxTokens: opts.maxTokens as string,
         json: opts.json === true,
+        temperature: opts.temperature as string | undefined,
+        topP: opts.topP as string | undefined,
+        topK: opts.topK as string | undefined,
+        minP: opts.minP as string | undefined,
+        repetitionPenalty: opts.repetitionPenalty as string | undefined,
+        frequencyPenalty: opts.frequencyPenalty as string | undefined,
+        presencePenalty: opts.presencePenalty as string | undefined,
+        logitBias: opts.logitBias as string | undefined,
+        seed: opts.seed as string | undefined,
+        stop: opts.stop as string[] | undefined,
+        logprobs: opts.logprobs as string | undefined,
       });
     } catch (err) {
       fail(err);

@@ -5,6 +5,7 @@ import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { referenceLogits } from '../helpers/reference.js';
 import { argmax } from '../helpers/runtime.js';
+import { copyTokenizer, loadTokenizer } from '../helpers/tokenizers.js';
 import { makeTinyAdapter, makeTinyModel, tempDir } from '../helpers/tiny-model.js';
 
 const run = promisify(execFile);
@@ -50,12 +51,47 @@ describe('loraplex CLI', () => {
     [['generate', '--model', '/nonexistent', '--prompt-ids', '1'], /model directory \/nonexistent does not exist/],
     [['build', '--model', '.', '--quant', 'int5', '--threads', '-1'], /--quant \(LORAPLEX_QUANT\) must be one of fp32, int8, int4, nf4, got "int5"; --threads \(LORAPLEX_THREADS\) must be >= 0, got -1/],
     [['generate', '--model', '.', '--prompt-ids', '1,x'], /--prompt-ids must be comma-separated non-negative integers, got "1,x"/],
-    [['generate', '--model', '.', '--prompt-ids', '1', '--prompt', 'hi'], /give exactly one of --prompt-ids or --prompt/],
+    [['generate', '--model', '.', '--prompt-ids', '1', '--prompt', 'hi'], /give exactly one of --prompt-ids, --prompt or --chat/],
+    [['generate', '--model', '.', '--prompt-ids', '1', '--temperature', 'hot'], /--temperature must be a number, got "hot"/],
+    [['generate', '--model', '.', '--chat', '{"role":"user"}'], /--chat must be a non-empty JSON array/],
   ])('%j fails with one line', async (args, message) => {
     const r = await cli([...args, '--cache-dir', cacheDir]);
     expect(r.code).not.toBe(0);
     const lines = r.stderr.trim().split('\n');
     expect(lines.at(-1)).toMatch(message);
     expect(lines.at(-1)).toMatch(/^loraplex: /);
+  });
+
+  describe('with a real tokenizer (Qwen3 vocabulary and chat template)', () => {
+    const qwen = loadTokenizer('qwen3');
+    const vocabSize = 151669;
+    const model = makeTinyModel({ flavour: 'qwen2', seed: 63, vocabSize, hiddenSize: 32, numHeads: 2, numKvHeads: 1, intermediateSize: 64 });
+    copyTokenizer('qwen3', model.dir);
+    const base = ['generate', '--model', model.dir, '--quant', 'fp32', '--cache-dir', cacheDir, '--json'];
+
+    it('--chat renders the template; text, tokens, finish_reason and logprobs come back', async () => {
+      const r = await cli([...base, '--chat', JSON.stringify([{ role: 'user', content: 'Hello!' }]), '--max-tokens', '5', '--logprobs', '2']);
+      expect(r.code, r.stderr).toBe(0);
+      const out = lastJson(r.stdout) as { tokens: number[]; text: string; finish_reason: string; logprobs: { token: number; logprob: number; top: unknown[] }[] };
+      expect(out.finish_reason).toMatch(/^(length|stop)$/);
+      expect(out.text).toBe(qwen.decode(out.tokens));
+      expect(out.logprobs).toHaveLength(out.tokens.length);
+      expect(out.logprobs[0].top).toHaveLength(2);
+      expect(out.logprobs[0].logprob).toBeLessThanOrEqual(0);
+    });
+
+    it('a seed makes sampling reproducible; a stop string ends with reason stop', async () => {
+      const args = [...base, '--prompt', 'Once upon a time', '--max-tokens', '6', '--temperature', '1.5', '--seed', '7'];
+      const a = lastJson((await cli(args)).stdout);
+      const b = lastJson((await cli(args)).stdout);
+      expect(a.tokens).toEqual(b.tokens);
+      const text = a.text as string;
+      const cut = text.slice(1, 3);
+      if (cut.trim().length > 0) {
+        const s = lastJson((await cli([...args, '--stop', cut])).stdout);
+        expect(s.finish_reason).toBe('stop');
+        expect(s.text).toBe(text.slice(0, text.indexOf(cut)));
+      }
+    });
   });
 });
