@@ -98,13 +98,37 @@ const KEY = /^(?:base_model\.model\.)?model\.layers\.(\d+)\.(self_attn|mlp)\.(\w
 
 export interface LoadOptions {
   maxRank: number;
+  /**
+   * With --strict-base: the served model's name. An adapter whose base_model_name_or_path names a
+   * different model (compared by last path component, case-insensitively) is refused.
+   */
+  strictBase?: string | null;
 }
 
-export interface PeftAdapter {
+/** What an adapter is, known from its config and tensor headers alone (no weights read). */
+export interface PeftInfo {
   config: PeftConfig;
-  weights: LoraWeights;
   /** The projections that carry LoRA factors. */
   targets: Projection[];
+  /** Largest rank of any factor. */
+  maxRank: number;
+  /** Bytes the factors take in memory (float32). */
+  bytes: number;
+}
+
+export interface PeftAdapter extends PeftInfo {
+  weights: LoraWeights;
+}
+
+interface FactorPlan {
+  key: string;
+  projection: Projection;
+  rank: number;
+  scale: number;
+  din: number;
+  dout: number;
+  a: string;
+  b: string;
 }
 
 export function readPeftConfig(dir: string): PeftConfig {
@@ -119,9 +143,7 @@ export function readPeftConfig(dir: string): PeftConfig {
   return parsePeftConfig(json);
 }
 
-/** Reads and validates a PEFT adapter directory against the base model spec. */
-export function loadPeftAdapter(dir: string, spec: ModelSpec, opts: LoadOptions): PeftAdapter {
-  const config = readPeftConfig(dir);
+function openWeights(dir: string): SafetensorsFile {
   const weightsPath = join(dir, ADAPTER_WEIGHTS);
   if (!existsSync(weightsPath)) {
     const pickle = existsSync(join(dir, 'adapter_model.bin'));
@@ -132,20 +154,66 @@ export function loadPeftAdapter(dir: string, spec: ModelSpec, opts: LoadOptions)
       'adapter_model',
     );
   }
-  let file: SafetensorsFile;
   try {
-    file = SafetensorsFile.open(weightsPath);
+    return SafetensorsFile.open(weightsPath);
   } catch (err) {
     throw new AdapterInvalidError(err instanceof CheckpointError ? err.message : String(err), 'adapter_model');
   }
+}
+
+function lastComponent(path: string): string {
+  return path.replace(/[\\/]+$/, '').split(/[\\/]/).pop()!.toLowerCase();
+}
+
+/** Validates an adapter directory against the base model from its config and tensor headers. */
+export function inspectPeftAdapter(dir: string, spec: ModelSpec, opts: LoadOptions): PeftInfo {
+  const config = readPeftConfig(dir);
+  const file = openWeights(dir);
   try {
-    return readFactors(file, config, spec, opts);
+    return summarize(config, planFactors(file, config, spec, opts), opts);
   } finally {
     file.close();
   }
 }
 
-function readFactors(file: SafetensorsFile, config: PeftConfig, spec: ModelSpec, opts: LoadOptions): PeftAdapter {
+/** Reads and validates a PEFT adapter directory against the base model spec. */
+export function loadPeftAdapter(dir: string, spec: ModelSpec, opts: LoadOptions): PeftAdapter {
+  const config = readPeftConfig(dir);
+  const file = openWeights(dir);
+  try {
+    const plan = planFactors(file, config, spec, opts);
+    const info = summarize(config, plan, opts);
+    const factors = new Map<string, LoraFactor>();
+    for (const f of plan) {
+      const a = transpose(file.readFloat32(f.a), f.rank, f.din, 1);
+      const b = transpose(file.readFloat32(f.b), f.dout, f.rank, f.scale);
+      checkFinite(a, f.a);
+      checkFinite(b, f.b);
+      factors.set(f.key, { rank: f.rank, a, b });
+    }
+    return { ...info, weights: { factors, maxRank: info.maxRank, bytes: info.bytes } };
+  } finally {
+    file.close();
+  }
+}
+
+function summarize(config: PeftConfig, plan: FactorPlan[], opts: LoadOptions): PeftInfo {
+  if (opts.strictBase && config.baseModelNameOrPath && lastComponent(config.baseModelNameOrPath) !== lastComponent(opts.strictBase)) {
+    throw new AdapterInvalidError(
+      `base_model_name_or_path ${JSON.stringify(config.baseModelNameOrPath)} does not match the served model ${JSON.stringify(opts.strictBase)} (--strict-base)`,
+      'base_model_name_or_path',
+    );
+  }
+  const targets = new Set(plan.map((f) => f.projection));
+  return {
+    config,
+    targets: PROJECTIONS.filter((p) => targets.has(p)),
+    maxRank: Math.max(...plan.map((f) => f.rank)),
+    bytes: plan.reduce((n, f) => n + 4 * f.rank * (f.din + f.dout), 0),
+  };
+}
+
+function planFactors(file: SafetensorsFile, config: PeftConfig, spec: ModelSpec, opts: LoadOptions): FactorPlan[] {
   const pairs = new Map<string, { layer: number; projection: Projection; a?: string; b?: string }>();
   for (const name of file.tensors.keys()) {
     const m = KEY.exec(name);
@@ -165,10 +233,7 @@ function readFactors(file: SafetensorsFile, config: PeftConfig, spec: ModelSpec,
   }
   if (pairs.size === 0) throw new AdapterInvalidError(`${ADAPTER_WEIGHTS} holds no LoRA factors`, 'adapter_model');
 
-  const factors = new Map<string, LoraFactor>();
-  const targets = new Set<Projection>();
-  let maxRank = 0;
-  let bytes = 0;
+  const plan: FactorPlan[] = [];
   for (const [key, e] of pairs) {
     const moduleName = `model.layers.${e.layer}.${projectionPath(e.projection)}`;
     if (!e.a || !e.b) throw new AdapterInvalidError(`${ADAPTER_WEIGHTS}: ${moduleName} has lora_${e.a ? 'A' : 'B'} but no lora_${e.a ? 'B' : 'A'}`, 'adapter_model');
@@ -178,11 +243,9 @@ function readFactors(file: SafetensorsFile, config: PeftConfig, spec: ModelSpec,
     const rank = patternValue(config.rankPattern, moduleName) ?? config.r;
     const alpha = patternValue(config.alphaPattern, moduleName) ?? config.loraAlpha;
     if (rank > opts.maxRank) {
-      throw new AdapterInvalidError(`rank ${rank} of ${moduleName} is above the maximum LoRA rank ${opts.maxRank}`, config.rankPattern && rank !== config.r ? 'rank_pattern' : 'r');
+      throw new AdapterInvalidError(`rank ${rank} of ${moduleName} is above the maximum LoRA rank ${opts.maxRank}`, rank !== config.r ? 'rank_pattern' : 'r');
     }
     const [din, dout] = projectionShape(spec, e.projection);
-    const ai = file.tensors.get(e.a)!;
-    const bi = file.tensors.get(e.b)!;
     const want = (what: string, got: number[], shape: number[]): void => {
       if (got.length !== 2 || got[0] !== shape[0] || got[1] !== shape[1]) {
         throw new AdapterInvalidError(
@@ -191,19 +254,11 @@ function readFactors(file: SafetensorsFile, config: PeftConfig, spec: ModelSpec,
         );
       }
     };
-    want(e.a, ai.shape, [rank, din]);
-    want(e.b, bi.shape, [dout, rank]);
-    const scale = config.useRslora ? alpha / Math.sqrt(rank) : alpha / rank;
-    const a = transpose(file.readFloat32(e.a), rank, din, 1);
-    const b = transpose(file.readFloat32(e.b), dout, rank, scale);
-    checkFinite(a, e.a);
-    checkFinite(b, e.b);
-    factors.set(key, { rank, a, b });
-    targets.add(e.projection);
-    maxRank = Math.max(maxRank, rank);
-    bytes += a.byteLength + b.byteLength;
+    want(e.a, file.tensors.get(e.a)!.shape, [rank, din]);
+    want(e.b, file.tensors.get(e.b)!.shape, [dout, rank]);
+    plan.push({ key, projection: e.projection, rank, scale: config.useRslora ? alpha / Math.sqrt(rank) : alpha / rank, din, dout, a: e.a, b: e.b });
   }
-  return { config, weights: { factors, maxRank, bytes }, targets: PROJECTIONS.filter((p) => targets.has(p)) };
+  return plan;
 }
 
 function targeted(t: readonly string[] | RegExp, p: Projection, moduleName: string): boolean {

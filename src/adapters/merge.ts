@@ -1,0 +1,48 @@
+/**
+ * Linear combinations of adapters. Because Σ wᵢ·Bᵢ·Aᵢ = [w₁B₁ | w₂B₂ | …]·[A₁; A₂; …], a weighted sum of
+ * LoRAs is itself a LoRA whose rank is the sum of the ranks: A factors are concatenated along the
+ * rank, B factors stacked along the rank with each adapter's weight folded in. The result goes into
+ * a slot like any adapter.
+ */
+import { AdapterInvalidError } from '../errors.js';
+import type { LoraFactor, LoraWeights } from '../runtime/lora-slots.js';
+
+export interface WeightedAdapter {
+  weights: LoraWeights;
+  weight: number;
+}
+
+export function mergeLoraWeights(parts: readonly WeightedAdapter[], maxRank: number): LoraWeights {
+  if (parts.length === 0) throw new AdapterInvalidError('a combination needs at least one adapter', 'merged_adapters');
+  const keys = new Set<string>();
+  for (const p of parts) for (const k of p.weights.factors.keys()) keys.add(k);
+  const factors = new Map<string, LoraFactor>();
+  let top = 0;
+  let bytes = 0;
+  for (const key of keys) {
+    const present = parts.flatMap((p) => {
+      const f = p.weights.factors.get(key);
+      return f ? [{ f, w: p.weight }] : [];
+    });
+    const rank = present.reduce((n, x) => n + x.f.rank, 0);
+    if (rank > maxRank) {
+      throw new AdapterInvalidError(`the combination has rank ${rank} at ${key} (the sum of its adapters' ranks), above the maximum LoRA rank ${maxRank}`, 'merged_adapters');
+    }
+    const din = present[0].f.a.length / present[0].f.rank;
+    const dout = present[0].f.b.length / present[0].f.rank;
+    const a = new Float32Array(din * rank);
+    const b = new Float32Array(rank * dout);
+    let r0 = 0;
+    for (const { f, w } of present) {
+      // a: [in, rank] row-major → columns r0..r0+f.rank
+      for (let i = 0; i < din; i++) a.set(f.a.subarray(i * f.rank, (i + 1) * f.rank), i * rank + r0);
+      // b: [rank, out] → rows r0..r0+f.rank, times w
+      for (let j = 0; j < f.rank * dout; j++) b[r0 * dout + j] = f.b[j] * w;
+      r0 += f.rank;
+    }
+    factors.set(key, { rank, a, b });
+    top = Math.max(top, rank);
+    bytes += a.byteLength + b.byteLength;
+  }
+  return { factors, maxRank: top, bytes };
+}
