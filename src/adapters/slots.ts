@@ -1,0 +1,96 @@
+/**
+ * The active set: which adapter occupies which graph slot. An adapter used by a running row is
+ * pinned and never evicted; when a new adapter needs a slot and none is free, the least recently
+ * used unpinned one leaves. Slot indices move when another slot is freed (the runtime moves the
+ * last slot into the hole), so rows look their slot up by adapter key every step.
+ */
+import type { LoraSlots, LoraWeights } from '../runtime/lora-slots.js';
+
+export class SlotTable {
+  private readonly slots: LoraSlots;
+  /** adapter key → slot index */
+  private readonly bySlot: (string | null)[] = [];
+  private readonly index = new Map<string, number>();
+  private readonly pins = new Map<string, number>();
+  private readonly lastUsed = new Map<string, number>();
+  private clock = 0;
+  loads = 0;
+
+  constructor(slots: LoraSlots) {
+    this.slots = slots;
+  }
+
+  get capacity(): number {
+    return this.slots.capacity;
+  }
+
+  slotOf(key: string): number | undefined {
+    return this.index.get(key);
+  }
+
+  loadedKeys(): string[] {
+    return [...this.index.keys()];
+  }
+
+  pin(key: string): void {
+    this.pins.set(key, (this.pins.get(key) ?? 0) + 1);
+  }
+
+  unpin(key: string): void {
+    const n = (this.pins.get(key) ?? 0) - 1;
+    if (n > 0) this.pins.set(key, n);
+    else this.pins.delete(key);
+  }
+
+  isPinned(key: string): boolean {
+    return this.pins.has(key);
+  }
+
+  /**
+   * Makes sure every key in `keys` has a slot, loading weights with `weightsOf`. Throws when that
+   * would evict a pinned adapter (the scheduler's active-set limit prevents it).
+   */
+  acquire(keys: Iterable<string>, weightsOf: (key: string) => LoraWeights | undefined): void {
+    const wanted = new Set(keys);
+    const now = ++this.clock;
+    for (const key of wanted) this.lastUsed.set(key, now);
+    for (const key of wanted) {
+      if (this.index.has(key)) continue;
+      const w = weightsOf(key);
+      if (!w) throw new Error(`adapter ${key} is not in the host cache`);
+      if (this.slots.count >= this.slots.capacity) this.evictOne(wanted);
+      const slot = this.slots.load(w);
+      this.bySlot[slot] = key;
+      this.index.set(key, slot);
+      this.loads++;
+    }
+  }
+
+  private evictOne(keep: Set<string>): void {
+    let victim: string | null = null;
+    for (const key of this.index.keys()) {
+      if (keep.has(key) || this.pins.has(key)) continue;
+      if (victim === null || this.lastUsed.get(key)! < this.lastUsed.get(victim)!) victim = key;
+    }
+    if (victim === null) throw new Error('all adapter slots are pinned by running requests');
+    this.remove(victim);
+  }
+
+  /** Takes an adapter out of its slot (if it is there and not pinned). */
+  remove(key: string): boolean {
+    const slot = this.index.get(key);
+    if (slot === undefined || this.pins.has(key)) return false;
+    const moved = this.slots.unload(slot);
+    this.index.delete(key);
+    this.lastUsed.delete(key);
+    if (moved !== null) {
+      const movedKey = this.bySlot[moved]!;
+      this.bySlot[slot] = movedKey;
+      this.index.set(movedKey, slot);
+    } else {
+      this.bySlot[slot] = null;
+    }
+    this.bySlot.length = this.slots.count;
+    return true;
+  }
+}

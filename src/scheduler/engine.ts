@@ -1,0 +1,168 @@
+/**
+ * The main thread's handle on the engine worker: submit requests and receive their events, cancel,
+ * read stats, preload and unload adapters, shut down gracefully. The main event loop stays free
+ * while the model computes.
+ */
+import { Worker } from 'node:worker_threads';
+import { LoadError, type SerializedError } from '../adapters/loader.js';
+import { workerUrl } from '../util/worker-url.js';
+import type { EngineStats } from './core.js';
+import type { AdapterSpec, EngineEvent, EngineRequest } from './request.js';
+import type { EngineInfo, FromWorker, ToWorker, WorkerInit } from './worker.js';
+
+export type { EngineInfo } from './worker.js';
+
+export interface SubmitHandle {
+  cancel(): void;
+}
+
+export class Engine {
+  readonly info: EngineInfo;
+  private readonly worker: Worker;
+  private readonly listeners = new Map<number, (e: EngineEvent) => void>();
+  private readonly replies = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+  private nextId = 1;
+  private nextQid = 1;
+  private closing: Promise<void> | null = null;
+  private exited = false;
+
+  private constructor(worker: Worker, info: EngineInfo) {
+    this.worker = worker;
+    this.info = info;
+  }
+
+  static start(
+    init: WorkerInit,
+    opts: { onProgress?: (done: number, total: number, label: string) => void; log?: (msg: string) => void } = {},
+  ): Promise<Engine> {
+    const { url, execArgv } = workerUrl(import.meta.url, 'worker');
+    const worker = new Worker(url, { workerData: init, execArgv });
+    return new Promise((resolve, reject) => {
+      let engine: Engine | null = null;
+      worker.on('message', (m: FromWorker) => {
+        switch (m.t) {
+          case 'progress':
+            opts.onProgress?.(m.done, m.total, m.label);
+            break;
+          case 'log':
+            opts.log?.(m.msg);
+            break;
+          case 'ready':
+            engine = new Engine(worker, m.info);
+            resolve(engine);
+            break;
+          case 'events':
+            engine?.dispatch(m.events);
+            break;
+          case 'reply':
+            engine?.reply(m.qid, m.result, m.error);
+            break;
+          case 'fatal': {
+            const err = new LoadError(m.error);
+            if (engine) engine.fail(err);
+            else reject(err);
+            break;
+          }
+        }
+      });
+      worker.on('error', (err) => {
+        if (engine) engine.fail(err);
+        else reject(err);
+      });
+      worker.on('exit', (code) => {
+        if (engine) {
+          engine.exited = true;
+          engine.fail(new Error(`engine worker exited (code ${code})`));
+        } else reject(new Error(`engine worker exited before it was ready (code ${code})`));
+      });
+    });
+  }
+
+  /** Submits a request; `onEvent` receives its events until an 'end' or 'error'. */
+  submit(req: Omit<EngineRequest, 'id'>, onEvent: (e: EngineEvent) => void): SubmitHandle {
+    const id = this.nextId++;
+    if (this.closing || this.exited) {
+      queueMicrotask(() => onEvent({ t: 'error', id, code: 'shutting_down', status: 503, type: 'service_unavailable', message: 'the server is shutting down', param: null }));
+      return { cancel: () => {} };
+    }
+    this.listeners.set(id, onEvent);
+    this.post({ t: 'submit', req: { ...req, id } });
+    return {
+      cancel: () => {
+        if (this.listeners.delete(id)) this.post({ t: 'cancel', id });
+      },
+    };
+  }
+
+  /** Live requests (submitted, not ended). */
+  get inFlight(): number {
+    return this.listeners.size;
+  }
+
+  stats(): Promise<EngineStats> {
+    return this.ask({ t: 'stats', qid: 0 }) as Promise<EngineStats>;
+  }
+
+  preload(spec: AdapterSpec): Promise<void> {
+    return this.ask({ t: 'preload', qid: 0, spec }) as Promise<void>;
+  }
+
+  unload(key: string): Promise<boolean> {
+    return this.ask({ t: 'unload', qid: 0, key }) as Promise<boolean>;
+  }
+
+  /** Stops taking requests, lets live ones finish (up to `graceMs`), then stops the worker. */
+  close(graceMs = 30000): Promise<void> {
+    if (!this.closing) {
+      this.closing = (async () => {
+        const until = Date.now() + graceMs;
+        while (this.listeners.size > 0 && Date.now() < until && !this.exited) await new Promise((r) => setTimeout(r, 20));
+        for (const id of [...this.listeners.keys()]) this.post({ t: 'cancel', id });
+        if (!this.exited) {
+          const exited = new Promise((r) => this.worker.once('exit', r));
+          this.post({ t: 'shutdown' });
+          await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
+          if (!this.exited) await this.worker.terminate();
+        }
+      })();
+    }
+    return this.closing;
+  }
+
+  private post(m: ToWorker): void {
+    if (!this.exited) this.worker.postMessage(m);
+  }
+
+  private ask(m: Extract<ToWorker, { qid: number }>): Promise<unknown> {
+    const qid = this.nextQid++;
+    return new Promise((resolve, reject) => {
+      if (this.exited) return reject(new Error('the engine has stopped'));
+      this.replies.set(qid, { resolve, reject });
+      this.post({ ...m, qid });
+    });
+  }
+
+  private dispatch(events: EngineEvent[]): void {
+    for (const e of events) {
+      const fn = this.listeners.get(e.id);
+      if (!fn) continue;
+      if (e.t === 'end' || e.t === 'error') this.listeners.delete(e.id);
+      fn(e);
+    }
+  }
+
+  private reply(qid: number, result: unknown, error?: SerializedError): void {
+    const r = this.replies.get(qid);
+    if (!r) return;
+    this.replies.delete(qid);
+    if (error) r.reject(new LoadError(error));
+    else r.resolve(result);
+  }
+
+  private fail(err: Error): void {
+    for (const [id, fn] of this.listeners) fn({ t: 'error', id, code: 'engine_failed', status: 500, type: 'server_error', message: `the engine failed: ${err.message}`, param: null });
+    this.listeners.clear();
+    for (const r of this.replies.values()) r.reject(err);
+    this.replies.clear();
+  }
+}

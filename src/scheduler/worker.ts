@@ -1,0 +1,115 @@
+/**
+ * The engine worker: owns the runtime (onnxruntime's run() blocks the thread it is called on), the
+ * adapter cache and slots, and the serving loop. The main thread talks to it through messages
+ * (see engine.ts); token events come back batched, one message per step.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { ThreadLoader, serializeError } from '../adapters/loader.js';
+import { openRuntime, type RuntimeSettings } from '../runtime/open.js';
+import { EngineCore, type EngineConfig } from './core.js';
+import type { AdapterSpec, EngineEvent, EngineRequest } from './request.js';
+
+export interface WorkerInit {
+  settings: RuntimeSettings;
+  engine: EngineConfig;
+  strictBase: string | null;
+}
+
+export type ToWorker =
+  | { t: 'submit'; req: EngineRequest }
+  | { t: 'cancel'; id: number }
+  | { t: 'stats'; qid: number }
+  | { t: 'preload'; qid: number; spec: AdapterSpec }
+  | { t: 'unload'; qid: number; key: string }
+  | { t: 'shutdown' };
+
+export interface EngineInfo {
+  device: string;
+  maxPositions: number;
+  vocabSize: number;
+  architecture: string;
+  weights: string;
+  hasTokenizer: boolean;
+  hasChatTemplate: boolean;
+  maxLoraRank: number;
+  maxActiveAdapters: number;
+  kvCapacity: number;
+  eosIds: number[];
+}
+
+export type FromWorker =
+  | { t: 'progress'; done: number; total: number; label: string }
+  | { t: 'log'; msg: string }
+  | { t: 'ready'; info: EngineInfo }
+  | { t: 'events'; events: EngineEvent[] }
+  | { t: 'reply'; qid: number; result?: unknown; error?: ReturnType<typeof serializeError> }
+  | { t: 'fatal'; error: ReturnType<typeof serializeError> };
+
+const port = parentPort!;
+const init = workerData as WorkerInit;
+const send = (m: FromWorker): void => port.postMessage(m);
+const log = (msg: string): void => send({ t: 'log', msg });
+
+async function main(): Promise<void> {
+  const rt = await openRuntime(init.settings, (done, total, label) => send({ t: 'progress', done, total, label: label ?? '' }), log);
+  const loader = new ThreadLoader({ spec: rt.model.spec, maxRank: rt.model.lora.maxRank, strictBase: init.strictBase });
+  const core = new EngineCore({
+    model: rt.model,
+    tokenizer: rt.tokenizer,
+    config: init.engine,
+    load: loader.load,
+    emit: (events) => send({ t: 'events', events }),
+    log,
+  });
+  let shuttingDown = false;
+  port.on('message', (m: ToWorker) => {
+    switch (m.t) {
+      case 'submit':
+        core.submit(m.req);
+        break;
+      case 'cancel':
+        core.cancel(m.id);
+        break;
+      case 'stats':
+        send({ t: 'reply', qid: m.qid, result: core.stats() });
+        break;
+      case 'preload':
+        core.preload(m.spec).then(
+          () => send({ t: 'reply', qid: m.qid, result: true }),
+          (err: unknown) => send({ t: 'reply', qid: m.qid, error: serializeError(err) }),
+        );
+        break;
+      case 'unload':
+        send({ t: 'reply', qid: m.qid, result: core.unload(m.key) });
+        break;
+      case 'shutdown':
+        shuttingDown = true;
+        core.stop();
+        break;
+    }
+  });
+  const info: EngineInfo = {
+    device: rt.model.device,
+    maxPositions: rt.model.maxPositions,
+    vocabSize: rt.model.spec.vocabSize,
+    architecture: rt.model.spec.architecture,
+    weights: rt.built.options.weights,
+    hasTokenizer: rt.tokenizer !== null,
+    hasChatTemplate: rt.tokenizer?.chatTemplate != null,
+    maxLoraRank: rt.model.lora.maxRank,
+    maxActiveAdapters: rt.model.lora.capacity,
+    kvCapacity: rt.model.kv.capacity,
+    eosIds: rt.model.spec.eosTokenIds,
+  };
+  send({ t: 'ready', info });
+  await core.run();
+  if (shuttingDown) {
+    await loader.close();
+    await rt.model.close();
+    port.close();
+  }
+}
+
+main().catch((err: unknown) => {
+  send({ t: 'fatal', error: serializeError(err) });
+});

@@ -1,0 +1,255 @@
+/**
+ * The serving loop in-process: correctness under load with fewer slots than adapters and fewer rows
+ * than requests, cancellation, failing adapter loads, combinations, replaced adapters.
+ */
+import { afterAll, describe, expect, it } from 'vitest';
+import { loadAdapterSync } from '../../src/adapters/loader.js';
+import { mergeLoraWeights } from '../../src/adapters/merge.js';
+import type { DecoderModel } from '../../src/runtime/model.js';
+import { GREEDY } from '../../src/runtime/sampling.js';
+import { EngineCore, type EngineConfig } from '../../src/scheduler/core.js';
+import { mergeKey, type AdapterSpec, type EngineEvent, type EngineRequest } from '../../src/scheduler/request.js';
+import type { RefLora, RefWeights } from '../helpers/model-types.js';
+import { referenceLogits } from '../helpers/reference.js';
+import { argmax, loadTiny, logitsOf, maxAbsDiff } from '../helpers/runtime.js';
+import { makeTinyAdapter, makeTinyModel, moduleShape, prng, type TinyAdapter } from '../helpers/tiny-model.js';
+
+const tm = makeTinyModel({ seed: 81, peaked: 1, residualScale: 0.3 });
+const adapters = Array.from({ length: 7 }, (_, i) => makeTinyAdapter(tm, { seed: 100 + i, r: 2 + (i % 4) * 2, bStd: 0.3 }));
+const spec = (i: number): AdapterSpec => ({ kind: 'single', key: `${i}@1`, name: `a${i}`, dir: adapters[i].dir });
+
+const CONFIG: EngineConfig = { maxBatchSize: 8, maxBatchPrefillTokens: 24, maxQueuedRequests: 100, adapterCycleMs: 5, adapterCacheBytes: 1 << 30 };
+const open: DecoderModel[] = [];
+afterAll(async () => {
+  for (const m of open) await m.close();
+});
+
+interface Harness {
+  core: EngineCore;
+  events: Map<number, EngineEvent[]>;
+  done: Promise<void>;
+}
+
+async function harness(opts: { slots?: number; config?: Partial<EngineConfig>; failDirs?: Set<string>; loadDelayMs?: number; maxRank?: number } = {}): Promise<Harness> {
+  const maxRank = opts.maxRank ?? 64;
+  const model = await loadTiny(tm, {}, { adapterSlots: opts.slots ?? 3, kvCacheTokens: 2048, maxLoraRank: maxRank });
+  open.push(model);
+  const events = new Map<number, EngineEvent[]>();
+  const core = new EngineCore({
+    model,
+    tokenizer: null,
+    config: { ...CONFIG, ...opts.config },
+    load: async (s) => {
+      await new Promise((r) => setTimeout(r, opts.loadDelayMs ?? 1));
+      if (s.kind === 'single' && opts.failDirs?.has(s.dir)) throw new Error('disk on fire');
+      return loadAdapterSync(s, { spec: model.spec, maxRank, strictBase: null });
+    },
+    emit: (es) => {
+      for (const e of es) {
+        const list = events.get(e.id) ?? [];
+        list.push(e);
+        events.set(e.id, list);
+      }
+    },
+  });
+  const done = core.run();
+  return { core, events, done };
+}
+
+function request(id: number, prompt: number[], adapter: AdapterSpec | null, maxNewTokens: number): EngineRequest {
+  return { id, prompt: { kind: 'ids', ids: prompt }, adapter, sampling: GREEDY, maxNewTokens, stopStrings: [], stopTokenIds: [], ignoreEos: true, timeoutMs: 60000 };
+}
+
+async function until(cond: () => boolean, ms = 30000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('timed out waiting');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+const tokensOf = (events: EngineEvent[]): number[] => events.filter((e): e is Extract<EngineEvent, { t: 'token' }> => e.t === 'token').map((e) => e.token);
+
+/** Greedy tokens of one request run alone, directly on a model (no scheduler). */
+async function alone(model: DecoderModel, prompt: number[], lora: TinyAdapter | null, n: number): Promise<number[]> {
+  while (model.lora.count > 0) model.lora.unload(0);
+  const slot = lora ? model.lora.load(loadAdapterSync({ kind: 'single', key: 'x', name: 'x', dir: lora.dir }, { spec: model.spec, maxRank: 64, strictBase: null })) : -1;
+  const seq = model.newSequence();
+  const out: number[] = [];
+  let next = prompt;
+  for (let i = 0; i < n; i++) {
+    const r = await model.step([{ seq, tokens: next, slot, logits: 'last' }]);
+    out.push(argmax(logitsOf(r, 0)));
+    next = [out[out.length - 1]];
+  }
+  model.freeSequence(seq);
+  return out;
+}
+
+describe('EngineCore under load', () => {
+  it('36 requests over 6 adapters and the base, 3 slots, 8 rows: each equals the request run alone; none lost or doubled', async () => {
+    const h = await harness({ slots: 3 });
+    const rand = prng(5);
+    const reqs = Array.from({ length: 36 }, (_, i) => {
+      const a = i % 7 === 6 ? null : i % 6;
+      const prompt = Array.from({ length: 3 + Math.floor(rand() * 12) }, () => Math.floor(rand() * tm.cfg.vocabSize));
+      return { id: i + 1, a, prompt, n: 4 + Math.floor(rand() * 8) };
+    });
+    for (const r of reqs) h.core.submit(request(r.id, r.prompt, r.a === null ? null : spec(r.a), r.n));
+    await until(() => reqs.every((r) => h.events.get(r.id)?.some((e) => e.t === 'end' || e.t === 'error')));
+    const solo = await loadTiny(tm, {}, { adapterSlots: 1 });
+    open.push(solo);
+    for (const r of reqs) {
+      const ev = h.events.get(r.id)!;
+      expect(ev.filter((e) => e.t === 'start')).toHaveLength(1);
+      expect(ev.filter((e) => e.t === 'end')).toHaveLength(1);
+      expect(ev.filter((e) => e.t === 'error')).toHaveLength(0);
+      expect(ev.at(-1)).toMatchObject({ t: 'end', finishReason: 'length', completionTokens: r.n, promptTokens: r.prompt.length });
+      expect(tokensOf(ev)).toEqual(await alone(solo, r.prompt, r.a === null ? null : adapters[r.a], r.n));
+    }
+    const stats = h.core.stats();
+    expect(stats.running).toBe(0);
+    expect(stats.waiting).toBe(0);
+    expect(stats.kvReservedTokens).toBe(0);
+    expect(h.core.model.kv.freeTokens).toBe(h.core.model.kv.capacity);
+    expect(stats.cache.loads).toBe(6);
+    expect(stats.slotLoads).toBeGreaterThan(3);
+    h.core.stop();
+    await h.done;
+  });
+
+  it('cancelled requests leave before the next step and free their rows and cache', async () => {
+    const h = await harness({ slots: 2, config: { maxBatchSize: 2 } });
+    h.core.submit(request(1, [1, 2, 3], spec(0), 400));
+    h.core.submit(request(2, [4, 5, 6], null, 400));
+    h.core.submit(request(3, [7, 8], spec(1), 5));
+    await until(() => tokensOf(h.events.get(1) ?? []).length >= 3);
+    expect(h.events.get(3)?.some((e) => e.t === 'token')).toBeFalsy(); // no free row yet
+    h.core.cancel(1);
+    h.core.cancel(2);
+    await until(() => h.events.get(3)?.some((e) => e.t === 'end') ?? false);
+    expect(h.events.get(1)!.at(-1)).toMatchObject({ t: 'error', code: 'cancelled' });
+    expect(h.events.get(2)!.at(-1)).toMatchObject({ t: 'error', code: 'cancelled' });
+    await until(() => h.core.stats().running === 0);
+    expect(h.core.model.kv.freeTokens).toBe(h.core.model.kv.capacity);
+    h.core.stop();
+    await h.done;
+  });
+
+  it('a request for an adapter that fails to load gets the error while others continue', async () => {
+    const h = await harness({ failDirs: new Set([adapters[2].dir]) });
+    h.core.submit(request(1, [1, 2], spec(2), 3));
+    h.core.submit(request(2, [3, 4], spec(0), 3));
+    h.core.submit(request(3, [5, 6], null, 3));
+    h.core.submit(request(4, [7], spec(2), 3));
+    await until(() => [1, 2, 3, 4].every((id) => h.events.get(id)?.some((e) => e.t === 'end' || e.t === 'error')));
+    for (const id of [1, 4]) {
+      expect(h.events.get(id)!.at(-1)).toMatchObject({ t: 'error', code: 'adapter_load_failed', status: 424 });
+      expect((h.events.get(id)!.at(-1) as { message: string }).message).toMatch(/adapter a2 failed to load: disk on fire/);
+    }
+    for (const id of [2, 3]) expect(h.events.get(id)!.at(-1)).toMatchObject({ t: 'end', completionTokens: 3 });
+    expect(h.core.stats().cache.loadFailures).toBe(1);
+    h.core.stop();
+    await h.done;
+  });
+
+  it('refuses beyond the queue limit and beyond the context with clear errors', async () => {
+    const h = await harness({ config: { maxQueuedRequests: 1 } });
+    h.core.submit(request(1, [1, 2], null, 3));
+    h.core.submit(request(2, [1, 2], null, 3));
+    expect(h.events.get(2)!.at(-1)).toMatchObject({ t: 'error', status: 429, code: 'overloaded' });
+    h.core.submit(request(3, Array(10).fill(1), null, 600));
+    expect(h.events.get(3)!.at(-1)).toMatchObject({ t: 'error', status: 400, code: 'context_length_exceeded', param: 'max_tokens' });
+    expect((h.events.get(3)!.at(-1) as { message: string }).message).toBe(
+      'max_tokens + prompt tokens must be <= 512 (the context length); given 10 prompt tokens and 600 max_tokens',
+    );
+    h.core.submit(request(4, [1, 999], null, 3));
+    expect(h.events.get(4)!.at(-1)).toMatchObject({ status: 400, code: 'invalid_token' });
+    h.core.stop();
+    await h.done;
+  });
+
+  it('a replaced adapter (new version) is used by new requests while the running one keeps its weights', async () => {
+    const h = await harness({ slots: 3 });
+    const dirV1 = adapters[3].dir;
+    const v1: AdapterSpec = { kind: 'single', key: '3@1', name: 'a3', dir: dirV1 };
+    const v2: AdapterSpec = { kind: 'single', key: '3@2', name: 'a3', dir: adapters[4].dir };
+    h.core.submit(request(1, [9, 8, 7], v1, 12));
+    await until(() => tokensOf(h.events.get(1) ?? []).length >= 2);
+    h.core.submit(request(2, [9, 8, 7], v2, 12));
+    await until(() => [1, 2].every((id) => h.events.get(id)?.some((e) => e.t === 'end')));
+    const solo = await loadTiny(tm, {}, { adapterSlots: 1 });
+    open.push(solo);
+    expect(tokensOf(h.events.get(1)!)).toEqual(await alone(solo, [9, 8, 7], adapters[3], 12));
+    expect(tokensOf(h.events.get(2)!)).toEqual(await alone(solo, [9, 8, 7], adapters[4], 12));
+    h.core.stop();
+    await h.done;
+  });
+});
+
+describe('adapter combinations', () => {
+  /** W' = W + Σ wᵢ·scaleᵢ·Bᵢ·Aᵢ, merged explicitly into the base weights. */
+  function mergedWeights(parts: { lora: RefLora; w: number }[]): RefWeights {
+    const out: RefWeights = new Map([...tm.weights].map(([k, v]) => [k, { shape: v.shape, data: v.data.slice() }]));
+    const path: Record<string, string> = { q_proj: 'self_attn', k_proj: 'self_attn', v_proj: 'self_attn', o_proj: 'self_attn', gate_proj: 'mlp', up_proj: 'mlp', down_proj: 'mlp' };
+    for (const { lora, w } of parts) {
+      for (const [key, pair] of lora) {
+        const [layer, m] = key.split('.');
+        const W = out.get(`model.layers.${layer}.${path[m]}.${m}.weight`)!;
+        const [din, dout] = moduleShape(tm.cfg, m as 'q_proj');
+        const r = pair.a.shape[0];
+        for (let o = 0; o < dout; o++) {
+          for (let i = 0; i < din; i++) {
+            let s = 0;
+            for (let k = 0; k < r; k++) s += pair.b.data[o * r + k] * pair.a.data[k * din + i];
+            W.data[o * din + i] += w * pair.scale * s;
+          }
+        }
+      }
+    }
+    return out;
+  }
+
+  it('a weighted linear combination equals the base model with the merged weights', async () => {
+    const model = await loadTiny(tm, {}, { adapterSlots: 2 });
+    open.push(model);
+    const parts = [
+      { i: 0, w: 0.7 },
+      { i: 5, w: -0.4 },
+      { i: 2, w: 1.3 },
+    ];
+    const load = (i: number) => loadAdapterSync(spec(i), { spec: model.spec, maxRank: 64, strictBase: null });
+    const merged = mergeLoraWeights(parts.map((p) => ({ weights: load(p.i), weight: p.w })), 64);
+    expect(merged.maxRank).toBe(parts.reduce((n, p) => n + adapters[p.i].lora.get('0.q_proj')!.a.shape[0], 0));
+    const slot = model.lora.load(merged);
+    const toks = [3, 1, 4, 1, 5, 9, 2, 6];
+    const out = await model.step([{ seq: model.newSequence(), tokens: toks, slot, logits: 'all' }]);
+    const ref = referenceLogits(tm.cfg, mergedWeights(parts.map((p) => ({ lora: adapters[p.i].lora, w: p.w }))), toks);
+    const V = tm.cfg.vocabSize;
+    toks.forEach((_, t) => expect(maxAbsDiff(out.logits.subarray(t * V, (t + 1) * V), ref[t])).toBeLessThan(1e-4));
+  });
+
+  it('runs in the engine like any adapter, keyed by its recipe, and refuses a rank sum above the maximum', async () => {
+    const h = await harness({ slots: 2 });
+    const parts = [
+      { ...spec(1), weight: 0.5 },
+      { ...spec(2), weight: 0.5 },
+    ];
+    const combo: AdapterSpec = { kind: 'merge', key: mergeKey(parts), name: 'a1+a2', parts };
+    expect(mergeKey([...parts].reverse())).toBe(combo.key);
+    h.core.submit(request(1, [1, 2, 3], combo, 4));
+    h.core.submit(request(2, [1, 2, 3], spec(0), 4));
+    await until(() => [1, 2].every((id) => h.events.get(id)?.some((e) => e.t === 'end' || e.t === 'error')));
+    expect(h.events.get(1)!.at(-1)).toMatchObject({ t: 'end', completionTokens: 4 });
+    const big = Array.from({ length: 7 }, (_, i) => ({ ...spec(i), weight: 1 }));
+    const tooBig = await harness({ slots: 1, maxRank: 16 });
+    const small = { kind: 'merge', key: mergeKey(big), name: 'all', parts: big } as AdapterSpec;
+    tooBig.core.submit(request(1, [1], small, 2));
+    await until(() => tooBig.events.get(1)?.some((e) => e.t === 'end' || e.t === 'error') ?? false);
+    expect(tooBig.events.get(1)!.at(-1)).toMatchObject({ t: 'error', code: 'adapter_load_failed' });
+    expect((tooBig.events.get(1)!.at(-1) as { message: string }).message).toMatch(/the combination has rank 32 at .* above the maximum LoRA rank 16/);
+    h.core.stop();
+    tooBig.core.stop();
+    await Promise.all([h.done, tooBig.done]);
+  });
+});
