@@ -3,13 +3,13 @@
  * combinations) happens in a helper thread, so loads never stall other adapters' steps. The result
  * comes back with its buffers transferred, not copied.
  */
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import type { ModelSpec } from '../runtime/checkpoint/spec.js';
 import type { LoraWeights } from '../runtime/lora-slots.js';
 import type { AdapterSpec } from '../scheduler/request.js';
 import { mergeLoraWeights } from './merge.js';
 import { loadPeftAdapter } from './peft.js';
-import { workerUrl } from '../util/worker-url.js';
+import { startWorker } from '../util/worker-url.js';
 
 export interface LoaderOptions {
   spec: ModelSpec;
@@ -41,8 +41,7 @@ export class ThreadLoader {
   private readonly pending = new Map<number, { resolve: (w: LoraWeights) => void; reject: (e: Error) => void }>();
 
   constructor(opts: LoaderOptions) {
-    const { url, execArgv } = workerUrl(import.meta.url, 'loader-worker');
-    this.worker = new Worker(url, { workerData: opts, execArgv });
+    this.worker = startWorker(import.meta.url, 'loader-worker', { workerData: opts });
     this.worker.unref();
     this.worker.on('message', (m: { id: number; weights?: LoraWeights; error?: SerializedError }) => {
       const p = this.pending.get(m.id);

@@ -3,9 +3,9 @@
  * read stats, preload and unload adapters, shut down gracefully. The main event loop stays free
  * while the model computes.
  */
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import { LoadError, type SerializedError } from '../adapters/loader.js';
-import { workerUrl } from '../util/worker-url.js';
+import { startWorker } from '../util/worker-url.js';
 import type { EngineStats } from './core.js';
 import type { AdapterSpec, EngineEvent, EngineRequest } from './request.js';
 import type { EngineInfo, FromWorker, ToWorker, WorkerInit } from './worker.js';
@@ -35,8 +35,7 @@ export class Engine {
     init: WorkerInit,
     opts: { onProgress?: (done: number, total: number, label: string) => void; log?: (msg: string) => void } = {},
   ): Promise<Engine> {
-    const { url, execArgv } = workerUrl(import.meta.url, 'worker');
-    const worker = new Worker(url, { workerData: init, execArgv });
+    const worker = startWorker(import.meta.url, 'worker', { workerData: init });
     return new Promise((resolve, reject) => {
       let engine: Engine | null = null;
       worker.on('message', (m: FromWorker) => {

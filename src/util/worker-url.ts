@@ -1,12 +1,17 @@
 /**
- * Where a worker's entry file is: next to the module that starts it, as .js when running compiled
- * code, as .ts (loaded through tsx) when running from source (tests, benchmarks).
+ * Starts a worker whose entry file sits next to the module that starts it: the .js file when running
+ * compiled code; when running from TypeScript source (tests, benchmarks), the .ts file through
+ * tsx's loader, registered by a small bootstrap (workers do not inherit the parent's loaders).
  */
 import { extname } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { Worker, type WorkerOptions } from 'node:worker_threads';
 
-export function workerUrl(fromModuleUrl: string, name: string): { url: URL; execArgv: string[] } {
+export function startWorker(fromModuleUrl: string, name: string, options: WorkerOptions = {}): Worker {
   const ext = extname(fileURLToPath(fromModuleUrl));
-  const url = new URL(`./${name}${ext}`, fromModuleUrl);
-  return { url, execArgv: ext === '.ts' ? ['--import', 'tsx'] : [] };
+  const entry = new URL(`./${name}${ext}`, fromModuleUrl);
+  if (ext !== '.ts') return new Worker(entry, options);
+  const tsx = import.meta.resolve('tsx/esm/api');
+  const bootstrap = `import { register } from ${JSON.stringify(tsx)}; register(); await import(${JSON.stringify(entry.href)});`;
+  return new Worker(new URL(`data:text/javascript,${encodeURIComponent(bootstrap)}`), options);
 }

@@ -16,7 +16,7 @@ import { makeTinyAdapter, makeTinyModel, moduleShape, prng, type TinyAdapter } f
 
 const tm = makeTinyModel({ seed: 81, peaked: 1, residualScale: 0.3 });
 const adapters = Array.from({ length: 7 }, (_, i) => makeTinyAdapter(tm, { seed: 100 + i, r: 2 + (i % 4) * 2, bStd: 0.3 }));
-const spec = (i: number): AdapterSpec => ({ kind: 'single', key: `${i}@1`, name: `a${i}`, dir: adapters[i].dir });
+const spec = (i: number): Extract<AdapterSpec, { kind: 'single' }> => ({ kind: 'single', key: `${i}@1`, name: `a${i}`, dir: adapters[i].dir });
 
 const CONFIG: EngineConfig = { maxBatchSize: 8, maxBatchPrefillTokens: 24, maxQueuedRequests: 100, adapterCycleMs: 5, adapterCacheBytes: 1 << 30 };
 const open: DecoderModel[] = [];
