@@ -6,6 +6,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { engineBench } from './engine.js';
 import { runtimeBench } from './runtime.js';
 
 const { values } = parseArgs({
@@ -13,6 +14,7 @@ const { values } = parseArgs({
     quick: { type: 'boolean', default: false },
     dir: { type: 'string', default: join('.cache', 'bench') },
     out: { type: 'string' },
+    only: { type: 'string' },
   },
 });
 
@@ -20,9 +22,12 @@ const ctx = { quick: values.quick!, dir: values.dir!, log: (line: string) => pro
 mkdirSync(ctx.dir, { recursive: true });
 const started = Date.now();
 const machine = `${cpus().length}× ${cpus()[0]?.model ?? 'CPU'}, ${Math.round(totalmem() / 1024 ** 3)} GiB, Node ${process.version}`;
-const runtime = await runtimeBench(ctx);
-const report = [`## loraplex benchmarks${ctx.quick ? ' (quick)' : ''}`, '', `Machine: ${machine}`, '', runtime.markdown, '', `Resident memory at the end: ${Math.round(process.memoryUsage().rss / 1024 ** 2)} MiB. Took ${Math.round((Date.now() - started) / 1000)} s.`].join('\n');
+const only = new Set((values.only ?? 'runtime,engine').split(','));
+const runtime = only.has('runtime') ? await runtimeBench(ctx) : null;
+const engine = only.has('engine') ? await engineBench(ctx) : null;
+const sections = [runtime?.markdown, engine?.markdown].filter((s): s is string => !!s);
+const report = [`## loraplex benchmarks${ctx.quick ? ' (quick)' : ''}`, '', `Machine: ${machine}`, '', ...sections.flatMap((s) => [s, '']), `Resident memory at the end: ${Math.round(process.memoryUsage().rss / 1024 ** 2)} MiB. Took ${Math.round((Date.now() - started) / 1000)} s.`].join('\n');
 process.stdout.write(`${report}\n`);
 const out = values.out ?? join(ctx.dir, ctx.quick ? 'results-quick' : 'results');
-writeFileSync(`${out}.json`, JSON.stringify({ machine, quick: ctx.quick, runtime }, null, 2));
+writeFileSync(`${out}.json`, JSON.stringify({ machine, quick: ctx.quick, runtime, engine }, null, 2));
 writeFileSync(`${out}.md`, `${report}\n`);
