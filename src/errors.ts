@@ -67,3 +67,35 @@ export class ValidationError extends LoraplexError {
     super(message, { code: 'invalid_parameter', statusCode: 400, type: 'invalid_request_error', param });
   }
 }
+
+/** The request names a model or adapter that does not exist. */
+export class ModelNotFoundError extends LoraplexError {
+  constructor(message: string, param = 'model') {
+    super(message, { code: 'model_not_found', statusCode: 404, type: 'invalid_request_error', param });
+  }
+}
+
+/** A field whose value is understood but not supported (e.g. a merge strategy other than linear). */
+export class UnsupportedError extends LoraplexError {
+  constructor(message: string, param: string | null = null) {
+    super(message, { code: 'unsupported', statusCode: 422, type: 'invalid_request_error', param });
+  }
+}
+
+export class AuthError extends LoraplexError {
+  constructor(message: string) {
+    super(message, { code: 'invalid_api_key', statusCode: 401, type: 'authentication_error' });
+  }
+}
+
+export class ConflictError extends LoraplexError {
+  constructor(message: string, param: string | null = null) {
+    super(message, { code: 'conflict', statusCode: 409, type: 'invalid_request_error', param });
+  }
+}
+
+export class NotReadyError extends LoraplexError {
+  constructor(message: string) {
+    super(message, { code: 'not_ready', statusCode: 503, type: 'service_unavailable' });
+  }
+}

@@ -31,6 +31,8 @@ export interface EngineStats {
   running: number;
   lastBatchRows: number;
   steps: number;
+  forwardSeconds: number;
+  loopSeconds: number;
   kvReservedTokens: number;
   kvCapacity: number;
   cache: AdapterCache<AdapterSpec>['stats'];
@@ -86,6 +88,9 @@ export class EngineCore {
   private stopped = false;
   private lastBatchRows = 0;
   private steps = 0;
+  /** Seconds spent in the model's forward steps and in the rest of the loop (sampling, events). */
+  private forwardSeconds = 0;
+  private loopSeconds = 0;
 
   constructor(opts: {
     model: DecoderModel;
@@ -294,9 +299,13 @@ export class EngineCore {
     this.lastBatchRows = rows.length;
     this.steps++;
     const events: EngineEvent[] = [];
+    const t0 = performance.now();
+    let t1 = t0;
     try {
       const stepRows = this.prepare(rows);
       const out = await this.model.step(stepRows);
+      t1 = performance.now();
+      this.forwardSeconds += (t1 - t0) / 1000;
       let r = 0;
       for (const row of rows) {
         const live = this.live.get(row.job.id)!;
@@ -304,7 +313,17 @@ export class EngineCore {
           const at = out.logitsRow[r];
           const logits = out.logits.subarray(at * out.vocabSize, (at + 1) * out.vocabSize);
           const e = live.gen.next(logits, this.sampler);
-          events.push({ t: 'token', id: row.job.id, token: e.id, text: e.text, logprob: e.logprob, top: e.top, special: e.special });
+          const withLogprobs = e.logprob !== undefined;
+          events.push({
+            t: 'token',
+            id: row.job.id,
+            token: e.id,
+            text: e.text,
+            tokenText: withLogprobs ? this.piece(e.id) : undefined,
+            logprob: e.logprob,
+            top: e.top?.map((t) => ({ id: t.id, logprob: t.logprob, text: this.piece(t.id) })),
+            special: e.special,
+          });
           if (e.finishReason) {
             events.push({ t: 'end', id: row.job.id, finishReason: e.finishReason, completionTokens: live.gen.output.length, promptTokens: live.prompt.length });
             this.release(live);
@@ -322,7 +341,13 @@ export class EngineCore {
       }
     }
     if (events.length > 0) this.emit(events);
+    this.loopSeconds += (performance.now() - t1) / 1000;
     return true;
+  }
+
+  /** One token's text on its own (logprobs responses). */
+  private piece(id: number): string {
+    return this.tokenizer ? this.tokenizer.decode([id], false) : String(id);
   }
 
   /** Turns planned rows into runtime rows: sequences, token slices, adapter slots. */
@@ -382,6 +407,8 @@ export class EngineCore {
       running: this.state.runningCount,
       lastBatchRows: this.lastBatchRows,
       steps: this.steps,
+      forwardSeconds: this.forwardSeconds,
+      loopSeconds: this.loopSeconds,
       kvReservedTokens: this.state.reservedTokens,
       kvCapacity: this.model.kv.capacity,
       cache: { ...this.cache.stats },

@@ -4,7 +4,14 @@
  */
 import type { ChatMessage } from '../runtime/chat-template.js';
 import type { FinishReason } from '../runtime/generation.js';
-import type { SamplingParams, TokenLogprob } from '../runtime/sampling.js';
+import type { SamplingParams } from '../runtime/sampling.js';
+
+/** A token with its logprob and its text (for logprobs responses). */
+export interface TokenAlt {
+  id: number;
+  logprob: number;
+  text: string;
+}
 
 export type PromptInput =
   | { kind: 'ids'; ids: number[] }
@@ -42,7 +49,18 @@ export interface EngineRequest {
 
 export type EngineEvent =
   | { t: 'start'; id: number; promptTokens: number; promptIds?: number[] }
-  | { t: 'token'; id: number; token: number; text: string; logprob?: number; top?: TokenLogprob[]; special: boolean }
+  | {
+      t: 'token';
+      id: number;
+      token: number;
+      /** Text that became final with this token (stop strings and partial characters held back). */
+      text: string;
+      /** With logprobs: the token's own text, its logprob and the top alternatives. */
+      tokenText?: string;
+      logprob?: number;
+      top?: TokenAlt[];
+      special: boolean;
+    }
   | { t: 'end'; id: number; finishReason: FinishReason; completionTokens: number; promptTokens: number }
   | { t: 'error'; id: number; code: string; status: number; type: string; message: string; param: string | null };
 

@@ -1,0 +1,55 @@
+/**
+ * Which adapter a request asks for: `model` (the base model's id = no adapter; an adapter name =
+ * that adapter), LoRAX's `adapter_id`, or a weighted `merged_adapters` combination. Unknown names
+ * are a 404, never a silent fallback to the base model.
+ */
+import { adapterKey, type AdapterRecord, type AdapterRegistry } from '../adapters/registry.js';
+import { ModelNotFoundError, UnsupportedError, ValidationError } from '../errors.js';
+import { mergeKey, type AdapterSource, type AdapterSpec } from '../scheduler/request.js';
+import type { Static } from 'typebox';
+import type { MergedAdapters } from './schemas.js';
+
+function source(r: AdapterRecord): AdapterSource {
+  return { key: adapterKey(r), name: r.name, dir: r.dir };
+}
+
+export interface Resolved {
+  spec: AdapterSpec | null;
+  /** Names of the adapters used (for metrics and in-flight tracking). */
+  names: string[];
+  /** The id to echo back in responses. */
+  model: string;
+}
+
+export function resolveAdapter(
+  registry: AdapterRegistry,
+  baseId: string,
+  req: { model?: string | null; adapter_id?: string | null; merged_adapters?: Static<typeof MergedAdapters> | null },
+): Resolved {
+  const merged = req.merged_adapters;
+  if (merged) {
+    const strategy = merged.merge_strategy ?? 'linear';
+    if (strategy !== 'linear') {
+      throw new UnsupportedError(`merged_adapters.merge_strategy ${JSON.stringify(strategy)} is not supported; only "linear" is`, 'merged_adapters.merge_strategy');
+    }
+    if (merged.ids.length !== merged.weights.length) {
+      throw new ValidationError(`merged_adapters has ${merged.ids.length} ids but ${merged.weights.length} weights`, 'merged_adapters.weights');
+    }
+    const parts = merged.ids.map((id, i) => {
+      const r = registry.get(id);
+      if (!r) throw new ModelNotFoundError(`adapter ${JSON.stringify(id)} in merged_adapters does not exist`, 'merged_adapters.ids');
+      if (!Number.isFinite(merged.weights[i])) throw new ValidationError(`merged_adapters.weights[${i}] must be a finite number`, 'merged_adapters.weights');
+      return { ...source(r), weight: merged.weights[i] };
+    });
+    if (new Set(merged.ids).size !== merged.ids.length) throw new ValidationError('merged_adapters.ids lists an adapter twice', 'merged_adapters.ids');
+    const name = merged.ids.map((id, i) => `${id}*${merged.weights[i]}`).join('+');
+    return { spec: { kind: 'merge', key: mergeKey(parts), name, parts }, names: merged.ids, model: req.model ?? baseId };
+  }
+  const wanted = req.adapter_id || req.model;
+  const param = req.adapter_id ? 'adapter_id' : 'model';
+  if (!wanted) throw new ValidationError('model is required', 'model');
+  if (wanted === baseId) return { spec: null, names: [], model: baseId };
+  const r = registry.get(wanted);
+  if (!r) throw new ModelNotFoundError(`The model \`${wanted}\` does not exist. Known: the base model \`${baseId}\` and ${registry.size} adapter(s); see GET /v1/models.`, param);
+  return { spec: { kind: 'single', ...source(r) }, names: [r.name], model: req.model && req.model !== baseId && !req.adapter_id ? req.model : wanted };
+}

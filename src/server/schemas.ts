@@ -1,0 +1,234 @@
+/**
+ * Wire types of the HTTP API (TypeBox): they validate requests, serialize responses and generate
+ * openapi/openapi.json. Ranges that depend on the model (vocabulary, context) are checked later.
+ */
+import { Type, type Static } from 'typebox';
+
+const Nullable = <T extends Parameters<typeof Type.Union>[0][number]>(t: T) => Type.Union([t, Type.Null()]);
+
+export const ErrorBody = Type.Object(
+  {
+    error: Type.Object({
+      message: Type.String(),
+      type: Type.String(),
+      param: Nullable(Type.String()),
+      code: Nullable(Type.String()),
+    }),
+  },
+  { $id: 'Error', description: "OpenAI's error shape" },
+);
+
+const Stop = Type.Union([Type.String(), Type.Array(Type.String(), { maxItems: 16 })], { description: 'up to 16 stop strings, not included in the output' });
+
+export const MergedAdapters = Type.Object(
+  {
+    ids: Type.Array(Type.String(), { minItems: 1, maxItems: 16 }),
+    weights: Type.Array(Type.Number(), { minItems: 1, maxItems: 16 }),
+    merge_strategy: Type.Optional(Type.String({ description: 'only "linear" is supported' })),
+    density: Type.Optional(Type.Number()),
+    majority_sign_method: Type.Optional(Type.String()),
+  },
+  { description: "LoRAX-style weighted combination of adapters: Σ wᵢ·ΔWᵢ, served as one adapter of rank Σ rᵢ" },
+);
+
+/** Sampling fields shared by chat and completions (OpenAI names, plus vLLM/TGI extras). */
+const SamplingFields = {
+  max_tokens: Type.Optional(Nullable(Type.Integer({ minimum: 1 }))),
+  temperature: Type.Optional(Nullable(Type.Number({ minimum: 0, maximum: 2 }))),
+  top_p: Type.Optional(Nullable(Type.Number({ exclusiveMinimum: 0, maximum: 1 }))),
+  n: Type.Optional(Nullable(Type.Integer({ minimum: 1, maximum: 16 }))),
+  stream: Type.Optional(Nullable(Type.Boolean())),
+  stream_options: Type.Optional(Nullable(Type.Object({ include_usage: Type.Optional(Nullable(Type.Boolean())) }))),
+  stop: Type.Optional(Nullable(Stop)),
+  seed: Type.Optional(Nullable(Type.Integer())),
+  presence_penalty: Type.Optional(Nullable(Type.Number({ minimum: -2, maximum: 2 }))),
+  frequency_penalty: Type.Optional(Nullable(Type.Number({ minimum: -2, maximum: 2 }))),
+  logit_bias: Type.Optional(Nullable(Type.Record(Type.String(), Type.Number({ minimum: -100, maximum: 100 })))),
+  user: Type.Optional(Type.String()),
+  top_k: Type.Optional(Nullable(Type.Integer({ minimum: -1 }))),
+  min_p: Type.Optional(Nullable(Type.Number({ minimum: 0, maximum: 1 }))),
+  repetition_penalty: Type.Optional(Nullable(Type.Number({ exclusiveMinimum: 0, maximum: 10 }))),
+  stop_token_ids: Type.Optional(Nullable(Type.Array(Type.Integer({ minimum: 0 }), { maxItems: 64 }))),
+  ignore_eos: Type.Optional(Nullable(Type.Boolean())),
+  adapter_id: Type.Optional(Nullable(Type.String({ description: 'LoRAX-style adapter choice; overrides model' }))),
+  merged_adapters: Type.Optional(Nullable(MergedAdapters)),
+};
+
+const ContentPart = Type.Object({ type: Type.String(), text: Type.Optional(Type.String()) }, { additionalProperties: true });
+
+export const ChatMessageSchema = Type.Object(
+  {
+    role: Type.String({ minLength: 1 }),
+    content: Type.Optional(Nullable(Type.Union([Type.String(), Type.Array(ContentPart)]))),
+    name: Type.Optional(Type.String()),
+    tool_calls: Type.Optional(Type.Array(Type.Any())),
+    tool_call_id: Type.Optional(Type.String()),
+  },
+  { additionalProperties: true },
+);
+
+export const ChatCompletionRequest = Type.Object(
+  {
+    model: Type.String({ description: "the base model's id (no adapter) or an adapter name" }),
+    messages: Type.Array(ChatMessageSchema, { minItems: 1 }),
+    max_completion_tokens: Type.Optional(Nullable(Type.Integer({ minimum: 1 }))),
+    logprobs: Type.Optional(Nullable(Type.Boolean())),
+    top_logprobs: Type.Optional(Nullable(Type.Integer({ minimum: 0, maximum: 20 }))),
+    tools: Type.Optional(Nullable(Type.Array(Type.Any()))),
+    tool_choice: Type.Optional(Type.Any()),
+    response_format: Type.Optional(Type.Any()),
+    add_generation_prompt: Type.Optional(Type.Boolean()),
+    ...SamplingFields,
+  },
+  { $id: 'ChatCompletionRequest', additionalProperties: true },
+);
+export type ChatCompletionRequest = Static<typeof ChatCompletionRequest>;
+
+export const CompletionRequest = Type.Object(
+  {
+    model: Type.String(),
+    prompt: Type.Union([
+      Type.String(),
+      Type.Array(Type.String(), { minItems: 1 }),
+      Type.Array(Type.Integer({ minimum: 0 }), { minItems: 1 }),
+      Type.Array(Type.Array(Type.Integer({ minimum: 0 }), { minItems: 1 }), { minItems: 1 }),
+    ]),
+    logprobs: Type.Optional(Nullable(Type.Integer({ minimum: 0, maximum: 20 }))),
+    echo: Type.Optional(Nullable(Type.Boolean())),
+    suffix: Type.Optional(Nullable(Type.String())),
+    best_of: Type.Optional(Nullable(Type.Integer({ minimum: 1 }))),
+    ...SamplingFields,
+  },
+  { $id: 'CompletionRequest', additionalProperties: true },
+);
+export type CompletionRequest = Static<typeof CompletionRequest>;
+
+const Usage = Type.Object({ prompt_tokens: Type.Integer(), completion_tokens: Type.Integer(), total_tokens: Type.Integer() });
+
+const TopLogprob = Type.Object({ token: Type.String(), logprob: Type.Number(), bytes: Nullable(Type.Array(Type.Integer())) });
+const ChatLogprobs = Type.Object({
+  content: Nullable(Type.Array(Type.Object({ token: Type.String(), logprob: Type.Number(), bytes: Nullable(Type.Array(Type.Integer())), top_logprobs: Type.Array(TopLogprob) }))),
+});
+
+export const ChatCompletionResponse = Type.Object(
+  {
+    id: Type.String(),
+    object: Type.Literal('chat.completion'),
+    created: Type.Integer(),
+    model: Type.String(),
+    choices: Type.Array(
+      Type.Object({
+        index: Type.Integer(),
+        message: Type.Object({ role: Type.Literal('assistant'), content: Nullable(Type.String()) }),
+        logprobs: Nullable(ChatLogprobs),
+        finish_reason: Nullable(Type.String()),
+      }),
+    ),
+    usage: Usage,
+    system_fingerprint: Nullable(Type.String()),
+  },
+  { $id: 'ChatCompletionResponse' },
+);
+
+const CompletionLogprobs = Type.Object({
+  tokens: Type.Array(Type.String()),
+  token_logprobs: Type.Array(Nullable(Type.Number())),
+  top_logprobs: Nullable(Type.Array(Nullable(Type.Record(Type.String(), Type.Number())))),
+  text_offset: Type.Array(Type.Integer()),
+});
+
+export const CompletionResponse = Type.Object(
+  {
+    id: Type.String(),
+    object: Type.Literal('text_completion'),
+    created: Type.Integer(),
+    model: Type.String(),
+    choices: Type.Array(Type.Object({ index: Type.Integer(), text: Type.String(), logprobs: Nullable(CompletionLogprobs), finish_reason: Nullable(Type.String()) })),
+    usage: Usage,
+    system_fingerprint: Nullable(Type.String()),
+  },
+  { $id: 'CompletionResponse' },
+);
+
+export const ModelCard = Type.Object({
+  id: Type.String(),
+  object: Type.Literal('model'),
+  created: Type.Integer(),
+  owned_by: Type.String(),
+  root: Nullable(Type.String()),
+  parent: Nullable(Type.String()),
+  max_model_len: Type.Optional(Type.Integer()),
+});
+
+export const ModelList = Type.Object({ object: Type.Literal('list'), data: Type.Array(ModelCard) }, { $id: 'ModelList' });
+
+// ---- LoRAX / TGI
+
+export const TgiParameters = Type.Object(
+  {
+    adapter_id: Type.Optional(Nullable(Type.String())),
+    adapter_source: Type.Optional(Nullable(Type.String())),
+    merged_adapters: Type.Optional(Nullable(MergedAdapters)),
+    max_new_tokens: Type.Optional(Nullable(Type.Integer({ minimum: 1 }))),
+    temperature: Type.Optional(Nullable(Type.Number({ minimum: 0, maximum: 100 }))),
+    top_p: Type.Optional(Nullable(Type.Number({ exclusiveMinimum: 0, maximum: 1 }))),
+    top_k: Type.Optional(Nullable(Type.Integer({ minimum: 0 }))),
+    repetition_penalty: Type.Optional(Nullable(Type.Number({ exclusiveMinimum: 0, maximum: 10 }))),
+    stop: Type.Optional(Nullable(Type.Array(Type.String(), { maxItems: 16 }))),
+    seed: Type.Optional(Nullable(Type.Integer({ minimum: 0 }))),
+    do_sample: Type.Optional(Nullable(Type.Boolean())),
+    details: Type.Optional(Nullable(Type.Boolean())),
+    return_full_text: Type.Optional(Nullable(Type.Boolean())),
+    decoder_input_details: Type.Optional(Nullable(Type.Boolean())),
+    top_n_tokens: Type.Optional(Nullable(Type.Integer({ minimum: 0, maximum: 20 }))),
+  },
+  { additionalProperties: true },
+);
+
+export const GenerateRequest = Type.Object(
+  { inputs: Type.String(), parameters: Type.Optional(Nullable(TgiParameters)), stream: Type.Optional(Type.Boolean()) },
+  { $id: 'GenerateRequest', additionalProperties: true },
+);
+export type GenerateRequest = Static<typeof GenerateRequest>;
+
+const TgiToken = Type.Object({ id: Type.Integer(), text: Type.String(), logprob: Nullable(Type.Number()), special: Type.Boolean() });
+
+export const GenerateResponse = Type.Object(
+  {
+    generated_text: Type.String(),
+    details: Type.Optional(
+      Nullable(
+        Type.Object({
+          finish_reason: Type.String(),
+          generated_tokens: Type.Integer(),
+          seed: Nullable(Type.Integer()),
+          prefill: Type.Array(TgiToken),
+          tokens: Type.Array(TgiToken),
+        }),
+      ),
+    ),
+  },
+  { $id: 'GenerateResponse' },
+);
+
+// ---- admin
+
+export const AdapterInfo = Type.Object(
+  {
+    name: Type.String(),
+    version: Type.Integer(),
+    source: Type.String(),
+    rank: Type.Integer(),
+    lora_alpha: Type.Number(),
+    use_rslora: Type.Boolean(),
+    target_modules: Type.Array(Type.String()),
+    bytes: Type.Integer({ description: 'memory the factors take when loaded (float32)' }),
+    base_model_name_or_path: Nullable(Type.String()),
+    created: Type.Integer(),
+    status: Type.Optional(Type.String({ description: 'running, waiting or idle' })),
+  },
+  { $id: 'AdapterInfo' },
+);
+
+export const LoadLoraRequest = Type.Object({ lora_name: Type.String(), lora_path: Type.String() }, { additionalProperties: true });
+export const UnloadLoraRequest = Type.Object({ lora_name: Type.String() }, { additionalProperties: true });
