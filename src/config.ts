@@ -40,7 +40,7 @@ export const KNOBS = {
   adapterCacheBytes: knob({ key: 'adapterCacheBytes', flag: '--adapter-cache-bytes <size>', env: 'LORAPLEX_ADAPTER_CACHE_BYTES', kind: 'bytes', default: 2 * 1024 ** 3, min: 0, doc: 'host memory for loaded adapters (LRU), e.g. 2GiB or 512MB' }),
   maxBatchSize: knob({ key: 'maxBatchSize', flag: '--max-batch-size <rows>', env: 'LORAPLEX_MAX_BATCH_SIZE', kind: 'int', default: 32, min: 1, doc: 'sequences in one forward step' }),
   maxBatchPrefillTokens: knob({ key: 'maxBatchPrefillTokens', flag: '--max-batch-prefill-tokens <n>', env: 'LORAPLEX_MAX_BATCH_PREFILL_TOKENS', kind: 'int', default: 2048, min: 1, doc: 'prompt tokens processed in one step (longer prompts are chunked)' }),
-  maxQueuedRequests: knob({ key: 'maxQueuedRequests', flag: '--max-queued-requests <n>', env: 'LORAPLEX_MAX_QUEUED_REQUESTS', kind: 'int', default: 256, min: 0, doc: 'waiting requests beyond which new ones are refused with 429' }),
+  maxQueuedRequests: knob({ key: 'maxQueuedRequests', flag: '--max-queued-requests <n>', env: 'LORAPLEX_MAX_QUEUED_REQUESTS', kind: 'int', default: 256, min: 1, doc: 'waiting requests beyond which new ones are refused with 429' }),
   adapterCycleMs: knob({ key: 'adapterCycleMs', flag: '--adapter-cycle-ms <ms>', env: 'LORAPLEX_ADAPTER_CYCLE_MS', kind: 'int', default: 2000, min: 1, doc: 'time slice after which waiting adapters get their turn over the running ones' }),
   requestTimeoutMs: knob({ key: 'requestTimeoutMs', flag: '--request-timeout-ms <ms>', env: 'LORAPLEX_REQUEST_TIMEOUT_MS', kind: 'int', default: 600000, min: 1, doc: 'deadline for one request, queueing included' }),
   strictBase: knob({ key: 'strictBase', flag: '--strict-base', env: 'LORAPLEX_STRICT_BASE', kind: 'bool', default: false, doc: "refuse adapters whose base_model_name_or_path names another model" }),
@@ -58,10 +58,42 @@ export const KNOBS = {
 
 export type KnobKey = keyof typeof KNOBS;
 
-type ValueOf<K extends Kind> = K extends 'int' | 'bytes' ? number : K extends 'bool' ? boolean : K extends 'list' ? string[] : string;
-export type Config = {
-  readonly [K in KnobKey]: (typeof KNOBS)[K] extends { default: unknown } ? ValueOf<(typeof KNOBS)[K]['kind']> : ValueOf<(typeof KNOBS)[K]['kind']> | undefined;
-};
+/** Resolved configuration; optional fields have no default. */
+export interface Config {
+  readonly model?: string;
+  readonly quant: 'fp32' | 'int8' | 'int4' | 'nf4';
+  readonly activations: 'fp32' | 'fp16';
+  readonly device: 'cpu' | 'cuda' | 'webgpu';
+  readonly allowCpuFallback: boolean;
+  readonly threads: number;
+  readonly cacheDir: string;
+  readonly maxContext: number;
+  readonly kvCacheTokens: number;
+  readonly maxLoraRank: number;
+  readonly maxActiveAdapters: number;
+  readonly adapters?: string;
+  readonly adapterCacheBytes: number;
+  readonly maxBatchSize: number;
+  readonly maxBatchPrefillTokens: number;
+  readonly maxQueuedRequests: number;
+  readonly adapterCycleMs: number;
+  readonly requestTimeoutMs: number;
+  readonly strictBase: boolean;
+  readonly host: string;
+  readonly port: number;
+  readonly servedModelName?: string;
+  readonly adminToken?: string;
+  readonly apiKeys?: string[];
+  readonly loraRoots?: string[];
+  readonly maxUploadBytes: number;
+  readonly logLevel: string;
+  readonly logPrompts: boolean;
+}
+
+// Every knob is a Config field and every Config field a knob.
+type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
+const _knobsMatchConfig: Same<KnobKey, keyof Config> = true;
+void _knobsMatchConfig;
 
 const UNITS: Record<string, number> = { '': 1, b: 1, k: 1e3, kb: 1e3, m: 1e6, mb: 1e6, g: 1e9, gb: 1e9, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3 };
 

@@ -9,6 +9,9 @@ import { parseSampling } from '../runtime/sampling-params.js';
 import { Sampler } from '../runtime/sampling.js';
 import { buildFromSettings, openRuntime, type RuntimeSettings } from '../runtime/open.js';
 import { progressBar } from '../util/progress.js';
+import { DEMO_ADMIN_TOKEN, DEMO_MODEL_ID, ensureDemo } from '../server/demo.js';
+import { serveForever, startServer } from '../server/serve.js';
+import { join } from 'node:path';
 
 function settings(c: Partial<Config>): RuntimeSettings {
   return c as RuntimeSettings;
@@ -146,4 +149,25 @@ export async function runGenerate(config: Partial<Config>, args: GenerateArgs): 
   } finally {
     await rt.model.close();
   }
+}
+
+export async function runServe(config: Partial<Config>): Promise<void> {
+  const bar = progressBar('build');
+  const server = await startServer(config, { onProgress: bar });
+  await serveForever(server, log);
+  bar.stop();
+}
+
+export async function runDemo(config: Partial<Config>): Promise<void> {
+  const demo = ensureDemo(join(config.cacheDir!, 'demo'), log);
+  const adminToken = config.adminToken ?? DEMO_ADMIN_TOKEN;
+  const full: Partial<Config> = {
+    ...config,
+    model: config.model ?? demo.model,
+    adapters: config.adapters ?? demo.adapters,
+    servedModelName: config.servedModelName ?? DEMO_MODEL_ID,
+    adminToken,
+  };
+  if (!config.adminToken) log(`demo admin token: ${adminToken} (set --admin-token or LORAPLEX_ADMIN_TOKEN for anything but a demo)`);
+  await runServe(full);
 }

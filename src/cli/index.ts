@@ -6,7 +6,7 @@
 import { Command, Option } from 'commander';
 import { ConfigError, KNOBS, resolveConfig, type Knob, type KnobKey } from '../config.js';
 import { LoraplexError } from '../errors.js';
-import { runBuild, runGenerate } from './commands.js';
+import { runBuild, runDemo, runGenerate, runServe } from './commands.js';
 
 const RUNTIME_KEYS = [
   'model', 'quant', 'activations', 'device', 'allowCpuFallback', 'threads', 'cacheDir', 'maxContext', 'kvCacheTokens',
@@ -101,5 +101,28 @@ addKnobs(program.command('generate').description('generate from a prompt or chat
       fail(err);
     }
   });
+
+const SERVE_KEYS = Object.keys(KNOBS) as KnobKey[];
+
+addKnobs(program.command('serve').description('serve a model and its adapters over HTTP (OpenAI-compatible, LoRAX/TGI-style, admin)'), SERVE_KEYS).action(
+  async (opts: Record<string, unknown>) => {
+    try {
+      await runServe(resolveConfig(SERVE_KEYS, opts, process.env, ['model']));
+    } catch (err) {
+      fail(err);
+    }
+  },
+);
+
+addKnobs(
+  program.command('demo').description('build (once) a small demo model with a real tokenizer and three demo adapters, then serve it'),
+  SERVE_KEYS,
+).action(async (opts: Record<string, unknown>) => {
+  try {
+    await runDemo(resolveConfig(SERVE_KEYS, opts, process.env));
+  } catch (err) {
+    fail(err);
+  }
+});
 
 program.parseAsync(process.argv).catch(fail);

@@ -5,6 +5,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { ThreadLoader, serializeError } from '../adapters/loader.js';
+import type { ModelSpec } from '../runtime/checkpoint/spec.js';
 import { openRuntime, type RuntimeSettings } from '../runtime/open.js';
 import { EngineCore, type EngineConfig } from './core.js';
 import type { AdapterSpec, EngineEvent, EngineRequest } from './request.js';
@@ -24,6 +25,7 @@ export type ToWorker =
   | { t: 'shutdown' };
 
 export interface EngineInfo {
+  spec: ModelSpec;
   device: string;
   maxPositions: number;
   vocabSize: number;
@@ -89,6 +91,7 @@ async function main(): Promise<void> {
     }
   });
   const info: EngineInfo = {
+    spec: rt.model.spec,
     device: rt.model.device,
     maxPositions: rt.model.maxPositions,
     vocabSize: rt.model.spec.vocabSize,

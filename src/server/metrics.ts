@@ -1,0 +1,77 @@
+/**
+ * Prometheus metrics (prom-client, own registry): requests by route/status/adapter, latency and
+ * time-to-first-token histograms, tokens, queue depth, running rows, batch size, adapter cache
+ * counters, and `lora_requests_info` as vLLM exports it (the Kubernetes Gateway API inference
+ * extension routes on it). Engine-side numbers are read from the engine on each scrape.
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { EngineStats } from '../scheduler/core.js';
+
+const LATENCY_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
+
+export class Metrics {
+  readonly registry = new Registry();
+  readonly requests: Counter<'route' | 'status' | 'adapter'>;
+  readonly latency: Histogram<'route'>;
+  readonly ttft: Histogram<'route'>;
+  readonly interTokenLatency: Histogram;
+  readonly promptTokens: Counter<'adapter'>;
+  readonly generatedTokens: Counter<'adapter'>;
+  private readonly cacheCounters: Record<'hits' | 'misses' | 'loads' | 'loadFailures' | 'evictions', Counter>;
+  private readonly last: Record<string, number> = {};
+  private readonly engineGauges: Record<'queue' | 'running' | 'batch' | 'kv' | 'cacheBytes' | 'slotLoads', Gauge>;
+  private readonly loraInfo: Gauge<'running_lora_adapters' | 'waiting_lora_adapters' | 'max_lora'>;
+
+  constructor() {
+    const r = this.registry;
+    collectDefaultMetrics({ register: r, prefix: 'loraplex_process_' });
+    this.requests = new Counter({ name: 'loraplex_requests_total', help: 'Requests by route, HTTP status and adapter', labelNames: ['route', 'status', 'adapter'], registers: [r] });
+    this.latency = new Histogram({ name: 'loraplex_request_duration_seconds', help: 'End-to-end request latency', labelNames: ['route'], buckets: LATENCY_BUCKETS, registers: [r] });
+    this.ttft = new Histogram({ name: 'loraplex_time_to_first_token_seconds', help: 'Time from request to its first generated token', labelNames: ['route'], buckets: LATENCY_BUCKETS, registers: [r] });
+    this.interTokenLatency = new Histogram({ name: 'loraplex_inter_token_latency_seconds', help: 'Time between consecutive generated tokens of a request', buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5], registers: [r] });
+    this.promptTokens = new Counter({ name: 'loraplex_prompt_tokens_total', help: 'Prompt tokens processed', labelNames: ['adapter'], registers: [r] });
+    this.generatedTokens = new Counter({ name: 'loraplex_generated_tokens_total', help: 'Tokens generated', labelNames: ['adapter'], registers: [r] });
+    const counter = (name: string, help: string): Counter => new Counter({ name, help, registers: [r] });
+    this.cacheCounters = {
+      hits: counter('loraplex_adapter_cache_hits_total', 'Requests whose adapter was in the host cache'),
+      misses: counter('loraplex_adapter_cache_misses_total', 'Requests whose adapter had to be loaded'),
+      loads: counter('loraplex_adapter_loads_total', 'Adapter loads from disk'),
+      loadFailures: counter('loraplex_adapter_load_failures_total', 'Adapter loads that failed'),
+      evictions: counter('loraplex_adapter_cache_evictions_total', 'Adapters evicted from the host cache'),
+    };
+    const queue = new Gauge({ name: 'loraplex_queue_depth', help: 'Requests waiting to be scheduled', registers: [r] });
+    const running = new Gauge({ name: 'loraplex_running_requests', help: 'Requests running (holding a batch row)', registers: [r] });
+    const batch = new Gauge({ name: 'loraplex_batch_size', help: 'Rows in the last forward step', registers: [r] });
+    const kv = new Gauge({ name: 'loraplex_kv_cache_usage_ratio', help: 'Share of the KV cache reserved by running requests', registers: [r] });
+    const cacheBytes = new Gauge({ name: 'loraplex_adapter_cache_bytes', help: 'Bytes of adapters in the host cache', registers: [r] });
+    const slotLoads = new Gauge({ name: 'loraplex_adapter_slot_loads', help: 'Adapters written into graph slots since start', registers: [r] });
+    this.engineGauges = { queue, running, batch, kv, cacheBytes, slotLoads };
+    this.loraInfo = new Gauge({
+      name: 'lora_requests_info',
+      help: 'Running and waiting LoRA adapters (vLLM-compatible; value = scrape time)',
+      labelNames: ['running_lora_adapters', 'waiting_lora_adapters', 'max_lora'],
+      registers: [r],
+    });
+  }
+
+  /** Copies the engine's numbers into the metrics (before each scrape). */
+  refresh(s: EngineStats): void {
+    const g = this.engineGauges;
+    g.queue.set(s.waiting);
+    g.running.set(s.running);
+    g.batch.set(s.lastBatchRows);
+    g.kv.set(s.kvCapacity > 0 ? s.kvReservedTokens / s.kvCapacity : 0);
+    g.cacheBytes.set(s.cache.bytes);
+    g.slotLoads.set(s.slotLoads);
+    for (const k of Object.keys(this.cacheCounters) as (keyof typeof this.cacheCounters)[]) {
+      const delta = s.cache[k] - (this.last[k] ?? 0);
+      if (delta > 0) this.cacheCounters[k].inc(delta);
+      this.last[k] = s.cache[k];
+    }
+    this.loraInfo.reset();
+    this.loraInfo.set(
+      { running_lora_adapters: s.runningAdapters.join(','), waiting_lora_adapters: s.waitingAdapters.join(','), max_lora: String(s.maxLora) },
+      Date.now() / 1000,
+    );
+  }
+}

@@ -1,0 +1,23 @@
+/** GET /health (503 until the model is ready) and GET /metrics (Prometheus). */
+import type { FastifyInstance } from 'fastify';
+import { Type } from 'typebox';
+import type { ServerContext } from '../context.js';
+
+export async function opsRoutes(app: FastifyInstance, ctx: ServerContext): Promise<void> {
+  app.get(
+    '/health',
+    { schema: { tags: ['ops'], summary: 'Ready when the model is loaded (503 before)', response: { 200: Type.Object({ status: Type.String() }), 503: Type.Object({ status: Type.String() }) } } },
+    async (_request, reply) => {
+      if (!ctx.engine) {
+        reply.code(503);
+        return { status: 'loading' };
+      }
+      return { status: 'ok' };
+    },
+  );
+  app.get('/metrics', { schema: { tags: ['ops'], summary: 'Prometheus metrics' } }, async (_request, reply) => {
+    if (ctx.engine) ctx.metrics.refresh(await ctx.engine.stats());
+    reply.type(ctx.metrics.registry.contentType);
+    return ctx.metrics.registry.metrics();
+  });
+}

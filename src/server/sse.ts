@@ -1,0 +1,48 @@
+/**
+ * Server-sent events over a hijacked fastify reply: `data: <json>\n\n` frames, OpenAI's
+ * `data: [DONE]` terminator, and a close signal when the client goes away.
+ */
+import type { FastifyReply } from 'fastify';
+
+export class SseStream {
+  private readonly reply: FastifyReply;
+  private ended = false;
+  /** True once the client disconnected before the stream ended. */
+  aborted = false;
+
+  constructor(reply: FastifyReply, onClientGone: () => void) {
+    this.reply = reply;
+    reply.hijack();
+    reply.raw.writeHead(200, {
+      'content-type': 'text/event-stream; charset=utf-8',
+      'cache-control': 'no-cache',
+      connection: 'keep-alive',
+      'x-accel-buffering': 'no',
+      'x-request-id': String(reply.request.id),
+    });
+    reply.raw.flushHeaders?.();
+    reply.raw.on('close', () => {
+      if (!this.ended) {
+        this.aborted = true;
+        this.ended = true;
+        onClientGone();
+      }
+    });
+  }
+
+  get open(): boolean {
+    return !this.ended;
+  }
+
+  send(data: unknown): void {
+    if (!this.ended) this.reply.raw.write(`data: ${JSON.stringify(data)}\n\n`);
+  }
+
+  /** Ends the stream, with OpenAI's `[DONE]` unless `done` is false (TGI streams end without it). */
+  end(done = true): void {
+    if (this.ended) return;
+    if (done) this.reply.raw.write('data: [DONE]\n\n');
+    this.ended = true;
+    this.reply.raw.end();
+  }
+}
