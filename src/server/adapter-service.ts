@@ -57,17 +57,17 @@ export class AdapterService {
   /** Validates a staged upload and makes it visible as `name` (replacing it when `replace`). */
   install(name: string, staged: string, replace: boolean): AdapterRecord {
     const store = this.ctx.store;
-    if (!store) throw new LoraplexError('no adapter store is configured (--adapters)', { code: 'no_store', statusCode: 409, type: 'invalid_request_error' });
-    const existing = this.ctx.registry.get(name);
-    if (!replace && existing) throw new ConflictError(`adapter ${name} already exists; use PUT /admin/adapters/${name} to replace it`, 'name');
-    if (replace && !existing) throw new ModelNotFoundError(`adapter ${name} does not exist; use POST /admin/adapters to create it`, 'name');
-    if (name === this.ctx.baseId) throw new ConflictError(`${name} is the base model's id`, 'name');
     try {
+      if (!store) throw new LoraplexError('no adapter store is configured (--adapters)', { code: 'no_store', statusCode: 409, type: 'invalid_request_error' });
+      const existing = this.ctx.registry.get(name);
+      if (!replace && existing) throw new ConflictError(`adapter ${name} already exists; use PUT /admin/adapters/${name} to replace it`, 'name');
+      if (replace && !existing) throw new ModelNotFoundError(`adapter ${name} does not exist; use POST /admin/adapters to create it`, 'name');
+      if (name === this.ctx.baseId) throw new ConflictError(`${name} is the base model's id`, 'name');
       const info = this.inspect(staged);
       store.commit(staged, name);
       return this.ctx.registry.register(name, store.dirOf(name), info, 'store');
     } finally {
-      store.discard(staged);
+      store?.discard(staged);
     }
   }
 

@@ -28,6 +28,8 @@ export async function buildApp(ctx: ServerContext, opts: { logger?: FastifyServe
   }).withTypeProvider<TypeBoxTypeProvider>();
 
   installErrorHandling(app);
+  // JSON only on the API (and multipart on the admin upload routes).
+  app.removeContentTypeParser('text/plain');
   await app.register(swagger, {
     openapi: {
       openapi: '3.0.3',

@@ -36,12 +36,16 @@ export function archiveKind(filename: string): 'tgz' | 'tar' | 'zip' | null {
 }
 
 /** Checks a file name from a multipart part or an archive entry; returns the base name to write. */
-export function checkEntryName(raw: string, where: string): string | null {
+export function checkEntryName(raw: string, where: string, isDir = false): string | null {
   const name = raw.replace(/\\/g, '/');
   if (name.startsWith('/') || /^[A-Za-z]:/.test(name)) throw new ValidationError(`${where}: entry ${JSON.stringify(raw)} has an absolute path`, 'file');
   const parts = name.split('/').filter((p) => p !== '' && p !== '.');
   if (parts.some((p) => p === '..')) throw new ValidationError(`${where}: entry ${JSON.stringify(raw)} contains '..'`, 'file');
   if (parts.length === 0) return null; // the archive's root directory entry
+  if (isDir) {
+    if (parts.length > 1) throw new ValidationError(`${where}: entry ${JSON.stringify(raw)} is nested too deep (files at the top or in one folder)`, 'file');
+    return null;
+  }
   const base = parts[parts.length - 1];
   if (REFUSED[base]) throw new ValidationError(`${where}: ${REFUSED[base]}`, 'file');
   if (parts.length > 2) throw new ValidationError(`${where}: entry ${JSON.stringify(raw)} is nested too deep (files at the top or in one folder)`, 'file');
@@ -97,15 +101,24 @@ export async function extractArchive(stream: Readable, filename: string, dir: st
     return;
   }
   const extract = tar.extract();
-  const done = new Promise<void>((resolve, reject) => {
+  const source: Readable = kind === 'tgz' ? stream.pipe(createGunzip()) : stream;
+  await new Promise<void>((resolve, reject) => {
+    let failed = false;
+    const fail = (err: unknown): void => {
+      if (failed) return;
+      failed = true;
+      // Stop reading at once (no need to inflate the rest of a hostile archive).
+      extract.on('error', () => {});
+      source.unpipe(extract);
+      source.destroy();
+      extract.destroy();
+      reject(err);
+    };
     extract.on('entry', (header, entry, next) => {
-      const fail = (err: unknown): void => {
-        entry.resume();
-        extract.destroy(err as Error);
-      };
+      entry.on('error', () => {});
       try {
         if (header.type === 'directory') {
-          checkEntryName(header.name, filename);
+          checkEntryName(header.name, filename, true);
           entry.resume();
           entry.on('end', next);
           return;
@@ -120,13 +133,13 @@ export async function extractArchive(stream: Readable, filename: string, dir: st
         fail(err);
       }
     });
-    extract.on('finish', resolve);
-    extract.on('error', reject);
+    extract.on('finish', () => {
+      if (!failed) resolve();
+    });
+    extract.on('error', (err: Error) => fail(new ValidationError(`${filename}: not a valid tar archive (${err.message})`, 'file')));
+    source.on('error', (err) => fail(new ValidationError(`${filename}: not a valid ${kind === 'tgz' ? 'gzip' : 'tar'} archive (${err.message})`, 'file')));
+    source.pipe(extract);
   });
-  const source = kind === 'tgz' ? stream.pipe(createGunzip()) : stream;
-  source.on('error', (err) => extract.destroy(new ValidationError(`${filename}: not a valid ${kind === 'tgz' ? 'gzip' : 'tar'} archive (${err.message})`, 'file')));
-  source.pipe(extract);
-  await done;
 }
 
 function extractZip(buf: Buffer, filename: string, dir: string, budget: Budget, seen: Set<string>): Promise<void> {

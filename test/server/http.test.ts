@@ -1,0 +1,385 @@
+/**
+ * The HTTP API end to end: a real server (real engine worker, tiny model with a real tokenizer),
+ * app.inject and the official `openai` client, admin uploads, errors and a malformed-input sweep.
+ */
+import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import OpenAI from 'openai';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { KNOBS, resolveConfig, type Config, type KnobKey } from '../../src/config.js';
+import { startServer, type RunningServer } from '../../src/server/serve.js';
+import { tarGz, zip } from '../helpers/archives.js';
+import { referenceLogits } from '../helpers/reference.js';
+import { argmax } from '../helpers/runtime.js';
+import { copyTokenizer, loadTokenizer } from '../helpers/tokenizers.js';
+import { makeTinyAdapter, makeTinyModel, tempDir } from '../helpers/tiny-model.js';
+
+const ADMIN = 'test-admin-token';
+const vocabSize = 151669;
+const tm = makeTinyModel({ flavour: 'qwen2', seed: 101, vocabSize, hiddenSize: 64, numHeads: 4, numKvHeads: 2, intermediateSize: 128, maxPositionEmbeddings: 256 });
+copyTokenizer('qwen3', tm.dir);
+const qwen = loadTokenizer('qwen3');
+const storeDir = tempDir('loraplex-store-');
+const alpha = makeTinyAdapter(tm, { seed: 102, r: 4 }, join(storeDir, 'alpha'));
+const beta = makeTinyAdapter(tm, { seed: 103, r: 8, targets: ['q_proj', 'v_proj'] }, join(storeDir, 'acme', 'beta'));
+const upload = makeTinyAdapter(tm, { seed: 104, r: 2 });
+const upload2 = makeTinyAdapter(tm, { seed: 105, r: 6 });
+
+export function testConfig(overrides: Partial<Record<KnobKey, unknown>>): Partial<Config> {
+  return resolveConfig(Object.keys(KNOBS) as KnobKey[], { quant: 'fp32', cacheDir: tempDir(), threads: 1, kvCacheTokens: 4096, maxUploadBytes: 10_000_000, ...overrides }, {});
+}
+
+let server: RunningServer;
+let base: string;
+
+beforeAll(async () => {
+  server = await startServer(testConfig({ model: tm.dir, adapters: storeDir, adminToken: ADMIN, port: 0, host: '127.0.0.1', servedModelName: 'tiny' }), { logger: false });
+  await server.ready;
+  base = server.url;
+});
+afterAll(async () => {
+  await server?.close();
+});
+
+const json = (path: string, body: unknown, headers: Record<string, string> = {}) =>
+  fetch(`${base}${path}`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body) });
+
+function peftFiles(a: { dir: string }): { name: string; data: Buffer }[] {
+  return ['adapter_config.json', 'adapter_model.safetensors'].map((f) => ({ name: f, data: readFileSync(join(a.dir, f)) }));
+}
+
+function form(fields: Record<string, string>, files: { name: string; data: Buffer }[]): FormData {
+  const f = new FormData();
+  for (const [k, v] of Object.entries(fields)) f.append(k, v);
+  for (const file of files) f.append('file', new Blob([file.data]), file.name);
+  return f;
+}
+
+const admin = (path: string, init: RequestInit = {}) => fetch(`${base}${path}`, { ...init, headers: { authorization: `Bearer ${ADMIN}`, ...(init.headers as Record<string, string>) } });
+
+/** Greedy continuation by the reference forward pass. */
+function referenceGreedy(prompt: number[], lora: typeof alpha.lora | null, n: number): number[] {
+  const toks = [...prompt];
+  for (let i = 0; i < n; i++) toks.push(argmax(referenceLogits(tm.cfg, tm.weights, toks, lora).at(-1)!));
+  return toks.slice(prompt.length);
+}
+
+describe('OpenAI API with the official client', () => {
+  const client = () => new OpenAI({ baseURL: `${base}/v1`, apiKey: 'unused' });
+
+  it('lists the base model and every adapter with parent = base', async () => {
+    const models = await client().models.list();
+    const ids = models.data.map((m) => m.id);
+    expect(ids).toEqual(['tiny', 'acme/beta', 'alpha']);
+    expect((models.data[1] as unknown as { parent: string }).parent).toBe('tiny');
+  });
+
+  it('chat completion with an adapter, non-streaming and streaming agree', async () => {
+    const req = { model: 'alpha', messages: [{ role: 'user' as const, content: 'Hello there' }], max_tokens: 6, temperature: 0 };
+    const full = await client().chat.completions.create(req);
+    expect(full.choices[0].finish_reason).toBe('length');
+    expect(full.usage).toMatchObject({ completion_tokens: 6, prompt_tokens: qwen.encode(qwen.chatTemplate!.render([{ role: 'user', content: 'Hello there' }]), false).length });
+    const stream = await client().chat.completions.create({ ...req, stream: true, stream_options: { include_usage: true } });
+    let text = '';
+    let usage: unknown = null;
+    let finish: string | null = null;
+    for await (const chunk of stream) {
+      text += chunk.choices[0]?.delta?.content ?? '';
+      finish = chunk.choices[0]?.finish_reason ?? finish;
+      if (chunk.usage) usage = chunk.usage;
+    }
+    expect(text).toBe(full.choices[0].message.content);
+    expect(finish).toBe('length');
+    expect(usage).toEqual(full.usage);
+  });
+
+  it('greedy completions equal the reference forward pass, per adapter and for the base', async () => {
+    const prompt = [9707, 11, 1879];
+    for (const [model, lora] of [['tiny', null], ['alpha', alpha.lora]] as const) {
+      const r = await client().completions.create({ model, prompt, max_tokens: 4, temperature: 0, logprobs: 1 });
+      const ids = referenceGreedy(prompt, lora, 4);
+      expect(r.choices[0].text).toBe(qwen.decode(ids));
+      expect(r.choices[0].logprobs!.tokens).toEqual(ids.map((id) => qwen.decode([id], false)));
+    }
+  });
+
+  it('seed, n, stop and logprobs behave as OpenAI documents', async () => {
+    const req = { model: 'acme/beta', messages: [{ role: 'user' as const, content: 'Tell me' }], max_tokens: 8, temperature: 1.2, seed: 42, n: 2, logprobs: true, top_logprobs: 3 };
+    const a = await client().chat.completions.create(req);
+    const b = await client().chat.completions.create(req);
+    expect(a.choices.map((c) => c.message.content)).toEqual(b.choices.map((c) => c.message.content));
+    expect(a.choices).toHaveLength(2);
+    const lp = a.choices[0].logprobs!.content!;
+    expect(lp.length).toBeGreaterThan(0);
+    expect(lp[0].top_logprobs).toHaveLength(3);
+    const text = a.choices[0].message.content!;
+    const cut = text.slice(2, 5);
+    if (cut.trim().length > 0) {
+      const s = await client().chat.completions.create({ ...req, n: 1, stop: [cut] });
+      expect(s.choices[0].finish_reason).toBe('stop');
+      expect(s.choices[0].message.content).toBe(text.slice(0, text.indexOf(cut)));
+    }
+  });
+
+  it('an unknown model is a 404 in OpenAI error shape', async () => {
+    const err = await client()
+      .chat.completions.create({ model: 'nope', messages: [{ role: 'user', content: 'x' }] })
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(OpenAI.NotFoundError);
+    expect((err as InstanceType<typeof OpenAI.NotFoundError>).error).toMatchObject({ code: 'model_not_found', param: 'model', type: 'invalid_request_error' });
+  });
+});
+
+describe('LoRAX/TGI routes', () => {
+  it('/generate with adapter_id returns TGI details; adapter_id overrides nothing else', async () => {
+    const r = await json('/generate', { inputs: 'Hello', parameters: { adapter_id: 'alpha', max_new_tokens: 5, details: true } });
+    expect(r.status).toBe(200);
+    const body = (await r.json()) as { generated_text: string; details: { finish_reason: string; generated_tokens: number; tokens: { id: number; text: string }[] } };
+    expect(body.details).toMatchObject({ finish_reason: 'length', generated_tokens: 5 });
+    expect(body.generated_text).toBe(qwen.decode(body.details.tokens.map((t) => t.id)));
+    const ids = referenceGreedy(qwen.encode('Hello'), alpha.lora, 5);
+    expect(body.details.tokens.map((t) => t.id)).toEqual(ids);
+  });
+
+  it('/generate_stream sends token events and a final one with generated_text', async () => {
+    const r = await json('/generate_stream', { inputs: 'Hello', parameters: { max_new_tokens: 4, details: true } });
+    const events = (await r.text())
+      .split('\n\n')
+      .filter((l) => l.startsWith('data:'))
+      .map((l) => JSON.parse(l.slice(5)) as { token: { id: number; text: string }; generated_text: string | null; details: unknown });
+    expect(events).toHaveLength(4);
+    expect(events.slice(0, 3).every((e) => e.generated_text === null)).toBe(true);
+    expect(events[3].generated_text).toBe(events.map((e) => e.token.text).join(''));
+    expect(events[3].details).toMatchObject({ finish_reason: 'length', generated_tokens: 4 });
+  });
+
+  it('merged_adapters: linear works, other strategies are 422', async () => {
+    const ok = await json('/v1/completions', { model: 'tiny', prompt: 'Hi', max_tokens: 3, merged_adapters: { ids: ['alpha', 'acme/beta'], weights: [0.5, 0.5], merge_strategy: 'linear' } });
+    expect(ok.status).toBe(200);
+    const bad = await json('/generate', { inputs: 'Hi', parameters: { merged_adapters: { ids: ['alpha'], weights: [1], merge_strategy: 'ties' } } });
+    expect(bad.status).toBe(422);
+    expect(((await bad.json()) as { error: { message: string } }).error.message).toMatch(/merge_strategy "ties" is not supported; only "linear" is/);
+  });
+
+  it('/info describes the model and the batching limits', async () => {
+    const info = (await (await fetch(`${base}/info`)).json()) as Record<string, unknown>;
+    expect(info).toMatchObject({ model_id: 'tiny', max_total_tokens: 256, model_device_type: 'cpu', router: 'loraplex', ready: true });
+  });
+});
+
+describe('admin', () => {
+  it('refuses without the token', async () => {
+    const r = await fetch(`${base}/admin/adapters`);
+    expect(r.status).toBe(401);
+    expect(((await r.json()) as { error: { type: string } }).error.type).toBe('authentication_error');
+  });
+
+  it('upload → completion with the new adapter → replace → delete', async () => {
+    const up = await admin('/admin/adapters', { method: 'POST', body: form({ name: 'fresh' }, peftFiles(upload)) });
+    expect(up.status).toBe(201);
+    expect(await up.json()).toMatchObject({ name: 'fresh', version: 1, rank: 2 });
+    const prompt = [100, 200, 300];
+    const first = (await (await json('/v1/completions', { model: 'fresh', prompt, max_tokens: 3, temperature: 0 })).json()) as { choices: { text: string }[] };
+    expect(first.choices[0].text).toBe(qwen.decode(referenceGreedy(prompt, upload.lora, 3)));
+    const again = await admin('/admin/adapters', { method: 'POST', body: form({ name: 'fresh' }, peftFiles(upload)) });
+    expect(again.status).toBe(409);
+    const put = await admin('/admin/adapters/fresh', { method: 'PUT', body: form({}, peftFiles(upload2)) });
+    expect(put.status).toBe(200);
+    expect(await put.json()).toMatchObject({ name: 'fresh', version: 2, rank: 6 });
+    const second = (await (await json('/v1/completions', { model: 'fresh', prompt, max_tokens: 3, temperature: 0 })).json()) as { choices: { text: string }[] };
+    expect(second.choices[0].text).toBe(qwen.decode(referenceGreedy(prompt, upload2.lora, 3)));
+    const list = (await (await admin('/admin/adapters')).json()) as { data: { name: string }[] };
+    expect(list.data.map((d) => d.name)).toContain('fresh');
+    expect((await admin('/admin/adapters/fresh', { method: 'DELETE' })).status).toBe(200);
+    expect(existsSync(join(storeDir, 'fresh'))).toBe(false);
+    expect((await json('/v1/completions', { model: 'fresh', prompt, max_tokens: 1 })).status).toBe(404);
+  });
+
+  it('accepts a .tar.gz and a .zip upload (org/name), load and unload', async () => {
+    const tgz = await tarGz([{ name: 'adapter/', type: 'directory' }, ...peftFiles(upload).map((f) => ({ name: `adapter/${f.name}`, data: f.data }))]);
+    const r1 = await admin('/admin/adapters', { method: 'POST', body: form({ name: 'org1/from-tgz' }, [{ name: 'adapter.tar.gz', data: tgz }]) });
+    expect(r1.status).toBe(201);
+    const r2 = await admin('/admin/adapters', { method: 'POST', body: form({ name: 'from-zip' }, [{ name: 'a.zip', data: zip(peftFiles(upload2)) }]) });
+    expect(r2.status).toBe(201);
+    expect((await admin('/admin/adapters/org1/from-tgz')).status).toBe(200);
+    expect(await (await admin('/admin/adapters/org1/from-tgz/load', { method: 'POST' })).json()).toEqual({ name: 'org1/from-tgz', loaded: true });
+    expect(await (await admin('/admin/adapters/from-zip/unload', { method: 'POST' })).json()).toEqual({ name: 'from-zip', unloaded: true });
+    expect((await json('/v1/completions', { model: 'org1/from-tgz', prompt: 'x', max_tokens: 2 })).status).toBe(200);
+  });
+
+  it.each([
+    ['a path with ..', async () => tarGz([{ name: '../adapter_config.json', data: Buffer.from('{}') }]), 'x.tar.gz', /contains '\.\.'/],
+    ['an absolute path', async () => tarGz([{ name: '/etc/adapter_config.json', data: Buffer.from('{}') }]), 'x.tar.gz', /absolute path/],
+    ['a symlink', async () => tarGz([{ name: 'adapter_config.json', type: 'symlink', linkname: '/etc/passwd' }]), 'x.tar.gz', /is a symlink; only regular files/],
+    ['an unexpected file', async () => tarGz([{ name: 'run.sh', data: Buffer.from('rm -rf /') }]), 'x.tar.gz', /unexpected file "run.sh"/],
+    ['a zip symlink', async () => zip([{ name: 'adapter_config.json', data: Buffer.from('/etc/passwd'), mode: 0o120777 }]), 'x.zip', /is not a regular file/],
+    ['garbage', async () => Buffer.from('not an archive at all'), 'x.tar.gz', /not a valid gzip archive/],
+    ['a pickle', async () => tarGz([{ name: 'adapter_model.bin', data: Buffer.from('pickle') }]), 'x.tar.gz', /adapter_model.bin is a pickle/],
+  ])('refuses an archive with %s and leaves nothing behind', async (_what, make, filename, message) => {
+    const r = await admin('/admin/adapters', { method: 'POST', body: form({ name: 'evil' }, [{ name: filename, data: await make() }]) });
+    expect(r.status).toBe(400);
+    expect(((await r.json()) as { error: { message: string } }).error.message).toMatch(message);
+    expect(existsSync(join(storeDir, 'evil'))).toBe(false);
+    expect(readdirSync(join(storeDir, '.staging'))).toEqual([]);
+  });
+
+  it('refuses an adapter that does not fit the base model (422) and a bad name (400)', async () => {
+    const other = makeTinyModel({ flavour: 'qwen2', seed: 7, vocabSize: 1000, hiddenSize: 32, numHeads: 2, numKvHeads: 1, intermediateSize: 64 });
+    const misfit = makeTinyAdapter(other, { seed: 8 });
+    const r = await admin('/admin/adapters', { method: 'POST', body: form({ name: 'misfit' }, peftFiles(misfit)) });
+    expect(r.status).toBe(422);
+    expect(((await r.json()) as { error: { message: string } }).error.message).toMatch(/has shape \[4,32\], expected \[4,64\]/);
+    expect(existsSync(join(storeDir, 'misfit'))).toBe(false);
+    const bad = await admin('/admin/adapters', { method: 'POST', body: form({ name: '../etc' }, peftFiles(upload)) });
+    expect(bad.status).toBe(400);
+    expect(((await bad.json()) as { error: { param: string } }).error.param).toBe('name');
+  });
+
+  it('refuses an upload over the size limit with 413 and keeps serving', async () => {
+    const big = Buffer.alloc(11_000_000, 1);
+    const r = await admin('/admin/adapters', { method: 'POST', body: form({ name: 'huge' }, [{ name: 'adapter_model.safetensors', data: big }, peftFiles(upload)[0]]) });
+    expect(r.status).toBe(413);
+    expect((await fetch(`${base}/health`)).status).toBe(200);
+  });
+
+  it("vLLM's load/unload_lora_adapter need --lora-roots", async () => {
+    const r = await admin('/v1/load_lora_adapter', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ lora_name: 'p', lora_path: upload.dir }) });
+    expect(r.status).toBe(400);
+    expect(((await r.json()) as { error: { message: string } }).error.message).toMatch(/configure --lora-roots/);
+  });
+});
+
+describe('errors and malformed input', () => {
+  it('prompt + max_tokens beyond the context is a 400 naming both numbers', async () => {
+    const r = await json('/v1/completions', { model: 'tiny', prompt: [1, 2, 3], max_tokens: 300 });
+    expect(r.status).toBe(400);
+    expect(await r.json()).toEqual({
+      error: {
+        message: 'max_tokens + prompt tokens must be <= 256 (the context length); given 3 prompt tokens and 300 max_tokens',
+        type: 'invalid_request_error',
+        param: 'max_tokens',
+        code: 'context_length_exceeded',
+      },
+    });
+  });
+
+  const cases: [string, string, unknown, number, RegExp][] = [
+    ['missing messages', '/v1/chat/completions', { model: 'tiny' }, 400, /messages is required/],
+    ['empty messages', '/v1/chat/completions', { model: 'tiny', messages: [] }, 400, /messages/],
+    ['wrong type', '/v1/chat/completions', { model: 'tiny', messages: 'hi' }, 400, /messages/],
+    ['negative max_tokens', '/v1/completions', { model: 'tiny', prompt: 'x', max_tokens: -5 }, 400, /max_tokens/],
+    ['huge max_tokens', '/v1/completions', { model: 'tiny', prompt: 'x', max_tokens: 1e15 }, 400, /max_tokens/],
+    ['temperature too high', '/v1/completions', { model: 'tiny', prompt: 'x', temperature: 9 }, 400, /temperature/],
+    ['NaN-like top_p', '/v1/completions', { model: 'tiny', prompt: 'x', top_p: 'NaN' }, 400, /top_p/],
+    ['token id outside the vocabulary', '/v1/completions', { model: 'tiny', prompt: [1, 99999999] }, 400, /outside the vocabulary/],
+    ['logit_bias key not a token', '/v1/completions', { model: 'tiny', prompt: 'x', logit_bias: { abc: 1 } }, 400, /logit_bias/],
+    ['image content', '/v1/chat/completions', { model: 'tiny', messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'x' } }] }] }, 422, /only text/],
+    ['n too large', '/v1/completions', { model: 'tiny', prompt: 'x', n: 100 }, 400, /n/],
+    ['empty stop string', '/v1/completions', { model: 'tiny', prompt: 'x', stop: [''] }, 400, /stop/],
+    ['generate without inputs', '/generate', { parameters: {} }, 400, /inputs is required/],
+  ];
+  it.each(cases)('%s → %s', async (_name, path, body, status, message) => {
+    const r = await json(path, body);
+    expect(r.status).toBe(status);
+    const e = (await r.json()) as { error: { message: string; type: string } };
+    expect(e.error.message).toMatch(message);
+    expect(typeof e.error.type).toBe('string');
+  });
+
+  it('invalid JSON, invalid UTF-8, wrong content type and oversized bodies are 4xx; the server stays healthy', async () => {
+    const raw = (body: string | Buffer, type = 'application/json') => fetch(`${base}/v1/completions`, { method: 'POST', headers: { 'content-type': type }, body });
+    expect((await raw('{"model": "tiny", "prompt": ')).status).toBe(400);
+    expect((await raw(Buffer.from([0x7b, 0x22, 0x6d, 0xff, 0xfe, 0x22, 0x3a, 0x31, 0x7d]))).status).toBe(400);
+    expect((await raw('model=tiny', 'text/plain')).status).toBe(415);
+    expect((await raw(JSON.stringify({ model: 'tiny', prompt: 'x'.repeat(9 * 1024 * 1024) }))).status).toBe(413);
+    const r = await json('/v1/completions', { model: 'tiny', prompt: 'still fine', max_tokens: 2 });
+    expect(r.status).toBe(200);
+    expect((await fetch(`${base}/health`)).status).toBe(200);
+  });
+
+  it('a client that disconnects mid-stream is cancelled and frees its row', async () => {
+    const ac = new AbortController();
+    const r = await json('/v1/completions', { model: 'alpha', prompt: 'x', max_tokens: 200, stream: true, ignore_eos: true });
+    const reader = r.body!.getReader();
+    await reader.read();
+    await reader.cancel();
+    ac.abort();
+    const deadline = Date.now() + 10000;
+    let stats = await server.ctx.engine!.stats();
+    while ((stats.running > 0 || stats.waiting > 0) && Date.now() < deadline) {
+      await new Promise((res) => setTimeout(res, 50));
+      stats = await server.ctx.engine!.stats();
+    }
+    expect(stats.running).toBe(0);
+  });
+});
+
+describe('ops', () => {
+  it('/metrics exports requests, latency, tokens, cache counters and lora_requests_info', async () => {
+    const text = await (await fetch(`${base}/metrics`)).text();
+    for (const name of [
+      'loraplex_requests_total',
+      'loraplex_request_duration_seconds_bucket',
+      'loraplex_time_to_first_token_seconds_bucket',
+      'loraplex_generated_tokens_total',
+      'loraplex_queue_depth',
+      'loraplex_running_requests',
+      'loraplex_adapter_cache_hits_total',
+      'loraplex_adapter_loads_total',
+      'loraplex_adapter_cache_evictions_total',
+    ]) {
+      expect(text).toContain(name);
+    }
+    expect(text).toMatch(/lora_requests_info\{running_lora_adapters="[^"]*",waiting_lora_adapters="[^"]*",max_lora="8"\} \d/);
+  });
+
+  it('/openapi.json is served and equals the committed openapi/openapi.json', async () => {
+    const served = await (await fetch(`${base}/openapi.json`)).json();
+    const committed = JSON.parse(readFileSync(join(import.meta.dirname, '../../openapi/openapi.json'), 'utf8')) as { paths: object };
+    expect(Object.keys((served as { paths: object }).paths).sort()).toEqual(Object.keys(committed.paths).sort());
+    expect((await fetch(`${base}/docs`)).status).toBe(200);
+  });
+});
+
+describe('a second server', () => {
+  it('answers 503 on /health until the model is ready, and requires API keys when configured', async () => {
+    const other = await startServer(testConfig({ model: tm.dir, port: 0, host: '127.0.0.1', apiKeys: 'k1,k2' }), { logger: false });
+    try {
+      const early = await fetch(`${other.url}/health`);
+      expect([200, 503]).toContain(early.status);
+      if (early.status === 503) expect(await early.json()).toEqual({ status: 'loading' });
+      await other.ready;
+      expect((await fetch(`${other.url}/health`)).status).toBe(200);
+      const no = await fetch(`${other.url}/v1/models`);
+      expect(no.status).toBe(401);
+      const yes = await fetch(`${other.url}/v1/models`, { headers: { authorization: 'Bearer k2' } });
+      expect(yes.status).toBe(200);
+      expect((await fetch(`${other.url}/admin/adapters`)).status).toBe(404);
+    } finally {
+      await other.close();
+    }
+  });
+
+  it("vLLM's load_lora_adapter registers an adapter under --lora-roots and unload removes it", async () => {
+    const root = tempDir('loraplex-roots-');
+    const dir = join(root, 'a1');
+    mkdirSync(dir);
+    makeTinyAdapter(tm, { seed: 111 }, dir);
+    const other = await startServer(testConfig({ model: tm.dir, port: 0, host: '127.0.0.1', adminToken: ADMIN, loraRoots: root }), { logger: false });
+    try {
+      await other.ready;
+      const post = (path: string, body: unknown) =>
+        fetch(`${other.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${ADMIN}` }, body: JSON.stringify(body) });
+      const r = await post('/v1/load_lora_adapter', { lora_name: 'dyn', lora_path: dir });
+      expect(r.status).toBe(200);
+      expect(await r.text()).toBe("Success: LoRA adapter 'dyn' added successfully.");
+      expect((await post('/v1/load_lora_adapter', { lora_name: 'outside', lora_path: upload.dir })).status).toBe(400);
+      const c = await fetch(`${other.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'dyn', prompt: 'x', max_tokens: 2 }) });
+      expect(c.status).toBe(200);
+      expect((await post('/v1/unload_lora_adapter', { lora_name: 'dyn' })).status).toBe(200);
+      expect(existsSync(dir)).toBe(true);
+    } finally {
+      await other.close();
+    }
+  });
+});
