@@ -25,7 +25,7 @@ const spec = `${JSON.stringify(app.swagger(), null, 2)}\n`;
 await app.close();
 const path = join(import.meta.dirname, '..', 'openapi', 'openapi.json');
 if (process.argv.includes('--check')) {
-  let committed = '';
+  let committed: string;
   try {
     committed = readFileSync(path, 'utf8');
   } catch {

@@ -21,7 +21,7 @@ copyTokenizer('qwen3', tm.dir);
 const qwen = loadTokenizer('qwen3');
 const storeDir = tempDir('loraplex-store-');
 const alpha = makeTinyAdapter(tm, { seed: 102, r: 4 }, join(storeDir, 'alpha'));
-const beta = makeTinyAdapter(tm, { seed: 103, r: 8, targets: ['q_proj', 'v_proj'] }, join(storeDir, 'acme', 'beta'));
+makeTinyAdapter(tm, { seed: 103, r: 8, targets: ['q_proj', 'v_proj'] }, join(storeDir, 'acme', 'beta'));
 const upload = makeTinyAdapter(tm, { seed: 104, r: 2 });
 const upload2 = makeTinyAdapter(tm, { seed: 105, r: 6 });
 
