@@ -54,13 +54,20 @@ if ! podman image exists "$BASE"; then
 fi
 
 step "podman build -f docker/Dockerfile"
-podman build --format docker -q -t "$IMAGE" -f docker/Dockerfile . >/dev/null
+BUILD_ARGS=()
+# npm inside the build must trust what the host trusts (a TLS-intercepting proxy's CA, if any).
+CA=${NODE_EXTRA_CA_CERTS:-$(npm config get cafile 2>/dev/null || true)}
+if [ -n "$CA" ] && [ "$CA" != null ] && [ -f "$CA" ]; then
+  BUILD_ARGS+=(--volume "$CA:/run/host-ca.crt:ro" --build-arg NODE_EXTRA_CA_CERTS=/run/host-ca.crt)
+fi
+podman build --format docker -q "${BUILD_ARGS[@]}" -t "$IMAGE" -f docker/Dockerfile . >/dev/null
 SIZE=$(podman image inspect "$IMAGE" --format '{{.Size}}')
 echo "image $IMAGE: $((SIZE / 1024 / 1024)) MiB"
 
 step "podman run $IMAGE demo"
 STARTED=$(date +%s.%N)
-podman run -d --name "$NAME" -p "127.0.0.1:$PORT:8080" "$IMAGE" demo >/dev/null
+# (podman cannot reach systemd here to schedule healthcheck timers; it says so on stderr.)
+podman run -d --name "$NAME" -p "127.0.0.1:$PORT:8080" "$IMAGE" demo >/dev/null 2>"$WORK/run.err" || { cat "$WORK/run.err" >&2; exit 1; }
 URL="http://127.0.0.1:$PORT"
 for _ in $(seq 1 300); do
   if curl -fsS "$URL/health" >/dev/null 2>&1; then break; fi
@@ -86,8 +93,8 @@ echo "$OUT" | grep -q '"completion_tokens":8' || { echo "expected 8 tokens" >&2;
 step "admin upload of a new adapter, then a completion with it"
 # Reuse a demo adapter's files from inside the container as the upload.
 TMP=$(mktemp -d)
-podman cp "$NAME:/cache/demo/adapters/support-bot/adapter_config.json" "$TMP/"
-podman cp "$NAME:/cache/demo/adapters/support-bot/adapter_model.safetensors" "$TMP/"
+podman cp "$NAME:/adapters/support-bot/adapter_config.json" "$TMP/"
+podman cp "$NAME:/adapters/support-bot/adapter_model.safetensors" "$TMP/"
 UP=$(curl -sS -o "$TMP/up.json" -w '%{http_code}' "$URL/admin/adapters" -H 'authorization: Bearer demo-admin-token' \
   -F name=uploaded -F "file=@$TMP/adapter_config.json" -F "file=@$TMP/adapter_model.safetensors")
 cat "$TMP/up.json"; echo

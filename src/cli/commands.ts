@@ -159,12 +159,12 @@ export async function runServe(config: Partial<Config>): Promise<void> {
 }
 
 export async function runDemo(config: Partial<Config>): Promise<void> {
-  const demo = ensureDemo(join(config.cacheDir!, 'demo'), log);
+  const demo = ensureDemo(join(config.cacheDir!, 'demo'), log, config.adapters);
   const adminToken = config.adminToken ?? DEMO_ADMIN_TOKEN;
   const full: Partial<Config> = {
     ...config,
     model: config.model ?? demo.model,
-    adapters: config.adapters ?? demo.adapters,
+    adapters: demo.adapters,
     servedModelName: config.servedModelName ?? DEMO_MODEL_ID,
     adminToken,
   };

