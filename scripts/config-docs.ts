@@ -2,8 +2,8 @@
  * Writes docs/configuration.md from the knob table in src/config.ts (`npm run docs`), or with
  * --check fails when the committed file is out of date (CI).
  */
-import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { writeOrCheck } from './generated.js';
 import { KNOBS, type Knob } from '../src/config.js';
 
 const groups: [string, string[]][] = [
@@ -45,19 +45,4 @@ for (const [title, keys] of groups) {
 }
 const text = lines.join('\n');
 const path = join(import.meta.dirname, '..', 'docs', 'configuration.md');
-if (process.argv.includes('--check')) {
-  let committed: string;
-  try {
-    committed = readFileSync(path, 'utf8');
-  } catch {
-    committed = '';
-  }
-  if (committed !== text) {
-    process.stderr.write('docs/configuration.md is out of date: run `npm run docs` and commit the result\n');
-    process.exit(1);
-  }
-  process.stdout.write('docs/configuration.md is up to date\n');
-} else {
-  writeFileSync(path, text);
-  process.stdout.write(`wrote ${path}\n`);
-}
+writeOrCheck(path, text, 'npm run docs');

@@ -67,17 +67,33 @@ export class DecoderModel {
   private loraFeeds = new Map<number, Record<string, Tensor>>();
   private loraFeedsVersion = -1;
   private readonly fetch: string[];
-  private readonly scratch = Array.from({ length: 10 }, () => new Scratch());
+  /** Per-step index buffers, reused across steps. */
+  private readonly buf = {
+    ids: new Scratch(),
+    pos: new Scratch(),
+    pad: new Scratch(),
+    unpad: new Scratch(),
+    kvIdx: new Scratch(),
+    pastLen: new Scratch(),
+    logitsIdx: new Scratch(),
+    writeIdx: new Scratch(),
+    gather: new Scratch(),
+    scatter: new Scratch(),
+  };
 
   private constructor(built: BuiltModel, session: Session, opts: ModelOptions) {
     this.spec = built.spec;
-    this.maxPositions = built.options.maxPositions;
     this.session = session;
     this.device = session.device;
     this.half = built.options.activations === 'fp16';
     this.hasLora = built.options.lora;
     const kvDim = this.spec.numKvHeads * this.spec.headDim;
     this.kv = new KvPool(this.spec.numLayers, kvDim, opts.kvCacheTokens, this.half);
+    // One sequence must fit the cache: the usable context is capped by its capacity.
+    this.maxPositions = Math.min(built.options.maxPositions, this.kv.capacity);
+    if (this.maxPositions < built.options.maxPositions) {
+      opts.log?.(`context capped at ${this.maxPositions} tokens by the KV cache size (--kv-cache-tokens); the model allows ${built.options.maxPositions}`);
+    }
     this.lora = new LoraSlots(this.spec, opts.adapterSlots, opts.maxLoraRank, this.half);
     const ft = this.half ? 'float16' : 'float32';
     for (let l = 0; l < this.spec.numLayers; l++) {
@@ -144,6 +160,12 @@ export class DecoderModel {
         throw new CapacityError(`sequence would reach ${r.seq.length + n} positions; the model's context is ${this.maxPositions}`);
       }
       if (r.slot < -1 || r.slot >= this.lora.count) throw new Error(`row uses adapter slot ${r.slot} but ${this.lora.count} are loaded`);
+      for (let s = 0; s < n; s++) {
+        const id = r.tokens[s];
+        if (!Number.isInteger(id) || id < 0 || id >= this.spec.vocabSize) {
+          throw new CapacityError(`token id ${id} is outside the vocabulary (0..${this.spec.vocabSize - 1})`);
+        }
+      }
       T += n;
       S = Math.max(S, n);
       P = Math.max(P, r.seq.length);
@@ -156,9 +178,14 @@ export class DecoderModel {
     }
     for (const r of rows) this.kv.reserve(r.seq, r.seq.length + r.tokens.length);
 
-    const [ids, pos, pad, unpad, kvIdx, pastLen, logitsIdx, writeIdx] = this.scratch.map((s, i) =>
-      s.view([T, T, B * S, T, B * P, B, L, T][i] ?? 0),
-    );
+    const ids = this.buf.ids.view(T);
+    const pos = this.buf.pos.view(T);
+    const pad = this.buf.pad.view(B * S);
+    const unpad = this.buf.unpad.view(T);
+    const kvIdx = this.buf.kvIdx.view(B * P);
+    const pastLen = this.buf.pastLen.view(B);
+    const logitsIdx = this.buf.logitsIdx.view(L);
+    const writeIdx = this.buf.writeIdx.view(T);
     const logitsRow = new Int32Array(B).fill(-1);
     let t = 0;
     let li = 0;
@@ -171,11 +198,7 @@ export class DecoderModel {
       kvIdx.fill(0, b * P + past, (b + 1) * P);
       if (r.logits !== 'none') logitsRow[b] = li;
       for (let s = 0; s < n; s++, t++) {
-        const id = r.tokens[s];
-        if (!Number.isInteger(id) || id < 0 || id >= this.spec.vocabSize) {
-          throw new CapacityError(`token id ${id} is outside the vocabulary (0..${this.spec.vocabSize - 1})`);
-        }
-        ids[t] = id;
+        ids[t] = r.tokens[s];
         pos[t] = past + s;
         pad[b * S + s] = t;
         unpad[t] = b * S + s;
@@ -228,8 +251,8 @@ export class DecoderModel {
     if (U === 0) return { gather: new Int32Array(0), scatter: new Int32Array(0), U: 0, n: 0 };
     let n = 0;
     for (let u = 0; u < U; u++) n = Math.max(n, counts[u]);
-    const gather = this.scratch[8].view(U * n).fill(T);
-    const scatter = this.scratch[9].view(U * n).fill(0);
+    const gather = this.buf.gather.view(U * n).fill(T);
+    const scatter = this.buf.scatter.view(U * n).fill(0);
     const fill = new Int32Array(U);
     let t = 0;
     for (const r of rows) {

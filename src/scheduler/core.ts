@@ -18,6 +18,9 @@ import type { TextTokenizer } from '../runtime/tokenizer.js';
 import type { AdapterSpec, EngineEvent, EngineRequest } from './request.js';
 import { SchedulerState, type Dropped, type Job, type PlannedRow } from './state.js';
 
+/** KV tokens reserved beyond a row's context; rows grow by this much at a time. */
+const RESERVE_AHEAD = 64;
+
 export interface EngineConfig {
   maxBatchSize: number;
   maxBatchPrefillTokens: number;
@@ -31,6 +34,8 @@ export interface EngineStats {
   running: number;
   lastBatchRows: number;
   steps: number;
+  /** Requests taken out of the batch to free KV cache (they resume by recomputation). */
+  preemptions: number;
   forwardSeconds: number;
   loopSeconds: number;
   kvReservedTokens: number;
@@ -45,6 +50,7 @@ export interface EngineStats {
 
 interface Live {
   req: EngineRequest;
+  /** The scheduler's view; replaced by the resumed job after a preemption. */
   job: Job;
   prompt: number[];
   gen: Generation;
@@ -88,6 +94,7 @@ export class EngineCore {
   private stopped = false;
   private lastBatchRows = 0;
   private steps = 0;
+  private preemptions = 0;
   /** Seconds spent in the model's forward steps and in the rest of the loop (sampling, events). */
   private forwardSeconds = 0;
   private loopSeconds = 0;
@@ -113,6 +120,7 @@ export class EngineCore {
       adapterCycleMs: opts.config.adapterCycleMs,
       kvCapacity: opts.model.kv.capacity,
       kvBlock: KV_BLOCK,
+      reserveAhead: RESERVE_AHEAD,
     });
     this.cache = new AdapterCache<AdapterSpec>(opts.config.adapterCacheBytes, (spec) => opts.load(spec));
     this.slots = new SlotTable(opts.model.lora);
@@ -290,11 +298,12 @@ export class EngineCore {
   /** One scheduling step; false when there was nothing to run. */
   async tick(): Promise<boolean> {
     for (const key of this.state.wantedAdapters()) if (this.cache.readiness(key) === 'absent') this.kickLoad(key);
-    const { rows, dropped } = this.state.step(Date.now(), (key) => {
+    const { rows, dropped, preempted } = this.state.step(Date.now(), (key) => {
       const r = this.cache.readiness(key);
       return r === 'absent' ? 'loading' : r;
     });
     if (dropped.length > 0) this.emit(dropped.map((d) => this.retire(d)));
+    for (const p of preempted) this.suspend(p.resumed);
     if (rows.length === 0) return false;
     this.lastBatchRows = rows.length;
     this.steps++;
@@ -364,9 +373,24 @@ export class EngineCore {
     this.slots.acquire(keys, (key) => this.cache.get(key));
     return rows.map((row) => {
       const live = this.live.get(row.job.id)!;
-      const tokens = row.kind === 'prefill' ? live.prompt.slice(row.start, row.start + row.count) : [live.gen.output[live.gen.output.length - 1]];
+      // A resumed request re-reads its prompt followed by the tokens it had generated.
+      const source = row.start + row.count <= live.prompt.length ? live.prompt : live.prompt.concat(live.gen.output);
+      const tokens = row.kind === 'prefill' ? source.slice(row.start, row.start + row.count) : [live.gen.output[live.gen.output.length - 1]];
       return { seq: live.seq!, tokens, slot: live.adapterKey ? this.slots.slotOf(live.adapterKey)! : -1, logits: row.sample ? 'last' : 'none' };
     });
+  }
+
+  /** A preempted request: its KV cache is freed; it resumes later by recomputing prompt + output. */
+  private suspend(resumed: Job): void {
+    const live = this.live.get(resumed.id);
+    if (!live) return;
+    live.job = resumed;
+    if (live.seq) {
+      this.model.freeSequence(live.seq);
+      live.seq = null;
+      if (live.adapterKey) this.slots.unpin(live.adapterKey);
+    }
+    this.preemptions++;
   }
 
   private release(live: Live): void {
@@ -407,6 +431,7 @@ export class EngineCore {
       running: this.state.runningCount,
       lastBatchRows: this.lastBatchRows,
       steps: this.steps,
+      preemptions: this.preemptions,
       forwardSeconds: this.forwardSeconds,
       loopSeconds: this.loopSeconds,
       kvReservedTokens: this.state.reservedTokens,

@@ -8,7 +8,11 @@
  *   nothing new) so its place goes to the next one when its rows finish (LoRAX's adapter cycle).
  * - A step decodes every running row that has finished its prompt, continues chunked prompts, then
  *   admits waiting requests oldest first within the row limit, the prefill token budget and the KV
- *   cache, whose tokens are reserved for prompt + max new tokens at admission (no preemption needed).
+ *   cache. KV tokens are reserved for the prompt plus `reserveAhead` tokens at admission and grown as
+ *   a row decodes; when the cache is full, the youngest running request is preempted: its cache is
+ *   freed and it goes back to the front of its queue, to be resumed later by recomputing its prompt
+ *   and the tokens it had generated (vLLM's recompute preemption). The oldest request always
+ *   progresses.
  */
 
 export interface SchedulerConfig {
@@ -21,6 +25,8 @@ export interface SchedulerConfig {
   kvCapacity: number;
   /** Reservations are rounded up to whole blocks. */
   kvBlock: number;
+  /** Tokens reserved beyond the current context (Infinity: reserve prompt + max tokens up front). */
+  reserveAhead: number;
 }
 
 export interface Job {
@@ -55,10 +61,20 @@ export interface Dropped {
   wasRunning: boolean;
 }
 
+/** A request taken out of the batch to free KV cache; it resumes as `resumed` (same id). */
+export interface Preempted {
+  job: Job;
+  resumed: Job;
+}
+
 interface Running {
   job: Job;
   prefilled: number;
   reserved: number;
+  /** Tokens in the KV cache once the planned work has run. */
+  context: number;
+  /** Tokens sampled so far (the last one is not in the cache yet). */
+  sampled: number;
 }
 
 interface Active {
@@ -91,9 +107,18 @@ export class SchedulerState {
     return this.reserved;
   }
 
-  /** KV tokens a request reserves when admitted. */
+  private roundUp(tokens: number): number {
+    return Math.ceil(tokens / this.cfg.kvBlock) * this.cfg.kvBlock;
+  }
+
+  /** KV tokens a request needs at most over its life (it must fit the cache alone). */
   reservation(job: Pick<Job, 'promptLen' | 'maxNewTokens'>): number {
-    return Math.ceil((job.promptLen + job.maxNewTokens) / this.cfg.kvBlock) * this.cfg.kvBlock;
+    return this.roundUp(job.promptLen + job.maxNewTokens);
+  }
+
+  /** KV tokens a request reserves when admitted. */
+  private admissionReservation(job: Job): number {
+    return this.roundUp(job.promptLen + Math.min(job.maxNewTokens, this.cfg.reserveAhead));
   }
 
   /** Queues a request; false when the queue is full (the caller answers "overloaded"). */
@@ -153,22 +178,34 @@ export class SchedulerState {
   }
 
   /** Plans the next step. Mutates the state as if the plan runs (prompt progress, admissions). */
-  step(now: number, readiness: (adapter: string) => Readiness): { rows: PlannedRow[]; dropped: Dropped[] } {
+  step(now: number, readiness: (adapter: string) => Readiness): { rows: PlannedRow[]; dropped: Dropped[]; preempted: Preempted[] } {
     const dropped = this.dropExpired(now, readiness);
     this.updateActive(now);
 
     const rows: PlannedRow[] = [];
+    const preempted: Preempted[] = [];
     let budget = this.cfg.maxBatchPrefillTokens;
-    // 1. decode rows, then prompts in progress (oldest first)
+    // 1. decode rows (growing their reservation, preempting the youngest when the cache is full),
+    //    then prompts in progress, oldest first
     const ordered = [...this.running.values()].sort((a, b) => a.job.arrival - b.job.arrival || a.job.id - b.job.id);
+    // Growth first (it may preempt younger rows), then the plan, so no preempted row is planned.
     for (const r of ordered) {
-      if (r.prefilled >= r.job.promptLen) rows.push({ job: r.job, kind: 'decode', start: 0, count: 1, sample: true });
+      if (r.prefilled >= r.job.promptLen && this.running.has(r.job.id)) this.grow(r, r.context + 1, preempted);
     }
     for (const r of ordered) {
-      if (r.prefilled < r.job.promptLen && budget > 0) {
+      if (r.prefilled < r.job.promptLen || !this.running.has(r.job.id)) continue;
+      rows.push({ job: r.job, kind: 'decode', start: 0, count: 1, sample: true });
+      r.context += 1;
+      r.sampled += 1;
+    }
+    for (const r of ordered) {
+      if (r.prefilled < r.job.promptLen && budget > 0 && this.running.has(r.job.id)) {
         const count = Math.min(budget, r.job.promptLen - r.prefilled);
-        rows.push({ job: r.job, kind: 'prefill', start: r.prefilled, count, sample: r.prefilled + count === r.job.promptLen });
+        const sample = r.prefilled + count === r.job.promptLen;
+        rows.push({ job: r.job, kind: 'prefill', start: r.prefilled, count, sample });
         r.prefilled += count;
+        r.context += count;
+        if (sample) r.sampled += 1;
         budget -= count;
       }
     }
@@ -185,17 +222,51 @@ export class SchedulerState {
       }
       if (!best) break;
       const job = best[0];
-      const need = this.reservation(job);
+      const need = this.admissionReservation(job);
       if (this.reserved + need > this.cfg.kvCapacity) break; // wait for rows to finish, oldest first
       best.shift();
       this.waitingCount--;
       this.reserved += need;
       const count = Math.min(budget, job.promptLen);
-      this.running.set(job.id, { job, prefilled: count, reserved: need });
-      rows.push({ job, kind: 'prefill', start: 0, count, sample: count === job.promptLen });
+      const sample = count === job.promptLen;
+      this.running.set(job.id, { job, prefilled: count, reserved: need, context: count, sampled: sample ? 1 : 0 });
+      rows.push({ job, kind: 'prefill', start: 0, count, sample });
       budget -= count;
     }
-    return { rows, dropped };
+    return { rows, dropped, preempted };
+  }
+
+  /**
+   * Makes sure `r` has KV room for `tokens` (plus the look-ahead), preempting the youngest running
+   * requests if the cache is full. False when `r` itself had to be preempted.
+   */
+  private grow(r: Running, tokens: number, preempted: Preempted[]): boolean {
+    if (tokens <= r.reserved) return true;
+    const target = this.roundUp(Math.min(r.job.promptLen + r.job.maxNewTokens, tokens + this.cfg.reserveAhead));
+    const delta = target - r.reserved;
+    while (this.reserved + delta > this.cfg.kvCapacity) {
+      let victim: Running | null = null;
+      for (const v of this.running.values()) {
+        if (!victim || v.job.arrival > victim.job.arrival || (v.job.arrival === victim.job.arrival && v.job.id > victim.job.id)) victim = v;
+      }
+      preempted.push(this.preempt(victim!));
+      if (victim === r) return false;
+    }
+    r.reserved = target;
+    this.reserved += delta;
+    return true;
+  }
+
+  /** Takes a running request out, frees its reservation, and queues its resumption first in line. */
+  private preempt(r: Running): Preempted {
+    this.running.delete(r.job.id);
+    this.reserved -= r.reserved;
+    const resumed: Job = { ...r.job, promptLen: r.job.promptLen + r.sampled, maxNewTokens: r.job.maxNewTokens - r.sampled };
+    let q = this.queues.get(r.job.adapter);
+    if (!q) this.queues.set(r.job.adapter, (q = []));
+    q.unshift(resumed);
+    this.waitingCount++;
+    return { job: r.job, resumed };
   }
 
   private dropExpired(now: number, readiness: (adapter: string) => Readiness): Dropped[] {

@@ -19,7 +19,7 @@ export class Metrics {
   readonly generatedTokens: Counter<'adapter'>;
   private readonly cacheCounters: Record<'hits' | 'misses' | 'loads' | 'loadFailures' | 'evictions', Counter>;
   private readonly last: Record<string, number> = {};
-  private readonly engineGauges: Record<'queue' | 'running' | 'batch' | 'kv' | 'cacheBytes' | 'slotLoads', Gauge>;
+  private readonly engineGauges: Record<'queue' | 'running' | 'batch' | 'kv' | 'cacheBytes' | 'slotLoads' | 'preemptions', Gauge>;
   private readonly loraInfo: Gauge<'running_lora_adapters' | 'waiting_lora_adapters' | 'max_lora'>;
 
   constructor() {
@@ -45,7 +45,8 @@ export class Metrics {
     const kv = new Gauge({ name: 'loraplex_kv_cache_usage_ratio', help: 'Share of the KV cache reserved by running requests', registers: [r] });
     const cacheBytes = new Gauge({ name: 'loraplex_adapter_cache_bytes', help: 'Bytes of adapters in the host cache', registers: [r] });
     const slotLoads = new Gauge({ name: 'loraplex_adapter_slot_loads', help: 'Adapters written into graph slots since start', registers: [r] });
-    this.engineGauges = { queue, running, batch, kv, cacheBytes, slotLoads };
+    const preemptions = new Gauge({ name: 'loraplex_preemptions', help: 'Requests taken out of the batch to free KV cache since start (resumed by recomputation)', registers: [r] });
+    this.engineGauges = { queue, running, batch, kv, cacheBytes, slotLoads, preemptions };
     this.loraInfo = new Gauge({
       name: 'lora_requests_info',
       help: 'Running and waiting LoRA adapters (vLLM-compatible; value = scrape time)',
@@ -63,6 +64,7 @@ export class Metrics {
     g.kv.set(s.kvCapacity > 0 ? s.kvReservedTokens / s.kvCapacity : 0);
     g.cacheBytes.set(s.cache.bytes);
     g.slotLoads.set(s.slotLoads);
+    g.preemptions.set(s.preemptions);
     for (const k of Object.keys(this.cacheCounters) as (keyof typeof this.cacheCounters)[]) {
       const delta = s.cache[k] - (this.last[k] ?? 0);
       if (delta > 0) this.cacheCounters[k].inc(delta);

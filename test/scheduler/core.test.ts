@@ -187,6 +187,36 @@ describe('EngineCore under load', () => {
   });
 });
 
+describe('KV cache pressure', () => {
+  it('preempts and resumes requests when the cache fills, with the same tokens as alone', async () => {
+    // 192 cache tokens; each request needs 4 + 120 over its life but reserves 4 + 64 up front.
+    const model = await loadTiny(tm, {}, { adapterSlots: 2, kvCacheTokens: 192 });
+    open.push(model);
+    const events = new Map<number, EngineEvent[]>();
+    const core = new EngineCore({
+      model,
+      tokenizer: null,
+      config: CONFIG,
+      load: async (s) => loadAdapterSync(s, { spec: model.spec, maxRank: 64, strictBase: null }),
+      emit: (es) => es.forEach((e) => events.set(e.id, [...(events.get(e.id) ?? []), e])),
+    });
+    const done = core.run();
+    const prompts = [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]];
+    prompts.forEach((p, i) => core.submit(request(i + 1, p, i === 1 ? spec(0) : null, 120)));
+    await until(() => [1, 2, 3].every((id) => events.get(id)?.some((e) => e.t === 'end' || e.t === 'error')));
+    expect(core.stats().preemptions).toBeGreaterThan(0);
+    const solo = await loadTiny(tm, {}, { adapterSlots: 1 });
+    open.push(solo);
+    for (let i = 0; i < 3; i++) {
+      expect(events.get(i + 1)!.at(-1)).toMatchObject({ t: 'end', completionTokens: 120 });
+      expect(tokensOf(events.get(i + 1)!)).toEqual(await alone(solo, prompts[i], i === 1 ? adapters[0] : null, 120));
+    }
+    expect(model.kv.freeTokens).toBe(model.kv.capacity);
+    core.stop();
+    await done;
+  });
+});
+
 describe('adapter combinations', () => {
   /** W' = W + Σ wᵢ·scaleᵢ·Bᵢ·Aᵢ, merged explicitly into the base weights. */
   function mergedWeights(parts: { lora: RefLora; w: number }[]): RefWeights {

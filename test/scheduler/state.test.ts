@@ -10,6 +10,7 @@ const CFG: SchedulerConfig = {
   adapterCycleMs: 100,
   kvCapacity: 64,
   kvBlock: 4,
+  reserveAhead: Infinity,
 };
 
 let nextId = 1;
@@ -119,5 +120,30 @@ describe('SchedulerState', () => {
     expect(s.runningCount).toBe(0);
     expect(s.reservedTokens).toBe(0);
     expect(s.waiting).toBe(0);
+  });
+
+  it('grows reservations as rows decode and preempts the youngest when the cache is full', () => {
+    const s = new SchedulerState({ ...CFG, kvCapacity: 48, kvBlock: 4, reserveAhead: 4, maxBatchPrefillTokens: 100 });
+    const old = job(null, 4, 0, 40); // admitted with 4 + 4 = 8
+    const young = job(null, 4, 1, 40);
+    s.append(old);
+    s.append(young);
+    expect(summary(s.step(0, ready).rows)).toEqual([`${old.id}:prefill:0+4*`, `${young.id}:prefill:0+4*`]);
+    expect(s.reservedTokens).toBe(16);
+    let preempted: { job: Job; resumed: Job }[] = [];
+    for (let t = 1; t < 40 && preempted.length === 0; t++) preempted = s.step(t, ready).preempted;
+    // The cache (48) filled: the young request left with what it had sampled, resumable.
+    expect(preempted).toHaveLength(1);
+    expect(preempted[0].job.id).toBe(young.id);
+    const { resumed } = preempted[0];
+    expect(resumed.promptLen + resumed.maxNewTokens).toBe(4 + 40);
+    expect(resumed.promptLen).toBeGreaterThan(4);
+    expect(s.runningCount).toBe(1);
+    expect(s.waiting).toBe(1);
+    // The old one keeps decoding; when it finishes, the young one resumes by re-reading its tokens.
+    const rows = s.step(100, ready).rows;
+    expect(summary(rows)).toEqual([`${old.id}:decode:0+1*`]);
+    s.finish(old.id);
+    expect(summary(s.step(101, ready).rows)).toEqual([`${young.id}:prefill:0+${resumed.promptLen}*`]);
   });
 });

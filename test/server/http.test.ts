@@ -341,6 +341,35 @@ describe('ops', () => {
   });
 });
 
+describe('every route through app.inject', () => {
+  it.each([
+    ['GET', '/health', undefined, 200],
+    ['GET', '/v1/models', undefined, 200],
+    ['POST', '/v1/chat/completions', { model: 'alpha', messages: [{ role: 'user', content: 'hi' }], max_tokens: 2 }, 200],
+    ['POST', '/v1/completions', { model: 'tiny', prompt: 'hi', max_tokens: 2 }, 200],
+    ['POST', '/generate', { inputs: 'hi', parameters: { max_new_tokens: 2 } }, 200],
+    ['POST', '/generate_stream', { inputs: 'hi', parameters: { max_new_tokens: 2 } }, 200],
+    ['GET', '/info', undefined, 200],
+    ['GET', '/metrics', undefined, 200],
+    ['GET', '/openapi.json', undefined, 200],
+    ['GET', '/admin/adapters', undefined, 200],
+    ['GET', '/admin/adapters/alpha', undefined, 200],
+    ['GET', '/admin/adapters/acme/beta', undefined, 200],
+    ['POST', '/admin/adapters/alpha/load', undefined, 200],
+    ['POST', '/admin/adapters/alpha/unload', undefined, 200],
+    ['POST', '/admin/adapters', undefined, 400],
+    ['PUT', '/admin/adapters/alpha', undefined, 400],
+    ['DELETE', '/admin/adapters/does-not-exist', undefined, 404],
+    ['POST', '/v1/load_lora_adapter', { lora_name: 'x', lora_path: '/tmp' }, 400],
+    ['POST', '/v1/unload_lora_adapter', { lora_name: 'does-not-exist' }, 404],
+    ['GET', '/no/such/route', undefined, 404],
+  ] as const)('%s %s → %s', async (method, url, payload, status) => {
+    const r = await server.app.inject({ method, url, payload: payload as object | undefined, headers: { authorization: `Bearer ${ADMIN}` } });
+    expect(r.statusCode, r.body).toBe(status);
+    if (status >= 400) expect(r.json()).toHaveProperty('error.message');
+  });
+});
+
 describe('a second server', () => {
   it('answers 503 on /health until the model is ready, and requires API keys when configured', async () => {
     const other = await startServer(testConfig({ model: tm.dir, port: 0, host: '127.0.0.1', apiKeys: 'k1,k2' }), { logger: false });
