@@ -32,7 +32,11 @@ runtime = "runc"
 CONF
 export CONTAINERS_CONF="$WORK/containers.conf"
 
-cleanup() { podman rm -f "$NAME" >/dev/null 2>&1 || true; }
+cleanup() {
+  podman rm -f "$NAME" >/dev/null 2>&1 || true
+  # Build stages left behind as dangling images take a gigabyte each.
+  podman image prune -f >/dev/null 2>&1 || true
+}
 trap cleanup EXIT
 
 BASE=docker.io/library/node:20-bookworm-slim
