@@ -333,6 +333,19 @@ describe('ops', () => {
     expect(text).toMatch(/lora_requests_info\{running_lora_adapters="[^"]*",waiting_lora_adapters="[^"]*",max_lora="8"\} \d/);
   });
 
+  it('counts a streamed request once', async () => {
+    const count = async (): Promise<number> => {
+      const text = await (await fetch(`${base}/metrics`)).text();
+      const m = /loraplex_requests_total\{route="\/v1\/chat\/completions",status="200",adapter="acme\/beta"\} (\d+)/.exec(text);
+      return m ? Number(m[1]) : 0;
+    };
+    const before = await count();
+    const r = await json('/v1/chat/completions', { model: 'acme/beta', messages: [{ role: 'user', content: 'x' }], max_tokens: 2, stream: true });
+    await r.text();
+    await new Promise((res) => setTimeout(res, 50));
+    expect(await count()).toBe(before + 1);
+  });
+
   it('/openapi.json is served and equals the committed openapi/openapi.json', async () => {
     const served = await (await fetch(`${base}/openapi.json`)).json();
     const committed = JSON.parse(readFileSync(join(import.meta.dirname, '../../openapi/openapi.json'), 'utf8')) as { paths: object };

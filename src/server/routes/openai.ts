@@ -96,8 +96,7 @@ async function run(
     const finishStream = (): void => {
       if (sse?.open && includeUsage) sse.send({ id, object: shape.chunkObject, created, model: resolved.model, choices: [], usage: usage(promptTokens, completion) });
       sse?.end();
-      ctx.metrics.requests.inc({ route, status: '200', adapter: adapterLabel });
-      ctx.metrics.latency.observe({ route }, (performance.now() - started) / 1000);
+      // (Request count and latency are recorded by the app's onResponse hook, streams included.)
       ctx.metrics.promptTokens.inc({ adapter: adapterLabel }, promptTokens);
       ctx.metrics.generatedTokens.inc({ adapter: adapterLabel }, completion);
       request.log.info({ adapter: adapterLabel, promptTokens, completionTokens: completion, ms: Math.round(performance.now() - started), stream: true }, 'generation');
