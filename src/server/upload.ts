@@ -184,6 +184,3 @@ export function newBudget(limit: number): Budget {
 }
 
 export type { Budget };
-
-/** For tests and tools: a stream from a buffer. */
-export const fromBuffer = (b: Buffer): Readable => Readable.from([b]);
