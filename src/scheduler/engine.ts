@@ -93,6 +93,11 @@ export class Engine {
     };
   }
 
+  /** False once the worker has stopped (shutdown or a crash). */
+  get alive(): boolean {
+    return !this.exited && this.closing === null;
+  }
+
   /** Live requests (submitted, not ended). */
   get inFlight(): number {
     return this.listeners.size;

@@ -397,6 +397,13 @@ describe('a second server', () => {
       const yes = await fetch(`${other.url}/v1/models`, { headers: { authorization: 'Bearer k2' } });
       expect(yes.status).toBe(200);
       expect((await fetch(`${other.url}/admin/adapters`)).status).toBe(404);
+      // Once the engine stops (shutdown or crash), health says so and requests get 503.
+      await other.ctx.engine!.close(1000);
+      const down = await fetch(`${other.url}/health`);
+      expect(down.status).toBe(503);
+      expect(await down.json()).toEqual({ status: 'stopped' });
+      const refused = await fetch(`${other.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: 'Bearer k1' }, body: JSON.stringify({ model: other.ctx.baseId, prompt: 'x' }) });
+      expect(refused.status).toBe(503);
     } finally {
       await other.close();
     }

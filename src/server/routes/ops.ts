@@ -6,11 +6,15 @@ import type { ServerContext } from '../context.js';
 export async function opsRoutes(app: FastifyInstance, ctx: ServerContext): Promise<void> {
   app.get(
     '/health',
-    { schema: { tags: ['ops'], summary: 'Ready when the model is loaded (503 before)', response: { 200: Type.Object({ status: Type.String() }), 503: Type.Object({ status: Type.String() }) } } },
+    { schema: { tags: ['ops'], summary: 'Ready when the model is loaded (503 before, while shutting down, or if the engine stopped)', response: { 200: Type.Object({ status: Type.String() }), 503: Type.Object({ status: Type.String() }) } } },
     async (_request, reply) => {
       if (!ctx.engine) {
         reply.code(503);
         return { status: 'loading' };
+      }
+      if (!ctx.engine.alive) {
+        reply.code(503);
+        return { status: 'stopped' };
       }
       return { status: 'ok' };
     },
