@@ -15,7 +15,7 @@ import { encodeModel } from './onnx.js';
 import { WEIGHT_FORMATS, type WeightFormat } from './quant.js';
 
 /** Bump when the graph layout changes, so old cached builds are not reused. */
-export const BUILDER_VERSION = 1;
+export const BUILDER_VERSION = 2;
 
 export type Activations = 'fp32' | 'fp16';
 

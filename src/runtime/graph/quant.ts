@@ -70,8 +70,12 @@ export function quantizeNBits(w: Float32Array, n: number, k: number, bits: 4 | 8
   return { bits, packed, scales, zeroPoints, kBlocks };
 }
 
-/** Range shrink factors tried per 4-bit block; the one with the least squared error wins. */
-const SHRINK = [1, 0.95, 0.9, 0.85, 0.8];
+/**
+ * Range shrink factors tried per 4-bit block; the one with the least squared error wins. Measured on
+ * Gaussian weights: [1, 0.95] reaches the same error as a finer search down to 0.8 (relRMS 0.0789 vs
+ * 0.0810 for plain min/max) at a fraction of the build time.
+ */
+const SHRINK = [1, 0.95];
 
 /**
  * Asymmetric 4-bit scale and zero point for w[start, end): the min/max range, shrunk when clipping
