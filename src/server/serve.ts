@@ -42,7 +42,7 @@ export function serverSettings(c: Partial<Config>): ServerSettings {
 
 export async function startServer(
   config: Partial<Config>,
-  opts: { onProgress?: (done: number, total: number, label: string) => void; listen?: boolean; logger?: boolean } = {},
+  opts: { onProgress?: (done: number, total: number, label: string) => void; listen?: boolean; logger?: boolean; logStream?: NodeJS.WritableStream } = {},
 ): Promise<RunningServer> {
   const baseId = config.servedModelName ?? basename(resolve(config.model!));
   const ctx = new ServerContext({
@@ -52,7 +52,9 @@ export async function startServer(
     baseId,
     settings: serverSettings(config),
   });
-  const app = await buildApp(ctx, { logger: opts.logger === false ? false : { level: config.logLevel ?? 'info' } });
+  const app = await buildApp(ctx, {
+    logger: opts.logger === false ? false : { level: config.logLevel ?? 'info', ...(opts.logStream ? { stream: opts.logStream } : {}) },
+  });
   let url = '';
   if (opts.listen !== false) {
     url = await app.listen({ host: config.host ?? '127.0.0.1', port: config.port ?? 8080 });

@@ -4,6 +4,7 @@
  */
 import { existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { Writable } from 'node:stream';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KNOBS, resolveConfig, type Config, type KnobKey } from '../../src/config.js';
@@ -406,6 +407,30 @@ describe('a second server', () => {
       expect(refused.status).toBe(503);
     } finally {
       await other.close();
+    }
+  });
+
+  it('logs request id, adapter and token counts, and prompt text only with --log-prompts', async () => {
+    for (const logPrompts of [false, true]) {
+      const lines: string[] = [];
+      const stream = new Writable({
+        write(chunk: Buffer, _enc, cb) {
+          lines.push(chunk.toString());
+          cb();
+        },
+      });
+      const other = await startServer(testConfig({ model: tm.dir, port: 0, host: '127.0.0.1', logPrompts }), { logStream: stream });
+      try {
+        await other.ready;
+        const r = await fetch(`${other.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: other.ctx.baseId, prompt: 'SECRET-PROMPT-TEXT', max_tokens: 2 }) });
+        expect(r.status).toBe(200);
+      } finally {
+        await other.close();
+      }
+      const gen = lines.map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l.msg === 'generation')!;
+      expect(gen).toMatchObject({ adapter: 'base', completionTokens: 2 });
+      expect(typeof gen.reqId).toBe('string');
+      expect(lines.join('').includes('SECRET-PROMPT-TEXT')).toBe(logPrompts);
     }
   });
 

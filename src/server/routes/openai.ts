@@ -64,7 +64,17 @@ async function run(
     const completion = results.reduce((n, r) => n + r.completionTokens, 0);
     ctx.metrics.promptTokens.inc({ adapter: adapterLabel }, promptTokens);
     ctx.metrics.generatedTokens.inc({ adapter: adapterLabel }, completion);
-    request.log.info({ adapter: adapterLabel, promptTokens, completionTokens: completion, ms: Math.round(performance.now() - started) }, 'generation');
+    request.log.info(
+      {
+        adapter: adapterLabel,
+        promptTokens,
+        completionTokens: completion,
+        ms: Math.round(performance.now() - started),
+        // Text only when the operator asked for it (--log-prompts).
+        ...(ctx.settings.logPrompts ? { prompt: choices.map((c) => c.prompt), completion: results.map((r) => r.text) } : {}),
+      },
+      'generation',
+    );
     return {
       id,
       object: shape.object,
@@ -84,6 +94,7 @@ async function run(
   let completion = 0;
   let firstToken = true;
   let lastTokenAt = 0;
+  const texts = choices.map(() => '');
   const chunk = (choicesPart: Record<string, unknown>[]): Record<string, unknown> => ({
     id,
     object: shape.chunkObject,
@@ -99,7 +110,17 @@ async function run(
       // (Request count and latency are recorded by the app's onResponse hook, streams included.)
       ctx.metrics.promptTokens.inc({ adapter: adapterLabel }, promptTokens);
       ctx.metrics.generatedTokens.inc({ adapter: adapterLabel }, completion);
-      request.log.info({ adapter: adapterLabel, promptTokens, completionTokens: completion, ms: Math.round(performance.now() - started), stream: true }, 'generation');
+      request.log.info(
+        {
+          adapter: adapterLabel,
+          promptTokens,
+          completionTokens: completion,
+          ms: Math.round(performance.now() - started),
+          stream: true,
+          ...(ctx.settings.logPrompts ? { prompt: choices.map((c) => c.prompt), completion: texts } : {}),
+        },
+        'generation',
+      );
       resolve();
     };
     const fail = (err: LoraplexError): void => {
@@ -135,6 +156,7 @@ async function run(
               firstToken = false;
             } else ctx.metrics.interTokenLatency.observe((now - lastTokenAt) / 1000);
             lastTokenAt = now;
+            if (ctx.settings.logPrompts) texts[choices.indexOf(c)] += e.text;
             const d = shape.delta(c.index, e);
             if (d) open().send(chunk([d]));
           },
