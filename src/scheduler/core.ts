@@ -39,6 +39,8 @@ export interface EngineStats {
   forwardSeconds: number;
   loopSeconds: number;
   kvReservedTokens: number;
+  /** Tokens held in the KV pool (blocks allocated to sequences). */
+  kvUsedTokens: number;
   kvCapacity: number;
   cache: AdapterCache<AdapterSpec>['stats'];
   slotLoads: number;
@@ -435,6 +437,7 @@ export class EngineCore {
       forwardSeconds: this.forwardSeconds,
       loopSeconds: this.loopSeconds,
       kvReservedTokens: this.state.reservedTokens,
+      kvUsedTokens: this.model.kv.capacity - this.model.kv.freeTokens,
       kvCapacity: this.model.kv.capacity,
       cache: { ...this.cache.stats },
       slotLoads: this.slots.loads,
