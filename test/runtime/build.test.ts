@@ -1,5 +1,5 @@
 /** The build cache, the fp16 option and execution provider selection. */
-import { appendFileSync, readdirSync } from 'node:fs';
+import { appendFileSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { RuntimeConfigError } from '../../src/errors.js';
@@ -33,6 +33,17 @@ describe('build cache', () => {
     const seen: [number, number][] = [];
     await buildModel(tm.dir, { weights: 'fp32', activations: 'fp32' }, { cacheDir: tempDir(), progress: (d, t) => seen.push([d, t]) });
     expect(seen.at(-1)).toEqual([5, 5]);
+  });
+
+  it('prepares weights on helper threads with byte-identical results', async () => {
+    const tm = makeTinyModel({ seed: 56, flavour: 'qwen2' });
+    for (const weights of ['int4', 'nf4', 'fp32'] as const) {
+      const inline = await buildModel(tm.dir, { weights, activations: 'fp32' }, { cacheDir: tempDir(), parallel: false });
+      const threaded = await buildModel(tm.dir, { weights, activations: 'fp32' }, { cacheDir: tempDir(), parallel: true });
+      for (const f of ['model.onnx', 'model.onnx.data']) {
+        expect(readFileSync(join(threaded.dir, f)).equals(readFileSync(join(inline.dir, f))), `${weights} ${f}`).toBe(true);
+      }
+    }
   });
 
   it('refuses unknown weight formats', async () => {

@@ -4,7 +4,7 @@
  * temporary directory that is renamed into place, so a crash never leaves a half-written build.
  */
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { RuntimeConfigError } from '../../errors.js';
 import { Checkpoint } from '../checkpoint/checkpoint.js';
@@ -12,7 +12,11 @@ import type { ModelSpec } from '../checkpoint/spec.js';
 import { buildDecoder, type ProgressFn } from './decoder.js';
 import { ExternalDataWriter, GraphBuilder } from './graph-builder.js';
 import { encodeModel } from './onnx.js';
+import { inlinePreparer, ThreadPreparer } from './prepare-pool.js';
 import { WEIGHT_FORMATS, type WeightFormat } from './quant.js';
+
+/** Checkpoints above this size have their weights prepared on helper threads. */
+const PARALLEL_PREPARE_BYTES = 256 * 1024 * 1024;
 
 /** Bump when the graph layout changes, so old cached builds are not reused. */
 export const BUILDER_VERSION = 2;
@@ -57,7 +61,7 @@ export function resolveMaxPositions(spec: ModelSpec, requested?: number): number
 export async function buildModel(
   modelDir: string,
   options: BuildOptions,
-  ctx: { cacheDir: string; progress?: ProgressFn; log?: (msg: string) => void },
+  ctx: { cacheDir: string; progress?: ProgressFn; log?: (msg: string) => void; /** prepare weights on helper threads (default: for large checkpoints) */ parallel?: boolean },
 ): Promise<BuiltModel> {
   if (!WEIGHT_FORMATS.includes(options.weights)) {
     throw new RuntimeConfigError(`weight format ${JSON.stringify(options.weights)} is not one of ${WEIGHT_FORMATS.join(', ')}`);
@@ -97,7 +101,14 @@ export async function buildModel(
       const external = new ExternalDataWriter(join(tmp, 'model.onnx.data'), 'model.onnx.data');
       const g = new GraphBuilder(opts.activations === 'fp16' ? 'float16' : 'float', external);
       try {
-        buildDecoder(g, ckpt, opts, ctx.progress ?? (() => {}));
+        // Large checkpoints are prepared on one helper thread per core.
+        const bytes = ckpt.files.reduce((n, f) => n + statSync(join(modelDir, f)).size, 0);
+        const preparer = (ctx.parallel ?? bytes > PARALLEL_PREPARE_BYTES) ? new ThreadPreparer() : inlinePreparer;
+        try {
+          await buildDecoder(g, ckpt, opts, ctx.progress ?? (() => {}), preparer);
+        } finally {
+          await preparer.close();
+        }
       } finally {
         external.close();
       }

@@ -20,7 +20,8 @@ import type { Checkpoint } from '../checkpoint/checkpoint.js';
 import { projectionPath, ropeInvFreq, type ModelSpec, type Projection } from '../checkpoint/spec.js';
 import type { GraphBuilder } from './graph-builder.js';
 import { IO, loraA, loraB, newKey, newValue, pastKey, pastValue } from './io.js';
-import { emitLinear } from './linear.js';
+import { emitLinear, type LinearWeight, type PreparedLinear } from './linear.js';
+import type { Preparer } from './prepare-pool.js';
 import type { WeightFormat } from './quant.js';
 
 export interface DecoderOptions {
@@ -33,7 +34,7 @@ export interface DecoderOptions {
 
 export type ProgressFn = (done: number, total: number, label: string) => void;
 
-export function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: DecoderOptions, progress: ProgressFn): void {
+export async function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: DecoderOptions, progress: ProgressFn, preparer: Preparer): Promise<void> {
   const spec = ckpt.spec;
   const ft = g.ft;
   const kvDim = spec.numKvHeads * spec.headDim;
@@ -80,14 +81,44 @@ export function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: DecoderOpt
   const eps = { float: spec.rmsNormEps };
   let x = g.op('SimplifiedLayerNormalization', [h, g.floatInit('layers.0.input_norm', [spec.hiddenSize], ckpt.read('model.layers.0.input_layernorm.weight'))], { epsilon: eps, axis: -1 });
 
-  for (let l = 0; l < spec.numLayers; l++) {
+  const I = spec.intermediateSize;
+  /** Reads a layer's projections (fused q|k|v and gate|up) and starts preparing them. */
+  const startLayer = (l: number): Promise<PreparedLinear[]> => {
     const p = `model.layers.${l}`;
     const read = (proj: Projection, what: 'weight' | 'bias'): Float32Array => ckpt.read(`${p}.${projectionPath(proj)}.${what}`);
+    const weights: LinearWeight[] = [
+      {
+        w: concatRows([read('q_proj', 'weight'), read('k_proj', 'weight'), read('v_proj', 'weight')]),
+        n: qDim + 2 * kvDim,
+        k: spec.hiddenSize,
+        bias: spec.attentionBias ? concatRows([read('q_proj', 'bias'), read('k_proj', 'bias'), read('v_proj', 'bias')]) : null,
+      },
+      { w: read('o_proj', 'weight'), n: spec.hiddenSize, k: qDim },
+      { w: concatRows([read('gate_proj', 'weight'), read('up_proj', 'weight')]), n: 2 * I, k: spec.hiddenSize },
+      { w: read('down_proj', 'weight'), n: spec.hiddenSize, k: I },
+    ];
+    const all = Promise.all(weights.map((w) => preparer.prepare(w, opts.weights)));
+    all.catch(() => {}); // awaited later; keep an early failure from being reported as unhandled
+    return all;
+  };
+  const startHead = (): Promise<PreparedLinear> => {
+    const p = preparer.prepare({ w: ckpt.read(spec.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight'), n: spec.vocabSize, k: spec.hiddenSize }, opts.weights);
+    p.catch(() => {});
+    return p;
+  };
+
+  // One layer of look-ahead: the next layer is read and prepared while this one is emitted.
+  let next = startLayer(0);
+  let head: Promise<PreparedLinear> | null = null;
+  for (let l = 0; l < spec.numLayers; l++) {
+    const p = `model.layers.${l}`;
+    const prepared = await next;
+    if (l + 1 < spec.numLayers) next = startLayer(l + 1);
+    else head = startHead();
+    const [pQkv, pO, pGu, pDown] = prepared;
 
     // ---- attention
-    const qkvW = concatRows([read('q_proj', 'weight'), read('k_proj', 'weight'), read('v_proj', 'weight')]);
-    const qkvBias = spec.attentionBias ? concatRows([read('q_proj', 'bias'), read('k_proj', 'bias'), read('v_proj', 'bias')]) : null;
-    let qkv = emitLinear(g, x, `layers.${l}.qkv`, { w: qkvW, n: qDim + 2 * kvDim, k: spec.hiddenSize, bias: qkvBias }, opts.weights);
+    let qkv = emitLinear(g, x, `layers.${l}.qkv`, pQkv);
     qkv = scatterAdd(qkv, () => {
       const xg = group(x, spec.hiddenSize);
       return g.op('Concat', [
@@ -115,16 +146,14 @@ export function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: DecoderOpt
     const qPadded = g.op('Gather', [qr, padIndex], { axis: 0 });
     const attn = g.op('Attention', [qPadded, keys, values, mask], { q_num_heads: spec.numHeads, kv_num_heads: spec.numKvHeads });
     const attnPacked = g.op('Gather', [g.op('Reshape', [attn, g.const64([-1, qDim])]), unpadIndex], { axis: 0 });
-    let o = emitLinear(g, attnPacked, `layers.${l}.o`, { w: read('o_proj', 'weight'), n: spec.hiddenSize, k: qDim }, opts.weights);
+    let o = emitLinear(g, attnPacked, `layers.${l}.o`, pO);
     o = scatterAdd(o, () => delta(group(attnPacked, qDim), l, 'o_proj', qDim, spec.hiddenSize));
 
     // ---- MLP
     const post = g.floatInit(`layers.${l}.post_norm`, [spec.hiddenSize], ckpt.read(`${p}.post_attention_layernorm.weight`));
     const [x2, h2] = [g.name('x2'), g.name('h')];
     g.opMulti('SkipSimplifiedLayerNormalization', [o, h, post], [x2, '', '', h2], { epsilon: eps }, 'com.microsoft');
-    const I = spec.intermediateSize;
-    const guW = concatRows([read('gate_proj', 'weight'), read('up_proj', 'weight')]);
-    let gu = emitLinear(g, x2, `layers.${l}.gate_up`, { w: guW, n: 2 * I, k: spec.hiddenSize }, opts.weights);
+    let gu = emitLinear(g, x2, `layers.${l}.gate_up`, pGu);
     gu = scatterAdd(gu, () => {
       const x2g = group(x2, spec.hiddenSize);
       return g.op('Concat', [delta(x2g, l, 'gate_proj', spec.hiddenSize, I), delta(x2g, l, 'up_proj', spec.hiddenSize, I)], { axis: 2 });
@@ -132,7 +161,7 @@ export function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: DecoderOpt
     const [gate, up] = [g.name('gate'), g.name('up')];
     g.opMulti('Split', [gu, g.const64([I, I])], [gate, up], { axis: 1 });
     const act = g.op('Mul', [g.op('Mul', [gate, g.op('Sigmoid', [gate])]), up]);
-    let down = emitLinear(g, act, `layers.${l}.down`, { w: read('down_proj', 'weight'), n: spec.hiddenSize, k: I }, opts.weights);
+    let down = emitLinear(g, act, `layers.${l}.down`, pDown);
     down = scatterAdd(down, () => delta(group(act, I), l, 'down_proj', I, spec.hiddenSize));
 
     const nextNorm =
@@ -148,8 +177,7 @@ export function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: DecoderOpt
 
   // ---- logits for the requested tokens only
   const last = g.op('Gather', [x, logitsIndex], { axis: 0 });
-  const headW = spec.tieWordEmbeddings ? ckpt.read('model.embed_tokens.weight') : ckpt.read('lm_head.weight');
-  let logits = emitLinear(g, last, 'lm_head', { w: headW, n: spec.vocabSize, k: spec.hiddenSize }, opts.weights);
+  let logits = emitLinear(g, last, 'lm_head', await (head ?? startHead()));
   if (ft !== 'float') logits = g.op('Cast', [logits], { to: 1 });
   g.op('Identity', [logits], undefined, { out: IO.logits });
   g.output(IO.logits, 'float', ['L', spec.vocabSize]);
