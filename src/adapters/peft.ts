@@ -66,7 +66,8 @@ export function parsePeftConfig(json: unknown): PeftConfig {
       fail(`target_modules regex ${JSON.stringify(t)} is invalid`, 'target_modules');
     }
   } else if (Array.isArray(t) && t.length > 0 && t.every((x) => typeof x === 'string')) {
-    const unknown = (t as string[]).filter((x) => !(PROJECTIONS as readonly string[]).includes(x));
+    // PEFT matches a list entry against the end of the module name ("q_proj", "self_attn.q_proj").
+    const unknown = (t as string[]).filter((x) => !(PROJECTIONS as readonly string[]).includes(x.split('.').pop()!));
     if (unknown.length > 0) {
       fail(`target_modules ${JSON.stringify(unknown)} are not supported; supported: ${PROJECTIONS.join(', ')}`, 'target_modules');
     }
@@ -261,9 +262,9 @@ function planFactors(file: SafetensorsFile, config: PeftConfig, spec: ModelSpec,
   return plan;
 }
 
-function targeted(t: readonly string[] | RegExp, p: Projection, moduleName: string): boolean {
+function targeted(t: readonly string[] | RegExp, _p: Projection, moduleName: string): boolean {
   if (t instanceof RegExp) return t.test(moduleName);
-  return t.includes(p);
+  return t.some((entry) => moduleName === entry || moduleName.endsWith(`.${entry}`));
 }
 
 /** [rows, cols] → [cols, rows], times `scale`. */

@@ -59,6 +59,13 @@ describe('honoured fields', () => {
     expect(cases[1].lora.get('0.q_proj')!.scale).toBe(8 / 2);
   });
 
+  it('matches list entries against the end of module names, as PEFT does', () => {
+    const a = makeTinyAdapter(tm, { seed: 12, targets: ['q_proj', 'down_proj'], configOverrides: { target_modules: ['self_attn.q_proj', 'mlp.down_proj'] } });
+    expect(loadPeftAdapter(a.dir, spec, { maxRank: 64 }).targets).toEqual(['q_proj', 'down_proj']);
+    const b = makeTinyAdapter(tm, { seed: 13, targets: ['q_proj'], configOverrides: { target_modules: ['layers.1.self_attn.q_proj'] } });
+    expect(() => loadPeftAdapter(b.dir, spec, { maxRank: 64 })).toThrow(/model.layers.0.self_attn.q_proj has LoRA factors but is not in target_modules/);
+  });
+
   it('accepts "all-linear" and regex target_modules and layers without factors', () => {
     const a = makeTinyAdapter(tm, { seed: 4, targets: ['q_proj', 'v_proj'], configOverrides: { target_modules: '.*\\.(q_proj|v_proj)' } });
     expect(loadPeftAdapter(a.dir, spec, { maxRank: 64 }).targets).toEqual(['q_proj', 'v_proj']);
