@@ -28,9 +28,6 @@ export class SlotTable {
     return this.index.get(key);
   }
 
-  loadedKeys(): string[] {
-    return [...this.index.keys()];
-  }
 
   pin(key: string): void {
     this.pins.set(key, (this.pins.get(key) ?? 0) + 1);

@@ -6,7 +6,7 @@
 import { Command, Option } from 'commander';
 import { ConfigError, KNOBS, resolveConfig, type Knob, type KnobKey } from '../config.js';
 import { LoraplexError } from '../errors.js';
-import { runBuild, runDemo, runGenerate, runServe } from './commands.js';
+import { runBuild, runDemo, runGenerate, runServe, type GenerateArgs } from './commands.js';
 
 const RUNTIME_KEYS = [
   'model', 'quant', 'activations', 'device', 'allowCpuFallback', 'threads', 'cacheDir', 'maxContext', 'kvCacheTokens',
@@ -47,14 +47,9 @@ const program = new Command('loraplex')
   .description('Multi-LoRA inference server: one quantized base model, many PEFT adapters, one OpenAI-compatible API.')
   .showHelpAfterError();
 
-addKnobs(program.command('build').description('build (or reuse) the cached ONNX graph for a checkpoint'), RUNTIME_KEYS).action(
-  async (opts: Record<string, unknown>) => {
-    try {
-      await runBuild(resolveConfig(RUNTIME_KEYS, opts, process.env, ['model']));
-    } catch (err) {
-      fail(err);
-    }
-  },
+// Errors thrown by an action reach parseAsync's catch below: one line on stderr, exit 1.
+addKnobs(program.command('build').description('build (or reuse) the cached ONNX graph for a checkpoint'), RUNTIME_KEYS).action((opts: Record<string, unknown>) =>
+  runBuild(resolveConfig(RUNTIME_KEYS, opts, process.env, ['model'])),
 );
 
 addKnobs(program.command('generate').description('generate from a prompt or chat messages (greedy unless --temperature is given)'), RUNTIME_KEYS)
@@ -75,54 +70,20 @@ addKnobs(program.command('generate').description('generate from a prompt or chat
   .option('--stop <text...>', 'stop strings (not included in the output)')
   .option('--logprobs <n>', 'report each token\'s logprob and the top n alternatives (0..20)')
   .option('--json', 'print one JSON object on the last line of stdout')
-  .action(async (opts: Record<string, unknown>) => {
-    try {
-      const config = resolveConfig(RUNTIME_KEYS, opts, process.env, ['model']);
-      await runGenerate(config, {
-        adapter: opts.adapter as string | undefined,
-        promptIds: opts.promptIds as string | undefined,
-        prompt: opts.prompt as string | undefined,
-        chat: opts.chat as string | undefined,
-        maxTokens: opts.maxTokens as string,
-        json: opts.json === true,
-        temperature: opts.temperature as string | undefined,
-        topP: opts.topP as string | undefined,
-        topK: opts.topK as string | undefined,
-        minP: opts.minP as string | undefined,
-        repetitionPenalty: opts.repetitionPenalty as string | undefined,
-        frequencyPenalty: opts.frequencyPenalty as string | undefined,
-        presencePenalty: opts.presencePenalty as string | undefined,
-        logitBias: opts.logitBias as string | undefined,
-        seed: opts.seed as string | undefined,
-        stop: opts.stop as string[] | undefined,
-        logprobs: opts.logprobs as string | undefined,
-      });
-    } catch (err) {
-      fail(err);
-    }
-  });
+  // The option names are GenerateArgs' field names (commander camel-cases them).
+  .action((opts: Record<string, unknown>) =>
+    runGenerate(resolveConfig(RUNTIME_KEYS, opts, process.env, ['model']), { ...(opts as unknown as GenerateArgs), json: opts.json === true }),
+  );
 
 const SERVE_KEYS = Object.keys(KNOBS) as KnobKey[];
 
 addKnobs(program.command('serve').description('serve a model and its adapters over HTTP (OpenAI-compatible, LoRAX/TGI-style, admin)'), SERVE_KEYS).action(
-  async (opts: Record<string, unknown>) => {
-    try {
-      await runServe(resolveConfig(SERVE_KEYS, opts, process.env, ['model']));
-    } catch (err) {
-      fail(err);
-    }
-  },
+  (opts: Record<string, unknown>) => runServe(resolveConfig(SERVE_KEYS, opts, process.env, ['model'])),
 );
 
 addKnobs(
   program.command('demo').description('build (once) a small demo model with a real tokenizer and three demo adapters, then serve it'),
   SERVE_KEYS,
-).action(async (opts: Record<string, unknown>) => {
-  try {
-    await runDemo(resolveConfig(SERVE_KEYS, opts, process.env));
-  } catch (err) {
-    fail(err);
-  }
-});
+).action((opts: Record<string, unknown>) => runDemo(resolveConfig(SERVE_KEYS, opts, process.env)));
 
 program.parseAsync(process.argv).catch(fail);

@@ -447,7 +447,4 @@ export class EngineCore {
     };
   }
 
-  get liveCount(): number {
-    return this.live.size;
-  }
 }

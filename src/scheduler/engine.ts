@@ -98,10 +98,6 @@ export class Engine {
     return !this.exited && this.closing === null;
   }
 
-  /** Live requests (submitted, not ended). */
-  get inFlight(): number {
-    return this.listeners.size;
-  }
 
   stats(): Promise<EngineStats> {
     return this.ask({ t: 'stats', qid: 0 }) as Promise<EngineStats>;

@@ -54,14 +54,11 @@ async function run(
   const route = request.routeOptions.url ?? request.url;
   const started = performance.now();
   const adapterLabel = resolved.names.join('+') || 'base';
-
-  if (!body.stream) {
-    const signal = clientGone(reply);
-    const results = await Promise.all(
-      choices.map((c) => generate(ctx, engineRequest(body, c.prompt, resolved, s, ctx.settings.requestTimeoutMs, c.index), resolved.names, signal)),
-    );
-    const promptTokens = results.reduce((n, r, i) => n + (choices.length > 1 && i % (body.n ?? 1) !== 0 ? 0 : r.promptTokens), 0);
-    const completion = results.reduce((n, r) => n + r.completionTokens, 0);
+  const n = body.n ?? 1;
+  /** Prompt tokens count once per prompt, not once per choice of it. */
+  const promptShare = (index: number, tokens: number): number => (index % n === 0 ? tokens : 0);
+  /** Token counters and the generation log line (text only with --log-prompts). */
+  const record = (promptTokens: number, completion: number, texts: string[], stream: boolean): void => {
     ctx.metrics.promptTokens.inc({ adapter: adapterLabel }, promptTokens);
     ctx.metrics.generatedTokens.inc({ adapter: adapterLabel }, completion);
     request.log.info(
@@ -70,11 +67,21 @@ async function run(
         promptTokens,
         completionTokens: completion,
         ms: Math.round(performance.now() - started),
-        // Text only when the operator asked for it (--log-prompts).
-        ...(ctx.settings.logPrompts ? { prompt: choices.map((c) => c.prompt), completion: results.map((r) => r.text) } : {}),
+        ...(stream ? { stream } : {}),
+        ...(ctx.settings.logPrompts ? { prompt: choices.map((c) => c.prompt), completion: texts } : {}),
       },
       'generation',
     );
+  };
+
+  if (!body.stream) {
+    const signal = clientGone(reply);
+    const results = await Promise.all(
+      choices.map((c) => generate(ctx, engineRequest(body, c.prompt, resolved, s, ctx.settings.requestTimeoutMs, c.index), resolved.names, signal)),
+    );
+    const promptTokens = results.reduce((sum, r, i) => sum + promptShare(choices[i].index, r.promptTokens), 0);
+    const completion = results.reduce((sum, r) => sum + r.completionTokens, 0);
+    record(promptTokens, completion, results.map((r) => r.text), false);
     return {
       id,
       object: shape.object,
@@ -108,19 +115,7 @@ async function run(
       if (sse?.open && includeUsage) sse.send({ id, object: shape.chunkObject, created, model: resolved.model, choices: [], usage: usage(promptTokens, completion) });
       sse?.end();
       // (Request count and latency are recorded by the app's onResponse hook, streams included.)
-      ctx.metrics.promptTokens.inc({ adapter: adapterLabel }, promptTokens);
-      ctx.metrics.generatedTokens.inc({ adapter: adapterLabel }, completion);
-      request.log.info(
-        {
-          adapter: adapterLabel,
-          promptTokens,
-          completionTokens: completion,
-          ms: Math.round(performance.now() - started),
-          stream: true,
-          ...(ctx.settings.logPrompts ? { prompt: choices.map((c) => c.prompt), completion: texts } : {}),
-        },
-        'generation',
-      );
+      record(promptTokens, completion, texts, true);
       resolve();
     };
     const fail = (err: LoraplexError): void => {
@@ -142,11 +137,11 @@ async function run(
       }
       return sse;
     };
-    for (const c of choices) {
+    choices.forEach((c, ci) => {
       cancels.push(
         startGeneration(ctx, engineRequest(body, c.prompt, resolved, s, ctx.settings.requestTimeoutMs, c.index), resolved.names, {
           onStart: (e) => {
-            promptTokens += choices.length > 1 && c.index % (body.n ?? 1) !== 0 ? 0 : e.promptTokens;
+            promptTokens += promptShare(c.index, e.promptTokens);
             open();
           },
           onToken: (e) => {
@@ -156,7 +151,7 @@ async function run(
               firstToken = false;
             } else ctx.metrics.interTokenLatency.observe((now - lastTokenAt) / 1000);
             lastTokenAt = now;
-            if (ctx.settings.logPrompts) texts[choices.indexOf(c)] += e.text;
+            if (ctx.settings.logPrompts) texts[ci] += e.text;
             const d = shape.delta(c.index, e);
             if (d) open().send(chunk([d]));
           },
@@ -168,7 +163,7 @@ async function run(
           onError: fail,
         }),
       );
-    }
+    });
   });
 }
 
