@@ -61,7 +61,7 @@ export async function serve(model: DecoderModel, loader: ThreadLoader, config: E
           tokens++;
           if (!first.has(e.id)) first.set(e.id, performance.now());
         } else if (e.t === 'end' || e.t === 'error') {
-          if (e.t === 'error') errors.push(`request ${e.id} failed: ${e.message}`);
+          if (e.t === 'error') errors.push(`request ${e.id} failed: ${e.error.message}`);
           bar(++finished, work.length);
           if (finished === work.length) resolveAll();
         }
@@ -72,7 +72,7 @@ export async function serve(model: DecoderModel, loader: ThreadLoader, config: E
   const t0 = performance.now();
   work.forEach((w, i) => {
     submitted.set(i + 1, performance.now());
-    core.submit({ id: i + 1, prompt: { kind: 'ids', ids: w.prompt }, adapter: w.adapter, sampling: GREEDY, maxNewTokens: w.maxNewTokens, stopStrings: [], stopTokenIds: [], ignoreEos: true, timeoutMs: 3_600_000 });
+    core.submit({ id: i + 1, promptIds: Int32Array.from(w.prompt), adapter: w.adapter, sampling: GREEDY, stop: { maxNewTokens: w.maxNewTokens, stopStrings: [], stopTokenIds: [], ignoreEos: true }, timeoutMs: 3_600_000 });
   });
   await all;
   if (errors.length > 0) throw new Error(errors.join('; '));
@@ -139,7 +139,7 @@ export async function engineBench(ctx: BenchContext): Promise<EngineBenchResult>
   const { modelDir, name } = await prepareModel(ctx);
   const built: BuiltModel = await buildFor(ctx, modelDir, { weights: 'int4', activations: 'fp32' });
   const model = await loadModel(built, 32 * 256, 8);
-  const loader = new ThreadLoader({ spec: model.spec, maxRank: 64, strictBase: null });
+  const loader = new ThreadLoader({ spec: model.spec, maxRank: 64, strictBase: null, slotDtype: model.lora.dtype });
   const V = model.spec.vocabSize;
   const rand = lcg(7);
   const prompt = (n: number): number[] => Array.from({ length: n }, () => Math.floor(rand() * V));

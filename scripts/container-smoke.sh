@@ -71,7 +71,7 @@ echo "image $IMAGE: $((SIZE / 1024 / 1024)) MiB"
 step "podman run $IMAGE demo"
 STARTED=$(date +%s.%N)
 # (podman cannot reach systemd here to schedule healthcheck timers; it says so on stderr.)
-podman run -d --name "$NAME" -p "127.0.0.1:$PORT:8080" "$IMAGE" demo >/dev/null 2>"$WORK/run.err" || { cat "$WORK/run.err" >&2; exit 1; }
+podman run -d --name "$NAME" -p "127.0.0.1:$PORT:8080" -e LORAPLEX_ADMIN_TOKEN=smoke-admin-token "$IMAGE" demo >/dev/null 2>"$WORK/run.err" || { cat "$WORK/run.err" >&2; exit 1; }
 URL="http://127.0.0.1:$PORT"
 for _ in $(seq 1 300); do
   if curl -fsS "$URL/health" >/dev/null 2>&1; then break; fi
@@ -99,7 +99,7 @@ step "admin upload of a new adapter, then a completion with it"
 TMP=$(mktemp -d)
 podman cp "$NAME:/adapters/support-bot/adapter_config.json" "$TMP/"
 podman cp "$NAME:/adapters/support-bot/adapter_model.safetensors" "$TMP/"
-UP=$(curl -sS -o "$TMP/up.json" -w '%{http_code}' "$URL/admin/adapters" -H 'authorization: Bearer demo-admin-token' \
+UP=$(curl -sS -o "$TMP/up.json" -w '%{http_code}' "$URL/admin/adapters" -H 'authorization: Bearer smoke-admin-token' \
   -F name=uploaded -F "file=@$TMP/adapter_config.json" -F "file=@$TMP/adapter_model.safetensors")
 cat "$TMP/up.json"; echo
 [ "$UP" = 201 ] || { echo "upload answered $UP" >&2; exit 1; }

@@ -8,16 +8,16 @@ import { AdapterRegistry } from '../src/adapters/registry.js';
 import { buildApp } from '../src/server/app.js';
 import { ServerContext } from '../src/server/context.js';
 import { Metrics } from '../src/server/metrics.js';
+import { serverSettings } from '../src/server/serve.js';
+import { KNOBS, resolveConfig, type KnobKey } from '../src/config.js';
 
 const ctx = new ServerContext({
   registry: new AdapterRegistry(),
   store: null,
   metrics: new Metrics(),
   baseId: 'base-model',
-  settings: {
-    adminToken: 'documented', apiKeys: [], maxUploadBytes: 1, logPrompts: false, requestTimeoutMs: 1, strictBase: false, loraRoots: [],
-    maxBatchSize: 1, maxBatchPrefillTokens: 1, maxQueuedRequests: 1, adapterCycleMs: 1,
-  },
+  // The default configuration, with the admin routes on.
+  settings: serverSettings(resolveConfig(Object.keys(KNOBS) as KnobKey[], { adminToken: 'documented' }, {})),
 });
 const app = await buildApp(ctx);
 await app.ready();

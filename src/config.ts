@@ -43,6 +43,8 @@ export const KNOBS = {
   maxQueuedRequests: knob({ key: 'maxQueuedRequests', flag: '--max-queued-requests <n>', env: 'LORAPLEX_MAX_QUEUED_REQUESTS', kind: 'int', default: 256, min: 1, doc: 'waiting requests beyond which new ones are refused with 429' }),
   adapterCycleMs: knob({ key: 'adapterCycleMs', flag: '--adapter-cycle-ms <ms>', env: 'LORAPLEX_ADAPTER_CYCLE_MS', kind: 'int', default: 2000, min: 1, doc: 'time slice after which waiting adapters get their turn over the running ones' }),
   requestTimeoutMs: knob({ key: 'requestTimeoutMs', flag: '--request-timeout-ms <ms>', env: 'LORAPLEX_REQUEST_TIMEOUT_MS', kind: 'int', default: 600000, min: 1, doc: 'deadline for one request, queueing included' }),
+  promptTimeoutMs: knob({ key: 'promptTimeoutMs', flag: '--prompt-timeout-ms <ms>', env: 'LORAPLEX_PROMPT_TIMEOUT_MS', kind: 'int', default: 2000, min: 1, doc: "budget for rendering a request's chat template and tokenizing its prompt (beyond it: 400)" }),
+  tokenizerWorkers: knob({ key: 'tokenizerWorkers', flag: '--tokenizer-workers <n>', env: 'LORAPLEX_TOKENIZER_WORKERS', kind: 'int', default: 0, min: 0, doc: 'threads that tokenize prompts and render chat templates (0 = half the cores, at least 1)' }),
   strictBase: knob({ key: 'strictBase', flag: '--strict-base', env: 'LORAPLEX_STRICT_BASE', kind: 'bool', default: false, doc: "refuse adapters whose base_model_name_or_path names another model" }),
   // ---- HTTP server
   host: knob({ key: 'host', flag: '--host <addr>', env: 'LORAPLEX_HOST', kind: 'string', default: '0.0.0.0', doc: 'address to listen on' }),
@@ -51,6 +53,9 @@ export const KNOBS = {
   adminToken: knob({ key: 'adminToken', flag: '--admin-token <token>', env: 'LORAPLEX_ADMIN_TOKEN', kind: 'string', doc: 'bearer token for the admin routes; without it they are off' }),
   apiKeys: knob({ key: 'apiKeys', flag: '--api-key <keys>', env: 'LORAPLEX_API_KEY', kind: 'list', doc: 'comma-separated API keys required on the inference routes (none = open)' }),
   loraRoots: knob({ key: 'loraRoots', flag: '--lora-roots <dirs>', env: 'LORAPLEX_LORA_ROOTS', kind: 'list', doc: 'comma-separated directories /v1/load_lora_adapter may read adapters from' }),
+  headersTimeoutMs: knob({ key: 'headersTimeoutMs', flag: '--headers-timeout-ms <ms>', env: 'LORAPLEX_HEADERS_TIMEOUT_MS', kind: 'int', default: 10000, min: 1, doc: "time a client has to send a request's headers (beyond it: 408, connection closed)" }),
+  bodyTimeoutMs: knob({ key: 'bodyTimeoutMs', flag: '--body-timeout-ms <ms>', env: 'LORAPLEX_BODY_TIMEOUT_MS', kind: 'int', default: 30000, min: 1, doc: 'time a client has to send a JSON body; for uploads, the longest pause without progress (beyond it: 408)' }),
+  shutdownGraceMs: knob({ key: 'shutdownGraceMs', flag: '--shutdown-grace-ms <ms>', env: 'LORAPLEX_SHUTDOWN_GRACE_MS', kind: 'int', default: 30000, min: 0, doc: 'on SIGTERM, how long running requests may finish (health answers 503 meanwhile) before they are cancelled' }),
   maxUploadBytes: knob({ key: 'maxUploadBytes', flag: '--max-upload-bytes <size>', env: 'LORAPLEX_MAX_UPLOAD_BYTES', kind: 'bytes', default: 1024 ** 3, min: 1, doc: 'largest adapter upload' }),
   logLevel: knob({ key: 'logLevel', flag: '--log-level <level>', env: 'LORAPLEX_LOG_LEVEL', kind: 'string', default: 'info', choices: ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'], doc: 'log level' }),
   logPrompts: knob({ key: 'logPrompts', flag: '--log-prompts', env: 'LORAPLEX_LOG_PROMPTS', kind: 'bool', default: false, doc: 'include prompt and completion text in request logs' }),
@@ -78,6 +83,8 @@ export interface Config {
   readonly maxQueuedRequests: number;
   readonly adapterCycleMs: number;
   readonly requestTimeoutMs: number;
+  readonly promptTimeoutMs: number;
+  readonly tokenizerWorkers: number;
   readonly strictBase: boolean;
   readonly host: string;
   readonly port: number;
@@ -85,6 +92,9 @@ export interface Config {
   readonly adminToken?: string;
   readonly apiKeys?: string[];
   readonly loraRoots?: string[];
+  readonly headersTimeoutMs: number;
+  readonly bodyTimeoutMs: number;
+  readonly shutdownGraceMs: number;
   readonly maxUploadBytes: number;
   readonly logLevel: string;
   readonly logPrompts: boolean;

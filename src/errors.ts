@@ -1,7 +1,9 @@
 /**
- * The one catalog of loraplex errors. Each class carries a stable `code`, the HTTP status it maps to
- * and the OpenAI error `type`; the HTTP layer maps them in one place and callers branch on `code`,
- * never on message text. Messages name the field, the limit and the value given.
+ * The one catalog of loraplex errors. Every error has a stable `code`; the catalog alone says what
+ * a code means over HTTP (status and error type, for OpenAI's and for TGI's routes). Errors cross
+ * thread boundaries as `WireError` ({code, message, param}) and come back as the same class, so no
+ * layer below the server knows an HTTP status. Callers branch on `code`, never on message text.
+ * Messages name the field, the limit and the value given.
  */
 
 export type OpenAIErrorType =
@@ -13,89 +15,176 @@ export type OpenAIErrorType =
   | 'server_error'
   | 'service_unavailable';
 
+interface ErrorKind {
+  /** HTTP status on OpenAI-style routes (and admin/ops). */
+  status: number;
+  type: OpenAIErrorType;
+  /** HTTP status and `error_type` on TGI/LoRAX routes (TGI answers validation errors with 422). */
+  tgiStatus: number;
+  tgiType: string;
+}
+
+const kind = (status: number, type: OpenAIErrorType, tgiStatus: number, tgiType: string): ErrorKind => ({ status, type, tgiStatus, tgiType });
+const invalid = (status = 400, tgiType = 'validation'): ErrorKind => kind(status, 'invalid_request_error', status === 400 ? 422 : status, tgiType);
+const server = (status = 500, tgiType = 'generation'): ErrorKind => kind(status, 'server_error', status, tgiType);
+
+export const ERROR_CATALOG = {
+  // ---- the request is wrong (4xx)
+  invalid_parameter: invalid(),
+  context_length_exceeded: invalid(),
+  empty_prompt: invalid(),
+  invalid_token: invalid(),
+  no_tokenizer: invalid(),
+  no_chat_template: invalid(400, 'template_error'),
+  chat_template_error: invalid(400, 'template_error'),
+  /** Rendering or tokenizing the prompt took longer than its budget, or more memory than allowed. */
+  prompt_too_expensive: invalid(),
+  unsupported: invalid(422),
+  model_not_found: kind(404, 'invalid_request_error', 404, 'not_found'),
+  not_found: kind(404, 'not_found_error', 404, 'not_found'),
+  adapter_invalid: invalid(422),
+  conflict: invalid(409, 'conflict'),
+  no_store: invalid(409, 'conflict'),
+  invalid_api_key: kind(401, 'authentication_error', 401, 'authentication'),
+  body_too_large: invalid(413),
+  upload_too_large: invalid(413),
+  unsupported_media_type: invalid(415),
+  bad_request: invalid(),
+  uri_too_long: invalid(414),
+  header_too_large: invalid(431),
+  /** The request (headers or body) did not arrive within its time limit. */
+  request_timeout: invalid(408, 'timeout'),
+  overloaded: kind(429, 'rate_limit_error', 429, 'overloaded'),
+  /** The client went away or cancelled (nginx's 499). */
+  cancelled: invalid(499, 'cancelled'),
+  // ---- the server could not do it (5xx, 424)
+  adapter_load_failed: kind(424, 'server_error', 424, 'generation'),
+  timeout: server(504, 'timeout'),
+  not_ready: kind(503, 'service_unavailable', 503, 'unavailable'),
+  shutting_down: kind(503, 'service_unavailable', 503, 'unavailable'),
+  /** The model produced NaN or +Inf logits for a row (its adapter overflows); only that row fails. */
+  numerical_error: server(),
+  engine_failed: server(),
+  internal_error: server(500, 'internal'),
+  checkpoint_invalid: server(500, 'internal'),
+  runtime_config_invalid: server(500, 'internal'),
+} as const satisfies Record<string, ErrorKind>;
+
+export type ErrorCode = keyof typeof ERROR_CATALOG;
+
+/** An error as it crosses a thread boundary. */
+export interface WireError {
+  code: ErrorCode;
+  message: string;
+  param: string | null;
+}
+
 export class LoraplexError extends Error {
-  readonly code: string;
-  readonly statusCode: number;
-  readonly type: OpenAIErrorType;
+  readonly code: ErrorCode;
   /** The request field the error is about, when there is one (OpenAI's `param`). */
   readonly param: string | null;
+  /** For `overloaded`: when to retry (the HTTP Retry-After header). */
+  readonly retryAfterSeconds?: number;
 
-  constructor(
-    message: string,
-    opts: { code: string; statusCode: number; type: OpenAIErrorType; param?: string | null; cause?: unknown },
-  ) {
+  constructor(code: ErrorCode, message: string, opts: { param?: string | null; cause?: unknown; retryAfterSeconds?: number } = {}) {
     super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
     this.name = new.target.name;
-    this.code = opts.code;
-    this.statusCode = opts.statusCode;
-    this.type = opts.type;
+    this.code = code;
     this.param = opts.param ?? null;
+    if (opts.retryAfterSeconds !== undefined) this.retryAfterSeconds = opts.retryAfterSeconds;
+  }
+
+  get statusCode(): number {
+    return ERROR_CATALOG[this.code].status;
+  }
+
+  get type(): OpenAIErrorType {
+    return ERROR_CATALOG[this.code].type;
+  }
+
+  toWire(): WireError {
+    return { code: this.code, message: this.message, param: this.param };
+  }
+
+  static fromWire(w: WireError): LoraplexError {
+    return new LoraplexError(isErrorCode(w.code) ? w.code : 'internal_error', w.message, { param: w.param });
+  }
+
+  /** Any thrown value as a LoraplexError (unknown errors become internal_error, message kept). */
+  static from(err: unknown): LoraplexError {
+    if (err instanceof LoraplexError) return err;
+    const message = err instanceof Error ? err.message : String(err);
+    return new LoraplexError('internal_error', `internal error: ${message}`, { cause: err });
   }
 }
+
+export function isErrorCode(code: unknown): code is ErrorCode {
+  return typeof code === 'string' && Object.hasOwn(ERROR_CATALOG, code);
+}
+
+/** Any thrown value in wire form. */
+export function toWireError(err: unknown): WireError {
+  return LoraplexError.from(err).toWire();
+}
+
+// Shorthands for the common codes.
 
 /** A model checkpoint (config.json, safetensors, tokenizer files) that cannot be used. */
 export class CheckpointError extends LoraplexError {
   constructor(message: string, cause?: unknown) {
-    super(message, { code: 'checkpoint_invalid', statusCode: 500, type: 'server_error', cause });
+    super('checkpoint_invalid', message, { cause });
   }
 }
 
 /** A PEFT adapter that cannot be served with the loaded base model. */
 export class AdapterInvalidError extends LoraplexError {
   constructor(message: string, param: string | null = null) {
-    super(message, { code: 'adapter_invalid', statusCode: 422, type: 'invalid_request_error', param });
+    super('adapter_invalid', message, { param });
   }
 }
 
 /** A runtime configuration that cannot work (unknown execution provider, bad capacity, ...). */
 export class RuntimeConfigError extends LoraplexError {
   constructor(message: string) {
-    super(message, { code: 'runtime_config_invalid', statusCode: 500, type: 'server_error' });
-  }
-}
-
-/** A request that asks for more than a configured capacity allows. */
-export class CapacityError extends LoraplexError {
-  constructor(message: string, param: string | null = null) {
-    super(message, { code: 'capacity_exceeded', statusCode: 400, type: 'invalid_request_error', param });
+    super('runtime_config_invalid', message);
   }
 }
 
 /** A request field with a wrong value. */
 export class ValidationError extends LoraplexError {
   constructor(message: string, param: string | null = null) {
-    super(message, { code: 'invalid_parameter', statusCode: 400, type: 'invalid_request_error', param });
+    super('invalid_parameter', message, { param });
   }
 }
 
 /** The request names a model or adapter that does not exist. */
 export class ModelNotFoundError extends LoraplexError {
   constructor(message: string, param = 'model') {
-    super(message, { code: 'model_not_found', statusCode: 404, type: 'invalid_request_error', param });
+    super('model_not_found', message, { param });
   }
 }
 
 /** A field whose value is understood but not supported (e.g. a merge strategy other than linear). */
 export class UnsupportedError extends LoraplexError {
   constructor(message: string, param: string | null = null) {
-    super(message, { code: 'unsupported', statusCode: 422, type: 'invalid_request_error', param });
+    super('unsupported', message, { param });
   }
 }
 
 export class AuthError extends LoraplexError {
   constructor(message: string) {
-    super(message, { code: 'invalid_api_key', statusCode: 401, type: 'authentication_error' });
+    super('invalid_api_key', message);
   }
 }
 
 export class ConflictError extends LoraplexError {
   constructor(message: string, param: string | null = null) {
-    super(message, { code: 'conflict', statusCode: 409, type: 'invalid_request_error', param });
+    super('conflict', message, { param });
   }
 }
 
 export class NotReadyError extends LoraplexError {
   constructor(message: string) {
-    super(message, { code: 'not_ready', statusCode: 503, type: 'service_unavailable' });
+    super('not_ready', message);
   }
 }

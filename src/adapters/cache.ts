@@ -95,6 +95,13 @@ export class AdapterCache<Spec> {
     return p;
   }
 
+  /** Remembers that `key` cannot be used (its weights were refused downstream), as a failed load. */
+  markFailed(key: string, error: Error): void {
+    this.lru.delete(key);
+    this.refreshSize();
+    this.fail(key, error);
+  }
+
   private fail(key: string, error: Error): Error {
     this.stats.loadFailures++;
     this.failures.set(key, { error, until: Date.now() + this.failureTtlMs });

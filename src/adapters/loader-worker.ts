@@ -1,7 +1,8 @@
 /** The adapter loading thread (see loader.ts). */
 import { parentPort, workerData } from 'node:worker_threads';
-import type { AdapterSpec } from '../scheduler/request.js';
-import { loadAdapterSync, serializeError, type LoaderOptions } from './loader.js';
+import { toWireError } from '../errors.js';
+import { loadAdapterSync, type LoaderOptions } from './loader.js';
+import type { AdapterSpec } from './spec.js';
 
 const opts = workerData as LoaderOptions;
 
@@ -12,6 +13,6 @@ parentPort!.on('message', (m: { id: number; spec: AdapterSpec }) => {
     for (const f of weights.factors.values()) transfer.push(f.a.buffer as ArrayBuffer, f.b.buffer as ArrayBuffer);
     parentPort!.postMessage({ id: m.id, weights }, transfer);
   } catch (err) {
-    parentPort!.postMessage({ id: m.id, error: serializeError(err) });
+    parentPort!.postMessage({ id: m.id, error: toWireError(err) });
   }
 });

@@ -1,37 +1,35 @@
 /**
  * Loading adapters off the serving thread: reading and transposing factors (and building
  * combinations) happens in a helper thread, so loads never stall other adapters' steps. The result
- * comes back with its buffers transferred, not copied.
+ * comes back with its buffers transferred, not copied. Every factor is checked finite in the slot
+ * dtype before it leaves the loader; the slots check again as they take it.
  */
 import type { Worker } from 'node:worker_threads';
+import { LoraplexError, type WireError } from '../errors.js';
 import type { ModelSpec } from '../runtime/checkpoint/spec.js';
-import type { LoraWeights } from '../runtime/lora-slots.js';
-import type { AdapterSpec } from '../scheduler/request.js';
+import { checkLoraWeights, type LoraWeights, type SlotDtype } from '../runtime/lora-slots.js';
+import { startWorker } from '../util/worker-url.js';
 import { mergeLoraWeights } from './merge.js';
 import { loadPeftAdapter } from './peft.js';
-import { startWorker } from '../util/worker-url.js';
+import type { AdapterSpec } from './spec.js';
 
 export interface LoaderOptions {
   spec: ModelSpec;
   maxRank: number;
   strictBase: string | null;
+  /** The slots' element type: factors must be finite once stored in it. */
+  slotDtype: SlotDtype;
 }
 
 export type AdapterLoader = (spec: AdapterSpec) => Promise<LoraWeights>;
 
-/** Loads on the calling thread (tests, CLI). */
+/** Loads on the calling thread (tests, CLI, the loader thread itself). */
 export function loadAdapterSync(spec: AdapterSpec, opts: LoaderOptions): LoraWeights {
-  const load = (dir: string): LoraWeights => loadPeftAdapter(dir, opts.spec, { maxRank: opts.maxRank, strictBase: opts.strictBase }).weights;
+  const load = (dir: string): LoraWeights => loadPeftAdapter(dir, opts.spec, { maxRank: opts.maxRank, strictBase: opts.strictBase, slotDtype: opts.slotDtype }).weights;
   if (spec.kind === 'single') return load(spec.dir);
-  return mergeLoraWeights(spec.parts.map((p) => ({ weights: load(p.dir), weight: p.weight })), opts.maxRank);
-}
-
-export interface SerializedError {
-  name: string;
-  message: string;
-  code?: string;
-  statusCode?: number;
-  param?: string | null;
+  const merged = mergeLoraWeights(spec.parts.map((p) => ({ weights: load(p.dir), weight: p.weight })), opts.maxRank);
+  checkLoraWeights(merged, opts.slotDtype);
+  return merged;
 }
 
 /** A loader backed by one helper thread. */
@@ -43,12 +41,12 @@ export class ThreadLoader {
   constructor(opts: LoaderOptions) {
     this.worker = startWorker(import.meta.url, 'loader-worker', { workerData: opts });
     this.worker.unref();
-    this.worker.on('message', (m: { id: number; weights?: LoraWeights; error?: SerializedError }) => {
+    this.worker.on('message', (m: { id: number; weights?: LoraWeights; error?: WireError }) => {
       const p = this.pending.get(m.id);
       if (!p) return;
       this.pending.delete(m.id);
       if (m.weights) p.resolve(m.weights);
-      else p.reject(reviveError(m.error!));
+      else p.reject(LoraplexError.fromWire(m.error!));
     });
     this.worker.on('error', (err) => {
       for (const p of this.pending.values()) p.reject(err);
@@ -69,26 +67,4 @@ export class ThreadLoader {
   async close(): Promise<void> {
     await this.worker.terminate();
   }
-}
-
-export class LoadError extends Error {
-  readonly code: string;
-  readonly statusCode: number;
-  readonly param: string | null;
-  constructor(e: SerializedError) {
-    super(e.message);
-    this.name = e.name;
-    this.code = e.code ?? 'adapter_load_failed';
-    this.statusCode = e.statusCode ?? 424;
-    this.param = e.param ?? null;
-  }
-}
-
-export function serializeError(err: unknown): SerializedError {
-  const e = err as { name?: string; message?: string; code?: string; statusCode?: number; param?: string | null };
-  return { name: e?.name ?? 'Error', message: e?.message ?? String(err), code: e?.code, statusCode: e?.statusCode, param: e?.param ?? null };
-}
-
-function reviveError(e: SerializedError): Error {
-  return new LoadError(e);
 }

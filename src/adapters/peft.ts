@@ -11,10 +11,17 @@ import { AdapterInvalidError, CheckpointError } from '../errors.js';
 import { ChatTemplate } from '../runtime/chat-template.js';
 import { SafetensorsFile } from '../runtime/checkpoint/safetensors.js';
 import { PROJECTIONS, projectionPath, projectionShape, type ModelSpec, type Projection } from '../runtime/checkpoint/spec.js';
-import { factorKey, type LoraFactor, type LoraWeights } from '../runtime/lora-slots.js';
+import { checkFactorValues, factorKey, type LoraFactor, type LoraWeights, type SlotDtype } from '../runtime/lora-slots.js';
 
 export const ADAPTER_CONFIG = 'adapter_config.json';
 export const ADAPTER_WEIGHTS = 'adapter_model.safetensors';
+/** An adapter's safetensors header is kilobytes (a 128-layer model, all targets: ~300 KB). */
+export const MAX_ADAPTER_HEADER_BYTES = 8 * 1024 * 1024;
+/**
+ * The largest effective LoRA scale accepted (lora_alpha / r, or / √r with rsLoRA). Real adapters
+ * use 0.25–32; far larger scales only overflow the activations.
+ */
+export const MAX_LORA_SCALE = 10_000;
 
 export interface PeftConfig {
   r: number;
@@ -104,6 +111,8 @@ export interface LoadOptions {
    * different model (compared by last path component, case-insensitively) is refused.
    */
   strictBase?: string | null;
+  /** The slots' element type: loaded factors must be finite once stored in it (default float32). */
+  slotDtype?: SlotDtype;
 }
 
 /** What an adapter is, known from its config and tensor headers alone (no weights read). */
@@ -156,7 +165,7 @@ function openWeights(dir: string): SafetensorsFile {
     );
   }
   try {
-    return SafetensorsFile.open(weightsPath);
+    return SafetensorsFile.open(weightsPath, { maxHeaderBytes: MAX_ADAPTER_HEADER_BYTES });
   } catch (err) {
     throw new AdapterInvalidError(err instanceof CheckpointError ? err.message : String(err), 'adapter_model');
   }
@@ -177,6 +186,36 @@ export function inspectPeftAdapter(dir: string, spec: ModelSpec, opts: LoadOptio
   }
 }
 
+/**
+ * Validates an adapter completely, as an upload must be before it becomes visible: config and
+ * headers against the base model, then every factor read once (one at a time, so memory stays
+ * small) and checked finite in the slot dtype with its scale applied.
+ */
+export function validatePeftAdapter(dir: string, spec: ModelSpec, opts: LoadOptions): PeftInfo {
+  const config = readPeftConfig(dir);
+  const file = openWeights(dir);
+  try {
+    const plan = planFactors(file, config, spec, opts);
+    for (const f of plan) {
+      checkFactorValues(readTensor(file, f.a), opts.slotDtype ?? 'float32', `${ADAPTER_WEIGHTS}: ${f.a}`);
+      const b = readTensor(file, f.b);
+      for (let i = 0; i < b.length; i++) b[i] *= f.scale;
+      checkFactorValues(b, opts.slotDtype ?? 'float32', `${ADAPTER_WEIGHTS}: ${f.b} (times the scale ${f.scale})`);
+    }
+    return summarize(config, plan, opts);
+  } finally {
+    file.close();
+  }
+}
+
+function readTensor(file: SafetensorsFile, name: string): Float32Array {
+  try {
+    return file.readFloat32(name);
+  } catch (err) {
+    throw new AdapterInvalidError((err as Error).message, 'adapter_model');
+  }
+}
+
 /** Reads and validates a PEFT adapter directory against the base model spec. */
 export function loadPeftAdapter(dir: string, spec: ModelSpec, opts: LoadOptions): PeftAdapter {
   const config = readPeftConfig(dir);
@@ -186,10 +225,10 @@ export function loadPeftAdapter(dir: string, spec: ModelSpec, opts: LoadOptions)
     const info = summarize(config, plan, opts);
     const factors = new Map<string, LoraFactor>();
     for (const f of plan) {
-      const a = transpose(file.readFloat32(f.a), f.rank, f.din, 1);
-      const b = transpose(file.readFloat32(f.b), f.dout, f.rank, f.scale);
-      checkFinite(a, f.a);
-      checkFinite(b, f.b);
+      const a = transpose(readTensor(file, f.a), f.rank, f.din, 1);
+      const b = transpose(readTensor(file, f.b), f.dout, f.rank, f.scale);
+      checkFactorValues(a, opts.slotDtype ?? 'float32', `${ADAPTER_WEIGHTS}: ${f.a}`);
+      checkFactorValues(b, opts.slotDtype ?? 'float32', `${ADAPTER_WEIGHTS}: ${f.b} (times the scale ${f.scale})`);
       factors.set(f.key, { rank: f.rank, a, b });
     }
     return { ...info, weights: { factors, maxRank: info.maxRank, bytes: info.bytes } };
@@ -257,7 +296,12 @@ function planFactors(file: SafetensorsFile, config: PeftConfig, spec: ModelSpec,
     };
     want(e.a, file.tensors.get(e.a)!.shape, [rank, din]);
     want(e.b, file.tensors.get(e.b)!.shape, [dout, rank]);
-    plan.push({ key, projection: e.projection, rank, scale: config.useRslora ? alpha / Math.sqrt(rank) : alpha / rank, din, dout, a: e.a, b: e.b });
+    const scale = config.useRslora ? alpha / Math.sqrt(rank) : alpha / rank;
+    if (!(scale <= MAX_LORA_SCALE)) {
+      const how = config.useRslora ? 'lora_alpha / √r' : 'lora_alpha / r';
+      throw new AdapterInvalidError(`${ADAPTER_CONFIG}: the LoRA scale of ${moduleName} (${how} = ${alpha} / ${config.useRslora ? `√${rank}` : rank}) is ${scale}, above the limit of ${MAX_LORA_SCALE}`, alpha !== config.loraAlpha ? 'alpha_pattern' : 'lora_alpha');
+    }
+    plan.push({ key, projection: e.projection, rank, scale, din, dout, a: e.a, b: e.b });
   }
   return plan;
 }
@@ -274,12 +318,6 @@ function transpose(m: Float32Array, rows: number, cols: number, scale: number): 
   return out;
 }
 
-function checkFinite(m: Float32Array, name: string): void {
-  for (let i = 0; i < m.length; i++) {
-    if (!Number.isFinite(m[i])) throw new AdapterInvalidError(`${ADAPTER_WEIGHTS}: ${name} contains a non-finite value`, 'adapter_model');
-  }
-}
-
 /** An adapter directory's own chat template (tokenizer_config.json), which wins over the base model's. */
 export function readAdapterChatTemplate(dir: string): ChatTemplate | null {
   const path = join(dir, 'tokenizer_config.json');
@@ -290,6 +328,10 @@ export function readAdapterChatTemplate(dir: string): ChatTemplate | null {
   } catch (err) {
     throw new AdapterInvalidError(`tokenizer_config.json is not valid JSON (${(err as Error).message})`, 'tokenizer_config');
   }
-  if (cfg === null || typeof cfg !== 'object') throw new AdapterInvalidError('tokenizer_config.json must be a JSON object', 'tokenizer_config');
-  return ChatTemplate.fromTokenizerConfig(cfg as Record<string, unknown>, `${dir}/tokenizer_config.json`);
+  if (cfg === null || typeof cfg !== 'object' || Array.isArray(cfg)) throw new AdapterInvalidError('tokenizer_config.json must be a JSON object', 'tokenizer_config');
+  try {
+    return ChatTemplate.fromTokenizerConfig(cfg as Record<string, unknown>, 'tokenizer_config.json');
+  } catch (err) {
+    throw new AdapterInvalidError((err as Error).message, 'tokenizer_config');
+  }
 }

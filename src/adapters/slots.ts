@@ -4,6 +4,7 @@
  * used unpinned one leaves. Slot indices move when another slot is freed (the runtime moves the
  * last slot into the hole), so rows look their slot up by adapter key every step.
  */
+import { LoraplexError } from '../errors.js';
 import type { LoraSlots, LoraWeights } from '../runtime/lora-slots.js';
 
 export class SlotTable {
@@ -44,10 +45,13 @@ export class SlotTable {
   }
 
   /**
-   * Makes sure every key in `keys` has a slot, loading weights with `weightsOf`. Throws when that
-   * would evict a pinned adapter (the scheduler's active-set limit prevents it).
+   * Makes sure every key in `keys` has a slot, loading weights with `weightsOf`. Returns the keys
+   * whose weights the slots refused (values not finite in the slot dtype), with the reason; the
+   * caller fails the requests that use them. Throws when a slot would have to be taken from a
+   * pinned adapter (the scheduler's active-set limit prevents it).
    */
-  acquire(keys: Iterable<string>, weightsOf: (key: string) => LoraWeights | undefined): void {
+  acquire(keys: Iterable<string>, weightsOf: (key: string) => LoraWeights | undefined): Map<string, LoraplexError> {
+    const refused = new Map<string, LoraplexError>();
     const wanted = new Set(keys);
     const now = ++this.clock;
     for (const key of wanted) this.lastUsed.set(key, now);
@@ -56,11 +60,18 @@ export class SlotTable {
       const w = weightsOf(key);
       if (!w) throw new Error(`adapter ${key} is not in the host cache`);
       if (this.slots.count >= this.slots.capacity) this.evictOne(wanted);
-      const slot = this.slots.load(w);
+      let slot: number;
+      try {
+        slot = this.slots.load(w);
+      } catch (err) {
+        refused.set(key, LoraplexError.from(err));
+        continue;
+      }
       this.bySlot[slot] = key;
       this.index.set(key, slot);
       this.loads++;
     }
+    return refused;
   }
 
   private evictOne(keep: Set<string>): void {

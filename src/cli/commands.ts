@@ -5,12 +5,13 @@ import { readAdapterChatTemplate as adapterChatTemplate } from '../adapters/peft
 import { ValidationError } from '../errors.js';
 import type { ChatMessage } from '../runtime/chat-template.js';
 import { Generation } from '../runtime/generation.js';
-import { parseSampling } from '../runtime/sampling-params.js';
+import { parseSampling } from '../server/sampling-fields.js';
 import { Sampler } from '../runtime/sampling.js';
 import { buildFromSettings, openRuntime, type RuntimeSettings } from '../runtime/open.js';
 import { progressBar } from '../util/progress.js';
-import { DEMO_ADMIN_TOKEN, DEMO_MODEL_ID, ensureDemo } from '../server/demo.js';
+import { DEMO_MODEL_ID, ensureDemo } from '../server/demo.js';
 import { serveForever, startServer } from '../server/serve.js';
+import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 
 function settings(c: Partial<Config>): RuntimeSettings {
@@ -158,16 +159,21 @@ export async function runServe(config: Partial<Config>): Promise<void> {
   bar.stop();
 }
 
-export async function runDemo(config: Partial<Config>): Promise<void> {
+/**
+ * The demo: the built-in model and adapters. Unless told otherwise it listens on loopback only and
+ * makes up a fresh admin token, printed once.
+ */
+export async function runDemo(config: Partial<Config>, hostGiven: boolean): Promise<void> {
   const demo = ensureDemo(join(config.cacheDir!, 'demo'), log, config.adapters);
-  const adminToken = config.adminToken ?? DEMO_ADMIN_TOKEN;
+  const adminToken = config.adminToken ?? randomBytes(16).toString('hex');
   const full: Partial<Config> = {
     ...config,
+    host: hostGiven ? config.host : '127.0.0.1',
     model: config.model ?? demo.model,
     adapters: demo.adapters,
     servedModelName: config.servedModelName ?? DEMO_MODEL_ID,
     adminToken,
   };
-  if (!config.adminToken) log(`demo admin token: ${adminToken} (set --admin-token or LORAPLEX_ADMIN_TOKEN for anything but a demo)`);
+  if (!config.adminToken) log(`demo admin token: ${adminToken} (made up for this run; set --admin-token or LORAPLEX_ADMIN_TOKEN to choose one)`);
   await runServe(full);
 }

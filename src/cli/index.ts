@@ -84,6 +84,6 @@ addKnobs(program.command('serve').description('serve a model and its adapters ov
 addKnobs(
   program.command('demo').description('build (once) a small demo model with a real tokenizer and three demo adapters, then serve it'),
   SERVE_KEYS,
-).action((opts: Record<string, unknown>) => runDemo(resolveConfig(SERVE_KEYS, opts, process.env)));
+).action((opts: Record<string, unknown>) => runDemo(resolveConfig(SERVE_KEYS, opts, process.env), opts.host !== undefined || !!process.env[KNOBS.host.env]));
 
 program.parseAsync(process.argv).catch(fail);

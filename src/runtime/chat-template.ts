@@ -15,9 +15,17 @@ export interface ChatMessage {
   tool_call_id?: string;
 }
 
+/** The chat template rejected the messages (raise_exception, or a rendering error): the client's. */
 export class ChatTemplateError extends LoraplexError {
   constructor(message: string, param: string | null = 'messages') {
-    super(message, { code: 'chat_template_error', statusCode: 400, type: 'invalid_request_error', param });
+    super('chat_template_error', message, { param });
+  }
+}
+
+/** A tokenizer_config.json whose chat_template cannot be used: the checkpoint's or the adapter's. */
+export class TemplateInvalidError extends LoraplexError {
+  constructor(message: string) {
+    super('checkpoint_invalid', message);
   }
 }
 
@@ -49,17 +57,13 @@ export class ChatTemplate {
         if (typeof t?.name === 'string' && typeof t.template === 'string') entries.push([t.name, t.template]);
       }
     }
-    if (entries.length === 0) throw new LoraplexError(`${source}: chat_template must be a string or a list of {name, template}`, { code: 'checkpoint_invalid', statusCode: 500, type: 'server_error' });
+    if (entries.length === 0) throw new TemplateInvalidError(`${source}: chat_template must be a string or a list of {name, template}`);
     const templates = new Map<string, Template>();
     for (const [name, text] of entries) {
       try {
         templates.set(name, new Template(text));
       } catch (err) {
-        throw new LoraplexError(`${source}: chat template ${JSON.stringify(name)} does not parse: ${(err as Error).message}`, {
-          code: 'checkpoint_invalid',
-          statusCode: 500,
-          type: 'server_error',
-        });
+        throw new TemplateInvalidError(`${source}: chat template ${JSON.stringify(name)} does not parse: ${(err as Error).message}`);
       }
     }
     const specials: Record<string, string> = {};
@@ -70,12 +74,16 @@ export class ChatTemplate {
     return new ChatTemplate(templates, specials);
   }
 
-  /** Renders messages to the prompt text. */
-  render(messages: readonly ChatMessage[], opts: { addGenerationPrompt?: boolean; tools?: unknown[] | null } = {}): string {
+  /**
+   * Renders messages to the prompt text. `extra` are further template variables (vLLM's
+   * chat_template_kwargs, e.g. Qwen3's enable_thinking); they cannot replace the ones above.
+   */
+  render(messages: readonly ChatMessage[], opts: { addGenerationPrompt?: boolean; tools?: unknown[] | null; extra?: Record<string, unknown> | null } = {}): string {
     const tools = opts.tools && opts.tools.length > 0 ? opts.tools : null;
     const template = (tools && this.templates.get('tool_use')) || this.templates.get('default') || this.templates.values().next().value!;
     try {
       return template.render({
+        ...opts.extra,
         ...this.specials,
         messages,
         add_generation_prompt: opts.addGenerationPrompt ?? true,

@@ -21,9 +21,9 @@ export class IncrementalDetokenizer {
   /** End of the text already emitted (token index). */
   private readOffset: number;
 
-  constructor(decoder: Decoder, promptTail: readonly number[] = []) {
+  constructor(decoder: Decoder, promptTail: ArrayLike<number> = []) {
     this.decoder = decoder;
-    this.ids = promptTail.slice(-DETOKENIZE_CONTEXT);
+    this.ids = Array.prototype.slice.call(promptTail, -DETOKENIZE_CONTEXT) as number[];
     this.prefixOffset = 0;
     this.readOffset = this.ids.length;
   }

@@ -44,7 +44,7 @@ export class Generation {
   private readonly detok: IncrementalDetokenizer | null;
   private readonly matcher: StopStringMatcher;
 
-  constructor(prompt: readonly number[], params: SamplingParams, stop: StopCriteria, decoder: Decoder | null) {
+  constructor(prompt: ArrayLike<number> & Iterable<number>, params: SamplingParams, stop: StopCriteria, decoder: Decoder | null) {
     this.params = params;
     this.stop = stop;
     this.rng = new Rng(params.seed ?? Math.floor(Math.random() * 2 ** 32));
@@ -88,14 +88,6 @@ export class Generation {
       return this.finish(event, tail.stopped ? 'stop' : 'length');
     }
     return event;
-  }
-
-  /** Ends the sequence from outside (context full): flushes held-back text. */
-  truncate(): string {
-    if (this.done) return '';
-    const tail = this.flushText();
-    this.finishReason = tail.stopped ? 'stop' : 'length';
-    return tail.text;
   }
 
   /** Text held back by the detokenizer and the stop matcher; `stopped` when it completed a stop string. */

@@ -1,9 +1,14 @@
 /**
- * The KV cache: one token pool per layer for keys and one for values, [capacity, kvHeads*headDim],
+ * The KV cache: one token pool per layer for keys and one for values, [poolTokens, kvHeads*headDim],
  * fed to the graph whole (zero-copy). Sequences own pool tokens in blocks; a step gathers each row's
  * past by index, so a decode step reads O(live context), whatever the pool's capacity.
+ *
+ * Block 0 is the null block: never handed out, never written, always zero. Padding in a step's past
+ * index points there, so a masked padding slot can only ever read zeros — never another row's
+ * tokens, nor stale values (NaN included) left by a finished sequence.
  */
-import { CapacityError } from '../errors.js';
+import { RuntimeConfigError } from '../errors.js';
+import { RuntimeLimitError } from './limit-error.js';
 
 /** Tokens per allocation block. */
 export const KV_BLOCK = 16;
@@ -21,27 +26,34 @@ export class KvSequence {
   freed = false;
 }
 
+/** Pool index of the null block's first token: what padding in a past index points to. */
+export const NULL_KV_TOKEN = 0;
+
 export class KvPool {
   readonly numLayers: number;
   readonly kvDim: number;
+  /** Tokens sequences can hold (the null block excluded). */
   readonly capacity: number;
+  /** Tokens in each pool array: the capacity plus the null block. */
+  readonly poolTokens: number;
   readonly keys: FloatStore[];
   readonly values: FloatStore[];
   private readonly freeBlocks: number[];
 
   constructor(numLayers: number, kvDim: number, capacityTokens: number, half: boolean) {
     if (!Number.isSafeInteger(capacityTokens) || capacityTokens < KV_BLOCK) {
-      throw new CapacityError(`KV cache capacity must be at least ${KV_BLOCK} tokens, got ${capacityTokens}`);
+      throw new RuntimeConfigError(`KV cache capacity must be at least ${KV_BLOCK} tokens, got ${capacityTokens}`);
     }
     const blocks = Math.floor(capacityTokens / KV_BLOCK);
     this.numLayers = numLayers;
     this.kvDim = kvDim;
     this.capacity = blocks * KV_BLOCK;
-    const make = (): FloatStore => (half ? new Uint16Array(this.capacity * kvDim) : new Float32Array(this.capacity * kvDim));
+    this.poolTokens = (blocks + 1) * KV_BLOCK;
+    const make = (): FloatStore => (half ? new Uint16Array(this.poolTokens * kvDim) : new Float32Array(this.poolTokens * kvDim));
     this.keys = Array.from({ length: numLayers }, make);
     this.values = Array.from({ length: numLayers }, make);
-    // Pop from the end: low blocks are handed out first.
-    this.freeBlocks = Array.from({ length: blocks }, (_, i) => blocks - 1 - i);
+    // Blocks 1..blocks; pop from the end: low blocks are handed out first.
+    this.freeBlocks = Array.from({ length: blocks }, (_, i) => blocks - i);
   }
 
   get freeTokens(): number {
@@ -59,7 +71,7 @@ export class KvPool {
     if (length <= seq.allocated) return;
     const need = Math.ceil((length - seq.allocated) / KV_BLOCK);
     if (need > this.freeBlocks.length) {
-      throw new CapacityError(
+      throw new RuntimeLimitError(
         `KV cache is full: ${length} positions need ${need * KV_BLOCK} more tokens, ${this.freeTokens} of ${this.capacity} are free`,
       );
     }

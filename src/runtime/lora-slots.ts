@@ -7,7 +7,8 @@
  *
  * Semantics: y[t] += (x[t] @ A[slot[t]]) @ B[slot[t]]
  */
-import { CapacityError } from '../errors.js';
+import { AdapterInvalidError, RuntimeConfigError } from '../errors.js';
+import { RuntimeLimitError } from './limit-error.js';
 import { floatToHalf } from './checkpoint/safetensors.js';
 import { PROJECTIONS, projectionShape, type ModelSpec, type Projection } from './checkpoint/spec.js';
 import type { FloatStore } from './kv-cache.js';
@@ -31,6 +32,36 @@ export interface LoraWeights {
 }
 
 export const factorKey = (layer: number, p: Projection): string => `${layer}.${p}`;
+
+/** Element type of the slot stacks (the graph's activation type). */
+export type SlotDtype = 'float32' | 'float16';
+
+/** The largest magnitude a float16 slot holds; beyond it a value becomes Inf. */
+export const MAX_HALF = 65504;
+const MAX_FLOAT = 3.4028234663852886e38;
+
+/**
+ * Throws AdapterInvalidError unless every value is finite once stored as `dtype`. Nothing
+ * non-finite may enter a slot: the stacks are shared by every row of a step.
+ */
+export function checkFactorValues(values: Float32Array, dtype: SlotDtype, what: string): void {
+  const limit = dtype === 'float16' ? MAX_HALF : MAX_FLOAT;
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i];
+    // (NaN fails both comparisons.)
+    if (!(v <= limit && v >= -limit)) {
+      throw new AdapterInvalidError(`${what} holds ${v} at index ${i}, which is not a finite ${dtype} value`, 'adapter_model');
+    }
+  }
+}
+
+/** Checks every factor of an adapter (scale folded in) for the slot dtype. */
+export function checkLoraWeights(w: LoraWeights, dtype: SlotDtype): void {
+  for (const [key, f] of w.factors) {
+    checkFactorValues(f.a, dtype, `LoRA factor ${key} (A)`);
+    checkFactorValues(f.b, dtype, `LoRA factor ${key} (B, scale included)`);
+  }
+}
 
 const RANK_ALIGN = 8;
 
@@ -56,8 +87,8 @@ export class LoraSlots {
   version = 0;
 
   constructor(spec: ModelSpec, capacity: number, maxRank: number, half: boolean) {
-    if (!Number.isSafeInteger(capacity) || capacity < 1) throw new CapacityError(`adapter slots must be >= 1, got ${capacity}`);
-    if (!Number.isSafeInteger(maxRank) || maxRank < 1) throw new CapacityError(`max LoRA rank must be >= 1, got ${maxRank}`);
+    if (!Number.isSafeInteger(capacity) || capacity < 1) throw new RuntimeConfigError(`adapter slots must be >= 1, got ${capacity}`);
+    if (!Number.isSafeInteger(maxRank) || maxRank < 1) throw new RuntimeConfigError(`max LoRA rank must be >= 1, got ${maxRank}`);
     this.capacity = capacity;
     this.maxRank = maxRank;
     this.half = half;
@@ -84,12 +115,20 @@ export class LoraSlots {
     return this.r;
   }
 
-  /** Puts an adapter into the next free slot and returns the slot index. */
+  get dtype(): SlotDtype {
+    return this.half ? 'float16' : 'float32';
+  }
+
+  /**
+   * Puts an adapter into the next free slot and returns the slot index. Throws AdapterInvalidError
+   * (leaving the slots unchanged) when a value would not be finite in the slot dtype.
+   */
   load(w: LoraWeights): number {
-    if (this.weights.length >= this.capacity) throw new CapacityError(`all ${this.capacity} adapter slots are in use`);
+    if (this.weights.length >= this.capacity) throw new RuntimeLimitError(`all ${this.capacity} adapter slots are in use`);
     if (w.maxRank > this.maxRank) {
-      throw new CapacityError(`adapter rank ${w.maxRank} is above the maximum LoRA rank ${this.maxRank}`, 'r');
+      throw new RuntimeLimitError(`adapter rank ${w.maxRank} is above the maximum LoRA rank ${this.maxRank}`);
     }
+    checkLoraWeights(w, this.dtype);
     const slot = this.weights.length;
     this.weights.push(w);
     this.slotRank.push(w.maxRank);

@@ -4,11 +4,11 @@
  * lengths and single-token decodes, each with its own adapter slot or none — and returns logits for
  * the tokens each row asks for.
  */
-import { CapacityError } from '../errors.js';
+import { RuntimeLimitError } from './limit-error.js';
 import type { ModelSpec } from './checkpoint/spec.js';
 import type { BuiltModel } from './graph/build.js';
 import { IO, loraA, loraB, newKey, newValue, pastKey, pastValue } from './graph/io.js';
-import { KvPool, KvSequence, type FloatStore } from './kv-cache.js';
+import { KvPool, KvSequence, NULL_KV_TOKEN, type FloatStore } from './kv-cache.js';
 import { LoraSlots } from './lora-slots.js';
 import { Session, tensor, type Device, type Tensor } from './session.js';
 
@@ -97,8 +97,8 @@ export class DecoderModel {
     this.lora = new LoraSlots(this.spec, opts.adapterSlots, opts.maxLoraRank, this.half);
     const ft = this.half ? 'float16' : 'float32';
     for (let l = 0; l < this.spec.numLayers; l++) {
-      this.poolFeeds[pastKey(l)] = tensor(ft, this.kv.keys[l], [this.kv.capacity, kvDim]);
-      this.poolFeeds[pastValue(l)] = tensor(ft, this.kv.values[l], [this.kv.capacity, kvDim]);
+      this.poolFeeds[pastKey(l)] = tensor(ft, this.kv.keys[l], [this.kv.poolTokens, kvDim]);
+      this.poolFeeds[pastValue(l)] = tensor(ft, this.kv.values[l], [this.kv.poolTokens, kvDim]);
     }
     this.fetch = [IO.logits];
     for (let l = 0; l < this.spec.numLayers; l++) this.fetch.push(newKey(l), newValue(l));
@@ -143,7 +143,7 @@ export class DecoderModel {
 
   /**
    * Runs one forward step. Each row's new tokens are appended to its sequence.
-   * Throws CapacityError (before touching any state) when a row would pass the model's positions
+   * Throws RuntimeLimitError (before touching any state) when a row would pass the model's positions
    * or the KV pool is full.
    */
   async step(rows: readonly StepRow[]): Promise<StepOutput> {
@@ -157,13 +157,13 @@ export class DecoderModel {
       const n = r.tokens.length;
       if (n === 0) throw new Error('a step row needs at least one token');
       if (r.seq.length + n > this.maxPositions) {
-        throw new CapacityError(`sequence would reach ${r.seq.length + n} positions; the model's context is ${this.maxPositions}`);
+        throw new RuntimeLimitError(`sequence would reach ${r.seq.length + n} positions; the model's context is ${this.maxPositions}`);
       }
       if (r.slot < -1 || r.slot >= this.lora.count) throw new Error(`row uses adapter slot ${r.slot} but ${this.lora.count} are loaded`);
       for (let s = 0; s < n; s++) {
         const id = r.tokens[s];
         if (!Number.isInteger(id) || id < 0 || id >= this.spec.vocabSize) {
-          throw new CapacityError(`token id ${id} is outside the vocabulary (0..${this.spec.vocabSize - 1})`);
+          throw new RuntimeLimitError(`token id ${id} is outside the vocabulary (0..${this.spec.vocabSize - 1})`);
         }
       }
       T += n;
@@ -174,7 +174,7 @@ export class DecoderModel {
     // Reserve KV space for all rows first, so a full pool fails the step before any state changes.
     const needed = rows.reduce((sum, r) => sum + Math.max(0, KvPool.tokensFor(r.seq.length + r.tokens.length) - r.seq.allocated), 0);
     if (needed > this.kv.freeTokens) {
-      throw new CapacityError(`KV cache is full: this step needs ${needed} more tokens, ${this.kv.freeTokens} of ${this.kv.capacity} are free`);
+      throw new RuntimeLimitError(`KV cache is full: this step needs ${needed} more tokens, ${this.kv.freeTokens} of ${this.kv.capacity} are free`);
     }
     for (const r of rows) this.kv.reserve(r.seq, r.seq.length + r.tokens.length);
 
@@ -195,7 +195,7 @@ export class DecoderModel {
       const n = r.tokens.length;
       pastLen[b] = past;
       kvIdx.set(r.seq.indices.subarray(0, past), b * P);
-      kvIdx.fill(0, b * P + past, (b + 1) * P);
+      kvIdx.fill(NULL_KV_TOKEN, b * P + past, (b + 1) * P);
       if (r.logits !== 'none') logitsRow[b] = li;
       for (let s = 0; s < n; s++, t++) {
         ids[t] = r.tokens[s];

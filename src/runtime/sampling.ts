@@ -6,7 +6,11 @@
  * → logprobs are taken here (the request's distribution at temperature 1) → temperature 0: argmax;
  * else temperature → top_k → top_p → min_p → a draw from the row's own seeded generator, so a seed
  * gives the same tokens whatever else shares the batch.
+ *
+ * Logits that hold NaN or +Inf (a row whose adapter overflows) are refused with `numerical_error`
+ * instead of being sampled into garbage; the scan that finds the best token finds them too.
  */
+import { LoraplexError } from '../errors.js';
 
 export interface SamplingParams {
   /** 0 = greedy. */
@@ -134,26 +138,25 @@ export class Sampler {
       }
     }
 
+    const best = checkedArgmax(logits);
     let logZ = 0;
     if (p.logprobs !== null) logZ = logSumExp(logits);
 
     let id: number;
     if (p.temperature === 0) {
-      id = argmax(logits);
+      id = best;
     } else {
-      id = this.draw(logits, p, rng);
+      id = this.draw(logits, p, rng, logits[best]);
     }
     if (p.logprobs === null) return { id };
     return { id, logprob: logits[id] - logZ, top: this.topN(logits, Math.min(p.logprobs, MAX_LOGPROBS), logZ) };
   }
 
-  private draw(logits: Float32Array, p: SamplingParams, rng: Rng): number {
+  private draw(logits: Float32Array, p: SamplingParams, rng: Rng, max: number): number {
     const V = this.vocab;
     const probs = this.probs;
     const order = this.order;
     const invT = 1 / p.temperature;
-    let max = -Infinity;
-    for (let i = 0; i < V; i++) if (logits[i] > max) max = logits[i];
     let total = 0;
     for (let i = 0; i < V; i++) {
       const e = Math.exp((logits[i] - max) * invT);
@@ -271,6 +274,21 @@ export class Sampler {
 /** Sorts order[0..n) by values descending (ties: lower id first). */
 function sortByProb(order: Int32Array, n: number, values: Float32Array): void {
   order.subarray(0, n).sort((a, b) => values[b] - values[a] || a - b);
+}
+
+/** The index of the largest logit; throws `numerical_error` if any logit is NaN or +Inf, or all are -Inf. */
+export function checkedArgmax(a: Float32Array): number {
+  let best = 0;
+  let bad = false;
+  for (let i = 0; i < a.length; i++) {
+    const v = a[i];
+    if (v !== v || v === Infinity) bad = true;
+    else if (v > a[best] || a[best] !== a[best]) best = i;
+  }
+  if (bad || a[best] === -Infinity) {
+    throw new LoraplexError('numerical_error', 'the model produced non-finite logits (NaN or +Inf) for this request, so it was stopped; an adapter whose weights overflow causes this');
+  }
+  return best;
 }
 
 export function argmax(a: ArrayLike<number>): number {

@@ -36,7 +36,11 @@ export class TextTokenizer {
   private readonly addBos: boolean | null;
   readonly chatTemplate: ChatTemplate | null;
 
+  /** See maxTokenBytes below. */
+  readonly maxTokenBytes: number;
+
   constructor(files: TokenizerFiles) {
+    this.maxTokenBytes = maxTokenBytes(files.tokenizer);
     try {
       this.tok = new Tokenizer(files.tokenizer, files.config);
     } catch (err) {
@@ -80,4 +84,21 @@ export class TextTokenizer {
   tokenId(token: string): number | undefined {
     return this.tok.token_to_id(token);
   }
+}
+
+/**
+ * The most bytes of text one token can stand for: the longest vocabulary entry or added token
+ * (byte-level BPE vocabularies spell each byte as one character). An upper bound, used to refuse
+ * texts that cannot fit a context without tokenizing them.
+ */
+function maxTokenBytes(tokenizerJson: Record<string, unknown>): number {
+  const json = tokenizerJson as { model?: { vocab?: unknown }; added_tokens?: { content?: string }[]; decoder?: unknown };
+  const byteLevel = JSON.stringify(json.decoder ?? {}).includes('"ByteLevel"');
+  const size = (s: string): number => (byteLevel ? s.length : Buffer.byteLength(s));
+  let max = 1;
+  const vocab = json.model?.vocab;
+  if (Array.isArray(vocab)) for (const e of vocab) max = Math.max(max, size(String(Array.isArray(e) ? e[0] : e)));
+  else if (vocab && typeof vocab === 'object') for (const k of Object.keys(vocab)) max = Math.max(max, size(k));
+  for (const a of json.added_tokens ?? []) if (typeof a.content === 'string') max = Math.max(max, Buffer.byteLength(a.content));
+  return max;
 }

@@ -1,21 +1,22 @@
 /**
- * The serving loop: takes validated requests, tokenizes them, and drives the scheduler state and the
+ * The serving loop: takes validated requests (token ids), and drives the scheduler state and the
  * runtime step by step — plan a step, make sure its adapters sit in slots, run the model, sample,
  * emit token events. It runs inside the engine worker (see worker.ts) and, for tests, in-process.
+ *
+ * A failure is confined to the requests it concerns: an adapter whose weights the slots refuse
+ * fails that adapter's requests, a row whose logits are not finite fails that row; only an error
+ * of the forward step itself fails the step's rows.
  */
-import { readAdapterChatTemplate } from '../adapters/peft.js';
-import { AdapterCache } from '../adapters/cache.js';
+import { AdapterCache, type CacheStats } from '../adapters/cache.js';
 import { SlotTable } from '../adapters/slots.js';
-import { LoraplexError } from '../errors.js';
-import type { ChatTemplate } from '../runtime/chat-template.js';
+import { LoraplexError, toWireError } from '../errors.js';
 import { Generation } from '../runtime/generation.js';
-import type { KvSequence } from '../runtime/kv-cache.js';
-import { KV_BLOCK } from '../runtime/kv-cache.js';
+import { KV_BLOCK, KvPool, type KvSequence } from '../runtime/kv-cache.js';
 import type { LoraWeights } from '../runtime/lora-slots.js';
 import type { DecoderModel, StepRow } from '../runtime/model.js';
 import { Sampler } from '../runtime/sampling.js';
 import type { TextTokenizer } from '../runtime/tokenizer.js';
-import type { AdapterSpec, EngineEvent, EngineRequest } from './request.js';
+import type { AdapterSpec, EngineEvent, ValidRequest } from './request.js';
 import { SchedulerState, type Dropped, type Job, type PlannedRow } from './state.js';
 
 /** KV tokens reserved beyond a row's context; rows grow by this much at a time. */
@@ -24,6 +25,7 @@ const RESERVE_AHEAD = 64;
 export interface EngineConfig {
   maxBatchSize: number;
   maxBatchPrefillTokens: number;
+  /** Backstop: the server refuses beyond its own admission limit before anything reaches here. */
   maxQueuedRequests: number;
   adapterCycleMs: number;
   adapterCacheBytes: number;
@@ -36,13 +38,18 @@ export interface EngineStats {
   steps: number;
   /** Requests taken out of the batch to free KV cache (they resume by recomputation). */
   preemptions: number;
+  /** Requests cancelled while waiting / while running. */
+  cancelledWaiting: number;
+  cancelledRunning: number;
+  /** Tokens sampled since start (all requests). */
+  generatedTokens: number;
   forwardSeconds: number;
   loopSeconds: number;
   kvReservedTokens: number;
   /** Tokens held in the KV pool (blocks allocated to sequences). */
   kvUsedTokens: number;
   kvCapacity: number;
-  cache: AdapterCache<AdapterSpec>['stats'];
+  cache: CacheStats;
   slotLoads: number;
   /** Adapter names with running rows / with waiting requests. */
   runningAdapters: string[];
@@ -51,33 +58,17 @@ export interface EngineStats {
 }
 
 interface Live {
-  req: EngineRequest;
+  req: ValidRequest;
   /** The scheduler's view; replaced by the resumed job after a preemption. */
   job: Job;
-  prompt: number[];
   gen: Generation;
   seq: KvSequence | null;
   adapterKey: string | null;
+  /** The 'running' event was sent. */
+  announced: boolean;
 }
 
-function errorEvent(id: number, err: unknown): EngineEvent {
-  if (err instanceof LoraplexError) return { t: 'error', id, code: err.code, status: err.statusCode, type: err.type, message: err.message, param: err.param };
-  const e = err as { code?: string; statusCode?: number; message?: string; param?: string | null };
-  if (typeof e?.statusCode === 'number' && typeof e.code === 'string') {
-    return { t: 'error', id, code: e.code, status: e.statusCode, type: e.statusCode < 500 ? 'invalid_request_error' : 'server_error', message: e.message ?? 'error', param: e.param ?? null };
-  }
-  return { t: 'error', id, code: 'internal_error', status: 500, type: 'server_error', message: `internal error: ${(err as Error)?.message ?? String(err)}`, param: null };
-}
-
-const reqError = (id: number, status: number, code: string, message: string, param: string | null = null, type = 'invalid_request_error'): EngineEvent => ({
-  t: 'error',
-  id,
-  code,
-  status,
-  type,
-  message,
-  param,
-});
+const errorEvent = (id: number, err: unknown): EngineEvent => ({ t: 'error', id, error: toWireError(err) });
 
 export class EngineCore {
   readonly model: DecoderModel;
@@ -90,13 +81,15 @@ export class EngineCore {
   private readonly sampler: Sampler;
   private readonly live = new Map<number, Live>();
   private readonly specs = new Map<string, AdapterSpec>();
-  private readonly templates = new Map<string, ChatTemplate | null>();
-  private readonly eosIds: Set<number>;
+  readonly eosIds: ReadonlySet<number>;
   private wakeUp: (() => void) | null = null;
   private stopped = false;
   private lastBatchRows = 0;
   private steps = 0;
   private preemptions = 0;
+  private cancelledWaiting = 0;
+  private cancelledRunning = 0;
+  private generatedTokens = 0;
   /** Seconds spent in the model's forward steps and in the rest of the loop (sampling, events). */
   private forwardSeconds = 0;
   private loopSeconds = 0;
@@ -126,14 +119,13 @@ export class EngineCore {
     });
     this.cache = new AdapterCache<AdapterSpec>(opts.config.adapterCacheBytes, (spec) => opts.load(spec));
     this.slots = new SlotTable(opts.model.lora);
-    this.eosIds = new Set(opts.model.spec.eosTokenIds);
-    if (opts.tokenizer?.eosId != null) this.eosIds.add(opts.tokenizer.eosId);
+    this.eosIds = endOfSequenceIds(opts.model, opts.tokenizer);
   }
 
   // ---- requests
 
-  /** Validates, tokenizes and queues a request; problems come back as an error event. */
-  submit(req: EngineRequest): void {
+  /** Queues a validated request; a request that breaks the engine's own limits gets an error event. */
+  submit(req: ValidRequest): void {
     try {
       this.admit(req);
     } catch (err) {
@@ -142,84 +134,31 @@ export class EngineCore {
     this.wake();
   }
 
-  private admit(req: EngineRequest): void {
+  private admit(req: ValidRequest): void {
     if (this.live.has(req.id)) throw new Error(`request id ${req.id} is already live`);
-    const prompt = this.tokenize(req);
-    const V = this.model.spec.vocabSize;
-    if (prompt.length === 0) {
-      this.emit([reqError(req.id, 400, 'empty_prompt', 'the prompt is empty (no tokens)', 'prompt')]);
-      return;
-    }
-    const bad = prompt.find((id) => !Number.isInteger(id) || id < 0 || id >= V);
-    if (bad !== undefined) {
-      this.emit([reqError(req.id, 400, 'invalid_token', `prompt token id ${bad} is outside the vocabulary (0..${V - 1})`, 'prompt')]);
-      return;
-    }
-    const ctx = this.model.maxPositions;
-    const maxNew = req.maxNewTokens ?? ctx - prompt.length;
-    if (maxNew < 1 || prompt.length + maxNew > ctx) {
-      this.emit([
-        reqError(
-          req.id,
-          400,
-          'context_length_exceeded',
-          `max_tokens + prompt tokens must be <= ${ctx} (the context length); given ${prompt.length} prompt tokens and ${req.maxNewTokens ?? 'no'} max_tokens`,
-          'max_tokens',
-        ),
-      ]);
-      return;
-    }
-    const need = this.state.reservation({ promptLen: prompt.length, maxNewTokens: maxNew });
-    if (need > this.model.kv.capacity) {
-      this.emit([
-        reqError(req.id, 400, 'context_length_exceeded', `max_tokens + prompt tokens must fit the KV cache of ${this.model.kv.capacity} tokens; given ${prompt.length} prompt tokens and ${maxNew} max_tokens`, 'max_tokens'),
-      ]);
-      return;
-    }
+    const prompt = req.promptIds;
+    // The server validated all of this; these checks keep a caller's bug from reaching the runtime.
+    checkPrompt(prompt, this.model.spec.vocabSize);
+    const maxNew = req.stop.maxNewTokens;
+    checkContext(prompt.length, maxNew, this.model.maxPositions, this.model.kv.capacity);
     const now = Date.now();
     const adapterKey = req.adapter?.key ?? null;
     const job: Job = { id: req.id, adapter: adapterKey, promptLen: prompt.length, maxNewTokens: maxNew, arrival: now, deadline: now + req.timeoutMs };
     if (!this.state.append(job)) {
-      this.emit([reqError(req.id, 429, 'overloaded', `the server is overloaded: ${this.state.waiting} requests are waiting (--max-queued-requests); retry later`, null, 'rate_limit_error')]);
-      return;
+      throw new LoraplexError('overloaded', `the server is overloaded: ${this.state.waiting} requests are waiting; retry later`);
     }
     const gen = new Generation(
       prompt,
       req.sampling,
-      { maxNewTokens: maxNew, eosIds: this.eosIds, stopTokenIds: new Set(req.stopTokenIds), stopStrings: req.stopStrings, ignoreEos: req.ignoreEos },
+      { maxNewTokens: maxNew, eosIds: this.eosIds, stopTokenIds: new Set(req.stop.stopTokenIds), stopStrings: req.stop.stopStrings, ignoreEos: req.stop.ignoreEos },
       this.tokenizer,
     );
-    this.live.set(req.id, { req, job, prompt, gen, seq: null, adapterKey });
+    this.live.set(req.id, { req, job, gen, seq: null, adapterKey, announced: false });
     if (req.adapter) {
       this.specs.set(req.adapter.key, req.adapter);
       this.cache.lookup(req.adapter.key);
       this.kickLoad(req.adapter.key);
     }
-    this.emit([{ t: 'start', id: req.id, promptTokens: prompt.length, promptIds: req.returnPromptIds ? prompt : undefined }]);
-  }
-
-  private tokenize(req: EngineRequest): number[] {
-    const p = req.prompt;
-    if (p.kind === 'ids') return p.ids;
-    if (!this.tokenizer) throw new LoraplexError('this model has no tokenizer.json: send token ids', { code: 'no_tokenizer', statusCode: 400, type: 'invalid_request_error', param: 'prompt' });
-    if (p.kind === 'text') return this.tokenizer.encode(p.text);
-    const template = this.templateFor(req.adapter) ?? this.tokenizer.chatTemplate;
-    if (!template) {
-      throw new LoraplexError('this model has no chat template (tokenizer_config.json chat_template); use the completions API', {
-        code: 'no_chat_template',
-        statusCode: 400,
-        type: 'invalid_request_error',
-        param: 'messages',
-      });
-    }
-    return this.tokenizer.encode(template.render(p.messages, { addGenerationPrompt: p.addGenerationPrompt, tools: p.tools }), false);
-  }
-
-  /** An adapter's own chat template wins over the base model's (LoRAX behaviour). */
-  private templateFor(adapter: AdapterSpec | null): ChatTemplate | null {
-    if (!adapter || adapter.kind !== 'single') return null;
-    if (!this.templates.has(adapter.key)) this.templates.set(adapter.key, readAdapterChatTemplate(adapter.dir));
-    return this.templates.get(adapter.key)!;
   }
 
   cancel(id: number): void {
@@ -249,7 +188,7 @@ export class EngineCore {
   async preload(spec: AdapterSpec): Promise<void> {
     this.specs.set(spec.key, spec);
     const p = this.cache.ensure(spec.key, spec);
-    if (!p) throw this.cache.failure(spec.key) ?? new Error('adapter load failed recently');
+    if (!p) throw this.cache.failure(spec.key) ?? new LoraplexError('adapter_load_failed', `adapter ${spec.name} failed to load recently; retry shortly`);
     await p;
   }
 
@@ -258,7 +197,6 @@ export class EngineCore {
     if (this.slots.isPinned(key)) return false;
     this.slots.remove(key);
     this.cache.delete(key);
-    this.templates.delete(key);
     return true;
   }
 
@@ -300,46 +238,36 @@ export class EngineCore {
   /** One scheduling step; false when there was nothing to run. */
   async tick(): Promise<boolean> {
     for (const key of this.state.wantedAdapters()) if (this.cache.readiness(key) === 'absent') this.kickLoad(key);
-    const { rows, dropped, preempted } = this.state.step(Date.now(), (key) => {
+    const { rows: planned, dropped, preempted } = this.state.step(Date.now(), (key) => {
       const r = this.cache.readiness(key);
       return r === 'absent' ? 'loading' : r;
     });
-    if (dropped.length > 0) this.emit(dropped.map((d) => this.retire(d)));
+    const events: EngineEvent[] = [];
+    for (const d of dropped) events.push(this.retire(d));
     for (const p of preempted) this.suspend(p.resumed);
-    if (rows.length === 0) return false;
+    const rows = this.placeAdapters(planned, events);
+    if (rows.length === 0) {
+      if (events.length > 0) this.emit(events);
+      return planned.length > 0;
+    }
     this.lastBatchRows = rows.length;
     this.steps++;
-    const events: EngineEvent[] = [];
+    for (const row of rows) {
+      const live = this.live.get(row.job.id)!;
+      if (!live.announced) {
+        live.announced = true;
+        events.push({ t: 'running', id: row.job.id });
+      }
+    }
     const t0 = performance.now();
     let t1 = t0;
     try {
-      const stepRows = this.prepare(rows);
-      const out = await this.model.step(stepRows);
+      const out = await this.model.step(this.stepRows(rows));
       t1 = performance.now();
       this.forwardSeconds += (t1 - t0) / 1000;
       let r = 0;
       for (const row of rows) {
-        const live = this.live.get(row.job.id)!;
-        if (row.sample) {
-          const at = out.logitsRow[r];
-          const logits = out.logits.subarray(at * out.vocabSize, (at + 1) * out.vocabSize);
-          const e = live.gen.next(logits, this.sampler);
-          const withLogprobs = e.logprob !== undefined;
-          events.push({
-            t: 'token',
-            id: row.job.id,
-            token: e.id,
-            text: e.text,
-            tokenText: withLogprobs ? this.piece(e.id) : undefined,
-            logprob: e.logprob,
-            top: e.top?.map((t) => ({ id: t.id, logprob: t.logprob, text: this.piece(t.id) })),
-            special: e.special,
-          });
-          if (e.finishReason) {
-            events.push({ t: 'end', id: row.job.id, finishReason: e.finishReason, completionTokens: live.gen.output.length, promptTokens: live.prompt.length });
-            this.release(live);
-          }
-        }
+        if (row.sample) this.sampleRow(row, out.logits.subarray(out.logitsRow[r] * out.vocabSize, (out.logitsRow[r] + 1) * out.vocabSize), events);
         r++;
       }
     } catch (err) {
@@ -356,13 +284,46 @@ export class EngineCore {
     return true;
   }
 
+  /** Samples one row's next token; a row whose logits are not finite fails alone. */
+  private sampleRow(row: PlannedRow, logits: Float32Array, events: EngineEvent[]): void {
+    const live = this.live.get(row.job.id)!;
+    let e;
+    try {
+      e = live.gen.next(logits, this.sampler);
+    } catch (err) {
+      events.push(errorEvent(row.job.id, err));
+      this.release(live);
+      return;
+    }
+    this.generatedTokens++;
+    const withLogprobs = e.logprob !== undefined;
+    events.push({
+      t: 'token',
+      id: row.job.id,
+      token: e.id,
+      text: e.text,
+      tokenText: withLogprobs ? this.piece(e.id) : undefined,
+      logprob: e.logprob,
+      top: e.top?.map((t) => ({ id: t.id, logprob: t.logprob, text: this.piece(t.id) })),
+      special: e.special,
+    });
+    if (e.finishReason) {
+      events.push({ t: 'end', id: row.job.id, finishReason: e.finishReason, completionTokens: live.gen.output.length, promptTokens: live.req.promptIds.length });
+      this.release(live);
+    }
+  }
+
   /** One token's text on its own (logprobs responses). */
   private piece(id: number): string {
     return this.tokenizer ? this.tokenizer.decode([id], false) : String(id);
   }
 
-  /** Turns planned rows into runtime rows: sequences, token slices, adapter slots. */
-  private prepare(rows: PlannedRow[]): StepRow[] {
+  /**
+   * Makes sure the planned rows' adapters sit in slots. Rows whose adapter the slots refuse are
+   * failed (with every other request of that adapter, through the cache's failure memory) and left
+   * out of the step; returns the rows that run.
+   */
+  private placeAdapters(rows: PlannedRow[], events: EngineEvent[]): PlannedRow[] {
     const keys = new Set<string>();
     for (const row of rows) {
       const live = this.live.get(row.job.id)!;
@@ -372,12 +333,36 @@ export class EngineCore {
       }
       if (live.adapterKey) keys.add(live.adapterKey);
     }
-    this.slots.acquire(keys, (key) => this.cache.get(key));
+    const refused = this.slots.acquire(keys, (key) => this.cache.get(key));
+    if (refused.size === 0) return rows;
+    for (const [key, err] of refused) {
+      this.log(`adapter ${this.specs.get(key)?.name ?? key} was refused by the slots: ${err.message}`);
+      this.cache.markFailed(key, err);
+    }
+    const kept: PlannedRow[] = [];
+    for (const row of rows) {
+      const live = this.live.get(row.job.id)!;
+      if (live.adapterKey && refused.has(live.adapterKey)) {
+        events.push(errorEvent(row.job.id, new LoraplexError('adapter_load_failed', `adapter ${live.req.adapter?.name} cannot be served: ${refused.get(live.adapterKey)!.message}`, { param: 'model' })));
+        this.release(live);
+      } else kept.push(row);
+    }
+    return kept;
+  }
+
+  /** Turns planned rows into runtime rows: sequences, token slices, adapter slots. */
+  private stepRows(rows: PlannedRow[]): StepRow[] {
     return rows.map((row) => {
       const live = this.live.get(row.job.id)!;
-      // A resumed request re-reads its prompt followed by the tokens it had generated.
-      const source = row.start + row.count <= live.prompt.length ? live.prompt : live.prompt.concat(live.gen.output);
-      const tokens = row.kind === 'prefill' ? source.slice(row.start, row.start + row.count) : [live.gen.output[live.gen.output.length - 1]];
+      const prompt = live.req.promptIds;
+      let tokens: ArrayLike<number>;
+      if (row.kind === 'decode') tokens = [live.gen.output[live.gen.output.length - 1]];
+      else if (row.start + row.count <= prompt.length) tokens = prompt.subarray(row.start, row.start + row.count);
+      else {
+        // A resumed request re-reads its prompt followed by the tokens it had generated.
+        const source = Int32Array.from([...prompt, ...live.gen.output]);
+        tokens = source.subarray(row.start, row.start + row.count);
+      }
       return { seq: live.seq!, tokens, slot: live.adapterKey ? this.slots.slotOf(live.adapterKey)! : -1, logits: row.sample ? 'last' : 'none' };
     });
   }
@@ -410,13 +395,15 @@ export class EngineCore {
     const id = d.job.id;
     switch (d.reason) {
       case 'cancelled':
-        return reqError(id, 499, 'cancelled', 'the request was cancelled');
+        if (d.wasRunning) this.cancelledRunning++;
+        else this.cancelledWaiting++;
+        return errorEvent(id, new LoraplexError('cancelled', 'the request was cancelled'));
       case 'timeout':
-        return reqError(id, 504, 'timeout', `the request did not finish within its deadline of ${live?.req.timeoutMs ?? '?'} ms`, null, 'server_error');
+        return errorEvent(id, new LoraplexError('timeout', `the request did not finish within its deadline of ${live?.req.timeoutMs ?? '?'} ms`));
       case 'adapter_failed': {
         const name = live?.req.adapter?.name ?? 'the adapter';
         const why = d.job.adapter ? (this.cache.failure(d.job.adapter)?.message ?? 'unknown error') : 'unknown error';
-        return reqError(id, 424, 'adapter_load_failed', `adapter ${name} failed to load: ${why}`, 'model', 'server_error');
+        return errorEvent(id, new LoraplexError('adapter_load_failed', `adapter ${name} failed to load: ${why}`, { param: 'model' }));
       }
     }
   }
@@ -434,6 +421,9 @@ export class EngineCore {
       lastBatchRows: this.lastBatchRows,
       steps: this.steps,
       preemptions: this.preemptions,
+      cancelledWaiting: this.cancelledWaiting,
+      cancelledRunning: this.cancelledRunning,
+      generatedTokens: this.generatedTokens,
       forwardSeconds: this.forwardSeconds,
       loopSeconds: this.loopSeconds,
       kvReservedTokens: this.state.reservedTokens,
@@ -446,5 +436,40 @@ export class EngineCore {
       maxLora: this.model.lora.capacity,
     };
   }
+}
 
+/** Every id that ends a sequence: generation_config's (possibly several) and the tokenizer's own. */
+export function endOfSequenceIds(model: Pick<DecoderModel, 'spec'>, tokenizer: Pick<TextTokenizer, 'eosId'> | null): Set<number> {
+  const ids = new Set(model.spec.eosTokenIds);
+  if (tokenizer?.eosId != null) ids.add(tokenizer.eosId);
+  return ids;
+}
+
+/** Prompt ids must be non-empty and inside the vocabulary. */
+export function checkPrompt(prompt: ArrayLike<number>, vocabSize: number): void {
+  if (prompt.length === 0) throw new LoraplexError('empty_prompt', 'the prompt is empty (no tokens)', { param: 'prompt' });
+  for (let i = 0; i < prompt.length; i++) {
+    const id = prompt[i];
+    if (!Number.isInteger(id) || id < 0 || id >= vocabSize) {
+      throw new LoraplexError('invalid_token', `prompt token id ${id} is outside the vocabulary (0..${vocabSize - 1})`, { param: 'prompt' });
+    }
+  }
+}
+
+/** The prompt plus the tokens to generate must fit the context and the KV cache (in whole blocks). */
+export function checkContext(promptLen: number, maxNewTokens: number, maxPositions: number, kvCapacity: number): void {
+  if (!Number.isSafeInteger(maxNewTokens) || maxNewTokens < 1 || promptLen + maxNewTokens > maxPositions) {
+    throw new LoraplexError(
+      'context_length_exceeded',
+      `max_tokens + prompt tokens must be <= ${maxPositions} (the context length); given ${promptLen} prompt tokens and ${maxNewTokens} max_tokens`,
+      { param: 'max_tokens' },
+    );
+  }
+  if (KvPool.tokensFor(promptLen + maxNewTokens) > kvCapacity) {
+    throw new LoraplexError(
+      'context_length_exceeded',
+      `max_tokens + prompt tokens must fit the KV cache of ${kvCapacity} tokens; given ${promptLen} prompt tokens and ${maxNewTokens} max_tokens`,
+      { param: 'max_tokens' },
+    );
+  }
 }

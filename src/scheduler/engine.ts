@@ -4,10 +4,10 @@
  * while the model computes.
  */
 import type { Worker } from 'node:worker_threads';
-import { LoadError, type SerializedError } from '../adapters/loader.js';
+import { LoraplexError, toWireError, type WireError } from '../errors.js';
 import { startWorker } from '../util/worker-url.js';
 import type { EngineStats } from './core.js';
-import type { AdapterSpec, EngineEvent, EngineRequest } from './request.js';
+import type { AdapterSpec, EngineEvent, ValidRequest } from './request.js';
 import type { EngineInfo, FromWorker, ToWorker, WorkerInit } from './worker.js';
 
 export type { EngineInfo } from './worker.js';
@@ -57,7 +57,7 @@ export class Engine {
             engine?.reply(m.qid, m.result, m.error);
             break;
           case 'fatal': {
-            const err = new LoadError(m.error);
+            const err = LoraplexError.fromWire(m.error);
             if (engine) engine.fail(err);
             else reject(err);
             break;
@@ -77,15 +77,15 @@ export class Engine {
     });
   }
 
-  /** Submits a request; `onEvent` receives its events until an 'end' or 'error'. */
-  submit(req: Omit<EngineRequest, 'id'>, onEvent: (e: EngineEvent) => void): SubmitHandle {
+  /**
+   * Submits a request; `onEvent` receives its events until an 'end' or 'error'. Throws (and
+   * registers nothing) when the request cannot be handed to the worker.
+   */
+  submit(req: Omit<ValidRequest, 'id'>, onEvent: (e: EngineEvent) => void): SubmitHandle {
     const id = this.nextId++;
-    if (this.closing || this.exited) {
-      queueMicrotask(() => onEvent({ t: 'error', id, code: 'shutting_down', status: 503, type: 'service_unavailable', message: 'the server is shutting down', param: null }));
-      return { cancel: () => {} };
-    }
-    this.listeners.set(id, onEvent);
+    if (this.closing || this.exited) throw new LoraplexError('shutting_down', 'the server is shutting down');
     this.post({ t: 'submit', req: { ...req, id } });
+    this.listeners.set(id, onEvent);
     return {
       cancel: () => {
         if (this.listeners.delete(id)) this.post({ t: 'cancel', id });
@@ -151,16 +151,17 @@ export class Engine {
     }
   }
 
-  private reply(qid: number, result: unknown, error?: SerializedError): void {
+  private reply(qid: number, result: unknown, error?: WireError): void {
     const r = this.replies.get(qid);
     if (!r) return;
     this.replies.delete(qid);
-    if (error) r.reject(new LoadError(error));
+    if (error) r.reject(LoraplexError.fromWire(error));
     else r.resolve(result);
   }
 
   private fail(err: Error): void {
-    for (const [id, fn] of this.listeners) fn({ t: 'error', id, code: 'engine_failed', status: 500, type: 'server_error', message: `the engine failed: ${err.message}`, param: null });
+    const error = toWireError(new LoraplexError('engine_failed', `the engine failed: ${err.message}`));
+    for (const [id, fn] of this.listeners) fn({ t: 'error', id, error });
     this.listeners.clear();
     for (const r of this.replies.values()) r.reject(err);
     this.replies.clear();

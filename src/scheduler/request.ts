@@ -1,54 +1,46 @@
 /**
- * The hand-off between the HTTP layer and the engine: a validated request (token ids or text to
- * tokenize, the resolved adapter, sampling and stopping) and the events that come back.
+ * The hand-off between the HTTP layer and the engine. The engine accepts only a `ValidRequest`:
+ * the prompt already as token ids, the adapter resolved, sampling and stopping validated and
+ * clamped. Nothing that costs more than O(prompt) to check — tokenizing, rendering a chat template,
+ * parsing wire fields — ever runs on the engine thread, so no request can slow everyone's steps.
  */
-import type { ChatMessage } from '../runtime/chat-template.js';
+import type { WireError } from '../errors.js';
 import type { FinishReason } from '../runtime/generation.js';
 import type { SamplingParams } from '../runtime/sampling.js';
+import type { AdapterSpec } from '../adapters/spec.js';
+
+export type { AdapterSpec } from '../adapters/spec.js';
+
+export interface StopSpec {
+  /** Tokens to generate at most (the server resolves "as many as the context allows"). */
+  maxNewTokens: number;
+  stopStrings: string[];
+  stopTokenIds: number[];
+  ignoreEos: boolean;
+}
+
+export interface ValidRequest {
+  id: number;
+  /** The prompt's token ids, each inside the vocabulary; prompt + maxNewTokens fits the context. */
+  promptIds: Int32Array;
+  /** null = the base model. */
+  adapter: AdapterSpec | null;
+  sampling: SamplingParams;
+  stop: StopSpec;
+  /** Milliseconds from submission to the deadline. */
+  timeoutMs: number;
+}
 
 /** A token with its logprob and its text (for logprobs responses). */
-export interface TokenAlt {
+export interface TokenLogprobText {
   id: number;
   logprob: number;
   text: string;
 }
 
-export type PromptInput =
-  | { kind: 'ids'; ids: number[] }
-  | { kind: 'text'; text: string }
-  | { kind: 'chat'; messages: ChatMessage[]; tools: unknown[] | null; addGenerationPrompt: boolean };
-
-/** One adapter version on disk. */
-export interface AdapterSource {
-  /** Cache/slot key: id@version. */
-  key: string;
-  name: string;
-  dir: string;
-}
-
-export type AdapterSpec =
-  | ({ kind: 'single' } & AdapterSource)
-  | { kind: 'merge'; key: string; name: string; parts: (AdapterSource & { weight: number })[] };
-
-export interface EngineRequest {
-  id: number;
-  prompt: PromptInput;
-  /** null = the base model. */
-  adapter: AdapterSpec | null;
-  sampling: SamplingParams;
-  /** null = as many as the context allows. */
-  maxNewTokens: number | null;
-  stopStrings: string[];
-  stopTokenIds: number[];
-  ignoreEos: boolean;
-  /** Milliseconds from submission to the deadline. */
-  timeoutMs: number;
-  /** Return the prompt's token ids in the start event. */
-  returnPromptIds?: boolean;
-}
-
 export type EngineEvent =
-  | { t: 'start'; id: number; promptTokens: number; promptIds?: number[] }
+  /** The request took a batch row for the first time (it is no longer waiting). */
+  | { t: 'running'; id: number }
   | {
       t: 'token';
       id: number;
@@ -58,13 +50,10 @@ export type EngineEvent =
       /** With logprobs: the token's own text, its logprob and the top alternatives. */
       tokenText?: string;
       logprob?: number;
-      top?: TokenAlt[];
+      top?: TokenLogprobText[];
       special: boolean;
     }
   | { t: 'end'; id: number; finishReason: FinishReason; completionTokens: number; promptTokens: number }
-  | { t: 'error'; id: number; code: string; status: number; type: string; message: string; param: string | null };
+  | { t: 'error'; id: number; error: WireError };
 
-/** Combination keys are stable for the same recipe, whatever the order of the parts. */
-export function mergeKey(parts: readonly { key: string; weight: number }[]): string {
-  return `merge(${[...parts].sort((a, b) => a.key.localeCompare(b.key)).map((p) => `${p.key}*${p.weight}`).join('+')})`;
-}
+export type TokenEngineEvent = Extract<EngineEvent, { t: 'token' }>;

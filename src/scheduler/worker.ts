@@ -4,11 +4,13 @@
  * (see engine.ts); token events come back batched, one message per step.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { ThreadLoader, serializeError } from '../adapters/loader.js';
+import { ThreadLoader } from '../adapters/loader.js';
+import { toWireError, type WireError } from '../errors.js';
 import type { ModelSpec } from '../runtime/checkpoint/spec.js';
+import type { SlotDtype } from '../runtime/lora-slots.js';
 import { openRuntime, type RuntimeSettings } from '../runtime/open.js';
 import { EngineCore, type EngineConfig } from './core.js';
-import type { AdapterSpec, EngineEvent, EngineRequest } from './request.js';
+import type { AdapterSpec, EngineEvent, ValidRequest } from './request.js';
 
 export interface WorkerInit {
   settings: RuntimeSettings;
@@ -17,7 +19,7 @@ export interface WorkerInit {
 }
 
 export type ToWorker =
-  | { t: 'submit'; req: EngineRequest }
+  | { t: 'submit'; req: ValidRequest }
   | { t: 'cancel'; id: number }
   | { t: 'stats'; qid: number }
   | { t: 'preload'; qid: number; spec: AdapterSpec }
@@ -37,6 +39,8 @@ export interface EngineInfo {
   maxActiveAdapters: number;
   kvCapacity: number;
   eosIds: number[];
+  /** Element type of the adapter slots: uploads are validated against it. */
+  slotDtype: SlotDtype;
 }
 
 export type FromWorker =
@@ -44,8 +48,8 @@ export type FromWorker =
   | { t: 'log'; msg: string }
   | { t: 'ready'; info: EngineInfo }
   | { t: 'events'; events: EngineEvent[] }
-  | { t: 'reply'; qid: number; result?: unknown; error?: ReturnType<typeof serializeError> }
-  | { t: 'fatal'; error: ReturnType<typeof serializeError> };
+  | { t: 'reply'; qid: number; result?: unknown; error?: WireError }
+  | { t: 'fatal'; error: WireError };
 
 const port = parentPort!;
 const init = workerData as WorkerInit;
@@ -54,7 +58,7 @@ const log = (msg: string): void => send({ t: 'log', msg });
 
 async function main(): Promise<void> {
   const rt = await openRuntime(init.settings, (done, total, label) => send({ t: 'progress', done, total, label: label ?? '' }), log);
-  const loader = new ThreadLoader({ spec: rt.model.spec, maxRank: rt.model.lora.maxRank, strictBase: init.strictBase });
+  const loader = new ThreadLoader({ spec: rt.model.spec, maxRank: rt.model.lora.maxRank, strictBase: init.strictBase, slotDtype: rt.model.lora.dtype });
   const core = new EngineCore({
     model: rt.model,
     tokenizer: rt.tokenizer,
@@ -78,7 +82,7 @@ async function main(): Promise<void> {
       case 'preload':
         core.preload(m.spec).then(
           () => send({ t: 'reply', qid: m.qid, result: true }),
-          (err: unknown) => send({ t: 'reply', qid: m.qid, error: serializeError(err) }),
+          (err: unknown) => send({ t: 'reply', qid: m.qid, error: toWireError(err) }),
         );
         break;
       case 'unload':
@@ -102,7 +106,8 @@ async function main(): Promise<void> {
     maxLoraRank: rt.model.lora.maxRank,
     maxActiveAdapters: rt.model.lora.capacity,
     kvCapacity: rt.model.kv.capacity,
-    eosIds: rt.model.spec.eosTokenIds,
+    eosIds: [...core.eosIds],
+    slotDtype: rt.model.lora.dtype,
   };
   send({ t: 'ready', info });
   await core.run();
@@ -114,5 +119,5 @@ async function main(): Promise<void> {
 }
 
 main().catch((err: unknown) => {
-  send({ t: 'fatal', error: serializeError(err) });
+  send({ t: 'fatal', error: toWireError(err) });
 });

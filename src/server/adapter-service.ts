@@ -5,9 +5,9 @@
  */
 import { existsSync, realpathSync } from 'node:fs';
 import { isAbsolute, relative, resolve } from 'node:path';
-import { inspectPeftAdapter, type PeftInfo } from '../adapters/peft.js';
+import type { PeftInfo } from '../adapters/peft.js';
 import { adapterKey, type AdapterRecord } from '../adapters/registry.js';
-import { AdapterInvalidError, ConflictError, LoraplexError, ModelNotFoundError, ValidationError } from '../errors.js';
+import { ConflictError, LoraplexError, ModelNotFoundError, ValidationError } from '../errors.js';
 import type { ServerContext } from './context.js';
 
 export function adapterInfo(r: AdapterRecord, status?: string): Record<string, unknown> {
@@ -33,19 +33,24 @@ export class AdapterService {
     this.ctx = ctx;
   }
 
-  private inspect(dir: string): PeftInfo {
-    const engine = this.ctx.requireEngine();
-    return inspectPeftAdapter(dir, engine.info.spec, { maxRank: engine.info.maxLoraRank, strictBase: this.ctx.settings.strictBase ? this.ctx.baseId : null });
+  /** Validates an adapter directory on a helper thread: fully (new adapters) or from its headers. */
+  private inspect(dir: string, full: boolean): Promise<PeftInfo> {
+    this.ctx.requireEngine();
+    return this.ctx.checker!.check(dir, full);
   }
 
-  /** Registers every valid adapter in the store; invalid ones are reported and skipped. */
-  discover(warn: (msg: string) => void): number {
+  /**
+   * Registers every valid adapter in the store (config, headers and chat template are checked;
+   * the factors were checked at upload and are checked again whenever they are loaded); invalid
+   * ones are reported and skipped.
+   */
+  async discover(warn: (msg: string) => void): Promise<number> {
     const store = this.ctx.store;
     if (!store) return 0;
     let n = 0;
     for (const name of store.list()) {
       try {
-        this.ctx.registry.register(name, store.dirOf(name), this.inspect(store.dirOf(name)), 'store');
+        this.ctx.registry.register(name, store.dirOf(name), await this.inspect(store.dirOf(name), false), 'store');
         n++;
       } catch (err) {
         warn(`adapter ${name} in the store is skipped: ${(err as Error).message}`);
@@ -54,16 +59,16 @@ export class AdapterService {
     return n;
   }
 
-  /** Validates a staged upload and makes it visible as `name` (replacing it when `replace`). */
-  install(name: string, staged: string, replace: boolean): AdapterRecord {
+  /** Validates a staged upload completely and makes it visible as `name` (replacing it when `replace`). */
+  async install(name: string, staged: string, replace: boolean): Promise<AdapterRecord> {
     const store = this.ctx.store;
     try {
-      if (!store) throw new LoraplexError('no adapter store is configured (--adapters)', { code: 'no_store', statusCode: 409, type: 'invalid_request_error' });
+      if (!store) throw new LoraplexError('no_store', 'no adapter store is configured (--adapters)');
       const existing = this.ctx.registry.get(name);
       if (!replace && existing) throw new ConflictError(`adapter ${name} already exists; use PUT /admin/adapters/${name} to replace it`, 'name');
       if (replace && !existing) throw new ModelNotFoundError(`adapter ${name} does not exist; use POST /admin/adapters to create it`, 'name');
       if (name === this.ctx.baseId) throw new ConflictError(`${name} is the base model's id`, 'name');
-      const info = this.inspect(staged);
+      const info = await this.inspect(staged, true);
       store.commit(staged, name);
       return this.ctx.registry.register(name, store.dirOf(name), info, 'store');
     } finally {
@@ -72,7 +77,7 @@ export class AdapterService {
   }
 
   /** vLLM's load_lora_adapter: registers an adapter directory under one of the configured roots. */
-  registerPath(name: string, path: string): AdapterRecord {
+  async registerPath(name: string, path: string): Promise<AdapterRecord> {
     const roots = this.ctx.settings.loraRoots;
     if (roots.length === 0) throw new ValidationError('loading adapters from paths is off: configure --lora-roots', 'lora_path');
     if (!isAbsolute(path) || !existsSync(path)) throw new ValidationError(`lora_path ${JSON.stringify(path)} must be an existing absolute path`, 'lora_path');
@@ -86,9 +91,9 @@ export class AdapterService {
     if (name === this.ctx.baseId) throw new ConflictError(`${name} is the base model's id`, 'lora_name');
     let info: PeftInfo;
     try {
-      info = this.inspect(real);
+      info = await this.inspect(real, true);
     } catch (err) {
-      if (err instanceof AdapterInvalidError) throw err;
+      if (err instanceof LoraplexError && err.code === 'adapter_invalid') throw err;
       throw new ValidationError(`lora_path: ${(err as Error).message}`, 'lora_path');
     }
     return this.ctx.registry.register(name, real, info, 'path');

@@ -2,16 +2,25 @@
  * buildApp: the fastify application, separate from listening (tests use app.inject). Routes are
  * grouped by area: OpenAI and LoRAX/TGI inference (optional API keys), admin (only with an admin
  * token), ops (/health, /metrics), and the OpenAPI document and docs page.
+ *
+ * Slow clients are bounded: headers must arrive within --headers-timeout-ms and a JSON body within
+ * --body-timeout-ms (uploads: no --body-timeout-ms without progress), else 408 and the connection
+ * closes. Framework-level failures (bad URL, oversized headers, malformed requests) answer in the
+ * route's error shape too.
  */
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
-import { AuthError } from '../errors.js';
+import { MAX_NAME_LENGTH } from '../adapters/names.js';
+import { AuthError, LoraplexError } from '../errors.js';
 import { VERSION } from '../version.js';
+import { bearerMatches } from './auth.js';
 import type { ServerContext } from './context.js';
-import { installErrorHandling } from './errors.js';
-import { adminRoutes, bearerMatches } from './routes/admin.js';
+import { installErrorHandling, rawErrorResponse, sendError } from './errors.js';
+import { adminRoutes } from './routes/admin.js';
 import { openaiRoutes } from './routes/openai.js';
 import { opsRoutes } from './routes/ops.js';
 import { tgiRoutes } from './routes/tgi.js';
@@ -19,17 +28,43 @@ import { tgiRoutes } from './routes/tgi.js';
 /** Largest JSON body accepted on the inference routes. */
 export const MAX_JSON_BODY = 8 * 1024 * 1024;
 
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** The adapter(s) the request used, for the request metrics ('' until resolved, 'base' for none). */
+    adapterLabel: string;
+  }
+}
+
+/** Routes that are never counted as open work (shutdown does not wait for them). */
+const OPS_ROUTES = new Set(['/health', '/metrics']);
+
 export async function buildApp(ctx: ServerContext, opts: { logger?: FastifyServerOptions['logger'] } = {}): Promise<FastifyInstance> {
+  const { headersTimeoutMs, bodyTimeoutMs } = ctx.settings;
   const app = Fastify({
     logger: opts.logger ?? false,
     bodyLimit: MAX_JSON_BODY,
+    // Adapter names (org/name) are path parameters: room for the longest valid name.
+    maxParamLength: MAX_NAME_LENGTH + 16,
     genReqId: () => `req-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`,
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, allErrors: false } },
+    serverFactory: (handler) =>
+      createServer({ headersTimeout: headersTimeoutMs, requestTimeout: 0, connectionsCheckingInterval: Math.min(1000, headersTimeoutMs) }, handler as (req: IncomingMessage, res: ServerResponse) => void),
+    clientErrorHandler: (err: NodeJS.ErrnoException, socket: Socket) => {
+      if (!socket.writable) return socket.destroy();
+      const code = err.code === 'HPE_HEADER_OVERFLOW' ? 'header_too_large' : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'request_timeout' : 'bad_request';
+      const message =
+        code === 'header_too_large' ? 'the request headers are too large' : code === 'request_timeout' ? `the request headers did not arrive within ${headersTimeoutMs} ms (--headers-timeout-ms)` : `malformed HTTP request (${err.code ?? err.message})`;
+      socket.end(rawErrorResponse('/', code, message));
+    },
+    frameworkErrors: (err, request, reply) => {
+      sendError(request, reply, new LoraplexError(err.code === 'FST_ERR_BAD_URL' ? 'bad_request' : 'bad_request', err.message));
+    },
   }).withTypeProvider<TypeBoxTypeProvider>();
 
   installErrorHandling(app);
   // JSON only on the API (and multipart on the admin upload routes).
   app.removeContentTypeParser('text/plain');
+  app.decorateRequest('adapterLabel', '');
   await app.register(swagger, {
     openapi: {
       openapi: '3.0.3',
@@ -45,12 +80,33 @@ export async function buildApp(ctx: ServerContext, opts: { logger?: FastifyServe
   });
   await app.register(swaggerUi, { routePrefix: '/docs' });
 
-  // Request metrics (fastify logs each request with its id; routes add adapter and token counts).
+  app.addHook('onRequest', async (request, reply) => {
+    const route = request.routeOptions.url ?? '';
+    if (!OPS_ROUTES.has(route)) {
+      ctx.openRequests++;
+      reply.raw.once('close', () => ctx.openRequests--);
+    }
+    // The body must arrive in time (the timer stops once it is parsed; uploads are streamed by
+    // their handler, which keeps its own no-progress timer).
+    const timer = setTimeout(() => {
+      const socket = request.raw.socket;
+      socket.end(rawErrorResponse(request.url, 'request_timeout', `the request body did not arrive within ${bodyTimeoutMs} ms (--body-timeout-ms)`));
+      socket.destroy();
+    }, bodyTimeoutMs);
+    timer.unref();
+    request.raw.once('end', () => clearTimeout(timer));
+    reply.raw.once('close', () => clearTimeout(timer));
+    (request as unknown as { bodyTimer: NodeJS.Timeout }).bodyTimer = timer;
+  });
+  app.addHook('preValidation', async (request) => {
+    clearTimeout((request as unknown as { bodyTimer?: NodeJS.Timeout }).bodyTimer);
+  });
+
+  // Request metrics (fastify logs each request with its id; routes set the adapter label).
   app.addHook('onResponse', async (request, reply) => {
     const route = request.routeOptions.url ?? 'unknown';
-    if (route === '/metrics' || route === '/health') return;
-    const adapter = (request.body as { model?: string } | undefined)?.model ?? '';
-    ctx.metrics.requests.inc({ route, status: String(reply.statusCode), adapter: ctx.registry.get(adapter) ? adapter : adapter === ctx.baseId ? 'base' : '' });
+    if (OPS_ROUTES.has(route)) return;
+    ctx.metrics.requests.inc({ route, status: String(reply.statusCode), adapter: request.adapterLabel });
     ctx.metrics.latency.observe({ route }, reply.elapsedTime / 1000);
   });
 

@@ -1,15 +1,21 @@
 /**
- * What the routes share: the engine (null until the model is ready), the adapter registry and
- * store, metrics, the served model id and the server's settings. Plus the bridge from a route to
- * the engine: run a request to completion or stream its events, with errors as LoraplexErrors.
+ * What the routes share: the engine (null until the model is ready), the tokenizer threads, the
+ * adapter registry and store, admission control, metrics, the served model id and the server's
+ * settings. Plus the bridge from a route to the engine: run a validated request to completion or
+ * stream its events, with errors as LoraplexErrors, and every piece of bookkeeping undone on
+ * every path (end, error, cancel, a failed hand-off).
  */
+import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { AdapterRegistry } from '../adapters/registry.js';
 import type { AdapterStore } from '../adapters/store.js';
-import { LoraplexError, NotReadyError, type OpenAIErrorType } from '../errors.js';
+import { LoraplexError, NotReadyError } from '../errors.js';
 import type { FinishReason } from '../runtime/generation.js';
 import type { Engine } from '../scheduler/engine.js';
-import type { EngineEvent, EngineRequest } from '../scheduler/request.js';
+import type { EngineEvent, TokenEngineEvent, ValidRequest } from '../scheduler/request.js';
+import { Admission, type Ticket } from './admission.js';
 import type { Metrics } from './metrics.js';
+import type { AdapterChecker } from './adapter-check/adapter-checker.js';
+import type { TokenizerPool } from './prompt/tokenizer-pool.js';
 
 export interface ServerSettings {
   adminToken: string | null;
@@ -23,16 +29,28 @@ export interface ServerSettings {
   maxBatchPrefillTokens: number;
   maxQueuedRequests: number;
   adapterCycleMs: number;
+  /** Time to receive a request's headers / its body (uploads: time without progress). */
+  headersTimeoutMs: number;
+  bodyTimeoutMs: number;
 }
 
 export class ServerContext {
   engine: Engine | null = null;
+  tokenizers: TokenizerPool | null = null;
+  checker: AdapterChecker | null = null;
   readonly registry: AdapterRegistry;
   readonly store: AdapterStore | null;
   readonly metrics: Metrics;
   readonly baseId: string;
   readonly settings: ServerSettings;
+  readonly admission: Admission;
   readonly startedAt = Math.floor(Date.now() / 1000);
+  /** Set once shutdown begins: /health answers 503 and new work is refused while running work drains. */
+  draining = false;
+  /** Requests that went away before they reached the engine. */
+  cancelledBeforeSubmit = 0;
+  /** HTTP requests on the inference and admin routes not yet answered (shutdown waits for them). */
+  openRequests = 0;
   /** Requests in flight per adapter name (deletes wait for them). */
   private readonly inflight = new Map<string, number>();
 
@@ -42,12 +60,20 @@ export class ServerContext {
     this.metrics = opts.metrics;
     this.baseId = opts.baseId;
     this.settings = opts.settings;
+    this.admission = new Admission(opts.settings.maxQueuedRequests);
   }
 
-  /** The engine, or a 503 while the model is still loading. */
+  /** The engine and the tokenizers, or a 503 while the model is still loading or shutting down. */
   requireEngine(): Engine {
-    if (!this.engine) throw new NotReadyError('the model is still loading; retry shortly (see GET /health)');
+    if (this.draining) throw new LoraplexError('shutting_down', 'the server is shutting down; retry on another replica');
+    if (!this.engine || !this.tokenizers) throw new NotReadyError('the model is still loading; retry shortly (see GET /health)');
+    if (!this.engine.alive) throw new LoraplexError('not_ready', 'the engine has stopped');
     return this.engine;
+  }
+
+  requireTokenizers(): TokenizerPool {
+    this.requireEngine();
+    return this.tokenizers!;
   }
 
   inflightOf(name: string): number {
@@ -63,64 +89,65 @@ export class ServerContext {
   }
 }
 
-/** An engine error event as an error the HTTP layer maps. */
-export class EngineRequestError extends LoraplexError {
-  constructor(e: Extract<EngineEvent, { t: 'error' }>) {
-    super(e.message, { code: e.code, statusCode: e.status, type: e.type as OpenAIErrorType, param: e.param });
-  }
-}
-
-export type TokenEvent = Extract<EngineEvent, { t: 'token' }>;
-
 export interface GenerationResult {
-  promptTokens: number;
-  promptIds?: number[];
-  tokens: TokenEvent[];
+  tokens: TokenEngineEvent[];
   text: string;
   finishReason: FinishReason;
   completionTokens: number;
 }
 
 export interface StreamListener {
-  onStart?(e: Extract<EngineEvent, { t: 'start' }>): void;
-  onToken(e: TokenEvent): void;
+  /** The request took its first batch row. */
+  onRunning?(): void;
+  onToken(e: TokenEngineEvent): void;
   onEnd(e: Extract<EngineEvent, { t: 'end' }>): void;
   onError(err: LoraplexError): void;
 }
 
 /**
- * Submits a request and forwards its events; `names` are the adapters it uses (in-flight tracking).
- * Returns a function that cancels it (a no-op once it has ended).
+ * Submits one validated request (one choice) and forwards its events; `names` are the adapters it
+ * uses (in-flight tracking), `ticket` its admission. Returns a function that cancels it (a no-op
+ * once it has ended). Throws, with nothing left registered, if the hand-off fails.
  */
-export function startGeneration(ctx: ServerContext, req: Omit<EngineRequest, 'id'>, names: readonly string[], l: StreamListener): () => void {
+export function startGeneration(ctx: ServerContext, req: Omit<ValidRequest, 'id'>, names: readonly string[], ticket: Ticket, l: StreamListener): () => void {
   const engine = ctx.requireEngine();
-  ctx.track(names, 1);
+  const submitted = performance.now();
   let open = true;
   const close = (): void => {
     if (open) {
       open = false;
+      ticket.leaveQueue();
       ctx.track(names, -1);
     }
   };
-  const handle = engine.submit(req, (e) => {
-    if (!open) return;
-    switch (e.t) {
-      case 'start':
-        l.onStart?.(e);
-        break;
-      case 'token':
-        l.onToken(e);
-        break;
-      case 'end':
-        close();
-        l.onEnd(e);
-        break;
-      case 'error':
-        close();
-        l.onError(new EngineRequestError(e));
-        break;
-    }
-  });
+  ctx.track(names, 1);
+  let handle;
+  try {
+    handle = engine.submit(req, (e) => {
+      if (!open) return;
+      switch (e.t) {
+        case 'running':
+          ticket.leaveQueue();
+          ctx.admission.observeWait((performance.now() - submitted) / 1000);
+          l.onRunning?.();
+          break;
+        case 'token':
+          l.onToken(e);
+          break;
+        case 'end':
+          close();
+          l.onEnd(e);
+          break;
+        case 'error':
+          close();
+          l.onError(LoraplexError.fromWire(e.error));
+          break;
+      }
+    });
+  } catch (err) {
+    close();
+    throw err;
+  }
   return () => {
     if (!open) return;
     close();
@@ -128,48 +155,46 @@ export function startGeneration(ctx: ServerContext, req: Omit<EngineRequest, 'id
   };
 }
 
-/** Runs a request to its end; `signal` cancels it (client gone). */
-export function generate(ctx: ServerContext, req: Omit<EngineRequest, 'id'>, names: readonly string[], signal?: AbortSignal): Promise<GenerationResult> {
+/** Runs one request to its end; `signal` cancels it (client gone). */
+export function generate(ctx: ServerContext, req: Omit<ValidRequest, 'id'>, names: readonly string[], ticket: Ticket, signal: AbortSignal): Promise<GenerationResult> {
   return new Promise((resolve, reject) => {
-    const tokens: TokenEvent[] = [];
+    const tokens: TokenEngineEvent[] = [];
     let text = '';
-    let promptTokens = 0;
-    let promptIds: number[] | undefined;
-    const cancel = startGeneration(ctx, req, names, {
-      onStart: (e) => {
-        promptTokens = e.promptTokens;
-        promptIds = e.promptIds;
-      },
+    const onAbort = (): void => {
+      cancel();
+      reject(new LoraplexError('cancelled', 'the client closed the connection'));
+    };
+    const cancel = startGeneration(ctx, req, names, ticket, {
       onToken: (e) => {
         tokens.push(e);
         text += e.text;
       },
       onEnd: (e) => {
-        signal?.removeEventListener('abort', onAbort);
-        resolve({ promptTokens: e.promptTokens || promptTokens, promptIds, tokens, text, finishReason: e.finishReason, completionTokens: e.completionTokens });
+        signal.removeEventListener('abort', onAbort);
+        resolve({ tokens, text, finishReason: e.finishReason, completionTokens: e.completionTokens });
       },
       onError: (err) => {
-        signal?.removeEventListener('abort', onAbort);
+        signal.removeEventListener('abort', onAbort);
         reject(err);
       },
     });
-    const onAbort = (): void => {
-      cancel();
-      reject(new LoraplexError('the client closed the connection', { code: 'client_closed', statusCode: 499, type: 'invalid_request_error' }));
-    };
-    if (signal?.aborted) onAbort();
-    else signal?.addEventListener('abort', onAbort, { once: true });
+    if (signal.aborted) onAbort();
+    else signal.addEventListener('abort', onAbort, { once: true });
   });
 }
 
 /**
- * An AbortSignal that fires when the client goes away before the response is complete. (The
- * request's own 'close' event fires as soon as its body has been read, so the response is watched.)
+ * An AbortSignal that fires when the client goes away before the response is complete — at any
+ * moment, including before this was called (the connection is checked at once). Every inference
+ * route takes one at entry, so a request dropped while it is validated or queued is cancelled too.
  */
-export function clientGone(reply: { raw: NodeJS.EventEmitter & { writableFinished: boolean } }): AbortSignal {
+export function clientGone(request: FastifyRequest, reply: FastifyReply): AbortSignal {
   const ac = new AbortController();
-  reply.raw.on('close', () => {
-    if (!reply.raw.writableFinished) ac.abort();
-  });
+  const res = reply.raw;
+  const gone = (): void => {
+    if (!res.writableFinished) ac.abort();
+  };
+  res.on('close', gone);
+  if (request.raw.socket?.destroyed || res.destroyed) gone();
   return ac.signal;
 }

@@ -13,7 +13,6 @@ import { writeRandomCheckpoint, type CheckpointShape } from '../runtime/checkpoi
 import type { Projection } from '../runtime/checkpoint/spec.js';
 
 export const DEMO_MODEL_ID = 'loraplex-demo';
-export const DEMO_ADMIN_TOKEN = 'demo-admin-token';
 
 const SHAPE: CheckpointShape = {
   architecture: 'Qwen2ForCausalLM',

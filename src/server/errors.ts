@@ -1,22 +1,59 @@
 /**
- * The one mapping from errors to HTTP: LoraplexErrors keep their status, code and type; fastify's
- * schema validation becomes a 400 naming the field; body-size and parse errors keep their 4xx;
- * anything else is a 500 with a sanitised body (details go to the log). Bodies use OpenAI's shape.
+ * The one mapping from errors to HTTP. LoraplexErrors are mapped through the error catalog; fastify's
+ * schema validation becomes a 400 naming the field; body-size, parse, URL-length and header-size
+ * errors keep their 4xx; anything else is a 500 with a sanitised body (details go to the log).
+ * Bodies take the route's shape: OpenAI's `{error: {message, type, param, code}}`, or TGI's
+ * `{error, error_type}` (with TGI's status codes) on the LoRAX/TGI routes.
  */
-import type { FastifyError, FastifyInstance } from 'fastify';
-import { LoraplexError } from '../errors.js';
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { ERROR_CATALOG, LoraplexError, type ErrorCode } from '../errors.js';
 
-export interface ErrorBodyShape {
+export interface OpenAIErrorBody {
   error: { message: string; type: string; param: string | null; code: string | null };
 }
 
-export function errorBody(err: LoraplexError): ErrorBodyShape {
+export interface TgiErrorBody {
+  error: string;
+  error_type: string;
+}
+
+export type RouteFlavor = 'openai' | 'tgi';
+
+/** The LoRAX/TGI routes answer errors in TGI's shape; every other route in OpenAI's. */
+const TGI_ROUTES = new Set(['/generate', '/generate_stream', '/info', '/tokenize']);
+
+export function flavorOf(url: string): RouteFlavor {
+  const path = url.split('?')[0];
+  return TGI_ROUTES.has(path) ? 'tgi' : 'openai';
+}
+
+export function statusFor(err: LoraplexError, flavor: RouteFlavor): number {
+  return flavor === 'tgi' ? ERROR_CATALOG[err.code].tgiStatus : err.statusCode;
+}
+
+export function errorBody(err: LoraplexError, flavor: RouteFlavor): OpenAIErrorBody | TgiErrorBody {
+  if (flavor === 'tgi') return { error: err.message, error_type: ERROR_CATALOG[err.code].tgiType };
   return { error: { message: err.message, type: err.type, param: err.param, code: err.code } };
 }
 
-function httpError(status: number, code: string, message: string, param: string | null = null): ErrorBodyShape {
-  const type = status === 401 ? 'authentication_error' : status === 404 ? 'not_found_error' : status >= 500 ? 'server_error' : 'invalid_request_error';
-  return { error: { message, type, param, code } };
+/** Sends `err` as the route's error response (with Retry-After on 429). */
+export function sendError(request: FastifyRequest, reply: FastifyReply, err: LoraplexError): FastifyReply {
+  const flavor = flavorOf(request.url);
+  if (err.retryAfterSeconds !== undefined) reply.header('retry-after', String(err.retryAfterSeconds));
+  return reply.code(statusFor(err, flavor)).send(errorBody(err, flavor));
+}
+
+/** A complete raw HTTP response for errors answered below fastify (client errors, timeouts). */
+export function rawErrorResponse(url: string, code: ErrorCode, message: string): string {
+  const err = new LoraplexError(code, message);
+  const flavor = flavorOf(url);
+  const status = statusFor(err, flavor);
+  const body = JSON.stringify(errorBody(err, flavor));
+  return `HTTP/1.1 ${status} ${statusText(status)}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`;
+}
+
+function statusText(status: number): string {
+  return { 400: 'Bad Request', 408: 'Request Timeout', 413: 'Payload Too Large', 414: 'URI Too Long', 422: 'Unprocessable Entity', 431: 'Request Header Fields Too Large' }[status] ?? 'Error';
 }
 
 /** "body/messages/0/role" → "messages[0].role" */
@@ -27,29 +64,52 @@ function fieldOf(instancePath: string | undefined, missing?: string): string | n
   return parts.reduce((acc, p) => (/^\d+$/.test(p) ? `${acc}[${p}]` : acc ? `${acc}.${p}` : p), '');
 }
 
+/** fastify's own error codes → catalog codes. */
+const FASTIFY_CODES: Record<string, ErrorCode> = {
+  FST_ERR_CTP_BODY_TOO_LARGE: 'body_too_large',
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: 'unsupported_media_type',
+  FST_ERR_CTP_INVALID_CONTENT_LENGTH: 'bad_request',
+  FST_ERR_CTP_EMPTY_JSON_BODY: 'bad_request',
+  FST_ERR_CTP_INVALID_JSON_BODY: 'bad_request',
+  FST_INVALID_MULTIPART_CONTENT_TYPE: 'unsupported_media_type',
+  FST_REQ_FILE_TOO_LARGE: 'upload_too_large',
+  FST_PARTS_LIMIT: 'upload_too_large',
+  FST_FILES_LIMIT: 'upload_too_large',
+  FST_FIELDS_LIMIT: 'upload_too_large',
+  FST_ERR_BAD_URL: 'bad_request',
+};
+
+/** A fastify or framework error as a catalog error (4xx keep their meaning; the rest are 500s). */
+export function fromFrameworkError(err: FastifyError): LoraplexError | null {
+  if (err.validation) {
+    const v = err.validation[0];
+    const params = v?.params as { missingProperty?: string; requiredProperties?: string[] } | undefined;
+    const missing = params?.missingProperty ?? params?.requiredProperties?.[0];
+    const field = fieldOf(v?.instancePath, missing) ?? fieldOf((v as { instanceLocation?: string })?.instanceLocation, missing);
+    const what = missing ? `${field} is required` : `${field ?? 'the request body'} ${v?.message ?? 'is invalid'}`;
+    return new LoraplexError('invalid_parameter', `invalid request: ${what}`, { param: field });
+  }
+  const mapped = err.code ? FASTIFY_CODES[err.code] : undefined;
+  if (mapped) return new LoraplexError(mapped, err.message);
+  if (err.statusCode && err.statusCode >= 400 && err.statusCode < 500) {
+    const code: ErrorCode = err.statusCode === 413 ? 'body_too_large' : err.statusCode === 415 ? 'unsupported_media_type' : err.statusCode === 414 ? 'uri_too_long' : 'bad_request';
+    return new LoraplexError(code, err.message);
+  }
+  return null;
+}
+
 export function installErrorHandling(app: FastifyInstance): void {
   app.setErrorHandler((err: FastifyError | LoraplexError, request, reply) => {
     if (err instanceof LoraplexError) {
       if (err.statusCode >= 500) request.log.error({ err }, 'request failed');
-      return reply.code(err.statusCode).send(errorBody(err));
+      return sendError(request, reply, err);
     }
-    const fe = err as FastifyError;
-    if (fe.validation) {
-      const v = fe.validation[0];
-      const missing = (v?.params as { missingProperty?: string; requiredProperties?: string[] } | undefined)?.missingProperty ?? (v?.params as { requiredProperties?: string[] })?.requiredProperties?.[0];
-      const field = fieldOf(v?.instancePath, missing) ?? fieldOf((v as { instanceLocation?: string })?.instanceLocation, missing);
-      const what = missing ? `${field} is required` : `${field ?? 'the request body'} ${v?.message ?? 'is invalid'}`;
-      return reply.code(400).send(httpError(400, 'invalid_parameter', `invalid request: ${what}`, field));
-    }
-    const status = fe.statusCode && fe.statusCode >= 400 && fe.statusCode < 500 ? fe.statusCode : 500;
-    if (status === 500) {
-      request.log.error({ err }, 'internal error');
-      return reply.code(500).send(httpError(500, 'internal_error', 'internal server error'));
-    }
-    const code = fe.code === 'FST_ERR_CTP_BODY_TOO_LARGE' ? 'body_too_large' : fe.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE' ? 'unsupported_media_type' : 'bad_request';
-    return reply.code(status).send(httpError(status, code, fe.message));
+    const known = fromFrameworkError(err as FastifyError);
+    if (known) return sendError(request, reply, known);
+    request.log.error({ err }, 'internal error');
+    return sendError(request, reply, new LoraplexError('internal_error', 'internal server error'));
   });
   app.setNotFoundHandler((request, reply) => {
-    reply.code(404).send(httpError(404, 'not_found', `no route ${request.method} ${request.url.split('?')[0]}`));
+    sendError(request, reply, new LoraplexError('not_found', `no route ${request.method} ${request.url.split('?')[0]}`));
   });
 }

@@ -5,7 +5,7 @@
  */
 import { adapterKey, type AdapterRecord, type AdapterRegistry } from '../adapters/registry.js';
 import { ModelNotFoundError, UnsupportedError, ValidationError } from '../errors.js';
-import { mergeKey, type AdapterSource, type AdapterSpec } from '../scheduler/request.js';
+import { mergeKey, type AdapterSource, type AdapterSpec } from '../adapters/spec.js';
 import type { Static } from 'typebox';
 import type { MergedAdapters } from './schemas.js';
 
@@ -13,12 +13,17 @@ function source(r: AdapterRecord): AdapterSource {
   return { key: adapterKey(r), name: r.name, dir: r.dir };
 }
 
+/** Largest |weight| of an adapter in a merged combination (real recipes use 0..2). */
+export const MAX_MERGE_WEIGHT = 100;
+
 export interface Resolved {
   spec: AdapterSpec | null;
   /** Names of the adapters used (for metrics and in-flight tracking). */
   names: string[];
   /** The id to echo back in responses. */
   model: string;
+  /** The adapter label of metrics and logs: 'base', a name, or names joined by '+'. */
+  label: string;
 }
 
 export function resolveAdapter(
@@ -38,18 +43,19 @@ export function resolveAdapter(
     const parts = merged.ids.map((id, i) => {
       const r = registry.get(id);
       if (!r) throw new ModelNotFoundError(`adapter ${JSON.stringify(id)} in merged_adapters does not exist`, 'merged_adapters.ids');
-      if (!Number.isFinite(merged.weights[i])) throw new ValidationError(`merged_adapters.weights[${i}] must be a finite number`, 'merged_adapters.weights');
+      const w = merged.weights[i];
+      if (!(Math.abs(w) <= MAX_MERGE_WEIGHT)) throw new ValidationError(`merged_adapters.weights[${i}] must be a number between -${MAX_MERGE_WEIGHT} and ${MAX_MERGE_WEIGHT}; given ${w}`, 'merged_adapters.weights');
       return { ...source(r), weight: merged.weights[i] };
     });
     if (new Set(merged.ids).size !== merged.ids.length) throw new ValidationError('merged_adapters.ids lists an adapter twice', 'merged_adapters.ids');
     const name = merged.ids.map((id, i) => `${id}*${merged.weights[i]}`).join('+');
-    return { spec: { kind: 'merge', key: mergeKey(parts), name, parts }, names: merged.ids, model: req.model ?? baseId };
+    return { spec: { kind: 'merge', key: mergeKey(parts), name, parts }, names: merged.ids, model: req.model ?? baseId, label: merged.ids.join('+') };
   }
   const wanted = req.adapter_id || req.model;
   const param = req.adapter_id ? 'adapter_id' : 'model';
   if (!wanted) throw new ValidationError('model is required', 'model');
-  if (wanted === baseId) return { spec: null, names: [], model: baseId };
+  if (wanted === baseId) return { spec: null, names: [], model: baseId, label: 'base' };
   const r = registry.get(wanted);
   if (!r) throw new ModelNotFoundError(`The model \`${wanted}\` does not exist. Known: the base model \`${baseId}\` and ${registry.size} adapter(s); see GET /v1/models.`, param);
-  return { spec: { kind: 'single', ...source(r) }, names: [r.name], model: req.model && req.model !== baseId && !req.adapter_id ? req.model : wanted };
+  return { spec: { kind: 'single', ...source(r) }, names: [r.name], model: req.model && req.model !== baseId && !req.adapter_id ? req.model : wanted, label: r.name };
 }

@@ -18,6 +18,8 @@ export const ErrorBody = Type.Object(
   { $id: 'Error', description: "OpenAI's error shape" },
 );
 
+export const TgiErrorBody = Type.Object({ error: Type.String(), error_type: Type.String() }, { $id: 'TgiError', description: "TGI's error shape" });
+
 const Stop = Type.Union([Type.String(), Type.Array(Type.String(), { maxItems: 16 })], { description: 'up to 16 stop strings, not included in the output' });
 
 export const MergedAdapters = Type.Object(

@@ -1,8 +1,10 @@
 /**
  * `loraplex serve`: listen at once (so /health answers 503 while the model builds and loads), start
- * the engine worker, discover the adapter store, then serve. SIGTERM/SIGINT: stop taking requests,
- * let running ones finish, stop the engine.
+ * the engine worker and the tokenizer threads, discover the adapter store, then serve.
+ * SIGTERM/SIGINT: drain — /health answers 503 and new requests are refused while the running ones
+ * finish (up to --shutdown-grace-ms) — then close the listener and stop the engine.
  */
+import { availableParallelism } from 'node:os';
 import { basename, resolve } from 'node:path';
 import { AdapterRegistry } from '../adapters/registry.js';
 import { AdapterStore } from '../adapters/store.js';
@@ -13,6 +15,8 @@ import { AdapterService } from './adapter-service.js';
 import { buildApp } from './app.js';
 import { ServerContext, type ServerSettings } from './context.js';
 import { Metrics } from './metrics.js';
+import { AdapterChecker } from './adapter-check/adapter-checker.js';
+import { TokenizerPool } from './prompt/tokenizer-pool.js';
 import type { FastifyInstance } from 'fastify';
 
 export interface RunningServer {
@@ -21,7 +25,8 @@ export interface RunningServer {
   url: string;
   /** Resolves once the model is loaded and adapters are discovered. */
   ready: Promise<void>;
-  close(): Promise<void>;
+  /** Drains (up to `graceMs`, default --shutdown-grace-ms), then stops. */
+  close(graceMs?: number): Promise<void>;
 }
 
 export function serverSettings(c: Partial<Config>): ServerSettings {
@@ -37,6 +42,8 @@ export function serverSettings(c: Partial<Config>): ServerSettings {
     maxBatchPrefillTokens: c.maxBatchPrefillTokens!,
     maxQueuedRequests: c.maxQueuedRequests!,
     adapterCycleMs: c.adapterCycleMs!,
+    headersTimeoutMs: c.headersTimeoutMs!,
+    bodyTimeoutMs: c.bodyTimeoutMs!,
   };
 }
 
@@ -61,6 +68,9 @@ export async function startServer(
     app.log.info(`listening on ${url} (health: ${url}/health, docs: ${url}/docs)`);
   }
   let engine: Engine | null = null;
+  const workers = config.tokenizerWorkers || Math.max(1, Math.floor(availableParallelism() / 2));
+  const tokenizers = TokenizerPool.start({ modelDir: config.model!, workers, timeoutMs: config.promptTimeoutMs! });
+  tokenizers.catch(() => {});
   const ready = (async () => {
     engine = await Engine.start(
       {
@@ -68,7 +78,8 @@ export async function startServer(
         engine: {
           maxBatchSize: config.maxBatchSize!,
           maxBatchPrefillTokens: config.maxBatchPrefillTokens!,
-          maxQueuedRequests: config.maxQueuedRequests!,
+          // The server's admission control refuses first; the engine's bound is a backstop.
+          maxQueuedRequests: 2 * config.maxQueuedRequests! + config.maxBatchSize!,
           adapterCycleMs: config.adapterCycleMs!,
           adapterCacheBytes: config.adapterCacheBytes!,
         },
@@ -77,7 +88,13 @@ export async function startServer(
       { onProgress: opts.onProgress, log: (m) => app.log.info(m) },
     );
     ctx.engine = engine;
-    const found = new AdapterService(ctx).discover((m) => app.log.warn(m));
+    ctx.tokenizers = await tokenizers;
+    ctx.checker = new AdapterChecker(
+      engine.info.spec,
+      { maxRank: engine.info.maxLoraRank, strictBase: config.strictBase ? baseId : null, slotDtype: engine.info.slotDtype },
+      ctx.tokenizers,
+    );
+    const found = await new AdapterService(ctx).discover((m) => app.log.warn(m));
     const names = ctx.registry.list().map((r) => r.name);
     app.log.info(
       `ready: model ${baseId} (${engine.info.architecture}, ${engine.info.weights}, ${engine.info.device}, context ${engine.info.maxPositions}); ` +
@@ -86,10 +103,16 @@ export async function startServer(
   })();
   ready.catch((err: Error) => app.log.error(`the model failed to load: ${err.message}`));
   let closing: Promise<void> | null = null;
-  const close = (): Promise<void> => {
+  const close = (graceMs = config.shutdownGraceMs ?? 30000): Promise<void> => {
     closing ??= (async () => {
+      // Drain: keep listening (health says 503, new work is refused) while running requests finish.
+      ctx.draining = true;
+      const until = Date.now() + graceMs;
+      while (ctx.openRequests > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 25));
+      await (engine as Engine | null)?.close(Math.max(0, until - Date.now()));
       await app.close();
-      await (engine as Engine | null)?.close(config.requestTimeoutMs);
+      await ctx.checker?.close();
+      await (await tokenizers.catch(() => null))?.close();
     })();
     return closing;
   };

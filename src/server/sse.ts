@@ -1,16 +1,15 @@
 /**
- * Server-sent events over a hijacked fastify reply: `data: <json>\n\n` frames, OpenAI's
- * `data: [DONE]` terminator, and a close signal when the client goes away.
+ * Server-sent events over a hijacked fastify reply: `data: <json>\n\n` frames and OpenAI's
+ * `data: [DONE]` terminator. (Whether the client is still there is watched by the route's
+ * clientGone signal, from the request's first moment.)
  */
 import type { FastifyReply } from 'fastify';
 
 export class SseStream {
   private readonly reply: FastifyReply;
   private ended = false;
-  /** True once the client disconnected before the stream ended. */
-  aborted = false;
 
-  constructor(reply: FastifyReply, onClientGone: () => void) {
+  constructor(reply: FastifyReply) {
     this.reply = reply;
     reply.hijack();
     reply.raw.writeHead(200, {
@@ -22,11 +21,7 @@ export class SseStream {
     });
     reply.raw.flushHeaders?.();
     reply.raw.on('close', () => {
-      if (!this.ended) {
-        this.aborted = true;
-        this.ended = true;
-        onClientGone();
-      }
+      this.ended = true;
     });
   }
 

@@ -4,7 +4,7 @@
  * links or unexpected files are refused; sizes are capped (decompressed, too). Nothing here makes an
  * adapter visible: the caller validates the staging directory and commits it.
  */
-import { createWriteStream } from 'node:fs';
+import { createWriteStream, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { once } from 'node:events';
 import { Readable } from 'node:stream';
@@ -23,8 +23,14 @@ const REFUSED: Record<string, string> = {
 
 export class UploadTooLargeError extends LoraplexError {
   constructor(limit: number) {
-    super(`the upload is larger than the limit of ${limit} bytes (--max-upload-bytes)`, { code: 'upload_too_large', statusCode: 413, type: 'invalid_request_error', param: 'file' });
+    super('upload_too_large', `the upload is larger than the limit of ${limit} bytes (--max-upload-bytes)`, { param: 'file' });
   }
+}
+
+/** Any failure while reading an upload is the upload's fault (4xx), unless it already says what it is. */
+function asUploadError(err: unknown, what: string): LoraplexError {
+  if (err instanceof LoraplexError) return err;
+  return new ValidationError(`${what}: ${(err as Error)?.message ?? String(err)}`, 'file');
 }
 
 export function archiveKind(filename: string): 'tgz' | 'tar' | 'zip' | null {
@@ -63,41 +69,44 @@ class Budget {
   }
 }
 
-async function writeCapped(source: AsyncIterable<Buffer | Uint8Array>, path: string, budget: Budget): Promise<void> {
+async function writeCapped(source: AsyncIterable<Buffer | Uint8Array>, path: string, budget: Budget, what: string, onProgress?: () => void): Promise<void> {
   const out = createWriteStream(path, { flags: 'wx' });
   try {
     for await (const chunk of source) {
       budget.take(chunk.length);
+      onProgress?.();
       if (!out.write(chunk)) await once(out, 'drain');
     }
     out.end();
     await finished(out);
   } catch (err) {
     out.destroy();
-    throw err;
+    throw asUploadError(err, what);
   }
 }
 
 /** Writes one plain file part. */
-export async function savePart(stream: AsyncIterable<Buffer>, filename: string, dir: string, budget: Budget, seen: Set<string>): Promise<void> {
+export async function savePart(stream: AsyncIterable<Buffer>, filename: string, dir: string, budget: Budget, seen: Set<string>, onProgress?: () => void): Promise<void> {
   const base = checkEntryName(filename, 'upload');
   if (!base) throw new ValidationError(`upload: file part without a file name`, 'file');
   if (seen.has(base)) throw new ValidationError(`upload: ${base} was sent twice`, 'file');
   seen.add(base);
-  await writeCapped(stream, join(dir, base), budget);
+  await writeCapped(stream, join(dir, base), budget, `upload: ${base}`, onProgress);
 }
 
-export async function extractArchive(stream: Readable, filename: string, dir: string, budget: Budget, seen: Set<string>): Promise<void> {
+export async function extractArchive(stream: Readable, filename: string, dir: string, budget: Budget, seen: Set<string>, onProgress?: () => void): Promise<void> {
   const kind = archiveKind(filename)!;
   if (kind === 'zip') {
-    // yauzl needs random access: buffer the (size-capped) archive first.
-    const chunks: Buffer[] = [];
-    for await (const c of stream) {
-      budget.take((c as Buffer).length);
-      chunks.push(c as Buffer);
+    // yauzl needs random access: the (size-capped) archive goes to a file next to the staged
+    // files first, never into memory whole.
+    const path = join(dir, '.upload.zip');
+    try {
+      await writeCapped(stream, path, budget, filename, onProgress);
+      budget.used = 0;
+      await extractZip(path, filename, dir, budget, seen);
+    } finally {
+      rmSync(path, { force: true });
     }
-    budget.used = 0;
-    await extractZip(Buffer.concat(chunks), filename, dir, budget, seen);
     return;
   }
   const extract = tar.extract();
@@ -128,7 +137,7 @@ export async function extractArchive(stream: Readable, filename: string, dir: st
         if (!base) throw new ValidationError(`${filename}: entry ${JSON.stringify(header.name)} has no file name`, 'file');
         if (seen.has(base)) throw new ValidationError(`${filename}: ${base} appears twice`, 'file');
         seen.add(base);
-        writeCapped(entry as AsyncIterable<Buffer>, join(dir, base), budget).then(() => next(), fail);
+        writeCapped(entry as AsyncIterable<Buffer>, join(dir, base), budget, `${filename}: ${header.name}`, onProgress).then(() => next(), fail);
       } catch (err) {
         fail(err);
       }
@@ -142,9 +151,9 @@ export async function extractArchive(stream: Readable, filename: string, dir: st
   });
 }
 
-function extractZip(buf: Buffer, filename: string, dir: string, budget: Budget, seen: Set<string>): Promise<void> {
+function extractZip(path: string, filename: string, dir: string, budget: Budget, seen: Set<string>): Promise<void> {
   return new Promise((resolve, reject) => {
-    yauzl.fromBuffer(buf, { lazyEntries: true, validateEntrySizes: true, strictFileNames: false }, (err, zip) => {
+    yauzl.open(path, { lazyEntries: true, validateEntrySizes: true, strictFileNames: false, autoClose: true }, (err, zip) => {
       if (err || !zip) return reject(new ValidationError(`${filename}: not a valid zip archive (${err?.message ?? 'unreadable'})`, 'file'));
       const fail = (e: unknown): void => {
         zip.close();
@@ -166,7 +175,7 @@ function extractZip(buf: Buffer, filename: string, dir: string, budget: Budget, 
           if (entry.uncompressedSize > budget.limit - budget.used) throw new UploadTooLargeError(budget.limit);
           zip.openReadStream(entry, (e2, rs) => {
             if (e2 || !rs) return fail(new ValidationError(`${filename}: cannot read ${entry.fileName} (${e2?.message})`, 'file'));
-            writeCapped(rs, join(dir, base), budget).then(() => zip.readEntry(), fail);
+            writeCapped(rs, join(dir, base), budget, `${filename}: broken entry ${JSON.stringify(entry.fileName)}`).then(() => zip.readEntry(), fail);
           });
         } catch (e) {
           fail(e);

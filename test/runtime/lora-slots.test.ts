@@ -1,6 +1,6 @@
 /** The slot stacks: contiguous occupancy, move-last-into-hole, rank repacking, refusals. */
 import { describe, expect, it } from 'vitest';
-import { CapacityError } from '../../src/errors.js';
+import { RuntimeLimitError } from '../../src/runtime/limit-error.js';
 import { parseModelSpec } from '../../src/runtime/checkpoint/spec.js';
 import { LoraSlots, factorKey, type LoraWeights } from '../../src/runtime/lora-slots.js';
 
@@ -58,7 +58,7 @@ describe('LoraSlots', () => {
   it('refuses a full set of slots and a rank above the maximum', () => {
     const s = new LoraSlots(spec, 1, 8, false);
     s.load(adapter(1, 8));
-    expect(() => s.load(adapter(2, 2))).toThrow(CapacityError);
+    expect(() => s.load(adapter(2, 2))).toThrow(RuntimeLimitError);
     expect(() => new LoraSlots(spec, 1, 8, false).load(adapter(1, 9))).toThrow(/rank 9 is above the maximum LoRA rank 8/);
   });
 });

@@ -8,7 +8,8 @@ import { mergeLoraWeights } from '../../src/adapters/merge.js';
 import type { DecoderModel } from '../../src/runtime/model.js';
 import { GREEDY } from '../../src/runtime/sampling.js';
 import { EngineCore, type EngineConfig } from '../../src/scheduler/core.js';
-import { mergeKey, type AdapterSpec, type EngineEvent, type EngineRequest } from '../../src/scheduler/request.js';
+import { mergeKey } from '../../src/adapters/spec.js';
+import type { AdapterSpec, EngineEvent, ValidRequest } from '../../src/scheduler/request.js';
 import type { RefLora, RefWeights } from '../helpers/model-types.js';
 import { referenceLogits } from '../helpers/reference.js';
 import { argmax, loadTiny, logitsOf, maxAbsDiff } from '../helpers/runtime.js';
@@ -42,7 +43,7 @@ async function harness(opts: { slots?: number; config?: Partial<EngineConfig>; f
     load: async (s) => {
       await new Promise((r) => setTimeout(r, opts.loadDelayMs ?? 1));
       if (s.kind === 'single' && opts.failDirs?.has(s.dir)) throw new Error('disk on fire');
-      return loadAdapterSync(s, { spec: model.spec, maxRank, strictBase: null });
+      return loadAdapterSync(s, { spec: model.spec, maxRank, strictBase: null, slotDtype: 'float32' });
     },
     emit: (es) => {
       for (const e of es) {
@@ -56,9 +57,15 @@ async function harness(opts: { slots?: number; config?: Partial<EngineConfig>; f
   return { core, events, done };
 }
 
-function request(id: number, prompt: number[], adapter: AdapterSpec | null, maxNewTokens: number): EngineRequest {
-  return { id, prompt: { kind: 'ids', ids: prompt }, adapter, sampling: GREEDY, maxNewTokens, stopStrings: [], stopTokenIds: [], ignoreEos: true, timeoutMs: 60000 };
+function request(id: number, prompt: number[], adapter: AdapterSpec | null, maxNewTokens: number): ValidRequest {
+  return { id, promptIds: Int32Array.from(prompt), adapter, sampling: GREEDY, stop: { maxNewTokens, stopStrings: [], stopTokenIds: [], ignoreEos: true }, timeoutMs: 60000 };
 }
+
+/** The error of a request's last event. */
+const errorOf = (events: EngineEvent[] | undefined): { code: string; message: string; param: string | null } | undefined => {
+  const e = events?.at(-1);
+  return e?.t === 'error' ? e.error : undefined;
+};
 
 async function until(cond: () => boolean, ms = 30000): Promise<void> {
   const end = Date.now() + ms;
@@ -73,7 +80,7 @@ const tokensOf = (events: EngineEvent[]): number[] => events.filter((e): e is Ex
 /** Greedy tokens of one request run alone, directly on a model (no scheduler). */
 async function alone(model: DecoderModel, prompt: number[], lora: TinyAdapter | null, n: number): Promise<number[]> {
   while (model.lora.count > 0) model.lora.unload(0);
-  const slot = lora ? model.lora.load(loadAdapterSync({ kind: 'single', key: 'x', name: 'x', dir: lora.dir }, { spec: model.spec, maxRank: 64, strictBase: null })) : -1;
+  const slot = lora ? model.lora.load(loadAdapterSync({ kind: 'single', key: 'x', name: 'x', dir: lora.dir }, { spec: model.spec, maxRank: 64, strictBase: null, slotDtype: 'float32' })) : -1;
   const seq = model.newSequence();
   const out: number[] = [];
   let next = prompt;
@@ -101,7 +108,7 @@ describe('EngineCore under load', () => {
     open.push(solo);
     for (const r of reqs) {
       const ev = h.events.get(r.id)!;
-      expect(ev.filter((e) => e.t === 'start')).toHaveLength(1);
+      expect(ev.filter((e) => e.t === 'running')).toHaveLength(1);
       expect(ev.filter((e) => e.t === 'end')).toHaveLength(1);
       expect(ev.filter((e) => e.t === 'error')).toHaveLength(0);
       expect(ev.at(-1)).toMatchObject({ t: 'end', finishReason: 'length', completionTokens: r.n, promptTokens: r.prompt.length });
@@ -128,8 +135,9 @@ describe('EngineCore under load', () => {
     h.core.cancel(1);
     h.core.cancel(2);
     await until(() => h.events.get(3)?.some((e) => e.t === 'end') ?? false);
-    expect(h.events.get(1)!.at(-1)).toMatchObject({ t: 'error', code: 'cancelled' });
-    expect(h.events.get(2)!.at(-1)).toMatchObject({ t: 'error', code: 'cancelled' });
+    expect(errorOf(h.events.get(1))).toMatchObject({ code: 'cancelled' });
+    expect(errorOf(h.events.get(2))).toMatchObject({ code: 'cancelled' });
+    expect(h.core.stats()).toMatchObject({ cancelledRunning: 2, cancelledWaiting: 0 });
     await until(() => h.core.stats().running === 0);
     expect(h.core.model.kv.freeTokens).toBe(h.core.model.kv.capacity);
     h.core.stop();
@@ -144,8 +152,8 @@ describe('EngineCore under load', () => {
     h.core.submit(request(4, [7], spec(2), 3));
     await until(() => [1, 2, 3, 4].every((id) => h.events.get(id)?.some((e) => e.t === 'end' || e.t === 'error')));
     for (const id of [1, 4]) {
-      expect(h.events.get(id)!.at(-1)).toMatchObject({ t: 'error', code: 'adapter_load_failed', status: 424 });
-      expect((h.events.get(id)!.at(-1) as { message: string }).message).toMatch(/adapter a2 failed to load: disk on fire/);
+      expect(errorOf(h.events.get(id))).toMatchObject({ code: 'adapter_load_failed' });
+      expect(errorOf(h.events.get(id))!.message).toMatch(/adapter a2 failed to load: disk on fire/);
     }
     for (const id of [2, 3]) expect(h.events.get(id)!.at(-1)).toMatchObject({ t: 'end', completionTokens: 3 });
     expect(h.core.stats().cache.loadFailures).toBe(1);
@@ -157,14 +165,15 @@ describe('EngineCore under load', () => {
     const h = await harness({ config: { maxQueuedRequests: 1 } });
     h.core.submit(request(1, [1, 2], null, 3));
     h.core.submit(request(2, [1, 2], null, 3));
-    expect(h.events.get(2)!.at(-1)).toMatchObject({ t: 'error', status: 429, code: 'overloaded' });
+    expect(errorOf(h.events.get(2))).toMatchObject({ code: 'overloaded' });
     h.core.submit(request(3, Array(10).fill(1), null, 600));
-    expect(h.events.get(3)!.at(-1)).toMatchObject({ t: 'error', status: 400, code: 'context_length_exceeded', param: 'max_tokens' });
-    expect((h.events.get(3)!.at(-1) as { message: string }).message).toBe(
-      'max_tokens + prompt tokens must be <= 512 (the context length); given 10 prompt tokens and 600 max_tokens',
-    );
+    expect(errorOf(h.events.get(3))).toEqual({
+      code: 'context_length_exceeded',
+      param: 'max_tokens',
+      message: 'max_tokens + prompt tokens must be <= 512 (the context length); given 10 prompt tokens and 600 max_tokens',
+    });
     h.core.submit(request(4, [1, 999], null, 3));
-    expect(h.events.get(4)!.at(-1)).toMatchObject({ status: 400, code: 'invalid_token' });
+    expect(errorOf(h.events.get(4))).toMatchObject({ code: 'invalid_token' });
     h.core.stop();
     await h.done;
   });
@@ -197,7 +206,7 @@ describe('KV cache pressure', () => {
       model,
       tokenizer: null,
       config: CONFIG,
-      load: async (s) => loadAdapterSync(s, { spec: model.spec, maxRank: 64, strictBase: null }),
+      load: async (s) => loadAdapterSync(s, { spec: model.spec, maxRank: 64, strictBase: null, slotDtype: 'float32' }),
       emit: (es) => es.forEach((e) => events.set(e.id, [...(events.get(e.id) ?? []), e])),
     });
     const done = core.run();
@@ -248,7 +257,7 @@ describe('adapter combinations', () => {
       { i: 5, w: -0.4 },
       { i: 2, w: 1.3 },
     ];
-    const load = (i: number) => loadAdapterSync(spec(i), { spec: model.spec, maxRank: 64, strictBase: null });
+    const load = (i: number) => loadAdapterSync(spec(i), { spec: model.spec, maxRank: 64, strictBase: null, slotDtype: 'float32' });
     const merged = mergeLoraWeights(parts.map((p) => ({ weights: load(p.i), weight: p.w })), 64);
     expect(merged.maxRank).toBe(parts.reduce((n, p) => n + adapters[p.i].lora.get('0.q_proj')!.a.shape[0], 0));
     const slot = model.lora.load(merged);
@@ -276,8 +285,8 @@ describe('adapter combinations', () => {
     const small = { kind: 'merge', key: mergeKey(big), name: 'all', parts: big } as AdapterSpec;
     tooBig.core.submit(request(1, [1], small, 2));
     await until(() => tooBig.events.get(1)?.some((e) => e.t === 'end' || e.t === 'error') ?? false);
-    expect(tooBig.events.get(1)!.at(-1)).toMatchObject({ t: 'error', code: 'adapter_load_failed' });
-    expect((tooBig.events.get(1)!.at(-1) as { message: string }).message).toMatch(/the combination has rank 32 at .* above the maximum LoRA rank 16/);
+    expect(errorOf(tooBig.events.get(1))).toMatchObject({ code: 'adapter_load_failed' });
+    expect(errorOf(tooBig.events.get(1))!.message).toMatch(/the combination has rank 32 at .* above the maximum LoRA rank 16/);
     h.core.stop();
     tooBig.core.stop();
     await Promise.all([h.done, tooBig.done]);

@@ -35,7 +35,9 @@ export class SafetensorsFile {
     this.metadata = metadata;
   }
 
-  static open(path: string): SafetensorsFile {
+  /** Opens a file and parses its header; headers above `maxHeaderBytes` are refused unread. */
+  static open(path: string, opts: { maxHeaderBytes?: number } = {}): SafetensorsFile {
+    const maxHeader = opts.maxHeaderBytes ?? MAX_HEADER_BYTES;
     const name = basename(path);
     let fd: number;
     try {
@@ -49,9 +51,9 @@ export class SafetensorsFile {
       const lenBuf = Buffer.alloc(8);
       readSync(fd, lenBuf, 0, 8, 0);
       const headerLen = lenBuf.readBigUInt64LE(0);
-      if (headerLen > BigInt(MAX_HEADER_BYTES) || headerLen > BigInt(fileSize - 8)) {
+      if (headerLen > BigInt(maxHeader) || headerLen > BigInt(fileSize - 8)) {
         throw new CheckpointError(
-          `${name}: safetensors header length ${headerLen} is impossible (file has ${fileSize} bytes, limit ${MAX_HEADER_BYTES})`,
+          `${name}: safetensors header length ${headerLen} is impossible (file has ${fileSize} bytes, limit ${maxHeader})`,
         );
       }
       const headerBuf = Buffer.alloc(Number(headerLen));

@@ -14,6 +14,8 @@
  *   Semantics: y[t] += (x[t] @ A[slot[t]]) @ B[slot[t]] for every token whose row has an adapter.
  *   Tokens are gathered into [U, n, in] groups by slot (padded with a zero row), multiplied by the
  *   stacked A [U, in, R] and B [U, R, out] with batched MatMuls, and added back with ScatterND(add).
+ *   Padding entries add exact zeros whatever the stacks hold (Where, not a multiply), so one slot's
+ *   weights can never reach another slot's rows or the base rows.
  *   With no adapter rows U = 0 and every LoRA op runs on empty tensors.
  */
 import type { Checkpoint } from '../checkpoint/checkpoint.js';
@@ -55,6 +57,10 @@ export async function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: Deco
   const loraScatterIdx = opts.lora
     ? g.op('Unsqueeze', [g.op('Cast', [g.input(IO.loraScatter, 'int32', ['U', 'n'])], { to: 7 }), g.const64([2])])
     : '';
+  // [U, n, 1] true where a group entry is a real token (padding gathers row T, the zero row). Padding
+  // deltas are replaced by exact zeros before they are added to token 0: multiplying would not do,
+  // because a slot whose stack holds Inf turns 0 × Inf into NaN.
+  const loraReal = opts.lora ? g.op('Unsqueeze', [g.op('Less', [loraGather, g.op('Cast', [g.op('Shape', [inputIds])], { to: 6 })]), g.const64([2])]) : '';
 
   // ---- shared per-step values
   const positions = g.op('Unsqueeze', [g.op('Cast', [positionIds], { to: 7 }), g.const64([0])]); // [1, T] int64
@@ -72,8 +78,9 @@ export async function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: Deco
     const b = g.input(loraB(l, m), ft, ['U', 'R', dout]);
     return g.op('MatMul', [g.op('MatMul', [xg, a]), b]);
   };
+  const zeroDelta = opts.lora ? g.floatInit('lora_zero', [1], new Float32Array(1)) : '';
   const scatterAdd = (y: string, d: () => string): string =>
-    opts.lora ? g.op('ScatterND', [y, loraScatterIdx, d()], { reduction: 'add' }) : y;
+    opts.lora ? g.op('ScatterND', [y, loraScatterIdx, g.op('Where', [loraReal, d(), zeroDelta])], { reduction: 'add' }) : y;
 
   // ---- embeddings
   let h = g.op('Gather', [g.floatInit('embed_tokens', [spec.vocabSize, spec.hiddenSize], ckpt.read('model.embed_tokens.weight')), inputIds], { axis: 0 });

@@ -12,11 +12,11 @@ export const IO = {
   inputIds: 'input_ids',
   /** [T] absolute position of each token (rotary) */
   positionIds: 'position_ids',
-  /** [B, S] packed token index for each padded slot (padding: any valid index; it is masked) */
+  /** [B, S] packed token index for each padded slot (padding: one of the row's own tokens; it is masked) */
   padIndex: 'pad_index',
   /** [T] index b*S + s of each packed token in the padded view */
   unpadIndex: 'unpad_index',
-  /** [B, P] pool index of each past token of each row (padding: any valid index; it is masked) */
+  /** [B, P] pool index of each past token of each row (padding: the pool's null block, all zeros; it is masked) */
   kvIndex: 'kv_index',
   /** [B] number of past tokens of each row */
   pastLen: 'past_len',
@@ -27,7 +27,7 @@ export const IO = {
    * U = number of slots fed, n = the largest group.
    */
   loraGather: 'lora_gather',
-  /** [U, n] packed token index each grouped row adds its delta to; padding = 0 (it adds zeros). */
+  /** [U, n] packed token index each grouped row adds its delta to; padding = 0 (the graph adds exact zeros there). */
   loraScatter: 'lora_scatter',
   /** [L, vocab] float32 */
   logits: 'logits',

@@ -7,23 +7,14 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { Type } from 'typebox';
 import { checkAdapterName } from '../../adapters/names.js';
 import { adapterKey } from '../../adapters/registry.js';
-import { AuthError, ModelNotFoundError, ValidationError } from '../../errors.js';
-import type { AdapterSpec } from '../../scheduler/request.js';
+import type { AdapterSpec } from '../../adapters/spec.js';
+import { AuthError, LoraplexError, ModelNotFoundError, ValidationError } from '../../errors.js';
 import { AdapterService, adapterInfo } from '../adapter-service.js';
+import { bearerMatches } from '../auth.js';
 import type { ServerContext } from '../context.js';
+import { rawErrorResponse } from '../errors.js';
 import { AdapterInfo, ErrorBody, LoadLoraRequest, UnloadLoraRequest } from '../schemas.js';
 import { archiveKind, extractArchive, newBudget, savePart, UploadTooLargeError } from '../upload.js';
-import { timingSafeEqual } from 'node:crypto';
-
-export function bearerMatches(header: string | undefined, tokens: readonly string[]): boolean {
-  const m = /^Bearer\s+(.+)$/i.exec(header ?? '');
-  if (!m) return false;
-  const given = Buffer.from(m[1].trim());
-  return tokens.some((t) => {
-    const want = Buffer.from(t);
-    return want.length === given.length && timingSafeEqual(want, given);
-  });
-}
 
 interface NameParams {
   org?: string;
@@ -53,8 +44,19 @@ export async function adminRoutes(app: FastifyInstance, ctx: ServerContext): Pro
     const seen = new Set<string>();
     let name: string | null = null;
     let archives = 0;
+    // A client that stops sending for --body-timeout-ms loses the upload (408).
+    const socket = request.raw.socket;
+    const idle = (): void => {
+      socket.end(rawErrorResponse(request.url, 'request_timeout', `the upload made no progress for ${ctx.settings.bodyTimeoutMs} ms (--body-timeout-ms)`));
+      socket.destroy();
+    };
+    const timer = setTimeout(idle, ctx.settings.bodyTimeoutMs);
+    const progress = (): void => {
+      timer.refresh();
+    };
     try {
       for await (const part of request.parts()) {
+        progress();
         if (part.type === 'field') {
           if (part.fieldname === 'name') name = String(part.value);
           continue;
@@ -62,10 +64,10 @@ export async function adminRoutes(app: FastifyInstance, ctx: ServerContext): Pro
         const filename = part.filename ?? '';
         if (archiveKind(filename)) {
           if (++archives > 1 || seen.size > 0) throw new ValidationError('send either the PEFT files or one archive, not both', 'file');
-          await extractArchive(part.file, filename, staged, budget, seen);
+          await extractArchive(part.file, filename, staged, budget, seen, progress);
         } else {
           if (archives > 0) throw new ValidationError('send either the PEFT files or one archive, not both', 'file');
-          await savePart(part.file, filename, staged, budget, seen);
+          await savePart(part.file, filename, staged, budget, seen, progress);
         }
         if (part.file.truncated) throw new UploadTooLargeError(ctx.settings.maxUploadBytes);
       }
@@ -73,7 +75,12 @@ export async function adminRoutes(app: FastifyInstance, ctx: ServerContext): Pro
       store.discard(staged);
       const code = (err as { code?: string }).code;
       if (code === 'FST_REQ_FILE_TOO_LARGE' || code === 'FST_FILES_LIMIT' || code === 'FST_PARTS_LIMIT') throw new UploadTooLargeError(ctx.settings.maxUploadBytes);
-      throw err;
+      if (err instanceof LoraplexError) throw err;
+      // Anything else the multipart parser throws is a malformed body: a missing or wrong
+      // boundary, a truncated part, bad part headers.
+      throw new ValidationError(`malformed multipart body: ${(err as Error).message}`, 'file');
+    } finally {
+      clearTimeout(timer);
     }
     if (!seen.has('adapter_config.json') || !seen.has('adapter_model.safetensors')) {
       store.discard(staged);
@@ -92,7 +99,7 @@ export async function adminRoutes(app: FastifyInstance, ctx: ServerContext): Pro
       ctx.store!.discard(staged);
       throw err;
     }
-    const rec = service.install(finalName, staged, urlName !== null);
+    const rec = await service.install(finalName, staged, urlName !== null);
     request.log.info({ adapter: rec.name, version: rec.version, rank: rec.info.maxRank }, 'adapter installed');
     return adapterInfo(rec);
   };
@@ -149,7 +156,7 @@ export async function adminRoutes(app: FastifyInstance, ctx: ServerContext): Pro
     { schema: { tags: ['admin'], summary: "vLLM's load_lora_adapter: register an adapter directory under --lora-roots", body: LoadLoraRequest, response: { ...errors } } },
     async (request, reply) => {
       const name = checkAdapterName(request.body.lora_name, 'lora_name');
-      service.registerPath(name, request.body.lora_path);
+      await service.registerPath(name, request.body.lora_path);
       reply.type('text/plain');
       return `Success: LoRA adapter '${name}' added successfully.`;
     },

@@ -2,20 +2,29 @@
  * OpenAI-compatible routes: POST /v1/chat/completions, POST /v1/completions (both with SSE
  * streaming), GET /v1/models. `model` picks the adapter; LoRAX's `adapter_id` and `merged_adapters`
  * are accepted too.
+ *
+ * Every request goes the same way: cheap checks → admission (429 at once when overloaded) →
+ * tokenization in a tokenizer thread → one validated engine request per choice. The client's
+ * connection is watched from the first moment, so a client that leaves at any point frees its rows.
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { UnsupportedError, ValidationError, type LoraplexError } from '../../errors.js';
-import type { PromptInput } from '../../scheduler/request.js';
-import { clientGone, generate, startGeneration, type GenerationResult, type ServerContext, type TokenEvent } from '../context.js';
+import { LoraplexError, UnsupportedError, ValidationError } from '../../errors.js';
+import type { ValidRequest } from '../../scheduler/request.js';
+import type { Ticket } from '../admission.js';
+import { clientGone, generate, startGeneration, type GenerationResult, type ServerContext } from '../context.js';
+import { sendError } from '../errors.js';
+import { checkShape } from '../prompt/limits.js';
+import { chatMessages, promptIds, responseId, sampling, stopStrings, utf8Bytes, validRequest, type PromptSource } from '../requests.js';
 import { resolveAdapter, type Resolved } from '../resolve.js';
-import { chatMessages, engineRequest, responseId, sampling, utf8Bytes } from '../requests.js';
 import { ChatCompletionRequest, ChatCompletionResponse, CompletionRequest, CompletionResponse, ErrorBody, ModelList } from '../schemas.js';
 import { SseStream } from '../sse.js';
-import { errorBody } from '../errors.js';
+import type { TokenEngineEvent } from '../../scheduler/request.js';
 
 interface Choice {
   index: number;
-  prompt: PromptInput;
+  req: Omit<ValidRequest, 'id'>;
+  /** Prompt tokens are counted once per prompt, on its first choice. */
+  promptTokens: number;
 }
 
 /** How one API shapes its chunks and final response. */
@@ -24,7 +33,7 @@ interface Shape {
   chunkObject: string;
   /** The first chunk of a choice (chat sends the role). */
   first?(index: number): Record<string, unknown>;
-  delta(index: number, e: TokenEvent): Record<string, unknown> | null;
+  delta(index: number, e: TokenEngineEvent): Record<string, unknown> | null;
   finish(index: number, reason: string): Record<string, unknown>;
   full(index: number, r: GenerationResult): Record<string, unknown>;
 }
@@ -33,32 +42,37 @@ function usage(promptTokens: number, completion: number): { prompt_tokens: numbe
   return { prompt_tokens: promptTokens, completion_tokens: completion, total_tokens: promptTokens + completion };
 }
 
+/** The request was abandoned before it reached the engine. */
+function droppedEarly(ctx: ServerContext): LoraplexError {
+  ctx.cancelledBeforeSubmit++;
+  return new LoraplexError('cancelled', 'the client closed the connection');
+}
+
 /**
- * Runs every choice; answers JSON, or streams SSE once the first choice is admitted (errors found
- * before that — context length, unknown template — are plain JSON errors with their status).
+ * Runs every choice; answers JSON, or streams SSE once the first choice takes a batch row (errors
+ * before that — an adapter that fails to load, a queue timeout — are plain JSON errors with their
+ * status).
  */
 async function run(
   ctx: ServerContext,
   request: FastifyRequest,
   reply: FastifyReply,
-  body: Parameters<typeof engineRequest>[0] & { stream?: boolean | null; stream_options?: { include_usage?: boolean | null } | null },
+  body: { stream?: boolean | null; stream_options?: { include_usage?: boolean | null } | null },
   resolved: Resolved,
   choices: Choice[],
-  logprobs: number | null,
+  ticket: Ticket,
+  gone: AbortSignal,
   shape: Shape,
+  logPrompts: () => unknown,
 ): Promise<unknown> {
-  const engine = ctx.requireEngine();
-  const s = sampling(body, engine.info.vocabSize, logprobs);
   const id = responseId(shape.object === 'chat.completion' ? 'chatcmpl' : 'cmpl');
   const created = Math.floor(Date.now() / 1000);
   const route = request.routeOptions.url ?? request.url;
   const started = performance.now();
-  const adapterLabel = resolved.names.join('+') || 'base';
-  const n = body.n ?? 1;
-  /** Prompt tokens count once per prompt, not once per choice of it. */
-  const promptShare = (index: number, tokens: number): number => (index % n === 0 ? tokens : 0);
+  const adapterLabel = resolved.label;
+  const promptTokens = choices.reduce((n, c) => n + c.promptTokens, 0);
   /** Token counters and the generation log line (text only with --log-prompts). */
-  const record = (promptTokens: number, completion: number, texts: string[], stream: boolean): void => {
+  const record = (completion: number, texts: string[], stream: boolean): void => {
     ctx.metrics.promptTokens.inc({ adapter: adapterLabel }, promptTokens);
     ctx.metrics.generatedTokens.inc({ adapter: adapterLabel }, completion);
     request.log.info(
@@ -68,20 +82,16 @@ async function run(
         completionTokens: completion,
         ms: Math.round(performance.now() - started),
         ...(stream ? { stream } : {}),
-        ...(ctx.settings.logPrompts ? { prompt: choices.map((c) => c.prompt), completion: texts } : {}),
+        ...(ctx.settings.logPrompts ? { prompt: logPrompts(), completion: texts } : {}),
       },
       'generation',
     );
   };
 
   if (!body.stream) {
-    const signal = clientGone(reply);
-    const results = await Promise.all(
-      choices.map((c) => generate(ctx, engineRequest(body, c.prompt, resolved, s, ctx.settings.requestTimeoutMs, c.index), resolved.names, signal)),
-    );
-    const promptTokens = results.reduce((sum, r, i) => sum + promptShare(choices[i].index, r.promptTokens), 0);
+    const results = await Promise.all(choices.map((c) => generate(ctx, c.req, resolved.names, ticket, gone)));
     const completion = results.reduce((sum, r) => sum + r.completionTokens, 0);
-    record(promptTokens, completion, results.map((r) => r.text), false);
+    record(completion, results.map((r) => r.text), false);
     return {
       id,
       object: shape.object,
@@ -97,7 +107,6 @@ async function run(
   let sse: SseStream | null = null;
   const cancels: (() => void)[] = [];
   let remaining = choices.length;
-  let promptTokens = 0;
   let completion = 0;
   let firstToken = true;
   let lastTokenAt = 0;
@@ -111,63 +120,88 @@ async function run(
     ...(includeUsage ? { usage: null } : {}),
   });
   return new Promise<void>((resolve) => {
+    let done = false;
+    const cancelAll = (): void => cancels.forEach((c) => c());
     const finishStream = (): void => {
+      if (done) return;
+      done = true;
+      gone.removeEventListener('abort', onGone);
       if (sse?.open && includeUsage) sse.send({ id, object: shape.chunkObject, created, model: resolved.model, choices: [], usage: usage(promptTokens, completion) });
       sse?.end();
       // (Request count and latency are recorded by the app's onResponse hook, streams included.)
-      record(promptTokens, completion, texts, true);
+      record(completion, texts, true);
       resolve();
     };
     const fail = (err: LoraplexError): void => {
-      cancels.forEach((c) => c());
+      if (done) return;
+      cancelAll();
       if (!sse) {
         // Nothing streamed yet: answer with the error's own status.
-        reply.code(err.statusCode).send(errorBody(err));
+        done = true;
+        gone.removeEventListener('abort', onGone);
+        sendError(request, reply, err);
         resolve();
         return;
       }
-      sse.send(errorBody(err));
+      sse.send(sendableError(err));
       remaining = 0;
       finishStream();
     };
+    const onGone = (): void => {
+      cancelAll();
+      if (done) return;
+      done = true;
+      // Nobody is listening; the answer only closes the request's bookkeeping.
+      if (!sse) sendError(request, reply, new LoraplexError('cancelled', 'the client closed the connection'));
+      resolve();
+    };
+    gone.addEventListener('abort', onGone, { once: true });
     const open = (): SseStream => {
       if (!sse) {
-        sse = new SseStream(reply, () => cancels.forEach((c) => c()));
+        sse = new SseStream(reply);
         for (const c of choices) if (shape.first) sse.send(chunk([shape.first(c.index)]));
       }
       return sse;
     };
-    choices.forEach((c, ci) => {
-      cancels.push(
-        startGeneration(ctx, engineRequest(body, c.prompt, resolved, s, ctx.settings.requestTimeoutMs, c.index), resolved.names, {
-          onStart: (e) => {
-            promptTokens += promptShare(c.index, e.promptTokens);
-            open();
-          },
-          onToken: (e) => {
-            const now = performance.now();
-            if (firstToken) {
-              ctx.metrics.ttft.observe({ route }, (now - started) / 1000);
-              firstToken = false;
-            } else ctx.metrics.interTokenLatency.observe((now - lastTokenAt) / 1000);
-            lastTokenAt = now;
-            if (ctx.settings.logPrompts) texts[ci] += e.text;
-            const d = shape.delta(c.index, e);
-            if (d) open().send(chunk([d]));
-          },
-          onEnd: (e) => {
-            completion += e.completionTokens;
-            open().send(chunk([shape.finish(c.index, e.finishReason)]));
-            if (--remaining === 0) finishStream();
-          },
-          onError: fail,
-        }),
-      );
-    });
+    try {
+      choices.forEach((c, ci) => {
+        cancels.push(
+          startGeneration(ctx, c.req, resolved.names, ticket, {
+            onRunning: () => {
+              open();
+            },
+            onToken: (e) => {
+              const now = performance.now();
+              if (firstToken) {
+                ctx.metrics.ttft.observe({ route }, (now - started) / 1000);
+                firstToken = false;
+              } else ctx.metrics.interTokenLatency.observe((now - lastTokenAt) / 1000);
+              lastTokenAt = now;
+              if (ctx.settings.logPrompts) texts[ci] += e.text;
+              const d = shape.delta(c.index, e);
+              if (d) open().send(chunk([d]));
+            },
+            onEnd: (e) => {
+              completion += e.completionTokens;
+              open().send(chunk([shape.finish(c.index, e.finishReason)]));
+              if (--remaining === 0) finishStream();
+            },
+            onError: fail,
+          }),
+        );
+      });
+    } catch (err) {
+      fail(LoraplexError.from(err));
+    }
+    if (gone.aborted) onGone();
   });
 }
 
-function chatLogprobs(tokens: TokenEvent[]): { content: unknown[] } {
+function sendableError(err: LoraplexError): Record<string, unknown> {
+  return { error: { message: err.message, type: err.type, param: err.param, code: err.code } };
+}
+
+function chatLogprobs(tokens: TokenEngineEvent[]): { content: unknown[] } {
   return {
     content: tokens
       .filter((t) => !t.special)
@@ -180,7 +214,7 @@ function chatLogprobs(tokens: TokenEvent[]): { content: unknown[] } {
   };
 }
 
-function completionLogprobs(tokens: TokenEvent[], offset0: number): Record<string, unknown> {
+function completionLogprobs(tokens: TokenEngineEvent[], offset0: number): Record<string, unknown> {
   let offset = offset0;
   const out = { tokens: [] as string[], token_logprobs: [] as number[], top_logprobs: [] as Record<string, number>[], text_offset: [] as number[] };
   for (const t of tokens) {
@@ -194,6 +228,20 @@ function completionLogprobs(tokens: TokenEvent[], offset0: number): Record<strin
   return out;
 }
 
+/**
+ * Admission, then the prompts' token ids, then one engine request per choice. The ticket is closed
+ * on every path; a client that left while its prompts were tokenized is never submitted.
+ */
+async function admitted<T>(ctx: ServerContext, choices: number, gone: AbortSignal, work: (ticket: Ticket) => Promise<T>): Promise<T> {
+  const ticket = ctx.admission.enter(choices);
+  try {
+    if (gone.aborted) throw droppedEarly(ctx);
+    return await work(ticket);
+  } finally {
+    ticket.close();
+  }
+}
+
 export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
   const errors = { 400: ErrorBody, 404: ErrorBody, 422: ErrorBody, 429: ErrorBody, 503: ErrorBody };
 
@@ -201,29 +249,40 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
     '/v1/chat/completions',
     { schema: { tags: ['openai'], summary: 'Chat completion (OpenAI-compatible); `model` selects the adapter', body: ChatCompletionRequest, response: { 200: ChatCompletionResponse, ...errors } } },
     async (request, reply) => {
+      const gone = clientGone(request, reply);
       const body = request.body;
       const engine = ctx.requireEngine();
       const resolved = resolveAdapter(ctx.registry, ctx.baseId, body);
+      request.adapterLabel = resolved.label;
       if (body.response_format && (body.response_format as { type?: string }).type !== 'text') {
         throw new UnsupportedError('response_format other than "text" is not supported', 'response_format');
       }
       const n = body.n ?? 1;
-      const messages = chatMessages(body.messages as Parameters<typeof chatMessages>[0]);
-      const prompt: PromptInput = { kind: 'chat', messages, tools: (body.tools as unknown[] | null | undefined) ?? null, addGenerationPrompt: body.add_generation_prompt ?? true };
-      if (!engine.info.hasChatTemplate && !resolved.spec) {
-        throw new ValidationError(`the model ${ctx.baseId} has no chat template; use /v1/completions`, 'messages');
+      if (body.tools != null) checkShape(body.tools, 'tools');
+      if (body.tool_choice != null) checkShape(body.tool_choice, 'tool_choice');
+      if (body.messages.length > engine.info.maxPositions) {
+        throw new LoraplexError('context_length_exceeded', `${body.messages.length} messages cannot fit the context length of ${engine.info.maxPositions} tokens`, { param: 'messages' });
       }
+      const messages = chatMessages(body.messages as Parameters<typeof chatMessages>[0]);
       const logprobs = body.logprobs ? (body.top_logprobs ?? 0) : null;
-      return run(ctx, request, reply, body, resolved, Array.from({ length: n }, (_, i) => ({ index: i, prompt })), logprobs, {
-        object: 'chat.completion',
-        chunkObject: 'chat.completion.chunk',
-        first: (index) => ({ index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }),
-        delta: (index, e) =>
-          e.text || (logprobs !== null && !e.special)
-            ? { index, delta: { content: e.text }, logprobs: logprobs !== null && !e.special ? chatLogprobs([e]) : null, finish_reason: null }
-            : null,
-        finish: (index, reason) => ({ index, delta: {}, logprobs: null, finish_reason: reason }),
-        full: (index, r) => ({ index, message: { role: 'assistant', content: r.text }, logprobs: logprobs !== null ? chatLogprobs(r.tokens) : null, finish_reason: r.finishReason }),
+      const s = sampling(body, engine.info.vocabSize, logprobs);
+      stopStrings(body.stop);
+      const prompt: PromptSource = { kind: 'chat', messages, tools: (body.tools as unknown[] | null | undefined) ?? null, addGenerationPrompt: body.add_generation_prompt ?? true, templateKwargs: null };
+      return admitted(ctx, n, gone, async (ticket) => {
+        const ids = await promptIds(ctx, prompt, resolved);
+        if (gone.aborted) throw droppedEarly(ctx);
+        const choices = Array.from({ length: n }, (_, i) => ({ index: i, req: validRequest(ctx, ids, body, resolved, s, i), promptTokens: i === 0 ? ids.length : 0 }));
+        return run(ctx, request, reply, body, resolved, choices, ticket, gone, {
+          object: 'chat.completion',
+          chunkObject: 'chat.completion.chunk',
+          first: (index) => ({ index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }),
+          delta: (index, e) =>
+            e.text || (logprobs !== null && !e.special)
+              ? { index, delta: { content: e.text }, logprobs: logprobs !== null && !e.special ? chatLogprobs([e]) : null, finish_reason: null }
+              : null,
+          finish: (index, reason) => ({ index, delta: {}, logprobs: null, finish_reason: reason }),
+          full: (index, r) => ({ index, message: { role: 'assistant', content: r.text }, logprobs: logprobs !== null ? chatLogprobs(r.tokens) : null, finish_reason: r.finishReason }),
+        }, () => messages);
       });
     },
   );
@@ -232,40 +291,48 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
     '/v1/completions',
     { schema: { tags: ['openai'], summary: 'Text completion (OpenAI-compatible); `model` selects the adapter', body: CompletionRequest, response: { 200: CompletionResponse, ...errors } } },
     async (request, reply) => {
+      const gone = clientGone(request, reply);
       const body = request.body;
-      ctx.requireEngine();
+      const engine = ctx.requireEngine();
       const resolved = resolveAdapter(ctx.registry, ctx.baseId, body);
+      request.adapterLabel = resolved.label;
       if (body.suffix) throw new UnsupportedError('suffix is not supported', 'suffix');
       const n = body.n ?? 1;
       if (body.best_of != null && body.best_of !== n) throw new UnsupportedError('best_of other than n is not supported', 'best_of');
       const p = body.prompt;
-      const prompts: PromptInput[] =
+      const sources: PromptSource[] =
         typeof p === 'string'
-          ? [{ kind: 'text', text: p }]
+          ? [{ kind: 'text', text: p, param: 'prompt' }]
           : typeof p[0] === 'number'
-            ? [{ kind: 'ids', ids: p as number[] }]
-            : (p as (string | number[])[]).map((x) => (typeof x === 'string' ? { kind: 'text' as const, text: x } : { kind: 'ids' as const, ids: x }));
-      if (prompts.length * n > 64) throw new ValidationError(`at most 64 choices per request; given ${prompts.length} prompts × n=${n}`, 'n');
+            ? [{ kind: 'ids', ids: p as number[], param: 'prompt' }]
+            : (p as (string | number[])[]).map((x, i) => (typeof x === 'string' ? { kind: 'text' as const, text: x, param: `prompt[${i}]` } : { kind: 'ids' as const, ids: x, param: `prompt[${i}]` }));
+      if (sources.length * n > 64) throw new ValidationError(`at most 64 choices per request; given ${sources.length} prompts × n=${n}`, 'n');
       const echo = body.echo === true;
-      if (echo && prompts.some((x) => x.kind !== 'text')) throw new UnsupportedError('echo is supported for text prompts only', 'echo');
+      if (echo && sources.some((x) => x.kind !== 'text')) throw new UnsupportedError('echo is supported for text prompts only', 'echo');
       const prefix = (index: number): string => {
-        const pr = prompts[Math.floor(index / n)];
+        const pr = sources[Math.floor(index / n)];
         return echo && pr.kind === 'text' ? pr.text : '';
       };
       const logprobs = body.logprobs ?? null;
-      const choices = prompts.flatMap((prompt, pi) => Array.from({ length: n }, (_, i) => ({ index: pi * n + i, prompt })));
-      const sent = new Set<number>();
-      return run(ctx, request, reply, body, resolved, choices, logprobs, {
-        object: 'text_completion',
-        chunkObject: 'text_completion',
-        delta: (index, e) => {
-          const lead = echo && !sent.has(index) ? prefix(index) : '';
-          if (!e.text && !lead && (logprobs === null || e.special)) return null;
-          sent.add(index);
-          return { index, text: lead + e.text, logprobs: logprobs !== null && !e.special ? completionLogprobs([e], 0) : null, finish_reason: null };
-        },
-        finish: (index, reason) => ({ index, text: echo && !sent.has(index) ? prefix(index) : '', logprobs: null, finish_reason: reason }),
-        full: (index, r) => ({ index, text: prefix(index) + r.text, logprobs: logprobs !== null ? completionLogprobs(r.tokens, prefix(index).length) : null, finish_reason: r.finishReason }),
+      const s = sampling(body, engine.info.vocabSize, logprobs);
+      stopStrings(body.stop);
+      return admitted(ctx, sources.length * n, gone, async (ticket) => {
+        const ids = await Promise.all(sources.map((src) => promptIds(ctx, src, resolved)));
+        if (gone.aborted) throw droppedEarly(ctx);
+        const choices = ids.flatMap((pi, i) => Array.from({ length: n }, (_, c) => ({ index: i * n + c, req: validRequest(ctx, pi, body, resolved, s, c), promptTokens: c === 0 ? pi.length : 0 })));
+        const sent = new Set<number>();
+        return run(ctx, request, reply, body, resolved, choices, ticket, gone, {
+          object: 'text_completion',
+          chunkObject: 'text_completion',
+          delta: (index, e) => {
+            const lead = echo && !sent.has(index) ? prefix(index) : '';
+            if (!e.text && !lead && (logprobs === null || e.special)) return null;
+            sent.add(index);
+            return { index, text: lead + e.text, logprobs: logprobs !== null && !e.special ? completionLogprobs([e], 0) : null, finish_reason: null };
+          },
+          finish: (index, reason) => ({ index, text: echo && !sent.has(index) ? prefix(index) : '', logprobs: null, finish_reason: reason }),
+          full: (index, r) => ({ index, text: prefix(index) + r.text, logprobs: logprobs !== null ? completionLogprobs(r.tokens, prefix(index).length) : null, finish_reason: r.finishReason }),
+        }, () => sources.map((x) => (x.kind === 'text' ? x.text : x.kind === 'ids' ? x.ids : null)));
       });
     },
   );

@@ -8,7 +8,11 @@ export async function opsRoutes(app: FastifyInstance, ctx: ServerContext): Promi
     '/health',
     { schema: { tags: ['ops'], summary: 'Ready when the model is loaded (503 before, while shutting down, or if the engine stopped)', response: { 200: Type.Object({ status: Type.String() }), 503: Type.Object({ status: Type.String() }) } } },
     async (_request, reply) => {
-      if (!ctx.engine) {
+      if (ctx.draining) {
+        reply.code(503);
+        return { status: 'draining' };
+      }
+      if (!ctx.engine || !ctx.tokenizers) {
         reply.code(503);
         return { status: 'loading' };
       }

@@ -1,34 +1,42 @@
 /**
  * LoRAX/TGI-style routes: POST /generate, POST /generate_stream (`parameters.adapter_id`,
- * `merged_adapters`), GET /info. Response and token-event shapes follow TGI.
+ * `merged_adapters`), GET /info. Response, token-event and error shapes follow TGI (errors are
+ * `{error, error_type}` with TGI's status codes, see server/errors.ts).
  */
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { ERROR_CATALOG, LoraplexError } from '../../errors.js';
 import type { FinishReason } from '../../runtime/generation.js';
-import { clientGone, generate, startGeneration, type ServerContext, type TokenEvent } from '../context.js';
-import { resolveAdapter } from '../resolve.js';
-import { engineRequest, sampling } from '../requests.js';
-import { ErrorBody, GenerateRequest, GenerateResponse } from '../schemas.js';
-import { SseStream } from '../sse.js';
-import { errorBody } from '../errors.js';
+import type { TokenEngineEvent } from '../../scheduler/request.js';
 import { VERSION } from '../../version.js';
+import { clientGone, generate, startGeneration, type ServerContext } from '../context.js';
+import { sendError } from '../errors.js';
+import { promptIds, sampling, stopStrings, validRequest } from '../requests.js';
+import { resolveAdapter } from '../resolve.js';
+import { GenerateRequest, GenerateResponse, TgiErrorBody } from '../schemas.js';
+import { SseStream } from '../sse.js';
 
-function tgiFinish(reason: FinishReason, last: TokenEvent | undefined): string {
+function tgiFinish(reason: FinishReason, last: TokenEngineEvent | undefined): string {
   if (reason === 'length') return 'length';
   return last?.special ? 'eos_token' : 'stop_sequence';
 }
 
-const tgiToken = (t: TokenEvent): { id: number; text: string; logprob: number | null; special: boolean } => ({
+const tgiToken = (t: TokenEngineEvent): { id: number; text: string; logprob: number | null; special: boolean } => ({
   id: t.token,
   text: t.tokenText ?? t.text,
   logprob: t.logprob ?? null,
   special: t.special,
 });
 
+const tgiErrors = { 404: TgiErrorBody, 422: TgiErrorBody, 424: TgiErrorBody, 429: TgiErrorBody, 503: TgiErrorBody };
+
 export function tgiRoutes(app: FastifyInstance, ctx: ServerContext): void {
-  const prepare = (body: GenerateRequest) => {
+  /** Cheap checks, admission, tokenization: the validated request, or an error in TGI's shape. */
+  const prepare = async (request: FastifyRequest<{ Body: GenerateRequest }>, gone: AbortSignal) => {
+    const body = request.body;
     const engine = ctx.requireEngine();
     const p = body.parameters ?? {};
     const resolved = resolveAdapter(ctx.registry, ctx.baseId, { model: ctx.baseId, adapter_id: p.adapter_id, merged_adapters: p.merged_adapters });
+    request.adapterLabel = resolved.label;
     // TGI samples when do_sample is set or any sampling knob is given; otherwise greedy.
     const sample = p.do_sample === true || (p.do_sample == null && (p.temperature != null || p.top_p != null || p.top_k != null));
     const s = sampling(
@@ -36,35 +44,60 @@ export function tgiRoutes(app: FastifyInstance, ctx: ServerContext): void {
       engine.info.vocabSize,
       p.details || p.decoder_input_details ? (p.top_n_tokens ?? 0) : null,
     );
-    const req = engineRequest({ max_tokens: p.max_new_tokens ?? 20, stop: p.stop ?? null }, { kind: 'text', text: body.inputs }, resolved, s, ctx.settings.requestTimeoutMs);
-    return { req, resolved, details: p.details === true, fullText: p.return_full_text === true, seed: p.seed ?? null };
+    stopStrings(p.stop ?? null, 'parameters.stop');
+    const ticket = ctx.admission.enter(1);
+    try {
+      const ids = await promptIds(ctx, { kind: 'text', text: body.inputs, param: 'inputs' }, resolved);
+      if (gone.aborted) {
+        ctx.cancelledBeforeSubmit++;
+        throw new LoraplexError('cancelled', 'the client closed the connection');
+      }
+      const req = validRequest(ctx, ids, { max_tokens: p.max_new_tokens ?? 20, stop: p.stop ?? null }, resolved, s);
+      return { req, resolved, ticket, details: p.details === true, fullText: p.return_full_text === true, seed: p.seed ?? null };
+    } catch (err) {
+      ticket.close();
+      throw err;
+    }
   };
 
   app.post<{ Body: GenerateRequest }>(
     '/generate',
-    { schema: { tags: ['tgi'], summary: 'Generate (LoRAX/TGI); parameters.adapter_id selects the adapter', body: GenerateRequest, response: { 200: GenerateResponse, 400: ErrorBody, 404: ErrorBody, 422: ErrorBody } } },
+    { schema: { tags: ['tgi'], summary: 'Generate (LoRAX/TGI); parameters.adapter_id selects the adapter', body: GenerateRequest, response: { 200: GenerateResponse, ...tgiErrors } } },
     async (request, reply) => {
-      const { req, resolved, details, fullText, seed } = prepare(request.body);
-      const r = await generate(ctx, req, resolved.names, clientGone(reply));
-      return {
-        generated_text: (fullText ? request.body.inputs : '') + r.text,
-        ...(details
-          ? { details: { finish_reason: tgiFinish(r.finishReason, r.tokens.at(-1)), generated_tokens: r.completionTokens, seed, prefill: [], tokens: r.tokens.map(tgiToken) } }
-          : {}),
-      };
+      const gone = clientGone(request, reply);
+      const { req, resolved, ticket, details, fullText, seed } = await prepare(request, gone);
+      try {
+        const r = await generate(ctx, req, resolved.names, ticket, gone);
+        return {
+          generated_text: (fullText ? request.body.inputs : '') + r.text,
+          ...(details
+            ? { details: { finish_reason: tgiFinish(r.finishReason, r.tokens.at(-1)), generated_tokens: r.completionTokens, seed, prefill: [], tokens: r.tokens.map(tgiToken) } }
+            : {}),
+        };
+      } finally {
+        ticket.close();
+      }
     },
   );
 
   app.post<{ Body: GenerateRequest }>(
     '/generate_stream',
-    { schema: { tags: ['tgi'], summary: 'Generate with server-sent token events (LoRAX/TGI)', body: GenerateRequest, response: { 400: ErrorBody, 404: ErrorBody, 422: ErrorBody } } },
-    (request, reply) => {
-      const { req, resolved, details, fullText, seed } = prepare(request.body);
+    { schema: { tags: ['tgi'], summary: 'Generate with server-sent token events (LoRAX/TGI)', body: GenerateRequest, response: { ...tgiErrors } } },
+    async (request, reply) => {
+      const gone = clientGone(request, reply);
+      const { req, resolved, ticket, details, fullText, seed } = await prepare(request, gone);
       return new Promise<void>((resolve) => {
         let sse: SseStream | null = null;
         let text = '';
+        let done = false;
         // Each token event goes out when the next token arrives, or at the end with the details.
-        let pending: TokenEvent | null = null;
+        let pending: TokenEngineEvent | null = null;
+        const finish = (): void => {
+          done = true;
+          ticket.close();
+          gone.removeEventListener('abort', onGone);
+          resolve();
+        };
         const flush = (end?: { finish: string; count: number }): void => {
           if (!pending || !sse) return;
           sse.send({
@@ -76,30 +109,45 @@ export function tgiRoutes(app: FastifyInstance, ctx: ServerContext): void {
           });
           pending = null;
         };
-        const cancel = startGeneration(ctx, req, resolved.names, {
-          onStart: () => {
-            sse = new SseStream(reply, () => cancel());
-          },
-          onToken: (e) => {
-            flush();
-            text += e.text;
-            pending = e;
-          },
-          onEnd: (e) => {
-            const last = pending;
-            flush({ finish: tgiFinish(e.finishReason, last ?? undefined), count: e.completionTokens });
-            sse?.end(false);
-            resolve();
-          },
-          onError: (err) => {
-            if (!sse) reply.code(err.statusCode).send(errorBody(err));
-            else {
-              sse.send({ error: err.message, error_type: err.code });
-              sse.end(false);
-            }
-            resolve();
-          },
-        });
+        const open = (): SseStream => (sse ??= new SseStream(reply));
+        const onError = (err: LoraplexError): void => {
+          if (done) return;
+          if (!sse) sendError(request, reply, err);
+          else {
+            sse.send({ error: err.message, error_type: ERROR_CATALOG[err.code].tgiType });
+            sse.end(false);
+          }
+          finish();
+        };
+        let cancel: () => void = () => {};
+        const onGone = (): void => {
+          cancel();
+          onError(new LoraplexError('cancelled', 'the client closed the connection'));
+        };
+        gone.addEventListener('abort', onGone, { once: true });
+        try {
+          cancel = startGeneration(ctx, req, resolved.names, ticket, {
+            onRunning: () => open(),
+            onToken: (e) => {
+              open();
+              flush();
+              text += e.text;
+              pending = e;
+            },
+            onEnd: (e) => {
+              if (done) return;
+              const last = pending;
+              open();
+              flush({ finish: tgiFinish(e.finishReason, last ?? undefined), count: e.completionTokens });
+              sse?.end(false);
+              finish();
+            },
+            onError,
+          });
+        } catch (err) {
+          onError(LoraplexError.from(err));
+        }
+        if (gone.aborted) onGone();
       });
     },
   );

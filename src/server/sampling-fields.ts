@@ -1,9 +1,12 @@
 /**
- * Sampling and stopping parameters from a request (OpenAI field names, as the HTTP API and the CLI
- * take them) → validated SamplingParams. Each error names the field, the allowed range and the value.
+ * Sampling parameters from a request (OpenAI field names, as the HTTP API and the CLI take them) →
+ * validated SamplingParams. Each error names the field, the allowed range and the value.
  */
 import { ValidationError } from '../errors.js';
-import { GREEDY, MAX_LOGPROBS, type SamplingParams } from './sampling.js';
+import { GREEDY, MAX_LOGPROBS, type SamplingParams } from '../runtime/sampling.js';
+
+/** Most logit_bias entries a request may carry (each is applied to every token it samples). */
+export const MAX_LOGIT_BIAS = 1024;
 
 export interface RawSampling {
   temperature?: unknown;
@@ -41,8 +44,10 @@ export function parseSampling(raw: RawSampling, vocabSize: number): SamplingPara
     if (typeof raw.logit_bias !== 'object' || Array.isArray(raw.logit_bias)) {
       throw new ValidationError('logit_bias must be an object mapping token ids to numbers', 'logit_bias');
     }
+    const entries = Object.entries(raw.logit_bias as Record<string, unknown>);
+    if (entries.length > MAX_LOGIT_BIAS) throw new ValidationError(`logit_bias may hold at most ${MAX_LOGIT_BIAS} entries; given ${entries.length}`, 'logit_bias');
     logitBias = new Map();
-    for (const [k, v] of Object.entries(raw.logit_bias as Record<string, unknown>)) {
+    for (const [k, v] of entries) {
       const id = Number(k);
       if (!/^\d+$/.test(k) || id >= vocabSize) throw new ValidationError(`logit_bias key ${JSON.stringify(k)} is not a token id (0..${vocabSize - 1})`, 'logit_bias');
       if (typeof v !== 'number' || !(v >= -100 && v <= 100)) throw new ValidationError(`logit_bias[${k}] must be a number >= -100 and <= 100; given ${JSON.stringify(v)}`, 'logit_bias');

@@ -1,0 +1,40 @@
+/** The tokenizer thread's tasks (shared by the pool and the worker). */
+import type { ChatMessage } from '../../runtime/chat-template.js';
+
+export type TokenizeTask =
+  /** What the main thread needs to know about the tokenizer (see TokenizerInfo). */
+  | { kind: 'info' }
+  | { kind: 'text'; text: string; addSpecialTokens: boolean }
+  | {
+      kind: 'chat';
+      messages: ChatMessage[];
+      tools: unknown[] | null;
+      addGenerationPrompt: boolean;
+      /** Extra template variables (vLLM's chat_template_kwargs). */
+      templateKwargs: Record<string, unknown> | null;
+      /** The adapter version's directory, whose own template wins; null = the base model's. */
+      adapterDir: string | null;
+    }
+  /** An uploaded adapter's template: it must parse and render a sample conversation within the budget. */
+  | { kind: 'checkTemplate'; adapterDir: string };
+
+export interface TokenizerInfo {
+  hasTokenizer: boolean;
+  hasChatTemplate: boolean;
+  /**
+   * The most bytes of text one token can cover. A text of N bytes has at least N / this many
+   * tokens, which lets a prompt far beyond the context be refused before it is tokenized.
+   */
+  maxTokenBytes: number;
+}
+
+/** Conversations an adapter's chat template must render (at least one of them). */
+export const SAMPLE_CONVERSATIONS: ChatMessage[][] = [
+  [
+    { role: 'system', content: 'You are a helpful assistant.' },
+    { role: 'user', content: 'Hello!' },
+    { role: 'assistant', content: 'Hi, how can I help?' },
+    { role: 'user', content: 'Tell me a joke.' },
+  ],
+  [{ role: 'user', content: 'Hello!' }],
+];

@@ -1,0 +1,70 @@
+/**
+ * The tokenizer thread (see tokenizer-pool.ts): renders chat templates and tokenizes prompts with
+ * the base model's tokenizer, off the HTTP event loop and off the engine thread, at a lower
+ * scheduling priority than the engine. Adapters' own chat templates are read from their (immutable)
+ * version directories and kept in a small cache.
+ */
+import { workerData } from 'node:worker_threads';
+import { LRUCache } from 'lru-cache';
+import { readAdapterChatTemplate } from '../../adapters/peft.js';
+import { LoraplexError } from '../../errors.js';
+import type { ChatTemplate } from '../../runtime/chat-template.js';
+import { TextTokenizer } from '../../runtime/tokenizer.js';
+import { lowerThreadPriority, serveTasks } from '../../util/worker-task.js';
+import { SAMPLE_CONVERSATIONS, type TokenizeTask } from './tasks.js';
+
+const { modelDir } = workerData as { modelDir: string };
+lowerThreadPriority();
+const tokenizer = TextTokenizer.load(modelDir);
+/** Adapter version directory → its own chat template (null: it has none). */
+const templates = new LRUCache<string, { t: ChatTemplate | null }>({ max: 256 });
+
+function adapterTemplate(dir: string): ChatTemplate | null {
+  let hit = templates.get(dir);
+  if (!hit) templates.set(dir, (hit = { t: readAdapterChatTemplate(dir) }));
+  return hit.t;
+}
+
+function need(): TextTokenizer {
+  if (!tokenizer) throw new LoraplexError('no_tokenizer', 'this model has no tokenizer.json: send token ids', { param: 'prompt' });
+  return tokenizer;
+}
+
+function ids(values: number[]): { result: Int32Array; transfer: ArrayBuffer[] } {
+  const out = Int32Array.from(values);
+  return { result: out, transfer: [out.buffer as ArrayBuffer] };
+}
+
+serveTasks((task) => {
+  const t = task as TokenizeTask;
+  switch (t.kind) {
+    case 'info':
+      return { result: { hasTokenizer: tokenizer !== null, hasChatTemplate: tokenizer?.chatTemplate != null, maxTokenBytes: tokenizer?.maxTokenBytes ?? 1 } };
+    case 'text':
+      return ids(need().encode(t.text, t.addSpecialTokens));
+    case 'chat': {
+      const tok = need();
+      const template = (t.adapterDir ? adapterTemplate(t.adapterDir) : null) ?? tok.chatTemplate;
+      if (!template) {
+        throw new LoraplexError('no_chat_template', 'this model has no chat template (tokenizer_config.json chat_template); use the completions API', { param: 'messages' });
+      }
+      const text = template.render(t.messages, { addGenerationPrompt: t.addGenerationPrompt, tools: t.tools, extra: t.templateKwargs });
+      return ids(tok.encode(text, false));
+    }
+    case 'checkTemplate': {
+      // Parses the adapter's template, then renders sample conversations: it must render one.
+      const template = readAdapterChatTemplate(t.adapterDir);
+      if (!template) return { result: false };
+      let last: unknown = null;
+      for (const messages of SAMPLE_CONVERSATIONS) {
+        try {
+          template.render(messages, { addGenerationPrompt: true });
+          return { result: true };
+        } catch (err) {
+          last = err;
+        }
+      }
+      throw new LoraplexError('adapter_invalid', `tokenizer_config.json: the chat template renders none of the sample conversations: ${(last as Error).message}`, { param: 'tokenizer_config' });
+    }
+  }
+});

@@ -1,0 +1,42 @@
+/**
+ * The worker side of worker-pool.ts: answers each {id, task} with {id, result} or {id, error}, and
+ * reports its heap size so the pool can recycle a worker that grew.
+ */
+import { readlinkSync } from 'node:fs';
+import { setPriority } from 'node:os';
+import { getHeapStatistics } from 'node:v8';
+import { parentPort } from 'node:worker_threads';
+import { toWireError } from '../errors.js';
+
+export interface TaskResult {
+  result: unknown;
+  transfer?: ArrayBuffer[];
+}
+
+export function serveTasks(handle: (task: unknown) => TaskResult | Promise<TaskResult>): void {
+  const port = parentPort!;
+  port.on('message', async (m: { id: number; task: unknown }) => {
+    try {
+      const { result, transfer } = await handle(m.task);
+      port.postMessage({ id: m.id, result, heapBytes: getHeapStatistics().used_heap_size }, transfer ?? []);
+    } catch (err) {
+      port.postMessage({ id: m.id, error: toWireError(err), heapBytes: getHeapStatistics().used_heap_size });
+    }
+  });
+}
+
+/**
+ * Lowers this thread's scheduling priority (Linux: a thread's id works as a pid for setpriority),
+ * so that when the cores are busy the engine's steps win over helper work. Best effort: where the
+ * thread id cannot be found, nothing changes.
+ */
+export function lowerThreadPriority(nice = 10): boolean {
+  try {
+    const tid = Number(readlinkSync('/proc/thread-self').split('/').pop());
+    if (!Number.isSafeInteger(tid) || tid <= 0) return false;
+    setPriority(tid, nice);
+    return true;
+  } catch {
+    return false;
+  }
+}
