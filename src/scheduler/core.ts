@@ -38,6 +38,8 @@ export interface EngineStats {
   steps: number;
   /** Requests taken out of the batch to free KV cache (they resume by recomputation). */
   preemptions: number;
+  /** Requests handed to the engine since start. */
+  submitted: number;
   /** Requests cancelled while waiting / while running. */
   cancelledWaiting: number;
   cancelledRunning: number;
@@ -87,6 +89,7 @@ export class EngineCore {
   private lastBatchRows = 0;
   private steps = 0;
   private preemptions = 0;
+  private submitted = 0;
   private cancelledWaiting = 0;
   private cancelledRunning = 0;
   private generatedTokens = 0;
@@ -126,6 +129,7 @@ export class EngineCore {
 
   /** Queues a validated request; a request that breaks the engine's own limits gets an error event. */
   submit(req: ValidRequest): void {
+    this.submitted++;
     try {
       this.admit(req);
     } catch (err) {
@@ -421,6 +425,7 @@ export class EngineCore {
       lastBatchRows: this.lastBatchRows,
       steps: this.steps,
       preemptions: this.preemptions,
+      submitted: this.submitted,
       cancelledWaiting: this.cancelledWaiting,
       cancelledRunning: this.cancelledRunning,
       generatedTokens: this.generatedTokens,

@@ -71,8 +71,12 @@ class Budget {
 
 async function writeCapped(source: AsyncIterable<Buffer | Uint8Array>, path: string, budget: Budget, what: string, onProgress?: () => void): Promise<void> {
   const out = createWriteStream(path, { flags: 'wx' });
+  // A write error may come at any time (even after the upload failed and its directory is gone).
+  let outError: Error | null = null;
+  out.on('error', (e) => (outError = e));
   try {
     for await (const chunk of source) {
+      if (outError) throw outError;
       budget.take(chunk.length);
       onProgress?.();
       if (!out.write(chunk)) await once(out, 'drain');

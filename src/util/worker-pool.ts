@@ -50,6 +50,8 @@ interface Slot {
 }
 
 interface Reply {
+  /** Sent once, when the worker has loaded what it needs and takes tasks. */
+  ready?: boolean;
   id: number;
   result?: unknown;
   error?: WireError;
@@ -62,6 +64,8 @@ export class WorkerPool {
   private readonly queue: Pending[] = [];
   private nextId = 1;
   private closed = false;
+  /** Why a worker could not even start (then none will): every task fails with it. */
+  private broken: string | null = null;
   /** Workers replaced after a timeout, a crash or heap growth (for tests and metrics). */
   replaced = 0;
 
@@ -81,6 +85,7 @@ export class WorkerPool {
 
   run<T>(task: unknown, opts: TaskOptions): Promise<T> {
     if (this.closed) return Promise.reject(new LoraplexError('shutting_down', 'the server is shutting down'));
+    if (this.broken) return Promise.reject(new LoraplexError('internal_error', `a helper thread cannot start: ${this.broken}`));
     return new Promise<T>((resolve, reject) => {
       this.queue.push({ id: this.nextId++, task, opts, resolve: resolve as (v: unknown) => void, reject });
       this.dispatch();
@@ -103,7 +108,9 @@ export class WorkerPool {
   private spawn(): Slot {
     const worker = startWorker(this.opts.from, this.opts.entry, { workerData: this.opts.workerData, resourceLimits: this.opts.resourceLimits });
     worker.unref();
-    const slot: Slot = { worker, busy: null, timer: null, ready: true };
+    // A fresh worker loads its data first (a tokenizer can take seconds): no task, and so no
+    // task budget, starts before it says it is ready.
+    const slot: Slot = { worker, busy: null, timer: null, ready: false };
     worker.on('message', (m: Reply) => this.onReply(slot, m));
     worker.on('error', (err) => this.onExit(slot, err.message));
     worker.on('exit', (code) => this.onExit(slot, `the worker exited (code ${code})`));
@@ -138,6 +145,11 @@ export class WorkerPool {
   }
 
   private onReply(slot: Slot, m: Reply): void {
+    if (m.ready) {
+      slot.ready = true;
+      this.dispatch();
+      return;
+    }
     if (!slot.busy || slot.busy.id !== m.id) return;
     const p = this.settle(slot)!;
     if (m.error) p.reject(LoraplexError.fromWire(m.error));
@@ -154,7 +166,13 @@ export class WorkerPool {
   }
 
   private onExit(slot: Slot, why: string): void {
-    if (this.closed || !this.slots.includes(slot)) return;
+    if (this.closed || this.broken || !this.slots.includes(slot)) return;
+    if (!slot.ready) {
+      // It died while starting: a replacement would die the same way.
+      this.broken = why;
+      for (const q of this.queue.splice(0)) q.reject(new LoraplexError('internal_error', `a helper thread cannot start: ${why}`));
+      return;
+    }
     const p = this.settle(slot);
     this.replace(slot);
     p?.reject(p.opts.onCrash?.(why) ?? new LoraplexError('internal_error', `a helper thread failed: ${why}`));

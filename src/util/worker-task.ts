@@ -13,8 +13,10 @@ export interface TaskResult {
   transfer?: ArrayBuffer[];
 }
 
+/** Starts answering tasks; the pool sends none until the worker says it is ready. */
 export function serveTasks(handle: (task: unknown) => TaskResult | Promise<TaskResult>): void {
   const port = parentPort!;
+  port.postMessage({ ready: true });
   port.on('message', async (m: { id: number; task: unknown }) => {
     try {
       const { result, transfer } = await handle(m.task);
