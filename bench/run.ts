@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { engineBench } from './engine.js';
 import { httpBench } from './http.js';
+import { isolationBench } from './isolation.js';
 import { runtimeBench } from './runtime.js';
 import { textBench } from './text.js';
 
@@ -24,16 +25,17 @@ const ctx = { quick: values.quick!, dir: values.dir!, log: (line: string) => pro
 mkdirSync(ctx.dir, { recursive: true });
 const started = Date.now();
 const machine = `${cpus().length}× ${cpus()[0]?.model ?? 'CPU'}, ${Math.round(totalmem() / 1024 ** 3)} GiB, Node ${process.version}`;
-const only = new Set((values.only ?? 'runtime,engine,http,text').split(','));
+const only = new Set((values.only ?? 'runtime,engine,http,isolation,text').split(','));
 const runtime = only.has('runtime') ? await runtimeBench(ctx) : null;
 const engine = only.has('engine') ? await engineBench(ctx) : null;
 const http = only.has('http') ? await httpBench(ctx) : null;
+const isolation = only.has('isolation') ? await isolationBench(ctx) : null;
 const text = only.has('text') ? textBench() : null;
-const sections = [runtime?.markdown, engine?.markdown, http?.markdown, text?.markdown].filter((s): s is string => !!s);
+const sections = [runtime?.markdown, engine?.markdown, http?.markdown, isolation?.markdown, text?.markdown].filter((s): s is string => !!s);
 const report = [`## loraplex benchmarks${ctx.quick ? ' (quick)' : ''}`, '', `Machine: ${machine}`, '', ...sections.flatMap((s) => [s, '']), `Resident memory at the end: ${Math.round(process.memoryUsage().rss / 1024 ** 2)} MiB. Took ${Math.round((Date.now() - started) / 1000)} s.`].join('\n');
 process.stdout.write(`${report}\n`);
 const out = values.out ?? join(ctx.dir, ctx.quick ? 'results-quick' : 'results');
-writeFileSync(`${out}.json`, JSON.stringify({ machine, quick: ctx.quick, runtime, engine, http: http && { cells: http.cells }, text }, null, 2));
+writeFileSync(`${out}.json`, JSON.stringify({ machine, quick: ctx.quick, runtime, engine, http: http && { cells: http.cells }, isolation: isolation && { quiet: isolation.quiet, abused: isolation.abused, abusive: isolation.abusive }, text }, null, 2));
 writeFileSync(`${out}.md`, `${report}\n`);
 if (http) writeFileSync(`${out}.svg`, http.svg);
 process.stderr.write(`wrote ${out}.json, ${out}.md${http ? ` and ${out}.svg` : ''}\n`);

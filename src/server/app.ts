@@ -44,7 +44,7 @@ export async function buildApp(ctx: ServerContext, opts: { logger?: FastifyServe
     logger: opts.logger ?? false,
     bodyLimit: MAX_JSON_BODY,
     // Adapter names (org/name) are path parameters: room for the longest valid name.
-    maxParamLength: MAX_NAME_LENGTH + 16,
+    routerOptions: { maxParamLength: MAX_NAME_LENGTH + 16 },
     genReqId: () => `req-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`,
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, allErrors: false } },
     serverFactory: (handler) =>
@@ -62,8 +62,10 @@ export async function buildApp(ctx: ServerContext, opts: { logger?: FastifyServe
   }).withTypeProvider<TypeBoxTypeProvider>();
 
   installErrorHandling(app);
-  // JSON only on the API (and multipart on the admin upload routes).
+  // JSON only on the API (and multipart on the admin upload routes); large bodies are parsed off
+  // the event loop.
   app.removeContentTypeParser('text/plain');
+  ctx.bodies.install(app, MAX_JSON_BODY);
   app.decorateRequest('adapterLabel', '');
   await app.register(swagger, {
     openapi: {

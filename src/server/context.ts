@@ -15,6 +15,7 @@ import type { EngineEvent, TokenEngineEvent, ValidRequest } from '../scheduler/r
 import { Admission, type Ticket } from './admission.js';
 import type { Metrics } from './metrics.js';
 import type { AdapterChecker } from './adapter-check/adapter-checker.js';
+import { JsonBodyParser } from './body/json-body.js';
 import type { TokenizerPool } from './prompt/tokenizer-pool.js';
 
 export interface ServerSettings {
@@ -44,6 +45,7 @@ export class ServerContext {
   readonly baseId: string;
   readonly settings: ServerSettings;
   readonly admission: Admission;
+  readonly bodies = new JsonBodyParser();
   readonly startedAt = Math.floor(Date.now() / 1000);
   /** Set once shutdown begins: /health answers 503 and new work is refused while running work drains. */
   draining = false;

@@ -38,6 +38,11 @@ function num(raw: RawSampling, key: keyof RawSampling, def: number, min: number,
   return v as number;
 }
 
+/** Temperatures below this are greedy. */
+export const MIN_TEMPERATURE = 1e-5;
+
+const greedyBelow = (t: number): number => (t < MIN_TEMPERATURE ? 0 : t);
+
 export function parseSampling(raw: RawSampling, vocabSize: number): SamplingParams {
   let logitBias: Map<number, number> | null = null;
   if (raw.logit_bias != null) {
@@ -62,11 +67,13 @@ export function parseSampling(raw: RawSampling, vocabSize: number): SamplingPara
     seed = Number(BigInt.asUintN(32, BigInt(raw.seed) ^ (BigInt(raw.seed) >> 32n)));
   }
   return {
-    temperature: num(raw, 'temperature', 1, 0, 2),
+    // Temperatures this close to 0 are greedy (as in vLLM): 1/T would overflow the softmax.
+    temperature: greedyBelow(num(raw, 'temperature', 1, 0, 2)),
     topP: num(raw, 'top_p', GREEDY.topP, 0, 1, { minExclusive: true }),
     topK: num(raw, 'top_k', 0, -1, vocabSize, { integer: true }) === -1 ? 0 : num(raw, 'top_k', 0, -1, vocabSize, { integer: true }),
     minP: num(raw, 'min_p', 0, 0, 1),
-    repetitionPenalty: num(raw, 'repetition_penalty', 1, 0, 10, { minExclusive: true }),
+    // Below 0.01 the penalty divides logits into infinities.
+    repetitionPenalty: num(raw, 'repetition_penalty', 1, 0.01, 10),
     frequencyPenalty: num(raw, 'frequency_penalty', 0, -2, 2),
     presencePenalty: num(raw, 'presence_penalty', 0, -2, 2),
     logitBias,

@@ -89,6 +89,7 @@ export async function startServer(
     );
     ctx.engine = engine;
     ctx.tokenizers = await tokenizers;
+    ctx.bodies.limits = { maxPositions: engine.info.maxPositions, maxTokenBytes: ctx.tokenizers.info.maxTokenBytes };
     ctx.checker = new AdapterChecker(
       engine.info.spec,
       { maxRank: engine.info.maxLoraRank, strictBase: config.strictBase ? baseId : null, slotDtype: engine.info.slotDtype },
@@ -112,6 +113,7 @@ export async function startServer(
       await (engine as Engine | null)?.close(Math.max(0, until - Date.now()));
       await app.close();
       await ctx.checker?.close();
+      await ctx.bodies.close();
       await (await tokenizers.catch(() => null))?.close();
     })();
     return closing;

@@ -25,7 +25,7 @@ const LONG = 80;
 const tm = makeTinyModel({ seed: 77, vocabSize: 64, hiddenSize: 32, numHeads: 2, numKvHeads: 1, headDim: 16, intermediateSize: 48, peaked: 1, residualScale: 0.3 });
 /** Ten adapters, each with two versions on disk. */
 const versions = Array.from({ length: 10 }, (_, i) => [0, 1].map((v) => makeTinyAdapter(tm, { seed: 500 + 10 * i + v, r: 2 + ((i + v) % 3) * 2, bStd: 0.3 })));
-const single = (i: number, v: number): AdapterSpec => ({ kind: 'single', key: `${i}@${v + 1}`, name: `a${i}`, dir: versions[i][v].dir });
+const single = (i: number, v: number): Extract<AdapterSpec, { kind: 'single' }> => ({ kind: 'single', key: `${i}@${v + 1}`, name: `a${i}`, dir: versions[i][v].dir });
 const opts = { maxRank: 16, strictBase: null, slotDtype: 'float32' as const };
 
 const open: DecoderModel[] = [];

@@ -32,6 +32,30 @@ export function checkShape(value: unknown, field: string, limits: ShapeLimits = 
 }
 
 /**
+ * The prompt texts of a request body by route (chat: the messages together; completions: each
+ * prompt; TGI: inputs), each checked with checkPromptBytes. Used where the body is parsed, so that
+ * a huge prompt is refused before the body is handed on.
+ */
+export function checkBodyPrompts(route: string, body: unknown, maxPositions: number, maxTokenBytes: number): void {
+  if (body === null || typeof body !== 'object') return;
+  const b = body as { messages?: unknown; prompt?: unknown; inputs?: unknown };
+  const bytes = (v: unknown): number => (typeof v === 'string' ? Buffer.byteLength(v) : 0);
+  if (route === '/v1/chat/completions' && Array.isArray(b.messages)) {
+    let total = 0;
+    for (const m of b.messages) {
+      const c = (m as { content?: unknown } | null)?.content;
+      total += Array.isArray(c) ? c.reduce((n: number, p) => n + bytes((p as { text?: unknown } | null)?.text), 0) : bytes(c);
+    }
+    checkPromptBytes(total, maxPositions, maxTokenBytes, 'messages');
+  } else if (route === '/v1/completions') {
+    const prompts = Array.isArray(b.prompt) ? b.prompt : [b.prompt];
+    prompts.forEach((p, i) => checkPromptBytes(bytes(p), maxPositions, maxTokenBytes, Array.isArray(b.prompt) ? `prompt[${i}]` : 'prompt'));
+  } else if (route === '/generate' || route === '/generate_stream') {
+    checkPromptBytes(bytes(b.inputs), maxPositions, maxTokenBytes, 'inputs');
+  }
+}
+
+/**
  * Refuses prompt text that cannot fit the context whatever its tokens: `bytes` of text are at
  * least bytes / maxTokenBytes tokens (a margin of 2 covers normalizers that shorten the text).
  */
