@@ -28,7 +28,8 @@ export interface PromptLimits {
 }
 
 export class JsonBodyParser {
-  private readonly pool = new WorkerPool({ from: import.meta.url, entry: 'parse-worker', size: 1, resourceLimits: { maxOldGenerationSizeMb: 512 } });
+  /** Started with the first large body. */
+  private pool: WorkerPool | null = null;
   /** Set once the model and its tokenizer are known. */
   limits: PromptLimits | null = null;
 
@@ -46,6 +47,7 @@ export class JsonBodyParser {
       const bytes = new ArrayBuffer(body.length);
       new Uint8Array(bytes).set(body);
       const task: ParseTask = { bytes, route: request.routeOptions.url ?? '', maxDepth: MAX_BODY_DEPTH, limits: this.limits };
+      this.pool ??= new WorkerPool({ from: import.meta.url, entry: 'parse-worker', size: 1, resourceLimits: { maxOldGenerationSizeMb: 512 } });
       return this.pool.run(task, {
         timeoutMs: PARSE_TIMEOUT_MS,
         transfer: [bytes],
@@ -55,7 +57,7 @@ export class JsonBodyParser {
     });
   }
 
-  close(): Promise<void> {
-    return this.pool.close();
+  async close(): Promise<void> {
+    await this.pool?.close();
   }
 }
