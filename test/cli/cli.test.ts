@@ -95,3 +95,36 @@ describe('loraplex CLI', () => {
     });
   });
 });
+
+describe('loraplex demo', () => {
+  it('listens on loopback only, makes up its admin token, and drains on SIGTERM', async () => {
+    const { spawn } = await import('node:child_process');
+    const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'demo', '--cache-dir', tempDir(), '--port', '0', '--threads', '1', '--quant', 'fp32'], {
+      env: { ...process.env, LORAPLEX_HOST: '', LORAPLEX_ADMIN_TOKEN: '' },
+    });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (out += d));
+    const exited = new Promise<number | null>((r) => child.on('exit', r));
+    const find = async (re: RegExp): Promise<RegExpExecArray> => {
+      for (let i = 0; i < 1200; i++) {
+        const m = re.exec(out);
+        if (m) return m;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      throw new Error(`not seen: ${re}; output: ${out}`);
+    };
+    try {
+      const token = (await find(/demo admin token: ([0-9a-f]{32})/))[1];
+      const url = (await find(/listening on (http:\/\/[^ ]+) /))[1];
+      expect(url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+      await find(/"msg":"ready: model loraplex-demo/);
+      expect((await fetch(`${url}/admin/adapters`, { headers: { authorization: 'Bearer demo-admin-token' } })).status).toBe(401);
+      expect((await fetch(`${url}/admin/adapters`, { headers: { authorization: `Bearer ${token}` } })).status).toBe(200);
+      child.kill('SIGTERM');
+      expect(await exited).toBe(0);
+    } finally {
+      child.kill('SIGKILL');
+    }
+  });
+});
