@@ -5,7 +5,7 @@
  * (p50/p99). Each token arrives as its own SSE chunk (the requests ask for logprobs, so a chunk is
  * sent per token even where the random-weight model's text is empty).
  */
-import { existsSync, linkSync, mkdirSync, readdirSync } from 'node:fs';
+import { existsSync, linkSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeRandomPeftAdapter } from '../src/adapters/random.js';
 import { Checkpoint } from '../src/runtime/checkpoint/checkpoint.js';
@@ -89,7 +89,8 @@ export async function httpBench(ctx: BenchContext): Promise<{ cells: Cell[]; mar
   const newTokens = ctx.quick ? 8 : 32;
   const promptLen = 32;
 
-  // An adapter store of 64 adapters: hard links into a pool of 8 distinct ones (loads stay real).
+  // An adapter store of 64 adapters: the factors are hard links into a pool of 8, each copy with its
+  // own lora_alpha, so every adapter is a distinct version (its own digest, its own scaled weights).
   const store = join(ctx.dir, 'http-store', name);
   const pool = join(ctx.dir, 'adapters');
   const ckpt = Checkpoint.open(modelDir);
@@ -97,11 +98,13 @@ export async function httpBench(ctx: BenchContext): Promise<{ cells: Cell[]; mar
   ckpt.close();
   for (let i = 0; i < Math.max(...adapterCounts); i++) {
     const dir = join(store, `a${i}`);
-    if (existsSync(join(dir, 'adapter_model.safetensors'))) continue;
+    if (existsSync(join(dir, 'adapter_config.json'))) continue;
     const src = join(pool, `${name}-r16-${i % 8}`);
     if (!existsSync(join(src, 'adapter_model.safetensors'))) writeRandomPeftAdapter(src, spec, { rank: 16, seed: 1000 + (i % 8) });
     mkdirSync(dir, { recursive: true });
-    for (const f of readdirSync(src)) linkSync(join(src, f), join(dir, f));
+    linkSync(join(src, 'adapter_model.safetensors'), join(dir, 'adapter_model.safetensors'));
+    const cfg = JSON.parse(readFileSync(join(src, 'adapter_config.json'), 'utf8')) as { lora_alpha: number };
+    writeFileSync(join(dir, 'adapter_config.json'), JSON.stringify({ ...cfg, lora_alpha: cfg.lora_alpha + i / 64 }));
   }
 
   const config = resolveConfig(
@@ -144,8 +147,8 @@ export async function httpBench(ctx: BenchContext): Promise<{ cells: Cell[]; mar
       // Cold: nothing of these adapters in memory. Warm: all of them loaded beforehand.
       for (const n of names) {
         const rec = server.ctx.registry.get(n)!;
-        if (p.cold) await engine.unload(`${rec.id}@${rec.version}`);
-        else await engine.preload({ kind: 'single', key: `${rec.id}@${rec.version}`, name: n, dir: rec.dir });
+        if (p.cold) await engine.unload(rec.digest);
+        else await engine.preload({ kind: 'single', key: rec.digest, name: n, dir: rec.dir, verify: true });
       }
       const pick = p.mix === 'zipf' ? zipfPicker(p.adapters, rand) : () => Math.floor(rand() * p.adapters);
       const requests = Math.max(8, p.concurrency * (ctx.quick ? 1 : 2));

@@ -13,7 +13,7 @@ import { KNOBS, resolveConfig, type KnobKey } from '../src/config.js';
 
 const ctx = new ServerContext({
   registry: new AdapterRegistry(),
-  store: null,
+  staging: null,
   metrics: new Metrics(),
   baseId: 'base-model',
   // The default configuration, with the admin routes on.

@@ -45,6 +45,8 @@ export const KNOBS = {
   requestTimeoutMs: knob({ key: 'requestTimeoutMs', flag: '--request-timeout-ms <ms>', env: 'LORAPLEX_REQUEST_TIMEOUT_MS', kind: 'int', default: 600000, min: 1, doc: 'deadline for one request, queueing included' }),
   promptTimeoutMs: knob({ key: 'promptTimeoutMs', flag: '--prompt-timeout-ms <ms>', env: 'LORAPLEX_PROMPT_TIMEOUT_MS', kind: 'int', default: 2000, min: 1, doc: "budget for rendering a request's chat template and tokenizing its prompt (beyond it: 400)" }),
   tokenizerWorkers: knob({ key: 'tokenizerWorkers', flag: '--tokenizer-workers <n>', env: 'LORAPLEX_TOKENIZER_WORKERS', kind: 'int', default: 0, min: 0, doc: 'threads that tokenize prompts and render chat templates (0 = half the cores, at least 1)' }),
+  storePollMs: knob({ key: 'storePollMs', flag: '--store-poll-ms <ms>', env: 'LORAPLEX_STORE_POLL_MS', kind: 'int', default: 2000, min: 0, doc: 'how often the adapter store is rescanned for adapters added, replaced or deleted by other replicas (0 = at start only)' }),
+  storeGraceMs: knob({ key: 'storeGraceMs', flag: '--store-grace-ms <ms>', env: 'LORAPLEX_STORE_GRACE_MS', kind: 'int', default: 900000, min: 0, doc: "how long an adapter version's files are kept after its name was deleted or replaced (requests on it, on any replica, finish first)" }),
   strictBase: knob({ key: 'strictBase', flag: '--strict-base', env: 'LORAPLEX_STRICT_BASE', kind: 'bool', default: false, doc: "refuse adapters whose base_model_name_or_path names another model" }),
   // ---- HTTP server
   host: knob({ key: 'host', flag: '--host <addr>', env: 'LORAPLEX_HOST', kind: 'string', default: '0.0.0.0', doc: 'address to listen on' }),
@@ -85,6 +87,8 @@ export interface Config {
   readonly requestTimeoutMs: number;
   readonly promptTimeoutMs: number;
   readonly tokenizerWorkers: number;
+  readonly storePollMs: number;
+  readonly storeGraceMs: number;
   readonly strictBase: boolean;
   readonly host: string;
   readonly port: number;

@@ -11,7 +11,8 @@ import { checkLoraWeights, type LoraWeights, type SlotDtype } from '../runtime/l
 import { startWorker } from '../util/worker-url.js';
 import { mergeLoraWeights } from './merge.js';
 import { loadPeftAdapter } from './peft.js';
-import type { AdapterSpec } from './spec.js';
+import { adapterDigest } from './digest.js';
+import type { AdapterSource, AdapterSpec } from './spec.js';
 
 export interface LoaderOptions {
   spec: ModelSpec;
@@ -25,9 +26,16 @@ export type AdapterLoader = (spec: AdapterSpec) => Promise<LoraWeights>;
 
 /** Loads on the calling thread (tests, CLI, the loader thread itself). */
 export function loadAdapterSync(spec: AdapterSpec, opts: LoaderOptions): LoraWeights {
-  const load = (dir: string): LoraWeights => loadPeftAdapter(dir, opts.spec, { maxRank: opts.maxRank, strictBase: opts.strictBase, slotDtype: opts.slotDtype }).weights;
-  if (spec.kind === 'single') return load(spec.dir);
-  const merged = mergeLoraWeights(spec.parts.map((p) => ({ weights: load(p.dir), weight: p.weight })), opts.maxRank);
+  const load = (s: AdapterSource): LoraWeights => {
+    const w = loadPeftAdapter(s.dir, opts.spec, { maxRank: opts.maxRank, strictBase: opts.strictBase, slotDtype: opts.slotDtype }).weights;
+    // A directory that is not an immutable version must still hold the version it was named by.
+    if (s.verify && adapterDigest(s.dir) !== s.key) {
+      throw new LoraplexError('adapter_load_failed', `adapter ${s.name} changed on disk since it was registered; the new version is picked up shortly, retry`);
+    }
+    return w;
+  };
+  if (spec.kind === 'single') return load(spec);
+  const merged = mergeLoraWeights(spec.parts.map((p) => ({ weights: load(p), weight: p.weight })), opts.maxRank);
   checkLoraWeights(merged, opts.slotDtype);
   return merged;
 }

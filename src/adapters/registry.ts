@@ -1,41 +1,35 @@
 /**
- * The adapter registry: public name ↔ internal id, with what is known about each adapter. Replacing
- * an adapter bumps its version, so new requests load the new weights while running ones finish on
- * the weights they started with (the cache and slots key on id@version).
+ * The adapter registry: public name → the adapter version it serves now, with what is known about
+ * it. A version is named by the digest of its files: the host cache, the slots and the scheduler
+ * key on the digest, so two names with the same files share one load, and a replaced adapter (a
+ * new digest) can never be served from its old version's weights. Requests that started on a
+ * version keep its directory (versions are immutable) whatever happens to the name.
  */
 import type { PeftInfo } from './peft.js';
 
 export interface AdapterRecord {
-  readonly id: number;
   readonly name: string;
+  /** sha256 of the version's files (hex): its identity everywhere below the server. */
+  readonly digest: string;
   readonly dir: string;
-  readonly version: number;
   readonly info: PeftInfo;
-  /** 'store': lives in the adapter store; 'path': registered from a path (vLLM's load_lora_adapter). */
-  readonly source: 'store' | 'path';
+  /**
+   * 'upload': an uploaded version in the store; 'directory': an adapter directory laid out in the
+   * store by an operator; 'path': registered from a path (vLLM's load_lora_adapter).
+   */
+  readonly source: 'upload' | 'directory' | 'path';
   readonly createdAt: number;
 }
 
 /** The cache/slot key of an adapter version. */
-export const adapterKey = (r: Pick<AdapterRecord, 'id' | 'version'>): string => `${r.id}@${r.version}`;
+export const adapterKey = (r: Pick<AdapterRecord, 'digest'>): string => r.digest;
 
 export class AdapterRegistry {
   private readonly byName = new Map<string, AdapterRecord>();
-  private nextId = 1;
 
-  /** Registers `name` (or replaces it, keeping its id and bumping its version). */
-  register(name: string, dir: string, info: PeftInfo, source: AdapterRecord['source'], now = Date.now()): AdapterRecord {
-    const old = this.byName.get(name);
-    const rec: AdapterRecord = {
-      id: old?.id ?? this.nextId++,
-      name,
-      dir,
-      version: (old?.version ?? 0) + 1,
-      info,
-      source,
-      createdAt: now,
-    };
-    this.byName.set(name, rec);
+  /** Points `name` at a version (replacing what it pointed at). */
+  register(rec: AdapterRecord): AdapterRecord {
+    this.byName.set(rec.name, rec);
     return rec;
   }
 
@@ -51,6 +45,11 @@ export class AdapterRegistry {
 
   list(): AdapterRecord[] {
     return [...this.byName.values()].sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  /** Digests some name points at. */
+  digests(): Set<string> {
+    return new Set([...this.byName.values()].map((r) => r.digest));
   }
 
   get size(): number {

@@ -10,6 +10,8 @@ export interface AdapterSource {
   key: string;
   name: string;
   dir: string;
+  /** The directory may change (it is not an immutable uploaded version): check its digest when loading. */
+  verify?: boolean;
 }
 
 export type AdapterSpec =

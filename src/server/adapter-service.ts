@@ -1,19 +1,20 @@
 /**
- * Adapter lifecycle for the server: discovery at start, install (validate a staged upload against
- * the base model, then commit and register it), registration from a path (vLLM's
- * load_lora_adapter), and removal once the requests using an adapter have finished.
+ * Adapter lifecycle for the server: the registry follows the store (scanned at start and every
+ * --store-poll-ms, so replicas sharing a store see each other's uploads, replacements and deletes),
+ * uploads are validated completely and published as immutable versions, vLLM's load_lora_adapter
+ * registers a directory under --lora-roots, and deletes remove a name (the version it was asked
+ * about) at once while requests on that version finish.
  */
 import { existsSync, realpathSync } from 'node:fs';
 import { isAbsolute, relative, resolve } from 'node:path';
-import type { PeftInfo } from '../adapters/peft.js';
-import { adapterKey, type AdapterRecord } from '../adapters/registry.js';
+import type { AdapterRecord } from '../adapters/registry.js';
 import { ConflictError, LoraplexError, ModelNotFoundError, ValidationError } from '../errors.js';
 import type { ServerContext } from './context.js';
 
 export function adapterInfo(r: AdapterRecord, status?: string): Record<string, unknown> {
   return {
     name: r.name,
-    version: r.version,
+    digest: r.digest,
     source: r.source,
     rank: r.info.maxRank,
     lora_alpha: r.info.config.loraAlpha,
@@ -28,51 +29,136 @@ export function adapterInfo(r: AdapterRecord, status?: string): Record<string, u
 
 export class AdapterService {
   private readonly ctx: ServerContext;
+  private readonly log: { info: (m: string) => void; warn: (m: string) => void };
+  /** Skip reasons already logged (each is logged once, when first seen). */
+  private readonly reported = new Set<string>();
+  /** Digests no name points at any more, to unload once no request uses them. */
+  private readonly retired = new Set<string>();
+  private syncing: Promise<void> | null = null;
+  private timer: NodeJS.Timeout | null = null;
 
-  constructor(ctx: ServerContext) {
+  constructor(ctx: ServerContext, log: { info: (m: string) => void; warn: (m: string) => void } = { info: () => {}, warn: () => {} }) {
     this.ctx = ctx;
+    this.log = log;
   }
 
-  /** Validates an adapter directory on a helper thread: fully (new adapters) or from its headers. */
-  private inspect(dir: string, full: boolean): Promise<PeftInfo> {
+  private get store() {
     this.ctx.requireEngine();
-    return this.ctx.checker!.check(dir, full);
+    return this.ctx.storeClient!;
   }
 
-  /**
-   * Registers every valid adapter in the store (config, headers and chat template are checked;
-   * the factors were checked at upload and are checked again whenever they are loaded); invalid
-   * ones are reported and skipped.
-   */
-  async discover(warn: (msg: string) => void): Promise<number> {
-    const store = this.ctx.store;
-    if (!store) return 0;
-    let n = 0;
-    for (const name of store.list()) {
-      try {
-        this.ctx.registry.register(name, store.dirOf(name), await this.inspect(store.dirOf(name), false), 'store');
-        n++;
-      } catch (err) {
-        warn(`adapter ${name} in the store is skipped: ${(err as Error).message}`);
+  // ---- following the store
+
+  /** Brings the registry in line with the store (one refresh at a time); returns when done. */
+  refresh(): Promise<void> {
+    if (!this.ctx.settings.storeDir) return Promise.resolve();
+    this.syncing ??= this.doRefresh().finally(() => (this.syncing = null));
+    return this.syncing;
+  }
+
+  private async doRefresh(): Promise<void> {
+    const scan = await this.store.scan();
+    for (const s of scan.skipped) {
+      const key = `${s.path}: ${s.why}`;
+      if (!this.reported.has(key)) {
+        this.reported.add(key);
+        this.log.warn(`adapter store: ${s.path} is skipped: ${s.why}`);
       }
     }
-    return n;
+    const seen = new Set<string>();
+    for (const e of scan.entries) {
+      seen.add(e.name);
+      const have = this.ctx.registry.get(e.name);
+      if (have && have.digest === e.digest) continue;
+      try {
+        const { info } = await this.store.validate(e.dir, false);
+        this.ctx.registry.register({ name: e.name, digest: e.digest, dir: e.dir, info, source: e.managed ? 'upload' : 'directory', createdAt: e.createdAt });
+        if (have) this.retire(have.digest);
+        this.log.info(`adapter ${e.name}: ${have ? 'now' : 'serving'} version ${e.digest.slice(0, 12)}`);
+      } catch (err) {
+        const key = `${e.name}@${e.digest}: ${(err as Error).message}`;
+        if (!this.reported.has(key)) {
+          this.reported.add(key);
+          this.log.warn(`adapter ${e.name} in the store is skipped: ${(err as Error).message}`);
+        }
+      }
+    }
+    for (const r of this.ctx.registry.list()) {
+      if (r.source === 'path' || seen.has(r.name)) continue;
+      this.ctx.registry.remove(r.name);
+      this.retire(r.digest);
+      this.log.info(`adapter ${r.name}: removed from the store`);
+    }
+    await this.unloadRetired();
   }
 
-  /** Validates a staged upload completely and makes it visible as `name` (replacing it when `replace`). */
+  private retire(digest: string): void {
+    if (!this.ctx.registry.digests().has(digest)) this.retired.add(digest);
+  }
+
+  /** Unloads retired versions that no request uses any more (called when a version goes idle). */
+  async refreshUnloads(): Promise<void> {
+    await this.unloadRetired().catch(() => {});
+  }
+
+  /** Drops retired versions from the engine once no request uses them. */
+  private async unloadRetired(): Promise<void> {
+    for (const d of [...this.retired]) {
+      if (this.ctx.registry.digests().has(d)) {
+        this.retired.delete(d);
+        continue;
+      }
+      if (this.ctx.inflightOf(d) > 0) continue;
+      if (await this.ctx.engine?.unload(d)) this.retired.delete(d);
+    }
+  }
+
+  /** Refreshes every `pollMs` and collects old versions now and then (0: at start only). */
+  start(pollMs: number): void {
+    if (pollMs <= 0 || !this.ctx.settings.storeDir) return;
+    let rounds = 0;
+    const tick = (): void => {
+      this.timer = setTimeout(async () => {
+        try {
+          await this.refresh();
+          if (++rounds % 30 === 0) await this.collect();
+        } catch (err) {
+          this.log.warn(`adapter store refresh failed: ${(err as Error).message}`);
+        }
+        if (this.timer) tick();
+      }, pollMs);
+      this.timer.unref();
+    };
+    tick();
+  }
+
+  stop(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+  }
+
+  /** Removes versions that lost their name longer than the grace period ago and that no request here uses. */
+  async collect(): Promise<string[]> {
+    const inUse = new Set([...this.ctx.registry.digests(), ...this.ctx.inflightDigests()]);
+    return (await this.store.collect(inUse)).removed;
+  }
+
+  // ---- changes
+
+  /** Validates a staged upload completely and publishes it as `name` (`replace`: an existing name). */
   async install(name: string, staged: string, replace: boolean): Promise<AdapterRecord> {
-    const store = this.ctx.store;
     try {
-      if (!store) throw new LoraplexError('no_store', 'no adapter store is configured (--adapters)');
-      const existing = this.ctx.registry.get(name);
-      if (!replace && existing) throw new ConflictError(`adapter ${name} already exists; use PUT /admin/adapters/${name} to replace it`, 'name');
-      if (replace && !existing) throw new ModelNotFoundError(`adapter ${name} does not exist; use POST /admin/adapters to create it`, 'name');
+      if (!this.ctx.settings.storeDir) throw new LoraplexError('no_store', 'no adapter store is configured (--adapters)');
       if (name === this.ctx.baseId) throw new ConflictError(`${name} is the base model's id`, 'name');
-      const info = await this.inspect(staged, true);
-      store.commit(staged, name);
-      return this.ctx.registry.register(name, store.dirOf(name), info, 'store');
+      if (this.ctx.registry.get(name)?.source === 'path') throw new ConflictError(`adapter ${name} was registered from a path (load_lora_adapter); unload it first`, 'name');
+      const { info, digest } = await this.store.validate(staged, true);
+      const entry = await this.store.publish(staged, name, digest, replace ? 'replace' : 'create');
+      const old = this.ctx.registry.get(name);
+      const rec = this.ctx.registry.register({ name, digest, dir: entry.dir, info, source: 'upload', createdAt: entry.createdAt });
+      if (old && old.digest !== digest) this.retire(old.digest);
+      return rec;
     } finally {
-      store?.discard(staged);
+      this.ctx.staging?.discard(staged);
     }
   }
 
@@ -89,28 +175,30 @@ export class AdapterService {
     if (!inside) throw new ValidationError(`lora_path ${JSON.stringify(path)} is not under a configured root (--lora-roots)`, 'lora_path');
     if (this.ctx.registry.get(name)) throw new ConflictError(`adapter ${name} already exists`, 'lora_name');
     if (name === this.ctx.baseId) throw new ConflictError(`${name} is the base model's id`, 'lora_name');
-    let info: PeftInfo;
+    let v;
     try {
-      info = await this.inspect(real, true);
+      v = await this.store.validate(real, true);
     } catch (err) {
       if (err instanceof LoraplexError && err.code === 'adapter_invalid') throw err;
       throw new ValidationError(`lora_path: ${(err as Error).message}`, 'lora_path');
     }
-    return this.ctx.registry.register(name, real, info, 'path');
+    return this.ctx.registry.register({ name, digest: v.digest, dir: real, info: v.info, source: 'path', createdAt: Date.now() });
   }
 
   /**
-   * Removes an adapter: it disappears for new requests at once; its files are deleted (store
-   * adapters) and its weights unloaded once the requests using it have finished.
+   * Removes `name` — the version it serves now; a name re-created meanwhile is another version and
+   * is not touched. New requests stop finding it at once; requests running on it finish, and its
+   * weights are unloaded (and, after the store's grace period, its files removed) when no request
+   * uses it.
    */
-  async remove(name: string, waitMs: number): Promise<{ deleted: boolean; waitedMs: number }> {
-    const rec = this.ctx.registry.remove(name);
+  async remove(name: string): Promise<AdapterRecord> {
+    const rec = this.ctx.registry.get(name);
     if (!rec) throw new ModelNotFoundError(`adapter ${name} does not exist`, 'name');
-    const started = Date.now();
-    while (this.ctx.inflightOf(name) > 0 && Date.now() - started < waitMs) await new Promise((r) => setTimeout(r, 25));
-    if (rec.source === 'store') this.ctx.store?.remove(name);
-    await this.ctx.engine?.unload(adapterKey(rec));
-    return { deleted: true, waitedMs: Date.now() - started };
+    if (rec.source !== 'path') await this.store.unpublish(name, rec.digest);
+    if (this.ctx.registry.get(name) === rec) this.ctx.registry.remove(name);
+    this.retire(rec.digest);
+    void this.unloadRetired().catch(() => {});
+    return rec;
   }
 
   status(name: string, running: Set<string>, waiting: Set<string>): string {

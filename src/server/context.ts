@@ -7,14 +7,15 @@
  */
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { AdapterRegistry } from '../adapters/registry.js';
-import type { AdapterStore } from '../adapters/store.js';
+import type { StagingArea } from '../adapters/staging.js';
 import { LoraplexError, NotReadyError } from '../errors.js';
 import type { FinishReason } from '../runtime/generation.js';
 import type { Engine } from '../scheduler/engine.js';
 import type { EngineEvent, TokenEngineEvent, ValidRequest } from '../scheduler/request.js';
 import { Admission, type Ticket } from './admission.js';
 import type { Metrics } from './metrics.js';
-import type { AdapterChecker } from './adapter-check/adapter-checker.js';
+import type { StoreClient } from './store/store-client.js';
+import type { AdapterService } from './adapter-service.js';
 import { JsonBodyParser } from './body/json-body.js';
 import type { TokenizerPool } from './prompt/tokenizer-pool.js';
 
@@ -30,6 +31,8 @@ export interface ServerSettings {
   maxBatchPrefillTokens: number;
   maxQueuedRequests: number;
   adapterCycleMs: number;
+  /** The adapter store's directory (null: none). */
+  storeDir: string | null;
   /** Time to receive a request's headers / its body (uploads: time without progress). */
   headersTimeoutMs: number;
   bodyTimeoutMs: number;
@@ -38,9 +41,10 @@ export interface ServerSettings {
 export class ServerContext {
   engine: Engine | null = null;
   tokenizers: TokenizerPool | null = null;
-  checker: AdapterChecker | null = null;
+  storeClient: StoreClient | null = null;
+  service: AdapterService | null = null;
   readonly registry: AdapterRegistry;
-  readonly store: AdapterStore | null;
+  readonly staging: StagingArea | null;
   readonly metrics: Metrics;
   readonly baseId: string;
   readonly settings: ServerSettings;
@@ -53,12 +57,14 @@ export class ServerContext {
   cancelledBeforeSubmit = 0;
   /** HTTP requests on the inference and admin routes not yet answered (shutdown waits for them). */
   openRequests = 0;
-  /** Requests in flight per adapter name (deletes wait for them). */
+  /** Requests in flight per adapter version (digest): unloading and collecting wait for them. */
   private readonly inflight = new Map<string, number>();
+  /** Called when the last request on an adapter version ends. */
+  onAdapterIdle: (digest: string) => void = () => {};
 
-  constructor(opts: { registry: AdapterRegistry; store: AdapterStore | null; metrics: Metrics; baseId: string; settings: ServerSettings }) {
+  constructor(opts: { registry: AdapterRegistry; staging: StagingArea | null; metrics: Metrics; baseId: string; settings: ServerSettings }) {
     this.registry = opts.registry;
-    this.store = opts.store;
+    this.staging = opts.staging;
     this.metrics = opts.metrics;
     this.baseId = opts.baseId;
     this.settings = opts.settings;
@@ -78,15 +84,22 @@ export class ServerContext {
     return this.tokenizers!;
   }
 
-  inflightOf(name: string): number {
-    return this.inflight.get(name) ?? 0;
+  inflightOf(digest: string): number {
+    return this.inflight.get(digest) ?? 0;
   }
 
-  track(names: readonly string[], delta: 1 | -1): void {
-    for (const n of names) {
-      const v = (this.inflight.get(n) ?? 0) + delta;
-      if (v > 0) this.inflight.set(n, v);
-      else this.inflight.delete(n);
+  inflightDigests(): string[] {
+    return [...this.inflight.keys()];
+  }
+
+  track(digests: readonly string[], delta: 1 | -1): void {
+    for (const d of digests) {
+      const v = (this.inflight.get(d) ?? 0) + delta;
+      if (v > 0) this.inflight.set(d, v);
+      else {
+        this.inflight.delete(d);
+        this.onAdapterIdle(d);
+      }
     }
   }
 }
@@ -107,11 +120,11 @@ export interface StreamListener {
 }
 
 /**
- * Submits one validated request (one choice) and forwards its events; `names` are the adapters it
- * uses (in-flight tracking), `ticket` its admission. Returns a function that cancels it (a no-op
+ * Submits one validated request (one choice) and forwards its events; `digests` are the adapter
+ * versions it uses (in-flight tracking), `ticket` its admission. Returns a function that cancels it (a no-op
  * once it has ended). Throws, with nothing left registered, if the hand-off fails.
  */
-export function startGeneration(ctx: ServerContext, req: Omit<ValidRequest, 'id'>, names: readonly string[], ticket: Ticket, l: StreamListener): () => void {
+export function startGeneration(ctx: ServerContext, req: Omit<ValidRequest, 'id'>, digests: readonly string[], ticket: Ticket, l: StreamListener): () => void {
   const engine = ctx.requireEngine();
   const submitted = performance.now();
   let open = true;
@@ -119,10 +132,10 @@ export function startGeneration(ctx: ServerContext, req: Omit<ValidRequest, 'id'
     if (open) {
       open = false;
       ticket.leaveQueue();
-      ctx.track(names, -1);
+      ctx.track(digests, -1);
     }
   };
-  ctx.track(names, 1);
+  ctx.track(digests, 1);
   let handle;
   try {
     handle = engine.submit(req, (e) => {
@@ -158,7 +171,7 @@ export function startGeneration(ctx: ServerContext, req: Omit<ValidRequest, 'id'
 }
 
 /** Runs one request to its end; `signal` cancels it (client gone). */
-export function generate(ctx: ServerContext, req: Omit<ValidRequest, 'id'>, names: readonly string[], ticket: Ticket, signal: AbortSignal): Promise<GenerationResult> {
+export function generate(ctx: ServerContext, req: Omit<ValidRequest, 'id'>, digests: readonly string[], ticket: Ticket, signal: AbortSignal): Promise<GenerationResult> {
   return new Promise((resolve, reject) => {
     const tokens: TokenEngineEvent[] = [];
     let text = '';
@@ -166,7 +179,7 @@ export function generate(ctx: ServerContext, req: Omit<ValidRequest, 'id'>, name
       cancel();
       reject(new LoraplexError('cancelled', 'the client closed the connection'));
     };
-    const cancel = startGeneration(ctx, req, names, ticket, {
+    const cancel = startGeneration(ctx, req, digests, ticket, {
       onToken: (e) => {
         tokens.push(e);
         text += e.text;

@@ -9,8 +9,9 @@ import { mergeKey, type AdapterSource, type AdapterSpec } from '../adapters/spec
 import type { Static } from 'typebox';
 import type { MergedAdapters } from './schemas.js';
 
+/** Directories that can change under us (not uploaded versions) are checked against their digest when loaded. */
 function source(r: AdapterRecord): AdapterSource {
-  return { key: adapterKey(r), name: r.name, dir: r.dir };
+  return { key: adapterKey(r), name: r.name, dir: r.dir, verify: r.source !== 'upload' };
 }
 
 /** Largest |weight| of an adapter in a merged combination (real recipes use 0..2). */
@@ -18,8 +19,10 @@ export const MAX_MERGE_WEIGHT = 100;
 
 export interface Resolved {
   spec: AdapterSpec | null;
-  /** Names of the adapters used (for metrics and in-flight tracking). */
+  /** Names of the adapters used. */
   names: string[];
+  /** Their versions (in-flight tracking). */
+  digests: string[];
   /** The id to echo back in responses. */
   model: string;
   /** The adapter label of metrics and logs: 'base', a name, or names joined by '+'. */
@@ -49,13 +52,13 @@ export function resolveAdapter(
     });
     if (new Set(merged.ids).size !== merged.ids.length) throw new ValidationError('merged_adapters.ids lists an adapter twice', 'merged_adapters.ids');
     const name = merged.ids.map((id, i) => `${id}*${merged.weights[i]}`).join('+');
-    return { spec: { kind: 'merge', key: mergeKey(parts), name, parts }, names: merged.ids, model: req.model ?? baseId, label: merged.ids.join('+') };
+    return { spec: { kind: 'merge', key: mergeKey(parts), name, parts }, names: merged.ids, digests: parts.map((p) => p.key), model: req.model ?? baseId, label: merged.ids.join('+') };
   }
   const wanted = req.adapter_id || req.model;
   const param = req.adapter_id ? 'adapter_id' : 'model';
   if (!wanted) throw new ValidationError('model is required', 'model');
-  if (wanted === baseId) return { spec: null, names: [], model: baseId, label: 'base' };
+  if (wanted === baseId) return { spec: null, names: [], digests: [], model: baseId, label: 'base' };
   const r = registry.get(wanted);
   if (!r) throw new ModelNotFoundError(`The model \`${wanted}\` does not exist. Known: the base model \`${baseId}\` and ${registry.size} adapter(s); see GET /v1/models.`, param);
-  return { spec: { kind: 'single', ...source(r) }, names: [r.name], model: req.model && req.model !== baseId && !req.adapter_id ? req.model : wanted, label: r.name };
+  return { spec: { kind: 'single', ...source(r) }, names: [r.name], digests: [r.digest], model: req.model && req.model !== baseId && !req.adapter_id ? req.model : wanted, label: r.name };
 }

@@ -160,6 +160,7 @@ export const ModelCard = Type.Object({
   root: Nullable(Type.String()),
   parent: Nullable(Type.String()),
   max_model_len: Type.Optional(Type.Integer()),
+  digest: Type.Optional(Type.String({ description: "adapters: sha256 of the version's files" })),
 });
 
 export const ModelList = Type.Object({ object: Type.Literal('list'), data: Type.Array(ModelCard) }, { $id: 'ModelList' });
@@ -218,8 +219,8 @@ export const GenerateResponse = Type.Object(
 export const AdapterInfo = Type.Object(
   {
     name: Type.String(),
-    version: Type.Integer(),
-    source: Type.String(),
+    digest: Type.String({ description: "sha256 of the adapter version's files: its identity" }),
+    source: Type.String({ description: 'upload (a version uploaded through this API), directory (laid out in the store on disk) or path (load_lora_adapter)' }),
     rank: Type.Integer(),
     lora_alpha: Type.Number(),
     use_rslora: Type.Boolean(),

@@ -7,7 +7,7 @@
 import { availableParallelism } from 'node:os';
 import { basename, resolve } from 'node:path';
 import { AdapterRegistry } from '../adapters/registry.js';
-import { AdapterStore } from '../adapters/store.js';
+import { StagingArea } from '../adapters/staging.js';
 import type { Config } from '../config.js';
 import type { RuntimeSettings } from '../runtime/open.js';
 import { Engine } from '../scheduler/engine.js';
@@ -15,7 +15,7 @@ import { AdapterService } from './adapter-service.js';
 import { buildApp } from './app.js';
 import { ServerContext, type ServerSettings } from './context.js';
 import { Metrics } from './metrics.js';
-import { AdapterChecker } from './adapter-check/adapter-checker.js';
+import { StoreClient } from './store/store-client.js';
 import { TokenizerPool } from './prompt/tokenizer-pool.js';
 import type { FastifyInstance } from 'fastify';
 
@@ -42,6 +42,7 @@ export function serverSettings(c: Partial<Config>): ServerSettings {
     maxBatchPrefillTokens: c.maxBatchPrefillTokens!,
     maxQueuedRequests: c.maxQueuedRequests!,
     adapterCycleMs: c.adapterCycleMs!,
+    storeDir: c.adapters ?? null,
     headersTimeoutMs: c.headersTimeoutMs!,
     bodyTimeoutMs: c.bodyTimeoutMs!,
   };
@@ -54,7 +55,7 @@ export async function startServer(
   const baseId = config.servedModelName ?? basename(resolve(config.model!));
   const ctx = new ServerContext({
     registry: new AdapterRegistry(),
-    store: config.adapters ? new AdapterStore(config.adapters) : null,
+    staging: config.adapters ? new StagingArea(config.adapters) : null,
     metrics: new Metrics(),
     baseId,
     settings: serverSettings(config),
@@ -68,6 +69,9 @@ export async function startServer(
     app.log.info(`listening on ${url} (health: ${url}/health, docs: ${url}/docs)`);
   }
   let engine: Engine | null = null;
+  const service = new AdapterService(ctx, { info: (m) => app.log.info(m), warn: (m) => app.log.warn(m) });
+  ctx.service = service;
+  ctx.onAdapterIdle = () => void service.refreshUnloads();
   const workers = config.tokenizerWorkers || Math.max(1, Math.floor(availableParallelism() / 2));
   const tokenizers = TokenizerPool.start({ modelDir: config.model!, workers, timeoutMs: config.promptTimeoutMs! });
   tokenizers.catch(() => {});
@@ -90,16 +94,20 @@ export async function startServer(
     ctx.engine = engine;
     ctx.tokenizers = await tokenizers;
     ctx.bodies.limits = { maxPositions: engine.info.maxPositions, maxTokenBytes: ctx.tokenizers.info.maxTokenBytes };
-    ctx.checker = new AdapterChecker(
-      engine.info.spec,
-      { maxRank: engine.info.maxLoraRank, strictBase: config.strictBase ? baseId : null, slotDtype: engine.info.slotDtype },
-      ctx.tokenizers,
-    );
-    const found = await new AdapterService(ctx).discover((m) => app.log.warn(m));
+    ctx.storeClient = new StoreClient({
+      spec: engine.info.spec,
+      load: { maxRank: engine.info.maxLoraRank, strictBase: config.strictBase ? baseId : null, slotDtype: engine.info.slotDtype },
+      root: config.adapters ?? null,
+      store: { allowedRoots: config.loraRoots ?? [], graceMs: config.storeGraceMs! },
+      tokenizers: ctx.tokenizers,
+    });
+    await service.refresh();
+    await service.collect().catch((err: Error) => app.log.warn(`collecting old adapter versions failed: ${err.message}`));
+    service.start(config.storePollMs ?? 0);
     const names = ctx.registry.list().map((r) => r.name);
     app.log.info(
       `ready: model ${baseId} (${engine.info.architecture}, ${engine.info.weights}, ${engine.info.device}, context ${engine.info.maxPositions}); ` +
-        `${found} adapter(s)${names.length ? `: ${names.join(', ')}` : ''}`,
+        `${names.length} adapter(s)${names.length ? `: ${names.join(', ')}` : ''}`,
     );
   })();
   ready.catch((err: Error) => app.log.error(`the model failed to load: ${err.message}`));
@@ -112,7 +120,8 @@ export async function startServer(
       while (ctx.openRequests > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 25));
       await (engine as Engine | null)?.close(Math.max(0, until - Date.now()));
       await app.close();
-      await ctx.checker?.close();
+      service.stop();
+      await ctx.storeClient?.close();
       await ctx.bodies.close();
       await (await tokenizers.catch(() => null))?.close();
     })();

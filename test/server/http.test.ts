@@ -179,7 +179,8 @@ describe('admin', () => {
   it('upload → completion with the new adapter → replace → delete', async () => {
     const up = await admin('/admin/adapters', { method: 'POST', body: form({ name: 'fresh' }, peftFiles(upload)) });
     expect(up.status).toBe(201);
-    expect(await up.json()).toMatchObject({ name: 'fresh', version: 1, rank: 2 });
+    const v1 = (await up.json()) as { digest: string };
+    expect(v1).toMatchObject({ name: 'fresh', source: 'upload', rank: 2, digest: expect.stringMatching(/^[0-9a-f]{64}$/) });
     const prompt = [100, 200, 300];
     const first = (await (await json('/v1/completions', { model: 'fresh', prompt, max_tokens: 3, temperature: 0 })).json()) as { choices: { text: string }[] };
     expect(first.choices[0].text).toBe(qwen.decode(referenceGreedy(prompt, upload.lora, 3)));
@@ -187,13 +188,16 @@ describe('admin', () => {
     expect(again.status).toBe(409);
     const put = await admin('/admin/adapters/fresh', { method: 'PUT', body: form({}, peftFiles(upload2)) });
     expect(put.status).toBe(200);
-    expect(await put.json()).toMatchObject({ name: 'fresh', version: 2, rank: 6 });
+    const v2 = (await put.json()) as { digest: string };
+    expect(v2).toMatchObject({ name: 'fresh', rank: 6 });
+    expect(v2.digest).not.toBe(v1.digest);
     const second = (await (await json('/v1/completions', { model: 'fresh', prompt, max_tokens: 3, temperature: 0 })).json()) as { choices: { text: string }[] };
     expect(second.choices[0].text).toBe(qwen.decode(referenceGreedy(prompt, upload2.lora, 3)));
     const list = (await (await admin('/admin/adapters')).json()) as { data: { name: string }[] };
     expect(list.data.map((d) => d.name)).toContain('fresh');
-    expect((await admin('/admin/adapters/fresh', { method: 'DELETE' })).status).toBe(200);
-    expect(existsSync(join(storeDir, 'fresh'))).toBe(false);
+    const del = await admin('/admin/adapters/fresh', { method: 'DELETE' });
+    expect(del.status).toBe(202);
+    expect(await del.json()).toEqual({ name: 'fresh', digest: v2.digest, deleted: true });
     expect((await json('/v1/completions', { model: 'fresh', prompt, max_tokens: 1 })).status).toBe(404);
   });
 
@@ -222,7 +226,7 @@ describe('admin', () => {
     expect(r.status).toBe(400);
     expect(((await r.json()) as { error: { message: string } }).error.message).toMatch(message);
     expect(existsSync(join(storeDir, 'evil'))).toBe(false);
-    expect(readdirSync(join(storeDir, '.staging'))).toEqual([]);
+    expect(readdirSync(join(storeDir, '.loraplex', 'staging'))).toEqual([]);
   });
 
   it('refuses an adapter that does not fit the base model (422) and a bad name (400)', async () => {

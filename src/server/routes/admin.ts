@@ -9,7 +9,7 @@ import { checkAdapterName } from '../../adapters/names.js';
 import { adapterKey } from '../../adapters/registry.js';
 import type { AdapterSpec } from '../../adapters/spec.js';
 import { AuthError, LoraplexError, ModelNotFoundError, ValidationError } from '../../errors.js';
-import { AdapterService, adapterInfo } from '../adapter-service.js';
+import { adapterInfo, type AdapterService } from '../adapter-service.js';
 import { bearerMatches } from '../auth.js';
 import type { ServerContext } from '../context.js';
 import { rawErrorResponse } from '../errors.js';
@@ -25,7 +25,10 @@ const nameOf = (p: NameParams): string => checkAdapterName(p.org ? `${p.org}/${p
 
 export async function adminRoutes(app: FastifyInstance, ctx: ServerContext): Promise<void> {
   const token = ctx.settings.adminToken!;
-  const service = new AdapterService(ctx);
+  const service = (): AdapterService => {
+    ctx.requireEngine();
+    return ctx.service!;
+  };
   await app.register(multipart, {
     limits: { fileSize: ctx.settings.maxUploadBytes, files: 8, fields: 4, parts: 12, fieldSize: 1024 },
   });
@@ -36,8 +39,8 @@ export async function adminRoutes(app: FastifyInstance, ctx: ServerContext): Pro
 
   /** Streams a multipart upload into a fresh staging directory; returns it and the `name` field. */
   async function receive(request: FastifyRequest): Promise<{ staged: string; name: string | null }> {
-    const store = ctx.store;
-    if (!store) throw new ValidationError('no adapter store is configured (--adapters)');
+    const store = ctx.staging;
+    if (!store) throw new LoraplexError('no_store', 'no adapter store is configured (--adapters)');
     if (!request.isMultipart()) throw new ValidationError('send multipart/form-data: a name field and the PEFT files (or one .tar.gz/.zip)', 'file');
     const staged = store.stage();
     const budget = newBudget(ctx.settings.maxUploadBytes);
@@ -96,11 +99,11 @@ export async function adminRoutes(app: FastifyInstance, ctx: ServerContext): Pro
     try {
       finalName = checkAdapterName(urlName ?? name, 'name');
     } catch (err) {
-      ctx.store!.discard(staged);
+      ctx.staging!.discard(staged);
       throw err;
     }
-    const rec = await service.install(finalName, staged, urlName !== null);
-    request.log.info({ adapter: rec.name, version: rec.version, rank: rec.info.maxRank }, 'adapter installed');
+    const rec = await service().install(finalName, staged, urlName !== null);
+    request.log.info({ adapter: rec.name, digest: rec.digest, rank: rec.info.maxRank }, 'adapter installed');
     return adapterInfo(rec);
   };
 
@@ -119,19 +122,31 @@ export async function adminRoutes(app: FastifyInstance, ctx: ServerContext): Pro
       const rec = ctx.registry.get(name);
       if (!rec) throw new ModelNotFoundError(`adapter ${name} does not exist`, 'name');
       const stats = await ctx.engine?.stats();
-      return adapterInfo(rec, service.status(name, new Set(stats?.runningAdapters), new Set(stats?.waitingAdapters)));
+      return adapterInfo(rec, service().status(name, new Set(stats?.runningAdapters), new Set(stats?.waitingAdapters)));
     });
-    app.delete<{ Params: NameParams }>(path, { schema: { tags: ['admin'], summary: 'Delete an adapter once the requests using it have finished', params, response: { ...errors } } }, async (request) => {
-      const name = nameOf(request.params);
-      const r = await service.remove(name, ctx.settings.requestTimeoutMs);
-      request.log.info({ adapter: name, waitedMs: r.waitedMs }, 'adapter deleted');
-      return { name, deleted: true };
-    });
+    app.delete<{ Params: NameParams }>(
+      path,
+      {
+        schema: {
+          tags: ['admin'],
+          summary: 'Delete an adapter: new requests stop finding it at once (202); requests running on its version finish on it, then its weights are unloaded',
+          params,
+          response: { 202: Type.Object({ name: Type.String(), digest: Type.String(), deleted: Type.Boolean() }), ...errors },
+        },
+      },
+      async (request, reply) => {
+        const name = nameOf(request.params);
+        const rec = await service().remove(name);
+        request.log.info({ adapter: name, digest: rec.digest, inflight: ctx.inflightOf(rec.digest) }, 'adapter deleted');
+        reply.code(202);
+        return { name, digest: rec.digest, deleted: true };
+      },
+    );
     app.post<{ Params: NameParams }>(`${path}/load`, { schema: { tags: ['admin'], summary: 'Load an adapter into the host cache ahead of use', params, response: { ...errors } } }, async (request) => {
       const name = nameOf(request.params);
       const rec = ctx.registry.get(name);
       if (!rec) throw new ModelNotFoundError(`adapter ${name} does not exist`, 'name');
-      const spec: AdapterSpec = { kind: 'single', key: adapterKey(rec), name: rec.name, dir: rec.dir };
+      const spec: AdapterSpec = { kind: 'single', key: adapterKey(rec), name: rec.name, dir: rec.dir, verify: rec.source !== 'upload' };
       await ctx.requireEngine().preload(spec);
       return { name, loaded: true };
     });
@@ -147,7 +162,7 @@ export async function adminRoutes(app: FastifyInstance, ctx: ServerContext): Pro
     const stats = await ctx.engine?.stats();
     const running = new Set(stats?.runningAdapters);
     const waiting = new Set(stats?.waitingAdapters);
-    return { data: ctx.registry.list().map((r) => adapterInfo(r, service.status(r.name, running, waiting))) };
+    return { data: ctx.registry.list().map((r) => adapterInfo(r, service().status(r.name, running, waiting))) };
   });
 
   // vLLM-compatible dynamic LoRA loading (answers in plain text, as vLLM does).
@@ -156,7 +171,7 @@ export async function adminRoutes(app: FastifyInstance, ctx: ServerContext): Pro
     { schema: { tags: ['admin'], summary: "vLLM's load_lora_adapter: register an adapter directory under --lora-roots", body: LoadLoraRequest, response: { ...errors } } },
     async (request, reply) => {
       const name = checkAdapterName(request.body.lora_name, 'lora_name');
-      await service.registerPath(name, request.body.lora_path);
+      await service().registerPath(name, request.body.lora_path);
       reply.type('text/plain');
       return `Success: LoRA adapter '${name}' added successfully.`;
     },
@@ -168,9 +183,12 @@ export async function adminRoutes(app: FastifyInstance, ctx: ServerContext): Pro
       const name = checkAdapterName(request.body.lora_name, 'lora_name');
       const rec = ctx.registry.get(name);
       if (!rec) throw new ModelNotFoundError(`adapter ${name} does not exist`, 'lora_name');
-      // Unregisters (files stay; a store adapter is found again at the next start).
-      ctx.registry.remove(name);
-      await ctx.engine?.unload(adapterKey(rec));
+      // Unregisters (files stay; a store adapter is found again by the next scan of the store).
+      if (rec.source === 'path') await service().remove(name);
+      else {
+        ctx.registry.remove(name);
+        await ctx.engine?.unload(adapterKey(rec));
+      }
       reply.type('text/plain');
       return `Success: LoRA adapter '${name}' removed successfully.`;
     },

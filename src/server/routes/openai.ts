@@ -89,7 +89,7 @@ async function run(
   };
 
   if (!body.stream) {
-    const results = await Promise.all(choices.map((c) => generate(ctx, c.req, resolved.names, ticket, gone)));
+    const results = await Promise.all(choices.map((c) => generate(ctx, c.req, resolved.digests, ticket, gone)));
     const completion = results.reduce((sum, r) => sum + r.completionTokens, 0);
     record(completion, results.map((r) => r.text), false);
     return {
@@ -166,7 +166,7 @@ async function run(
     try {
       choices.forEach((c, ci) => {
         cancels.push(
-          startGeneration(ctx, c.req, resolved.names, ticket, {
+          startGeneration(ctx, c.req, resolved.digests, ticket, {
             onRunning: () => {
               open();
             },
@@ -351,6 +351,7 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
           root: ctx.baseId,
           parent: ctx.baseId,
           ...(maxLen ? { max_model_len: maxLen } : {}),
+          digest: r.digest,
         })),
       ],
     };

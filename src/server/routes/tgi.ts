@@ -67,7 +67,7 @@ export function tgiRoutes(app: FastifyInstance, ctx: ServerContext): void {
       const gone = clientGone(request, reply);
       const { req, resolved, ticket, details, fullText, seed } = await prepare(request, gone);
       try {
-        const r = await generate(ctx, req, resolved.names, ticket, gone);
+        const r = await generate(ctx, req, resolved.digests, ticket, gone);
         return {
           generated_text: (fullText ? request.body.inputs : '') + r.text,
           ...(details
@@ -126,7 +126,7 @@ export function tgiRoutes(app: FastifyInstance, ctx: ServerContext): void {
         };
         gone.addEventListener('abort', onGone, { once: true });
         try {
-          cancel = startGeneration(ctx, req, resolved.names, ticket, {
+          cancel = startGeneration(ctx, req, resolved.digests, ticket, {
             onRunning: () => open(),
             onToken: (e) => {
               open();
