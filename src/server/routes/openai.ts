@@ -242,6 +242,15 @@ async function admitted<T>(ctx: ServerContext, choices: number, gone: AbortSigna
   }
 }
 
+/** Every request starts the same way: watch the client, need the engine, resolve the adapter. */
+function begin(ctx: ServerContext, request: FastifyRequest, reply: FastifyReply, body: Parameters<typeof resolveAdapter>[2]) {
+  const gone = clientGone(request, reply);
+  const engine = ctx.requireEngine();
+  const resolved = resolveAdapter(ctx.registry, ctx.baseId, body);
+  request.adapterLabel = resolved.label;
+  return { gone, engine, resolved };
+}
+
 export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
   const errors = { 400: ErrorBody, 404: ErrorBody, 422: ErrorBody, 429: ErrorBody, 503: ErrorBody };
 
@@ -249,11 +258,8 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
     '/v1/chat/completions',
     { schema: { tags: ['openai'], summary: 'Chat completion (OpenAI-compatible); `model` selects the adapter', body: ChatCompletionRequest, response: { 200: ChatCompletionResponse, ...errors } } },
     async (request, reply) => {
-      const gone = clientGone(request, reply);
+      const { gone, engine, resolved } = begin(ctx, request, reply, request.body);
       const body = request.body;
-      const engine = ctx.requireEngine();
-      const resolved = resolveAdapter(ctx.registry, ctx.baseId, body);
-      request.adapterLabel = resolved.label;
       if (body.response_format && (body.response_format as { type?: string }).type !== 'text') {
         throw new UnsupportedError('response_format other than "text" is not supported', 'response_format');
       }
@@ -291,11 +297,8 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
     '/v1/completions',
     { schema: { tags: ['openai'], summary: 'Text completion (OpenAI-compatible); `model` selects the adapter', body: CompletionRequest, response: { 200: CompletionResponse, ...errors } } },
     async (request, reply) => {
-      const gone = clientGone(request, reply);
+      const { gone, engine, resolved } = begin(ctx, request, reply, request.body);
       const body = request.body;
-      const engine = ctx.requireEngine();
-      const resolved = resolveAdapter(ctx.registry, ctx.baseId, body);
-      request.adapterLabel = resolved.label;
       if (body.suffix) throw new UnsupportedError('suffix is not supported', 'suffix');
       const n = body.n ?? 1;
       if (body.best_of != null && body.best_of !== n) throw new UnsupportedError('best_of other than n is not supported', 'best_of');
