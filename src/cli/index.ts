@@ -23,13 +23,30 @@ function describeKnob(k: Knob): string {
   return `${parts[0]} (${parts.slice(1).join('; ')})`;
 }
 
-/** Adds the knobs as options; their values are resolved later by resolveConfig. */
+/**
+ * Adds the knobs as options. Commander names an option's value after its flag (`--api-key` →
+ * `apiKey`), which need not be the knob's key (`apiKeys`): `knobFlags` reads each value back under
+ * the attribute name commander itself chose, so no spelling can be lost between flag and config.
+ */
 export function addKnobs(cmd: Command, keys: readonly KnobKey[]): Command {
   for (const key of keys) {
     const k = KNOBS[key] as Knob;
     cmd.addOption(new Option(k.flag, describeKnob(k)));
   }
   return cmd;
+}
+
+/** The knob values given as flags, keyed by knob key. */
+export function knobFlags(cmd: Command, keys: readonly KnobKey[]): Partial<Record<KnobKey, unknown>> {
+  const opts = cmd.opts();
+  const out: Partial<Record<KnobKey, unknown>> = {};
+  for (const key of keys) {
+    const option = cmd.options.find((o) => o.flags === (KNOBS[key] as Knob).flag);
+    if (!option) throw new Error(`the knob ${key} has no option on ${cmd.name()}`);
+    const v = opts[option.attributeName()];
+    if (v !== undefined) out[key] = v;
+  }
+  return out;
 }
 
 function fail(err: unknown): never {
@@ -48,8 +65,8 @@ const program = new Command('loraplex')
   .showHelpAfterError();
 
 // Errors thrown by an action reach parseAsync's catch below: one line on stderr, exit 1.
-addKnobs(program.command('build').description('build (or reuse) the cached ONNX graph for a checkpoint'), RUNTIME_KEYS).action((opts: Record<string, unknown>) =>
-  runBuild(resolveConfig(RUNTIME_KEYS, opts, process.env, ['model'])),
+addKnobs(program.command('build').description('build (or reuse) the cached ONNX graph for a checkpoint'), RUNTIME_KEYS).action((_opts: unknown, cmd: Command) =>
+  runBuild(resolveConfig(RUNTIME_KEYS, knobFlags(cmd, RUNTIME_KEYS), process.env, ['model'])),
 );
 
 addKnobs(program.command('generate').description('generate from a prompt or chat messages (greedy unless --temperature is given)'), RUNTIME_KEYS)
@@ -71,19 +88,39 @@ addKnobs(program.command('generate').description('generate from a prompt or chat
   .option('--logprobs <n>', 'report each token\'s logprob and the top n alternatives (0..20)')
   .option('--json', 'print one JSON object on the last line of stdout')
   // The option names are GenerateArgs' field names (commander camel-cases them).
-  .action((opts: Record<string, unknown>) =>
-    runGenerate(resolveConfig(RUNTIME_KEYS, opts, process.env, ['model']), { ...(opts as unknown as GenerateArgs), json: opts.json === true }),
+  .action((opts: Record<string, unknown>, cmd: Command) =>
+    runGenerate(resolveConfig(RUNTIME_KEYS, knobFlags(cmd, RUNTIME_KEYS), process.env, ['model']), { ...(opts as unknown as GenerateArgs), json: opts.json === true }),
   );
 
 const SERVE_KEYS = Object.keys(KNOBS) as KnobKey[];
 
 addKnobs(program.command('serve').description('serve a model and its adapters over HTTP (OpenAI-compatible, LoRAX/TGI-style, admin)'), SERVE_KEYS).action(
-  (opts: Record<string, unknown>) => runServe(resolveConfig(SERVE_KEYS, opts, process.env, ['model'])),
+  (_opts: unknown, cmd: Command) => runServe(resolveConfig(SERVE_KEYS, knobFlags(cmd, SERVE_KEYS), process.env, ['model'])),
 );
 
 addKnobs(
   program.command('demo').description('build (once) a small demo model with a real tokenizer and three demo adapters, then serve it'),
   SERVE_KEYS,
-).action((opts: Record<string, unknown>) => runDemo(resolveConfig(SERVE_KEYS, opts, process.env), opts.host !== undefined || !!process.env[KNOBS.host.env]));
+).action((_opts: unknown, cmd: Command) => {
+  const flags = knobFlags(cmd, SERVE_KEYS);
+  return runDemo(resolveConfig(SERVE_KEYS, flags, process.env), flags.host !== undefined || !!process.env[KNOBS.host.env]);
+});
+
+addKnobs(
+  program
+    .command('config')
+    .description('print the configuration that serve would run with (flags > environment > defaults) as JSON, and exit')
+    .option('--show-secrets', 'print the admin token and API keys instead of masking them'),
+  SERVE_KEYS,
+).action((opts: { showSecrets?: boolean }, cmd: Command) => {
+  const config = resolveConfig(SERVE_KEYS, knobFlags(cmd, SERVE_KEYS), process.env) as Record<string, unknown>;
+  const shown = opts.showSecrets ? config : { ...config, ...maskSecrets(config) };
+  process.stdout.write(`${JSON.stringify(shown, null, 2)}\n`);
+});
+
+function maskSecrets(c: Record<string, unknown>): Record<string, unknown> {
+  const mask = (v: unknown): unknown => (v === undefined ? undefined : Array.isArray(v) ? v.map(() => '***') : '***');
+  return { adminToken: mask(c.adminToken), apiKeys: mask(c.apiKeys) };
+}
 
 program.parseAsync(process.argv).catch(fail);

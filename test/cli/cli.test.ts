@@ -3,6 +3,7 @@ import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
+import { KNOBS } from '../../src/config.js';
 import { referenceLogits } from '../helpers/reference.js';
 import { argmax } from '../helpers/runtime.js';
 import { copyTokenizer, loadTokenizer } from '../helpers/tokenizers.js';
@@ -123,6 +124,64 @@ describe('loraplex demo', () => {
       expect((await fetch(`${url}/admin/adapters`, { headers: { authorization: `Bearer ${token}` } })).status).toBe(200);
       child.kill('SIGTERM');
       expect(await exited).toBe(0);
+    } finally {
+      child.kill('SIGKILL');
+    }
+  });
+});
+
+describe('every knob reaches the configuration, as a flag and as an environment variable', () => {
+  /** A value for each knob that differs from its default, and what the configuration should hold. */
+  const sample = (k: (typeof KNOBS)[keyof typeof KNOBS]): [string, unknown] => {
+    switch (k.kind) {
+      case 'bool':
+        return ['true', true];
+      case 'int': {
+        const v = (typeof k.default === 'number' ? k.default : 0) + 7;
+        return [String(v), v];
+      }
+      case 'bytes':
+        return ['3MiB', 3 * 1024 * 1024];
+      case 'list':
+        return ['a1,b2', ['a1', 'b2']];
+      case 'string':
+        if (k.choices) {
+          const c = k.choices.find((x) => x !== k.default)!;
+          return [c, c];
+        }
+        return [`value-of-${k.key}`, `value-of-${k.key}`];
+    }
+  };
+  const knobs = Object.values(KNOBS);
+  const expected = Object.fromEntries(knobs.map((k) => [k.key, sample(k)[1]]));
+
+  it('as flags', async () => {
+    const args = knobs.flatMap((k) => (k.kind === 'bool' ? [k.flag] : [k.flag.split(' ')[0], sample(k)[0]]));
+    const r = await cli(['config', '--show-secrets', ...args], Object.fromEntries(knobs.map((k) => [k.env, ''])));
+    expect(r.stderr).toBe('');
+    expect(JSON.parse(r.stdout)).toEqual(expected);
+  });
+
+  it('as environment variables', async () => {
+    const r = await cli(['config', '--show-secrets'], Object.fromEntries(knobs.map((k) => [k.env, sample(k)[0]])));
+    expect(JSON.parse(r.stdout)).toEqual(expected);
+  });
+
+  it('serve --api-key k1 requires the key', async () => {
+    const { spawn } = await import('node:child_process');
+    const tiny = makeTinyModel({ seed: 63 });
+    const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'serve', '--model', tiny.dir, '--api-key', 'k1', '--port', '0', '--host', '127.0.0.1', '--quant', 'fp32', '--threads', '1', '--cache-dir', tempDir()], {
+      env: { ...process.env, LORAPLEX_API_KEY: '' },
+    });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (out += d));
+    try {
+      for (let i = 0; i < 1200 && !/listening on/.test(out); i++) await new Promise((r) => setTimeout(r, 50));
+      const url = /listening on (http:\/\/[^ ]+) /.exec(out)![1];
+      expect((await fetch(`${url}/v1/models`)).status).toBe(401);
+      expect((await fetch(`${url}/v1/models`, { headers: { authorization: 'Bearer wrong' } })).status).toBe(401);
+      expect((await fetch(`${url}/v1/models`, { headers: { authorization: 'Bearer k1' } })).status).toBe(200);
     } finally {
       child.kill('SIGKILL');
     }
