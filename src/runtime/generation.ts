@@ -19,6 +19,11 @@ export interface StopCriteria {
   stopStrings: readonly string[];
   /** Keep going past EOS (benchmarks). */
   ignoreEos?: boolean;
+  /**
+   * Tokens to generate at least (vLLM's min_tokens): before that, EOS and stop token ids cannot be
+   * sampled and stop strings are not looked for.
+   */
+  minTokens?: number;
 }
 
 export interface TokenEvent {
@@ -60,6 +65,10 @@ export class Generation {
   /** Samples the next token from this row's logits (modified in place) and applies the stop criteria. */
   next(logits: Float32Array, sampler: Sampler): TokenEvent {
     if (this.done) throw new Error('generation already finished');
+    if (this.output.length < (this.stop.minTokens ?? 0)) {
+      if (!this.stop.ignoreEos) for (const id of this.stop.eosIds) if (id < logits.length) logits[id] = -Infinity;
+      for (const id of this.stop.stopTokenIds) if (id < logits.length) logits[id] = -Infinity;
+    }
     const r: SampleResult = sampler.sample(logits, this.params, { seen: this.seen, outputCounts: this.counts }, this.rng);
     return this.accept(r);
   }
@@ -77,7 +86,9 @@ export class Generation {
     }
     if (this.params.repetitionPenalty !== 1) this.seen.add(id);
     if (this.params.frequencyPenalty !== 0 || this.params.presencePenalty !== 0) this.counts.set(id, (this.counts.get(id) ?? 0) + 1);
-    if (this.detok) {
+    if (this.detok && this.output.length <= (this.stop.minTokens ?? 0)) {
+      event.text = this.detok.push(id);
+    } else if (this.detok) {
       const m = this.matcher.push(this.detok.push(id));
       event.text = m.text;
       if (m.stopped) return this.finish(event, 'stop');

@@ -262,6 +262,12 @@ export class Sampler {
     return size;
   }
 
+  /** The logprob of `id` under `logits` (temperature 1, nothing applied) and the `n` most likely tokens. */
+  logprobOf(logits: Float32Array, id: number, n: number): { logprob: number; top: TokenLogprob[] } {
+    const logZ = logSumExp(logits);
+    return { logprob: logits[id] - logZ, top: this.topN(logits, Math.min(n, MAX_LOGPROBS), logZ) };
+  }
+
   private topN(logits: Float32Array, n: number, logZ: number): TokenLogprob[] {
     if (n <= 0) return [];
     const k = this.topKIndices(logits, n);

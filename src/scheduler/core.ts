@@ -154,7 +154,7 @@ export class EngineCore {
     const gen = new Generation(
       prompt,
       req.sampling,
-      { maxNewTokens: maxNew, eosIds: this.eosIds, stopTokenIds: new Set(req.stop.stopTokenIds), stopStrings: req.stop.stopStrings, ignoreEos: req.stop.ignoreEos },
+      { maxNewTokens: maxNew, eosIds: this.eosIds, stopTokenIds: new Set(req.stop.stopTokenIds), stopStrings: req.stop.stopStrings, ignoreEos: req.stop.ignoreEos, minTokens: req.stop.minTokens },
       this.tokenizer,
     );
     this.live.set(req.id, { req, job, gen, seq: null, adapterKey, announced: false });
@@ -271,7 +271,12 @@ export class EngineCore {
       this.forwardSeconds += (t1 - t0) / 1000;
       let r = 0;
       for (const row of rows) {
-        if (row.sample) this.sampleRow(row, out.logits.subarray(out.logitsRow[r] * out.vocabSize, (out.logitsRow[r] + 1) * out.vocabSize), events);
+        const live = this.live.get(row.job.id)!;
+        // A row that asked for prompt logprobs got logits for every token of its prefill chunk.
+        const all = row.kind === 'prefill' && live.req.promptLogprobs !== null && row.start + row.count <= live.req.promptIds.length;
+        if (all) this.promptLogprobs(live, row, out.logits, out.logitsRow[r], out.vocabSize, events);
+        const at = out.logitsRow[r] + (all ? row.count - 1 : 0);
+        if (row.sample) this.sampleRow(row, out.logits.subarray(at * out.vocabSize, (at + 1) * out.vocabSize), events);
         r++;
       }
     } catch (err) {
@@ -315,6 +320,19 @@ export class EngineCore {
       events.push({ t: 'end', id: row.job.id, finishReason: e.finishReason, completionTokens: live.gen.output.length, promptTokens: live.req.promptIds.length });
       this.release(live);
     }
+  }
+
+  /** Logprobs of the prompt tokens this chunk predicts (position p's logits predict token p + 1). */
+  private promptLogprobs(live: Live, row: PlannedRow, logits: Float32Array, first: number, V: number, events: EngineEvent[]): void {
+    const prompt = live.req.promptIds;
+    const tokens: Extract<EngineEvent, { t: 'prompt_logprobs' }>['tokens'] = [];
+    if (row.start === 0) tokens.push({ token: prompt[0], text: this.piece(prompt[0]), logprob: null, top: [] });
+    for (let j = 0; j < row.count && row.start + j + 1 < prompt.length; j++) {
+      const next = prompt[row.start + j + 1];
+      const lp = this.sampler.logprobOf(logits.subarray((first + j) * V, (first + j + 1) * V), next, live.req.promptLogprobs!);
+      tokens.push({ token: next, text: this.piece(next), logprob: lp.logprob, top: lp.top.map((t) => ({ id: t.id, logprob: t.logprob, text: this.piece(t.id) })) });
+    }
+    if (tokens.length > 0) events.push({ t: 'prompt_logprobs', id: live.req.id, from: row.start === 0 ? 0 : row.start + 1, tokens });
   }
 
   /** One token's text on its own (logprobs responses). */
@@ -367,7 +385,8 @@ export class EngineCore {
         const source = Int32Array.from([...prompt, ...live.gen.output]);
         tokens = source.subarray(row.start, row.start + row.count);
       }
-      return { seq: live.seq!, tokens, slot: live.adapterKey ? this.slots.slotOf(live.adapterKey)! : -1, logits: row.sample ? 'last' : 'none' };
+      const all = row.kind === 'prefill' && live.req.promptLogprobs !== null && row.start + row.count <= prompt.length;
+      return { seq: live.seq!, tokens, slot: live.adapterKey ? this.slots.slotOf(live.adapterKey)! : -1, logits: all ? 'all' : row.sample ? 'last' : 'none' };
     });
   }
 

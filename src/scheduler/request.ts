@@ -17,6 +17,8 @@ export interface StopSpec {
   stopStrings: string[];
   stopTokenIds: number[];
   ignoreEos: boolean;
+  /** Tokens to generate before EOS, stop ids or stop strings may end the request (0: none). */
+  minTokens: number;
 }
 
 export interface ValidRequest {
@@ -29,6 +31,11 @@ export interface ValidRequest {
   stop: StopSpec;
   /** Milliseconds from submission to the deadline. */
   timeoutMs: number;
+  /**
+   * Report each prompt token's logprob (and this many alternatives) as the prompt is read; null =
+   * no. Its prefill computes logits for every prompt token, so the server caps the prompt's length.
+   */
+  promptLogprobs: number | null;
 }
 
 /** A token with its logprob and its text (for logprobs responses). */
@@ -53,7 +60,16 @@ export type EngineEvent =
       top?: TokenLogprobText[];
       special: boolean;
     }
+  /** Prompt tokens `from`.. with their logprobs (the first prompt token has none: null). */
+  | { t: 'prompt_logprobs'; id: number; from: number; tokens: PromptTokenLogprob[] }
   | { t: 'end'; id: number; finishReason: FinishReason; completionTokens: number; promptTokens: number }
   | { t: 'error'; id: number; error: WireError };
+
+export interface PromptTokenLogprob {
+  token: number;
+  text: string;
+  logprob: number | null;
+  top: TokenLogprobText[];
+}
 
 export type TokenEngineEvent = Extract<EngineEvent, { t: 'token' }>;

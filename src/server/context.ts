@@ -11,7 +11,7 @@ import type { StagingArea } from '../adapters/staging.js';
 import { LoraplexError, NotReadyError } from '../errors.js';
 import type { FinishReason } from '../runtime/generation.js';
 import type { Engine } from '../scheduler/engine.js';
-import type { EngineEvent, TokenEngineEvent, ValidRequest } from '../scheduler/request.js';
+import type { EngineEvent, PromptTokenLogprob, TokenEngineEvent, ValidRequest } from '../scheduler/request.js';
 import { Admission, type Ticket } from './admission.js';
 import type { Metrics } from './metrics.js';
 import type { StoreClient } from './store/store-client.js';
@@ -106,6 +106,8 @@ export class ServerContext {
 
 export interface GenerationResult {
   tokens: TokenEngineEvent[];
+  /** With prompt logprobs: the prompt's tokens. */
+  prompt: PromptTokenLogprob[];
   text: string;
   finishReason: FinishReason;
   completionTokens: number;
@@ -115,6 +117,7 @@ export interface StreamListener {
   /** The request took its first batch row. */
   onRunning?(): void;
   onToken(e: TokenEngineEvent): void;
+  onPromptLogprobs?(e: Extract<EngineEvent, { t: 'prompt_logprobs' }>): void;
   onEnd(e: Extract<EngineEvent, { t: 'end' }>): void;
   onError(err: LoraplexError): void;
 }
@@ -149,6 +152,9 @@ export function startGeneration(ctx: ServerContext, req: Omit<ValidRequest, 'id'
         case 'token':
           l.onToken(e);
           break;
+        case 'prompt_logprobs':
+          l.onPromptLogprobs?.(e);
+          break;
         case 'end':
           close();
           l.onEnd(e);
@@ -174,6 +180,7 @@ export function startGeneration(ctx: ServerContext, req: Omit<ValidRequest, 'id'
 export function generate(ctx: ServerContext, req: Omit<ValidRequest, 'id'>, digests: readonly string[], ticket: Ticket, signal: AbortSignal): Promise<GenerationResult> {
   return new Promise((resolve, reject) => {
     const tokens: TokenEngineEvent[] = [];
+    const prompt: PromptTokenLogprob[] = [];
     let text = '';
     const onAbort = (): void => {
       cancel();
@@ -184,9 +191,10 @@ export function generate(ctx: ServerContext, req: Omit<ValidRequest, 'id'>, dige
         tokens.push(e);
         text += e.text;
       },
+      onPromptLogprobs: (e) => prompt.push(...e.tokens),
       onEnd: (e) => {
         signal.removeEventListener('abort', onAbort);
-        resolve({ tokens, text, finishReason: e.finishReason, completionTokens: e.completionTokens });
+        resolve({ tokens, prompt, text, finishReason: e.finishReason, completionTokens: e.completionTokens });
       },
       onError: (err) => {
         signal.removeEventListener('abort', onAbort);

@@ -21,6 +21,15 @@ export interface CommonFields extends RawSampling {
   stop_token_ids?: number[] | null;
   ignore_eos?: boolean | null;
   n?: number | null;
+  min_tokens?: number | null;
+}
+
+/** Most prompt tokens a request may ask logprobs for (every one of them gets a logits row). */
+export const MAX_PROMPT_LOGPROB_TOKENS = 128;
+
+/** Keeps the last `keep` prompt tokens (TGI's truncate, vLLM's truncate_prompt_tokens). */
+export function truncatePrompt(ids: Int32Array, keep: number | null | undefined): Int32Array {
+  return keep != null && ids.length > keep ? ids.subarray(ids.length - keep) : ids;
 }
 
 /** Longest stop string accepted (characters). */
@@ -80,7 +89,15 @@ export async function promptIds(ctx: ServerContext, source: PromptSource, adapte
 }
 
 /** One choice of a request, ready for the engine. */
-export function validRequest(ctx: ServerContext, ids: Int32Array, body: CommonFields, adapter: Resolved, s: SamplingParams, choice = 0): Omit<ValidRequest, 'id'> {
+export function validRequest(
+  ctx: ServerContext,
+  ids: Int32Array,
+  body: CommonFields,
+  adapter: Resolved,
+  s: SamplingParams,
+  choice = 0,
+  opts: { promptLogprobs?: number | null; minTokensParam?: string } = {},
+): Omit<ValidRequest, 'id'> {
   const { maxPositions, kvCapacity, vocabSize } = ctx.requireEngine().info;
   const given = body.max_completion_tokens ?? body.max_tokens ?? null;
   if (given === null && ids.length >= maxPositions) {
@@ -91,40 +108,82 @@ export function validRequest(ctx: ServerContext, ids: Int32Array, body: CommonFi
   const stopTokenIds = body.stop_token_ids ?? [];
   const bad = stopTokenIds.find((id) => id >= vocabSize);
   if (bad !== undefined) throw new ValidationError(`stop_token_ids: ${bad} is outside the vocabulary (0..${vocabSize - 1})`, 'stop_token_ids');
+  const minTokens = body.min_tokens ?? 0;
+  if (minTokens > maxNewTokens) throw new ValidationError(`${opts.minTokensParam ?? 'min_tokens'} (${minTokens}) must be <= max_tokens (${maxNewTokens})`, opts.minTokensParam ?? 'min_tokens');
+  const promptLogprobs = opts.promptLogprobs ?? null;
+  if (promptLogprobs !== null && ids.length > MAX_PROMPT_LOGPROB_TOKENS) {
+    throw new ValidationError(`prompt logprobs are available for prompts of up to ${MAX_PROMPT_LOGPROB_TOKENS} tokens; this one has ${ids.length}`, 'decoder_input_details');
+  }
   return {
     promptIds: ids,
+    promptLogprobs,
     adapter: adapter.spec,
     // n > 1 with a seed: each choice gets its own, reproducible stream.
     sampling: s.seed !== null && choice > 0 ? { ...s, seed: (s.seed + choice) >>> 0 } : s,
-    stop: { maxNewTokens, stopStrings: stopStrings(body.stop), stopTokenIds, ignoreEos: body.ignore_eos === true },
+    stop: { maxNewTokens, stopStrings: stopStrings(body.stop), stopTokenIds, ignoreEos: body.ignore_eos === true, minTokens },
     timeoutMs: ctx.settings.requestTimeoutMs,
   };
 }
 
 type WireMessage = { role: string; content?: string | null | { type: string; text?: string }[]; name?: string; tool_calls?: unknown[]; tool_call_id?: string };
 
-/** OpenAI messages → template messages (text content only); free-form parts are size-checked. */
+/** Roles a conversation may hold (`developer` is OpenAI's newer name for `system`). */
+const ROLES = new Set(['system', 'developer', 'user', 'assistant', 'tool']);
+
+/**
+ * OpenAI messages → template messages, checked as strictly as OpenAI checks them: known roles,
+ * text content, a user or assistant turn, `tool` messages that name their `tool_call_id`, and
+ * assistant `tool_calls` of `{id, type: "function", function: {name, arguments}}` whose arguments
+ * (a JSON string on the wire) reach the template as an object, as Hugging Face templates expect.
+ * An assistant message with `content: null` and tool calls renders with empty content.
+ */
 export function chatMessages(messages: WireMessage[]): ChatMessage[] {
-  return messages.map((m, i) => {
+  const out = messages.map((m, i) => {
+    const at = `messages[${i}]`;
+    if (!ROLES.has(m.role)) throw new ValidationError(`${at}.role ${JSON.stringify(m.role)} is not one of ${[...ROLES].join(', ')}`, `${at}.role`);
+    const role = m.role === 'developer' ? 'system' : m.role;
     let content: string | null;
     if (m.content == null) content = null;
     else if (typeof m.content === 'string') content = m.content;
     else {
       const parts = m.content;
       const other = parts.find((p) => p.type !== 'text');
-      if (other) throw new UnsupportedError(`messages[${i}].content has a part of type ${JSON.stringify(other.type)}; only text is supported`, `messages[${i}].content`);
+      if (other) throw new UnsupportedError(`${at}.content has a part of type ${JSON.stringify(other.type)}; only text is supported`, `${at}.content`);
       content = parts.map((p) => p.text ?? '').join('');
     }
-    if (content === null && !m.tool_calls) throw new ValidationError(`messages[${i}].content must be given (a string or text parts)`, `messages[${i}].content`);
-    const out: ChatMessage = { role: m.role, content };
-    if (m.name !== undefined) out.name = m.name;
+    if (m.tool_calls !== undefined && role !== 'assistant') throw new ValidationError(`${at}.tool_calls is only allowed on assistant messages`, `${at}.tool_calls`);
+    if (content === null && !(role === 'assistant' && m.tool_calls?.length)) throw new ValidationError(`${at}.content must be given (a string or text parts)`, `${at}.content`);
+    const msg: ChatMessage = { role, content: content ?? '' };
+    if (m.name !== undefined) msg.name = m.name;
     if (m.tool_calls !== undefined) {
-      checkShape(m.tool_calls, `messages[${i}].tool_calls`);
-      out.tool_calls = m.tool_calls;
+      checkShape(m.tool_calls, `${at}.tool_calls`);
+      msg.tool_calls = m.tool_calls.map((c, j) => toolCall(c, `${at}.tool_calls[${j}]`));
     }
-    if (m.tool_call_id !== undefined) out.tool_call_id = m.tool_call_id;
-    return out;
+    if (role === 'tool') {
+      if (typeof m.tool_call_id !== 'string' || m.tool_call_id === '') throw new ValidationError(`${at}.tool_call_id is required on tool messages`, `${at}.tool_call_id`);
+      msg.tool_call_id = m.tool_call_id;
+    } else if (m.tool_call_id !== undefined) throw new ValidationError(`${at}.tool_call_id is only allowed on tool messages`, `${at}.tool_call_id`);
+    return msg;
   });
+  if (!out.some((m) => m.role === 'user' || m.role === 'assistant')) throw new ValidationError('messages must hold at least one user or assistant message', 'messages');
+  return out;
+}
+
+function toolCall(c: unknown, at: string): unknown {
+  const call = c as { id?: unknown; type?: unknown; function?: { name?: unknown; arguments?: unknown } } | null;
+  if (!call || typeof call !== 'object' || typeof call.function !== 'object' || call.function === null || typeof call.function.name !== 'string') {
+    throw new ValidationError(`${at} must be {"id", "type": "function", "function": {"name", "arguments"}}`, at);
+  }
+  if (call.type !== undefined && call.type !== 'function') throw new ValidationError(`${at}.type must be "function"`, `${at}.type`);
+  let args: unknown = call.function.arguments ?? {};
+  if (typeof args === 'string') {
+    try {
+      args = JSON.parse(args);
+    } catch {
+      throw new ValidationError(`${at}.function.arguments must be a JSON object in a string`, `${at}.function.arguments`);
+    }
+  }
+  return { id: call.id, type: 'function', function: { name: call.function.name, arguments: args } };
 }
 
 /** Unique ids for responses. */

@@ -40,6 +40,8 @@ export function resolveAdapter(
     if (strategy !== 'linear') {
       throw new UnsupportedError(`merged_adapters.merge_strategy ${JSON.stringify(strategy)} is not supported; only "linear" is`, 'merged_adapters.merge_strategy');
     }
+    if (merged.density != null) throw new UnsupportedError('merged_adapters.density applies to ties/dare merges, which are not supported', 'merged_adapters.density');
+    if (merged.majority_sign_method != null) throw new UnsupportedError('merged_adapters.majority_sign_method applies to ties merges, which are not supported', 'merged_adapters.majority_sign_method');
     if (merged.ids.length !== merged.weights.length) {
       throw new ValidationError(`merged_adapters has ${merged.ids.length} ids but ${merged.weights.length} weights`, 'merged_adapters.weights');
     }

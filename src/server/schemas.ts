@@ -27,8 +27,8 @@ export const MergedAdapters = Type.Object(
     ids: Type.Array(Type.String(), { minItems: 1, maxItems: 16 }),
     weights: Type.Array(Type.Number(), { minItems: 1, maxItems: 16 }),
     merge_strategy: Type.Optional(Type.String({ description: 'only "linear" is supported' })),
-    density: Type.Optional(Type.Number()),
-    majority_sign_method: Type.Optional(Type.String()),
+    density: Type.Optional(Type.Number({ description: 'for ties/dare merges, which are not supported: refused' })),
+    majority_sign_method: Type.Optional(Type.String({ description: 'for ties merges, which are not supported: refused' })),
   },
   { description: "LoRAX-style weighted combination of adapters: Σ wᵢ·ΔWᵢ, served as one adapter of rank Σ rᵢ" },
 );
@@ -46,7 +46,9 @@ const SamplingFields = {
   presence_penalty: Type.Optional(Nullable(Type.Number({ minimum: -2, maximum: 2 }))),
   frequency_penalty: Type.Optional(Nullable(Type.Number({ minimum: -2, maximum: 2 }))),
   logit_bias: Type.Optional(Nullable(Type.Record(Type.String(), Type.Number({ minimum: -100, maximum: 100 })))),
-  user: Type.Optional(Type.String()),
+  user: Type.Optional(Type.String({ description: 'an end-user id; written to the request log' })),
+  min_tokens: Type.Optional(Nullable(Type.Integer({ minimum: 0, description: "vLLM: tokens to generate before EOS, stop_token_ids or stop strings may end the answer" }))),
+  truncate_prompt_tokens: Type.Optional(Nullable(Type.Integer({ minimum: 1, description: 'vLLM: keep only the last N prompt tokens' }))),
   top_k: Type.Optional(Nullable(Type.Integer({ minimum: -1 }))),
   min_p: Type.Optional(Nullable(Type.Number({ minimum: 0, maximum: 1 }))),
   repetition_penalty: Type.Optional(Nullable(Type.Number({ exclusiveMinimum: 0, maximum: 10 }))),
@@ -77,9 +79,11 @@ export const ChatCompletionRequest = Type.Object(
     logprobs: Type.Optional(Nullable(Type.Boolean())),
     top_logprobs: Type.Optional(Nullable(Type.Integer({ minimum: 0, maximum: 20 }))),
     tools: Type.Optional(Nullable(Type.Array(Type.Any()))),
-    tool_choice: Type.Optional(Type.Any()),
-    response_format: Type.Optional(Type.Any()),
+    tool_choice: Type.Optional(Type.Any({ description: '"auto" (default) or "none" (the tools are not rendered); "required" and named functions are refused' })),
+    parallel_tool_calls: Type.Optional(Nullable(Type.Boolean({ description: 'true (default); false is refused' }))),
+    response_format: Type.Optional(Type.Any({ description: '{"type": "text"} only; other formats are refused' })),
     add_generation_prompt: Type.Optional(Type.Boolean()),
+    chat_template_kwargs: Type.Optional(Nullable(Type.Record(Type.String(), Type.Any(), { description: "vLLM: extra variables for the chat template (e.g. Qwen3's enable_thinking)" }))),
     ...SamplingFields,
   },
   { $id: 'ChatCompletionRequest', additionalProperties: true },
@@ -182,8 +186,15 @@ export const TgiParameters = Type.Object(
     do_sample: Type.Optional(Nullable(Type.Boolean())),
     details: Type.Optional(Nullable(Type.Boolean())),
     return_full_text: Type.Optional(Nullable(Type.Boolean())),
-    decoder_input_details: Type.Optional(Nullable(Type.Boolean())),
-    top_n_tokens: Type.Optional(Nullable(Type.Integer({ minimum: 0, maximum: 20 }))),
+    decoder_input_details: Type.Optional(Nullable(Type.Boolean({ description: 'return the prompt tokens with their logprobs in details.prefill (prompts up to 128 tokens)' }))),
+    top_n_tokens: Type.Optional(Nullable(Type.Integer({ minimum: 0, maximum: 20, description: 'return the n most likely tokens at each step (details.top_tokens, stream top_tokens)' }))),
+    truncate: Type.Optional(Nullable(Type.Integer({ minimum: 1, description: 'keep only the last N prompt tokens' }))),
+    best_of: Type.Optional(Nullable(Type.Integer({ minimum: 1, maximum: 8, description: 'sample this many sequences and return the most likely (needs sampling; not with streaming)' }))),
+    frequency_penalty: Type.Optional(Nullable(Type.Number({ minimum: -2, maximum: 2 }))),
+    typical_p: Type.Optional(Nullable(Type.Number({ description: 'typical sampling is not supported: refused unless null or 1' }))),
+    watermark: Type.Optional(Nullable(Type.Boolean({ description: 'not supported: refused when true' }))),
+    grammar: Type.Optional(Type.Any({ description: 'constrained decoding is not supported yet: refused' })),
+    response_format: Type.Optional(Type.Any({ description: 'constrained decoding is not supported yet: refused' })),
   },
   { additionalProperties: true },
 );
@@ -196,17 +207,25 @@ export type GenerateRequest = Static<typeof GenerateRequest>;
 
 const TgiToken = Type.Object({ id: Type.Integer(), text: Type.String(), logprob: Nullable(Type.Number()), special: Type.Boolean() });
 
+const TgiPrefillToken = Type.Object({ id: Type.Integer(), text: Type.String(), logprob: Nullable(Type.Number()) });
+
+const tgiSequenceDetails = {
+  finish_reason: Type.String(),
+  generated_tokens: Type.Integer(),
+  seed: Nullable(Type.Integer()),
+  prefill: Type.Array(TgiPrefillToken),
+  tokens: Type.Array(TgiToken),
+  top_tokens: Type.Optional(Type.Array(Type.Array(TgiToken))),
+};
+
 export const GenerateResponse = Type.Object(
   {
     generated_text: Type.String(),
     details: Type.Optional(
       Nullable(
         Type.Object({
-          finish_reason: Type.String(),
-          generated_tokens: Type.Integer(),
-          seed: Nullable(Type.Integer()),
-          prefill: Type.Array(TgiToken),
-          tokens: Type.Array(TgiToken),
+          ...tgiSequenceDetails,
+          best_of_sequences: Type.Optional(Type.Array(Type.Object({ generated_text: Type.String(), ...tgiSequenceDetails }))),
         }),
       ),
     ),

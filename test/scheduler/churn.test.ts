@@ -94,7 +94,7 @@ describe('churn', () => {
       const n = rand() < 0.04 ? LONG - Math.floor(rand() * 10) : 1 + Math.floor(rand() * SHORT);
       const s: Sent = { adapter, prompt: Math.floor(rand() * prompts.length), n, cancelAt: rand() < 0.12 ? Math.floor(rand() * 4) : -1 };
       sent.set(id, s);
-      core.submit({ id, promptIds: Int32Array.from(prompts[s.prompt]), adapter: s.adapter, sampling: GREEDY, stop: { maxNewTokens: s.n, stopStrings: [], stopTokenIds: [], ignoreEos: true }, timeoutMs: 600_000 });
+      core.submit({ id, promptIds: Int32Array.from(prompts[s.prompt]), adapter: s.adapter, sampling: GREEDY, stop: { maxNewTokens: s.n, stopStrings: [], stopTokenIds: [], ignoreEos: true, minTokens: 0 }, promptLogprobs: null, timeoutMs: 600_000 });
       if (s.cancelAt === 0) core.cancel(id);
       // Now and then an adapter gets a new version, or an idle adapter is unloaded by an operator.
       if (rand() < 0.01) {

@@ -58,7 +58,7 @@ async function harness(opts: { slots?: number; config?: Partial<EngineConfig>; f
 }
 
 function request(id: number, prompt: number[], adapter: AdapterSpec | null, maxNewTokens: number): ValidRequest {
-  return { id, promptIds: Int32Array.from(prompt), adapter, sampling: GREEDY, stop: { maxNewTokens, stopStrings: [], stopTokenIds: [], ignoreEos: true }, timeoutMs: 60000 };
+  return { id, promptIds: Int32Array.from(prompt), adapter, sampling: GREEDY, stop: { maxNewTokens, stopStrings: [], stopTokenIds: [], ignoreEos: true, minTokens: 0 }, promptLogprobs: null, timeoutMs: 60000 };
 }
 
 /** The error of a request's last event. */

@@ -25,7 +25,7 @@ const request = (ids: number[], maxNewTokens = 8, adapter: ValidRequest['adapter
   promptIds: Int32Array.from(ids),
   adapter,
   sampling: GREEDY,
-  stop: { maxNewTokens, stopStrings: [], stopTokenIds: [], ignoreEos: true },
+  stop: { maxNewTokens, stopStrings: [], stopTokenIds: [], ignoreEos: true, minTokens: 0 }, promptLogprobs: null,
   timeoutMs: 60000,
 });
 

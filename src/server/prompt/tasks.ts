@@ -16,7 +16,18 @@ export type TokenizeTask =
       adapterDir: string | null;
     }
   /** An uploaded adapter's template: it must parse and render a sample conversation within the budget. */
-  | { kind: 'checkTemplate'; adapterDir: string };
+  | { kind: 'checkTemplate'; adapterDir: string }
+  /** Token ids → text. */
+  | { kind: 'decode'; ids: number[]; skipSpecialTokens: boolean }
+  /** Each token's own text and its [start, stop) in the decoded text (TGI's /tokenize, vLLM's token_strs). */
+  | { kind: 'pieces'; ids: number[] };
+
+export interface TokenPiece {
+  id: number;
+  text: string;
+  start: number;
+  stop: number;
+}
 
 export interface TokenizerInfo {
   hasTokenizer: boolean;

@@ -11,7 +11,8 @@ import { LoraplexError } from '../../errors.js';
 import type { ChatTemplate } from '../../runtime/chat-template.js';
 import { TextTokenizer } from '../../runtime/tokenizer.js';
 import { lowerThreadPriority, serveTasks } from '../../util/worker-task.js';
-import { SAMPLE_CONVERSATIONS, type TokenizeTask } from './tasks.js';
+import { IncrementalDetokenizer } from '../../runtime/detokenizer.js';
+import { SAMPLE_CONVERSATIONS, type TokenizeTask, type TokenPiece } from './tasks.js';
 
 const { modelDir } = workerData as { modelDir: string };
 lowerThreadPriority();
@@ -50,6 +51,20 @@ serveTasks((task) => {
       }
       const text = template.render(t.messages, { addGenerationPrompt: t.addGenerationPrompt, tools: t.tools, extra: t.templateKwargs });
       return ids(tok.encode(text, false));
+    }
+    case 'decode':
+      return { result: need().decode(t.ids, t.skipSpecialTokens) };
+    case 'pieces': {
+      const tok = need();
+      const detok = new IncrementalDetokenizer(tok);
+      const out: TokenPiece[] = [];
+      let at = 0;
+      for (const id of t.ids) {
+        const piece = detok.push(id);
+        out.push({ id, text: tok.decode([id], false), start: at, stop: at + piece.length });
+        at += piece.length;
+      }
+      return { result: out };
     }
     case 'checkTemplate': {
       // Parses the adapter's template, then renders sample conversations: it must render one.

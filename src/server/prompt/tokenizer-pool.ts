@@ -8,7 +8,7 @@
 import { LoraplexError } from '../../errors.js';
 import type { ChatMessage } from '../../runtime/chat-template.js';
 import { WorkerPool } from '../../util/worker-pool.js';
-import type { TokenizeTask, TokenizerInfo } from './tasks.js';
+import type { TokenizeTask, TokenizerInfo, TokenPiece } from './tasks.js';
 
 export interface TokenizerPoolOptions {
   modelDir: string;
@@ -69,6 +69,20 @@ export class TokenizerPool {
 
   encodeChat(chat: { messages: ChatMessage[]; tools: unknown[] | null; addGenerationPrompt: boolean; templateKwargs: Record<string, unknown> | null; adapterDir: string | null }): Promise<Int32Array> {
     return this.run({ kind: 'chat', ...chat }, 'rendering the chat template and tokenizing the messages', 'messages');
+  }
+
+  decode(ids: number[], skipSpecialTokens: boolean): Promise<string> {
+    return this.pool.run<string>({ kind: 'decode', ids, skipSpecialTokens } satisfies TokenizeTask, {
+      timeoutMs: this.timeoutMs,
+      onTimeout: () => new LoraplexError('prompt_too_expensive', `detokenizing took longer than its budget of ${this.timeoutMs} ms`, { param: 'tokens' }),
+    });
+  }
+
+  pieces(ids: number[]): Promise<TokenPiece[]> {
+    return this.pool.run<TokenPiece[]>({ kind: 'pieces', ids } satisfies TokenizeTask, {
+      timeoutMs: this.timeoutMs,
+      onTimeout: () => new LoraplexError('prompt_too_expensive', `splitting the prompt into tokens took longer than its budget of ${this.timeoutMs} ms`, { param: 'inputs' }),
+    });
   }
 
   /** Checks an adapter's own chat template (if it has one): parses and renders within the budget. */

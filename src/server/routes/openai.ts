@@ -14,7 +14,8 @@ import type { Ticket } from '../admission.js';
 import { clientGone, generate, startGeneration, type GenerationResult, type ServerContext } from '../context.js';
 import { sendError } from '../errors.js';
 import { checkShape } from '../prompt/limits.js';
-import { chatMessages, promptIds, responseId, sampling, stopStrings, utf8Bytes, validRequest, type PromptSource } from '../requests.js';
+import { checkFields, declaredFields } from '../fields.js';
+import { chatMessages, promptIds, responseId, sampling, stopStrings, truncatePrompt, utf8Bytes, validRequest, type PromptSource } from '../requests.js';
 import { resolveAdapter, type Resolved } from '../resolve.js';
 import { ChatCompletionRequest, ChatCompletionResponse, CompletionRequest, CompletionResponse, ErrorBody, ModelList } from '../schemas.js';
 import { SseStream } from '../sse.js';
@@ -42,6 +43,20 @@ function usage(promptTokens: number, completion: number): { prompt_tokens: numbe
   return { prompt_tokens: promptTokens, completion_tokens: completion, total_tokens: promptTokens + completion };
 }
 
+const CHAT_FIELDS = declaredFields(ChatCompletionRequest);
+const COMPLETION_FIELDS = declaredFields(CompletionRequest);
+
+/** best_of: per prompt (groups of `per` results), the `n` with the highest cumulative logprob. */
+function pickBest(results: GenerationResult[], per: number, n: number): number[] {
+  const score = (r: GenerationResult): number => r.tokens.reduce((s, t) => s + (t.logprob ?? 0), 0);
+  const out: number[] = [];
+  for (let g = 0; g * per < results.length; g++) {
+    const group = Array.from({ length: per }, (_, i) => g * per + i);
+    out.push(...group.sort((a, b) => score(results[b]) - score(results[a]) || a - b).slice(0, n));
+  }
+  return out;
+}
+
 /** The request was abandoned before it reached the engine. */
 function droppedEarly(ctx: ServerContext): LoraplexError {
   ctx.cancelledBeforeSubmit++;
@@ -64,6 +79,8 @@ async function run(
   gone: AbortSignal,
   shape: Shape,
   logPrompts: () => unknown,
+  /** Non-streamed: which results to return, in order (best_of); default all. */
+  select?: (results: GenerationResult[]) => number[],
 ): Promise<unknown> {
   const id = responseId(shape.object === 'chat.completion' ? 'chatcmpl' : 'cmpl');
   const created = Math.floor(Date.now() / 1000);
@@ -82,6 +99,7 @@ async function run(
         completionTokens: completion,
         ms: Math.round(performance.now() - started),
         ...(stream ? { stream } : {}),
+        ...((body as { user?: string }).user ? { user: (body as { user?: string }).user } : {}),
         ...(ctx.settings.logPrompts ? { prompt: logPrompts(), completion: texts } : {}),
       },
       'generation',
@@ -97,7 +115,7 @@ async function run(
       object: shape.object,
       created,
       model: resolved.model,
-      choices: results.map((r, i) => shape.full(choices[i].index, r)),
+      choices: (select?.(results) ?? results.map((_, i) => i)).map((at, k) => shape.full(select ? k : choices[at].index, results[at])),
       usage: usage(promptTokens, completion),
       system_fingerprint: null,
     };
@@ -260,12 +278,18 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
     async (request, reply) => {
       const { gone, engine, resolved } = begin(ctx, request, reply, request.body);
       const body = request.body;
+      checkFields(body, CHAT_FIELDS, request.log);
       if (body.response_format && (body.response_format as { type?: string }).type !== 'text') {
-        throw new UnsupportedError('response_format other than "text" is not supported', 'response_format');
+        throw new UnsupportedError('response_format other than "text" is not supported: constrained decoding (structured outputs) is not supported yet', 'response_format');
       }
       const n = body.n ?? 1;
       if (body.tools != null) checkShape(body.tools, 'tools');
-      if (body.tool_choice != null) checkShape(body.tool_choice, 'tool_choice');
+      const toolChoice = body.tool_choice ?? 'auto';
+      if (toolChoice !== 'auto' && toolChoice !== 'none') {
+        throw new UnsupportedError(`tool_choice ${JSON.stringify(toolChoice).slice(0, 80)} is not supported: forcing a tool call needs constrained decoding, which is not supported yet; use "auto" or "none"`, 'tool_choice');
+      }
+      if (body.parallel_tool_calls === false) throw new UnsupportedError('parallel_tool_calls: false cannot be enforced yet', 'parallel_tool_calls');
+      if (body.chat_template_kwargs != null) checkShape(body.chat_template_kwargs, 'chat_template_kwargs');
       if (body.messages.length > engine.info.maxPositions) {
         throw new LoraplexError('context_length_exceeded', `${body.messages.length} messages cannot fit the context length of ${engine.info.maxPositions} tokens`, { param: 'messages' });
       }
@@ -273,9 +297,11 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
       const logprobs = body.logprobs ? (body.top_logprobs ?? 0) : null;
       const s = sampling(body, engine.info.vocabSize, logprobs);
       stopStrings(body.stop);
-      const prompt: PromptSource = { kind: 'chat', messages, tools: (body.tools as unknown[] | null | undefined) ?? null, addGenerationPrompt: body.add_generation_prompt ?? true, templateKwargs: null };
+      // tool_choice "none": the model is not offered the tools at all.
+      const tools = toolChoice === 'none' ? null : ((body.tools as unknown[] | null | undefined) ?? null);
+      const prompt: PromptSource = { kind: 'chat', messages, tools, addGenerationPrompt: body.add_generation_prompt ?? true, templateKwargs: body.chat_template_kwargs ?? null };
       return admitted(ctx, n, gone, async (ticket) => {
-        const ids = await promptIds(ctx, prompt, resolved);
+        const ids = truncatePrompt(await promptIds(ctx, prompt, resolved), body.truncate_prompt_tokens);
         if (gone.aborted) throw droppedEarly(ctx);
         const choices = Array.from({ length: n }, (_, i) => ({ index: i, req: validRequest(ctx, ids, body, resolved, s, i), promptTokens: i === 0 ? ids.length : 0 }));
         return run(ctx, request, reply, body, resolved, choices, ticket, gone, {
@@ -299,9 +325,13 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
     async (request, reply) => {
       const { gone, engine, resolved } = begin(ctx, request, reply, request.body);
       const body = request.body;
-      if (body.suffix) throw new UnsupportedError('suffix is not supported', 'suffix');
+      checkFields(body, COMPLETION_FIELDS, request.log);
+      if (body.suffix) throw new UnsupportedError('suffix (fill in the middle) is not supported', 'suffix');
       const n = body.n ?? 1;
-      if (body.best_of != null && body.best_of !== n) throw new UnsupportedError('best_of other than n is not supported', 'best_of');
+      // best_of: sample best_of completions per prompt, return the n most likely (by cumulative logprob).
+      const bestOf = body.best_of ?? n;
+      if (bestOf < n) throw new ValidationError(`best_of (${bestOf}) must be >= n (${n})`, 'best_of');
+      if (bestOf > n && body.stream) throw new ValidationError('best_of cannot be used with stream', 'best_of');
       const p = body.prompt;
       const sources: PromptSource[] =
         typeof p === 'string'
@@ -309,7 +339,7 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
           : typeof p[0] === 'number'
             ? [{ kind: 'ids', ids: p as number[], param: 'prompt' }]
             : (p as (string | number[])[]).map((x, i) => (typeof x === 'string' ? { kind: 'text' as const, text: x, param: `prompt[${i}]` } : { kind: 'ids' as const, ids: x, param: `prompt[${i}]` }));
-      if (sources.length * n > 64) throw new ValidationError(`at most 64 choices per request; given ${sources.length} prompts × n=${n}`, 'n');
+      if (sources.length * bestOf > 64) throw new ValidationError(`at most 64 choices per request; given ${sources.length} prompts × ${bestOf > n ? `best_of=${bestOf}` : `n=${n}`}`, bestOf > n ? 'best_of' : 'n');
       const echo = body.echo === true;
       if (echo && sources.some((x) => x.kind !== 'text')) throw new UnsupportedError('echo is supported for text prompts only', 'echo');
       const prefix = (index: number): string => {
@@ -317,12 +347,14 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
         return echo && pr.kind === 'text' ? pr.text : '';
       };
       const logprobs = body.logprobs ?? null;
-      const s = sampling(body, engine.info.vocabSize, logprobs);
+      // (best_of ranks by cumulative logprob, so every token must carry its own.)
+      const s = sampling(body, engine.info.vocabSize, bestOf > n ? (logprobs ?? 0) : logprobs);
       stopStrings(body.stop);
-      return admitted(ctx, sources.length * n, gone, async (ticket) => {
-        const ids = await Promise.all(sources.map((src) => promptIds(ctx, src, resolved)));
+      return admitted(ctx, sources.length * bestOf, gone, async (ticket) => {
+        const ids = (await Promise.all(sources.map((src) => promptIds(ctx, src, resolved)))).map((x) => truncatePrompt(x, body.truncate_prompt_tokens));
         if (gone.aborted) throw droppedEarly(ctx);
-        const choices = ids.flatMap((pi, i) => Array.from({ length: n }, (_, c) => ({ index: i * n + c, req: validRequest(ctx, pi, body, resolved, s, c), promptTokens: c === 0 ? pi.length : 0 })));
+        const choices = ids.flatMap((pi, i) => Array.from({ length: bestOf }, (_, c) => ({ index: i * bestOf + c, req: validRequest(ctx, pi, body, resolved, s, c), promptTokens: c === 0 ? pi.length : 0 })));
+        const select = bestOf > n ? (results: GenerationResult[]) => pickBest(results, bestOf, n) : undefined;
         const sent = new Set<number>();
         return run(ctx, request, reply, body, resolved, choices, ticket, gone, {
           object: 'text_completion',
@@ -335,7 +367,7 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
           },
           finish: (index, reason) => ({ index, text: echo && !sent.has(index) ? prefix(index) : '', logprobs: null, finish_reason: reason }),
           full: (index, r) => ({ index, text: prefix(index) + r.text, logprobs: logprobs !== null ? completionLogprobs(r.tokens, prefix(index).length) : null, finish_reason: r.finishReason }),
-        }, () => sources.map((x) => (x.kind === 'text' ? x.text : x.kind === 'ids' ? x.ids : null)));
+        }, () => sources.map((x) => (x.kind === 'text' ? x.text : x.kind === 'ids' ? x.ids : null)), select);
       });
     },
   );

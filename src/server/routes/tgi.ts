@@ -4,15 +4,16 @@
  * `{error, error_type}` with TGI's status codes, see server/errors.ts).
  */
 import type { FastifyInstance, FastifyRequest } from 'fastify';
-import { ERROR_CATALOG, LoraplexError } from '../../errors.js';
+import { ERROR_CATALOG, LoraplexError, UnsupportedError, ValidationError } from '../../errors.js';
 import type { FinishReason } from '../../runtime/generation.js';
 import type { TokenEngineEvent } from '../../scheduler/request.js';
 import { VERSION } from '../../version.js';
-import { clientGone, generate, startGeneration, type ServerContext } from '../context.js';
+import { clientGone, generate, startGeneration, type GenerationResult, type ServerContext } from '../context.js';
 import { sendError } from '../errors.js';
-import { promptIds, sampling, stopStrings, validRequest } from '../requests.js';
+import { checkFields, declaredFields } from '../fields.js';
+import { promptIds, sampling, stopStrings, truncatePrompt, validRequest } from '../requests.js';
 import { resolveAdapter } from '../resolve.js';
-import { GenerateRequest, GenerateResponse, TgiErrorBody } from '../schemas.js';
+import { GenerateRequest, GenerateResponse, TgiErrorBody, TgiParameters } from '../schemas.js';
 import { SseStream } from '../sse.js';
 
 function tgiFinish(reason: FinishReason, last: TokenEngineEvent | undefined): string {
@@ -27,6 +28,15 @@ const tgiToken = (t: TokenEngineEvent): { id: number; text: string; logprob: num
   special: t.special,
 });
 
+/** top_n_tokens: the most likely tokens at a step, in TGI's token shape. */
+const topTokens = (t: TokenEngineEvent, eos: ReadonlySet<number>) => (t.top ?? []).map((a) => ({ id: a.id, text: a.text, logprob: a.logprob, special: eos.has(a.id) }));
+
+const GENERATE_FIELDS = new Set(['inputs', 'parameters', 'stream']);
+const PARAMETER_FIELDS = declaredFields(TgiParameters);
+
+/** The sum of a sequence's token logprobs (best_of ranks by it). */
+const score = (r: GenerationResult): number => r.tokens.reduce((s, t) => s + (t.logprob ?? 0), 0);
+
 const tgiErrors = { 404: TgiErrorBody, 422: TgiErrorBody, 424: TgiErrorBody, 429: TgiErrorBody, 503: TgiErrorBody };
 
 export function tgiRoutes(app: FastifyInstance, ctx: ServerContext): void {
@@ -34,26 +44,45 @@ export function tgiRoutes(app: FastifyInstance, ctx: ServerContext): void {
   const prepare = async (request: FastifyRequest<{ Body: GenerateRequest }>, gone: AbortSignal) => {
     const body = request.body;
     const engine = ctx.requireEngine();
+    checkFields(body, GENERATE_FIELDS, request.log);
     const p = body.parameters ?? {};
+    checkFields(p, PARAMETER_FIELDS, request.log, 'parameters.');
+    const refuse = (field: string, why: string): never => {
+      throw new UnsupportedError(`parameters.${field} is not supported: ${why}`, `parameters.${field}`);
+    };
+    if (p.adapter_source != null) refuse('adapter_source', 'adapters come from this server\'s registry (upload them, or list them with GET /v1/models)');
+    if (p.grammar != null) refuse('grammar', 'constrained decoding (structured outputs) is not supported yet');
+    if (p.response_format != null) refuse('response_format', 'constrained decoding (structured outputs) is not supported yet');
+    if (p.watermark === true) refuse('watermark', 'watermarking is not supported');
+    if (p.typical_p != null && p.typical_p !== 1) refuse('typical_p', 'typical sampling is not supported');
     const resolved = resolveAdapter(ctx.registry, ctx.baseId, { model: ctx.baseId, adapter_id: p.adapter_id, merged_adapters: p.merged_adapters });
     request.adapterLabel = resolved.label;
     // TGI samples when do_sample is set or any sampling knob is given; otherwise greedy.
     const sample = p.do_sample === true || (p.do_sample == null && (p.temperature != null || p.top_p != null || p.top_k != null));
+    const bestOf = p.best_of ?? 1;
+    if (bestOf > 1 && !sample) throw new ValidationError('parameters.best_of > 1 needs sampling (do_sample or a sampling parameter)', 'parameters.best_of');
+    if (bestOf > 1 && (body.stream || request.url.startsWith('/generate_stream'))) throw new ValidationError('parameters.best_of cannot be used with streaming', 'parameters.best_of');
+    const topN = p.top_n_tokens ?? 0;
+    // Logprobs are computed when details, top tokens or best_of want them.
+    const withLogprobs = p.details || p.decoder_input_details || topN > 0 || bestOf > 1;
     const s = sampling(
-      { temperature: sample ? (p.temperature ?? 1) : 0, top_p: p.top_p, top_k: p.top_k, repetition_penalty: p.repetition_penalty, seed: p.seed },
+      { temperature: sample ? (p.temperature ?? 1) : 0, top_p: p.top_p, top_k: p.top_k, repetition_penalty: p.repetition_penalty, frequency_penalty: p.frequency_penalty, seed: p.seed },
       engine.info.vocabSize,
-      p.details || p.decoder_input_details ? (p.top_n_tokens ?? 0) : null,
+      withLogprobs ? topN : null,
     );
     stopStrings(p.stop ?? null, 'parameters.stop');
-    const ticket = ctx.admission.enter(1);
+    const ticket = ctx.admission.enter(bestOf);
     try {
-      const ids = await promptIds(ctx, { kind: 'text', text: body.inputs, param: 'inputs' }, resolved);
+      const ids = truncatePrompt(await promptIds(ctx, { kind: 'text', text: body.inputs, param: 'inputs' }, resolved), p.truncate);
       if (gone.aborted) {
         ctx.cancelledBeforeSubmit++;
         throw new LoraplexError('cancelled', 'the client closed the connection');
       }
-      const req = validRequest(ctx, ids, { max_tokens: p.max_new_tokens ?? 20, stop: p.stop ?? null }, resolved, s);
-      return { req, resolved, ticket, details: p.details === true, fullText: p.return_full_text === true, seed: p.seed ?? null };
+      const prefill = p.decoder_input_details === true;
+      const reqs = Array.from({ length: bestOf }, (_, i) =>
+        validRequest(ctx, ids, { max_tokens: p.max_new_tokens ?? 20, stop: p.stop ?? null }, resolved, s, i, { promptLogprobs: prefill ? topN : null }),
+      );
+      return { reqs, resolved, ticket, details: p.details === true, prefill, topN, fullText: p.return_full_text === true, seed: p.seed ?? null };
     } catch (err) {
       ticket.close();
       throw err;
@@ -65,13 +94,30 @@ export function tgiRoutes(app: FastifyInstance, ctx: ServerContext): void {
     { schema: { tags: ['tgi'], summary: 'Generate (LoRAX/TGI); parameters.adapter_id selects the adapter', body: GenerateRequest, response: { 200: GenerateResponse, ...tgiErrors } } },
     async (request, reply) => {
       const gone = clientGone(request, reply);
-      const { req, resolved, ticket, details, fullText, seed } = await prepare(request, gone);
+      const { reqs, resolved, ticket, details, prefill, topN, fullText, seed } = await prepare(request, gone);
+      const eos = new Set(ctx.requireEngine().info.eosIds);
       try {
-        const r = await generate(ctx, req, resolved.digests, ticket, gone);
+        const all = await Promise.all(reqs.map((req) => generate(ctx, req, resolved.digests, ticket, gone)));
+        const order = all.map((_, i) => i).sort((a, b) => score(all[b]) - score(all[a]) || a - b);
+        const text = (r: GenerationResult): string => (fullText ? request.body.inputs : '') + r.text;
+        const detailsOf = (r: GenerationResult, i: number) => ({
+          finish_reason: tgiFinish(r.finishReason, r.tokens.at(-1)),
+          generated_tokens: r.completionTokens,
+          seed: seed === null ? null : seed + i,
+          prefill: prefill ? r.prompt.map((t) => ({ id: t.token, text: t.text, logprob: t.logprob })) : [],
+          tokens: r.tokens.map(tgiToken),
+          ...(topN > 0 ? { top_tokens: r.tokens.map((t) => topTokens(t, eos)) } : {}),
+        });
+        const best = all[order[0]];
         return {
-          generated_text: (fullText ? request.body.inputs : '') + r.text,
-          ...(details
-            ? { details: { finish_reason: tgiFinish(r.finishReason, r.tokens.at(-1)), generated_tokens: r.completionTokens, seed, prefill: [], tokens: r.tokens.map(tgiToken) } }
+          generated_text: text(best),
+          ...(details || prefill
+            ? {
+                details: {
+                  ...detailsOf(best, order[0]),
+                  ...(reqs.length > 1 ? { best_of_sequences: order.slice(1).map((i) => ({ generated_text: text(all[i]), ...detailsOf(all[i], i) })) } : {}),
+                },
+              }
             : {}),
         };
       } finally {
@@ -85,7 +131,9 @@ export function tgiRoutes(app: FastifyInstance, ctx: ServerContext): void {
     { schema: { tags: ['tgi'], summary: 'Generate with server-sent token events (LoRAX/TGI)', body: GenerateRequest, response: { ...tgiErrors } } },
     async (request, reply) => {
       const gone = clientGone(request, reply);
-      const { req, resolved, ticket, details, fullText, seed } = await prepare(request, gone);
+      const { reqs, resolved, ticket, details, topN, fullText, seed } = await prepare(request, gone);
+      const req = reqs[0];
+      const eos = new Set(ctx.requireEngine().info.eosIds);
       return new Promise<void>((resolve) => {
         let sse: SseStream | null = null;
         let text = '';
@@ -103,7 +151,7 @@ export function tgiRoutes(app: FastifyInstance, ctx: ServerContext): void {
           sse.send({
             index: 0,
             token: tgiToken(pending),
-            top_tokens: null,
+            top_tokens: topN > 0 ? topTokens(pending, eos) : null,
             generated_text: end ? (fullText ? request.body.inputs : '') + text : null,
             details: end && details ? { finish_reason: end.finish, generated_tokens: end.count, seed } : null,
           });
