@@ -19,10 +19,12 @@ import { AuthError, LoraplexError } from '../errors.js';
 import { VERSION } from '../version.js';
 import { bearerMatches } from './auth.js';
 import type { ServerContext } from './context.js';
-import { installErrorHandling, rawErrorResponse, sendError } from './errors.js';
+import { installErrorHandling, rawErrorResponse, sendError, type RouteFlavor } from './errors.js';
 import { adminRoutes } from './routes/admin.js';
 import { openaiRoutes } from './routes/openai.js';
 import { opsRoutes } from './routes/ops.js';
+import { responsesRoutes } from './routes/responses.js';
+import { tokenizeRoutes } from './routes/tokenize.js';
 import { tgiRoutes } from './routes/tgi.js';
 
 /** Largest JSON body accepted on the inference routes. */
@@ -32,6 +34,8 @@ declare module 'fastify' {
   interface FastifyRequest {
     /** The adapter(s) the request used, for the request metrics ('' until resolved, 'base' for none). */
     adapterLabel: string;
+    /** The error shape a route chose for this request (otherwise decided by its URL). */
+    errorFlavor: RouteFlavor | null;
   }
 }
 
@@ -67,6 +71,7 @@ export async function buildApp(ctx: ServerContext, opts: { logger?: FastifyServe
   app.removeContentTypeParser('text/plain');
   ctx.bodies.install(app, MAX_JSON_BODY);
   app.decorateRequest('adapterLabel', '');
+  app.decorateRequest('errorFlavor', null);
   await app.register(swagger, {
     openapi: {
       openapi: '3.0.3',
@@ -113,12 +118,24 @@ export async function buildApp(ctx: ServerContext, opts: { logger?: FastifyServe
   });
 
   await app.register(async (inference) => {
+    // TGI clients get TGI's error shape on the OpenAI routes too, as TGI answers them (they show
+    // only a string `error`): @huggingface/inference says so in its User-Agent, and posts TGI's
+    // parameters to /v1/completions with the server's URL as the model.
+    inference.addHook('onRequest', async (request) => {
+      if (/^@huggingface\/inference\//.test(request.headers['user-agent'] ?? '')) request.errorFlavor = 'tgi';
+    });
+    inference.addHook('preValidation', async (request) => {
+      const model = (request.body as { model?: unknown } | null)?.model;
+      if (typeof model === 'string' && /^https?:\/\//.test(model)) request.errorFlavor = 'tgi';
+    });
     if (ctx.settings.apiKeys.length > 0) {
       inference.addHook('onRequest', async (request) => {
         if (!bearerMatches(request.headers.authorization, ctx.settings.apiKeys)) throw new AuthError('missing or invalid API key: send Authorization: Bearer <key>');
       });
     }
     openaiRoutes(inference, ctx);
+    responsesRoutes(inference, ctx);
+    tokenizeRoutes(inference, ctx);
     tgiRoutes(inference, ctx);
   });
   if (ctx.settings.adminToken) await app.register(async (admin) => adminRoutes(admin, ctx));

@@ -10,6 +10,8 @@ import { ERROR_CATALOG, LoraplexError, type ErrorCode } from '../errors.js';
 
 export interface OpenAIErrorBody {
   error: { message: string; type: string; param: string | null; code: string | null };
+  /** The message again at the top level, as vLLM's error bodies carry it (some clients read only this). */
+  message: string;
 }
 
 export interface TgiErrorBody {
@@ -20,7 +22,7 @@ export interface TgiErrorBody {
 export type RouteFlavor = 'openai' | 'tgi';
 
 /** The LoRAX/TGI routes answer errors in TGI's shape; every other route in OpenAI's. */
-const TGI_ROUTES = new Set(['/generate', '/generate_stream', '/info', '/tokenize']);
+const TGI_ROUTES = new Set(['/', '/generate', '/generate_stream', '/info']);
 
 export function flavorOf(url: string): RouteFlavor {
   const path = url.split('?')[0];
@@ -33,14 +35,16 @@ export function statusFor(err: LoraplexError, flavor: RouteFlavor): number {
 
 export function errorBody(err: LoraplexError, flavor: RouteFlavor): OpenAIErrorBody | TgiErrorBody {
   if (flavor === 'tgi') return { error: err.message, error_type: ERROR_CATALOG[err.code].tgiType };
-  return { error: { message: err.message, type: err.type, param: err.param, code: err.code } };
+  return { error: { message: err.message, type: err.type, param: err.param, code: err.code }, message: err.message };
 }
 
 /** Sends `err` as the route's error response (with Retry-After on 429). */
 export function sendError(request: FastifyRequest, reply: FastifyReply, err: LoraplexError): FastifyReply {
-  const flavor = flavorOf(request.url);
+  const flavor = request.errorFlavor ?? flavorOf(request.url);
   if (err.retryAfterSeconds !== undefined) reply.header('retry-after', String(err.retryAfterSeconds));
-  return reply.code(statusFor(err, flavor)).send(errorBody(err, flavor));
+  // Serialized here: the route's response schema describes its own shape, and a request may have
+  // chosen the other one.
+  return reply.code(statusFor(err, flavor)).type('application/json; charset=utf-8').send(JSON.stringify(errorBody(err, flavor)));
 }
 
 /** A complete raw HTTP response for errors answered below fastify (client errors, timeouts). */

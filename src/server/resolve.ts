@@ -1,6 +1,7 @@
 /**
  * Which adapter a request asks for: `model` (the base model's id = no adapter; an adapter name =
- * that adapter), LoRAX's `adapter_id`, or a weighted `merged_adapters` combination. Unknown names
+ * that adapter; this server's URL = no adapter), LoRAX's `adapter_id`, or a weighted
+ * `merged_adapters` combination. Unknown names
  * are a 404, never a silent fallback to the base model.
  */
 import { adapterKey, type AdapterRecord, type AdapterRegistry } from '../adapters/registry.js';
@@ -56,11 +57,15 @@ export function resolveAdapter(
     const name = merged.ids.map((id, i) => `${id}*${merged.weights[i]}`).join('+');
     return { spec: { kind: 'merge', key: mergeKey(parts), name, parts }, names: merged.ids, digests: parts.map((p) => p.key), model: req.model ?? baseId, label: merged.ids.join('+') };
   }
-  const wanted = req.adapter_id || req.model;
+  // A model given as a URL is this server's own address (TGI clients, e.g. @huggingface/inference,
+  // send their endpoint URL as the model): it means the base model, or `adapter_id` if given. No
+  // adapter name can look like a URL, so this never stands in for a name.
+  const model = req.model && /^https?:\/\//.test(req.model) ? baseId : req.model;
+  const wanted = req.adapter_id || model;
   const param = req.adapter_id ? 'adapter_id' : 'model';
   if (!wanted) throw new ValidationError('model is required', 'model');
   if (wanted === baseId) return { spec: null, names: [], digests: [], model: baseId, label: 'base' };
   const r = registry.get(wanted);
   if (!r) throw new ModelNotFoundError(`The model \`${wanted}\` does not exist. Known: the base model \`${baseId}\` and ${registry.size} adapter(s); see GET /v1/models.`, param);
-  return { spec: { kind: 'single', ...source(r) }, names: [r.name], digests: [r.digest], model: req.model && req.model !== baseId && !req.adapter_id ? req.model : wanted, label: r.name };
+  return { spec: { kind: 'single', ...source(r) }, names: [r.name], digests: [r.digest], model: model && model !== baseId && !req.adapter_id ? model : wanted, label: r.name };
 }

@@ -14,6 +14,7 @@ export const ErrorBody = Type.Object(
       param: Nullable(Type.String()),
       code: Nullable(Type.String()),
     }),
+    message: Type.Optional(Type.String({ description: 'the message again, at the top level (as vLLM sends it)' })),
   },
   { $id: 'Error', description: "OpenAI's error shape" },
 );
@@ -232,6 +233,69 @@ export const GenerateResponse = Type.Object(
   },
   { $id: 'GenerateResponse' },
 );
+
+// ---- OpenAI Responses
+
+const ResponseInputContent = Type.Object({ type: Type.String(), text: Type.Optional(Type.String()) }, { additionalProperties: true });
+
+export const ResponseInputItem = Type.Object(
+  {
+    type: Type.Optional(Type.String({ description: 'message (default), function_call or function_call_output' })),
+    role: Type.Optional(Type.String()),
+    content: Type.Optional(Type.Union([Type.String(), Type.Array(ResponseInputContent)])),
+    call_id: Type.Optional(Type.String()),
+    name: Type.Optional(Type.String()),
+    arguments: Type.Optional(Type.String()),
+    output: Type.Optional(Type.Union([Type.String(), Type.Array(ResponseInputContent)])),
+    id: Type.Optional(Type.String()),
+    status: Type.Optional(Type.String()),
+  },
+  { additionalProperties: true },
+);
+
+export const ResponsesRequest = Type.Object(
+  {
+    model: Type.String({ description: "the base model's id (no adapter) or an adapter name" }),
+    input: Type.Union([Type.String(), Type.Array(ResponseInputItem, { minItems: 1 })]),
+    instructions: Type.Optional(Nullable(Type.String({ description: 'a system message in front of the input' }))),
+    max_output_tokens: Type.Optional(Nullable(Type.Integer({ minimum: 1 }))),
+    temperature: Type.Optional(Nullable(Type.Number({ minimum: 0, maximum: 2 }))),
+    top_p: Type.Optional(Nullable(Type.Number({ exclusiveMinimum: 0, maximum: 1 }))),
+    stream: Type.Optional(Nullable(Type.Boolean())),
+    store: Type.Optional(Nullable(Type.Boolean({ description: 'responses are not stored: false or absent' }))),
+    previous_response_id: Type.Optional(Nullable(Type.String({ description: 'refused: responses are not stored' }))),
+    tools: Type.Optional(Nullable(Type.Array(Type.Any(), { description: 'function tools, rendered with the chat template' }))),
+    tool_choice: Type.Optional(Type.Any({ description: '"auto" (default) or "none"' })),
+    parallel_tool_calls: Type.Optional(Nullable(Type.Boolean())),
+    text: Type.Optional(Nullable(Type.Object({ format: Type.Optional(Type.Any()), verbosity: Type.Optional(Nullable(Type.String())) }, { additionalProperties: true }))),
+    reasoning: Type.Optional(Type.Any({ description: 'refused unless null' })),
+    truncation: Type.Optional(Nullable(Type.String({ description: '"disabled" (default); "auto" is refused' }))),
+    metadata: Type.Optional(Nullable(Type.Record(Type.String(), Type.String(), { description: 'returned with the response' }))),
+    user: Type.Optional(Type.String({ description: 'an end-user id; written to the request log' })),
+    include: Type.Optional(Nullable(Type.Array(Type.String(), { description: 'nothing extra can be included: refused unless empty' }))),
+  },
+  { $id: 'ResponsesRequest', additionalProperties: true },
+);
+export type ResponsesRequest = Static<typeof ResponsesRequest>;
+
+export const TokenizeRequest = Type.Object(
+  {
+    model: Type.Optional(Type.String()),
+    prompt: Type.Optional(Type.String()),
+    messages: Type.Optional(Type.Array(ChatMessageSchema, { minItems: 1 })),
+    add_generation_prompt: Type.Optional(Type.Boolean()),
+    add_special_tokens: Type.Optional(Type.Boolean()),
+    tools: Type.Optional(Nullable(Type.Array(Type.Any()))),
+    chat_template_kwargs: Type.Optional(Nullable(Type.Record(Type.String(), Type.Any()))),
+    return_token_strs: Type.Optional(Nullable(Type.Boolean())),
+    inputs: Type.Optional(Type.String({ description: "TGI's form: the text to tokenize" })),
+    parameters: Type.Optional(Nullable(Type.Object({ adapter_id: Type.Optional(Nullable(Type.String())) }, { additionalProperties: true }))),
+  },
+  { $id: 'TokenizeRequest', additionalProperties: true, description: "vLLM's form ({model, prompt | messages}) or TGI's ({inputs, parameters})" },
+);
+export type TokenizeRequest = Static<typeof TokenizeRequest>;
+
+export const DetokenizeRequest = Type.Object({ model: Type.String(), tokens: Type.Array(Type.Integer({ minimum: 0 }), { maxItems: 1_000_000 }) }, { $id: 'DetokenizeRequest', additionalProperties: true });
 
 // ---- admin
 

@@ -33,6 +33,11 @@ export class SseStream {
     if (!this.ended) this.reply.raw.write(`data: ${JSON.stringify(data)}\n\n`);
   }
 
+  /** A named event (`event: <name>`), as the Responses API streams them. */
+  sendEvent(name: string, data: unknown): void {
+    if (!this.ended) this.reply.raw.write(`event: ${name}\ndata: ${JSON.stringify(data)}\n\n`);
+  }
+
   /** Ends the stream, with OpenAI's `[DONE]` unless `done` is false (TGI streams end without it). */
   end(done = true): void {
     if (this.ended) return;

@@ -50,6 +50,13 @@ export function checkBodyPrompts(route: string, body: unknown, maxPositions: num
   } else if (route === '/v1/completions') {
     const prompts = Array.isArray(b.prompt) ? b.prompt : [b.prompt];
     prompts.forEach((p, i) => checkPromptBytes(bytes(p), maxPositions, maxTokenBytes, Array.isArray(b.prompt) ? `prompt[${i}]` : 'prompt'));
+  } else if (route === '/v1/responses') {
+    const r = body as { input?: unknown; instructions?: unknown };
+    let total = bytes(r.instructions);
+    const content = (c: unknown): number => (Array.isArray(c) ? c.reduce((n: number, p) => n + bytes((p as { text?: unknown } | null)?.text), 0) : bytes(c));
+    if (typeof r.input === 'string') total += bytes(r.input);
+    else if (Array.isArray(r.input)) for (const item of r.input) total += content((item as { content?: unknown } | null)?.content) + content((item as { output?: unknown } | null)?.output);
+    checkPromptBytes(total, maxPositions, maxTokenBytes, 'input');
   } else if (route === '/generate' || route === '/generate_stream') {
     checkPromptBytes(bytes(b.inputs), maxPositions, maxTokenBytes, 'inputs');
   }

@@ -8,7 +8,7 @@
  * connection is watched from the first moment, so a client that leaves at any point frees its rows.
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { LoraplexError, UnsupportedError, ValidationError } from '../../errors.js';
+import { LoraplexError, ModelNotFoundError, UnsupportedError, ValidationError } from '../../errors.js';
 import type { ValidRequest } from '../../scheduler/request.js';
 import type { Ticket } from '../admission.js';
 import { clientGone, generate, startGeneration, type GenerationResult, type ServerContext } from '../context.js';
@@ -17,7 +17,8 @@ import { checkShape } from '../prompt/limits.js';
 import { checkFields, declaredFields } from '../fields.js';
 import { chatMessages, promptIds, responseId, sampling, stopStrings, truncatePrompt, utf8Bytes, validRequest, type PromptSource } from '../requests.js';
 import { resolveAdapter, type Resolved } from '../resolve.js';
-import { ChatCompletionRequest, ChatCompletionResponse, CompletionRequest, CompletionResponse, ErrorBody, ModelList } from '../schemas.js';
+import { ChatCompletionRequest, ChatCompletionResponse, CompletionRequest, CompletionResponse, ErrorBody, ModelCard, ModelList } from '../schemas.js';
+import { Type } from 'typebox';
 import { SseStream } from '../sse.js';
 import type { TokenEngineEvent } from '../../scheduler/request.js';
 
@@ -371,6 +372,22 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
       });
     },
   );
+
+  const card = (name: string) => {
+    const maxLen = ctx.engine?.info.maxPositions;
+    const common = { object: 'model' as const, owned_by: 'loraplex', root: ctx.baseId, ...(maxLen ? { max_model_len: maxLen } : {}) };
+    if (name === ctx.baseId) return { id: ctx.baseId, created: ctx.startedAt, parent: null, ...common };
+    const r = ctx.registry.get(name);
+    if (!r) throw new ModelNotFoundError(`The model \`${name}\` does not exist; see GET /v1/models.`, 'model');
+    return { id: r.name, created: Math.floor(r.createdAt / 1000), parent: ctx.baseId, digest: r.digest, ...common };
+  };
+  for (const path of ['/v1/models/:name', '/v1/models/:org/:name']) {
+    app.get<{ Params: { org?: string; name: string } }>(
+      path,
+      { schema: { tags: ['openai'], summary: 'One model: the base model or an adapter', params: path.includes(':org') ? Type.Object({ org: Type.String(), name: Type.String() }) : Type.Object({ name: Type.String() }), response: { 200: ModelCard, 404: ErrorBody } } },
+      async (request) => card(request.params.org ? `${request.params.org}/${request.params.name}` : request.params.name),
+    );
+  }
 
   app.get('/v1/models', { schema: { tags: ['openai'], summary: 'The base model and every adapter (adapters have parent = the base id)', response: { 200: ModelList } } }, async () => {
     const maxLen = ctx.engine?.info.maxPositions;

@@ -3,7 +3,7 @@
  * `merged_adapters`), GET /info. Response, token-event and error shapes follow TGI (errors are
  * `{error, error_type}` with TGI's status codes, see server/errors.ts).
  */
-import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { ERROR_CATALOG, LoraplexError, UnsupportedError, ValidationError } from '../../errors.js';
 import type { FinishReason } from '../../runtime/generation.js';
 import type { TokenEngineEvent } from '../../scheduler/request.js';
@@ -89,141 +89,153 @@ export function tgiRoutes(app: FastifyInstance, ctx: ServerContext): void {
     }
   };
 
-  app.post<{ Body: GenerateRequest }>(
-    '/generate',
-    { schema: { tags: ['tgi'], summary: 'Generate (LoRAX/TGI); parameters.adapter_id selects the adapter', body: GenerateRequest, response: { 200: GenerateResponse, ...tgiErrors } } },
-    async (request, reply) => {
-      const gone = clientGone(request, reply);
-      const { reqs, resolved, ticket, details, prefill, topN, fullText, seed } = await prepare(request, gone);
-      const eos = new Set(ctx.requireEngine().info.eosIds);
-      try {
-        const all = await Promise.all(reqs.map((req) => generate(ctx, req, resolved.digests, ticket, gone)));
-        const order = all.map((_, i) => i).sort((a, b) => score(all[b]) - score(all[a]) || a - b);
-        const text = (r: GenerationResult): string => (fullText ? request.body.inputs : '') + r.text;
-        const detailsOf = (r: GenerationResult, i: number) => ({
-          finish_reason: tgiFinish(r.finishReason, r.tokens.at(-1)),
-          generated_tokens: r.completionTokens,
-          seed: seed === null ? null : seed + i,
-          prefill: prefill ? r.prompt.map((t) => ({ id: t.token, text: t.text, logprob: t.logprob })) : [],
-          tokens: r.tokens.map(tgiToken),
-          ...(topN > 0 ? { top_tokens: r.tokens.map((t) => topTokens(t, eos)) } : {}),
-        });
-        const best = all[order[0]];
-        return {
-          generated_text: text(best),
-          ...(details || prefill
-            ? {
-                details: {
-                  ...detailsOf(best, order[0]),
-                  ...(reqs.length > 1 ? { best_of_sequences: order.slice(1).map((i) => ({ generated_text: text(all[i]), ...detailsOf(all[i], i) })) } : {}),
-                },
-              }
-            : {}),
-        };
-      } finally {
-        ticket.close();
-      }
-    },
-  );
-
-  app.post<{ Body: GenerateRequest }>(
-    '/generate_stream',
-    { schema: { tags: ['tgi'], summary: 'Generate with server-sent token events (LoRAX/TGI)', body: GenerateRequest, response: { ...tgiErrors } } },
-    async (request, reply) => {
-      const gone = clientGone(request, reply);
-      const { reqs, resolved, ticket, details, topN, fullText, seed } = await prepare(request, gone);
-      const req = reqs[0];
-      const eos = new Set(ctx.requireEngine().info.eosIds);
-      return new Promise<void>((resolve) => {
-        let sse: SseStream | null = null;
-        let text = '';
-        let done = false;
-        // Each token event goes out when the next token arrives, or at the end with the details.
-        let pending: TokenEngineEvent | null = null;
-        const finish = (): void => {
-          done = true;
-          ticket.close();
-          gone.removeEventListener('abort', onGone);
-          resolve();
-        };
-        const flush = (end?: { finish: string; count: number }): void => {
-          if (!pending || !sse) return;
-          sse.send({
-            index: 0,
-            token: tgiToken(pending),
-            top_tokens: topN > 0 ? topTokens(pending, eos) : null,
-            generated_text: end ? (fullText ? request.body.inputs : '') + text : null,
-            details: end && details ? { finish_reason: end.finish, generated_tokens: end.count, seed } : null,
-          });
-          pending = null;
-        };
-        const open = (): SseStream => (sse ??= new SseStream(reply));
-        const onError = (err: LoraplexError): void => {
-          if (done) return;
-          if (!sse) sendError(request, reply, err);
-          else {
-            sse.send({ error: err.message, error_type: ERROR_CATALOG[err.code].tgiType });
-            sse.end(false);
-          }
-          finish();
-        };
-        let cancel: () => void = () => {};
-        const onGone = (): void => {
-          cancel();
-          onError(new LoraplexError('cancelled', 'the client closed the connection'));
-        };
-        gone.addEventListener('abort', onGone, { once: true });
-        try {
-          cancel = startGeneration(ctx, req, resolved.digests, ticket, {
-            onRunning: () => open(),
-            onToken: (e) => {
-              open();
-              flush();
-              text += e.text;
-              pending = e;
-            },
-            onEnd: (e) => {
-              if (done) return;
-              const last = pending;
-              open();
-              flush({ finish: tgiFinish(e.finishReason, last ?? undefined), count: e.completionTokens });
-              sse?.end(false);
-              finish();
-            },
-            onError,
-          });
-        } catch (err) {
-          onError(LoraplexError.from(err));
-        }
-        if (gone.aborted) onGone();
+  const generateOnce = async (request: FastifyRequest<{ Body: GenerateRequest }>, reply: FastifyReply): Promise<unknown> => {
+    const gone = clientGone(request, reply);
+    const { reqs, resolved, ticket, details, prefill, topN, fullText, seed } = await prepare(request, gone);
+    const eos = new Set(ctx.requireEngine().info.eosIds);
+    try {
+      const all = await Promise.all(reqs.map((req) => generate(ctx, req, resolved.digests, ticket, gone)));
+      const order = all.map((_, i) => i).sort((a, b) => score(all[b]) - score(all[a]) || a - b);
+      const text = (r: GenerationResult): string => (fullText ? request.body.inputs : '') + r.text;
+      const detailsOf = (r: GenerationResult, i: number) => ({
+        finish_reason: tgiFinish(r.finishReason, r.tokens.at(-1)),
+        generated_tokens: r.completionTokens,
+        seed: seed === null ? null : seed + i,
+        prefill: prefill ? r.prompt.map((t) => ({ id: t.token, text: t.text, logprob: t.logprob })) : [],
+        tokens: r.tokens.map(tgiToken),
+        ...(topN > 0 ? { top_tokens: r.tokens.map((t) => topTokens(t, eos)) } : {}),
       });
-    },
-  );
+      const best = all[order[0]];
+      return {
+        generated_text: text(best),
+        ...(details || prefill
+          ? {
+              details: {
+                ...detailsOf(best, order[0]),
+                ...(reqs.length > 1 ? { best_of_sequences: order.slice(1).map((i) => ({ generated_text: text(all[i]), ...detailsOf(all[i], i) })) } : {}),
+              },
+            }
+          : {}),
+      };
+    } finally {
+      ticket.close();
+    }
+  };
 
-  app.get('/info', { schema: { tags: ['tgi'], summary: 'Server and model information (TGI/LoRAX)' } }, async () => {
-    const info = ctx.engine?.info;
-    return {
-      model_id: ctx.baseId,
-      model_sha: null,
-      model_dtype: info ? info.weights : null,
-      model_device_type: info?.device ?? null,
-      model_pipeline_tag: 'text-generation',
-      architecture: info?.architecture ?? null,
-      max_concurrent_requests: ctx.settings.maxQueuedRequests,
-      max_best_of: 1,
-      max_stop_sequences: 16,
-      max_input_length: info ? info.maxPositions - 1 : null,
-      max_total_tokens: info?.maxPositions ?? null,
-      max_batch_total_tokens: info?.kvCapacity ?? null,
-      max_batch_prefill_tokens: ctx.settings.maxBatchPrefillTokens,
-      max_batch_size: ctx.settings.maxBatchSize,
-      max_active_adapters: info?.maxActiveAdapters ?? null,
-      adapter_cycle_time_s: ctx.settings.adapterCycleMs / 1000,
-      max_lora_rank: info?.maxLoraRank ?? null,
-      adapters: ctx.registry.size,
-      router: 'loraplex',
-      version: VERSION,
-      ready: ctx.engine !== null,
-    };
-  });
+  const generateStream = async (request: FastifyRequest<{ Body: GenerateRequest }>, reply: FastifyReply): Promise<unknown> => {
+    const gone = clientGone(request, reply);
+    const { reqs, resolved, ticket, details, topN, fullText, seed } = await prepare(request, gone);
+    const req = reqs[0];
+    const eos = new Set(ctx.requireEngine().info.eosIds);
+    return new Promise<void>((resolve) => {
+      let sse: SseStream | null = null;
+      let text = '';
+      let done = false;
+      // Each token event goes out when the next token arrives, or at the end with the details.
+      let pending: TokenEngineEvent | null = null;
+      const finish = (): void => {
+        done = true;
+        ticket.close();
+        gone.removeEventListener('abort', onGone);
+        resolve();
+      };
+      const flush = (end?: { finish: string; count: number }): void => {
+        if (!pending || !sse) return;
+        sse.send({
+          index: 0,
+          token: tgiToken(pending),
+          top_tokens: topN > 0 ? topTokens(pending, eos) : null,
+          generated_text: end ? (fullText ? request.body.inputs : '') + text : null,
+          details: end && details ? { finish_reason: end.finish, generated_tokens: end.count, seed } : null,
+        });
+        pending = null;
+      };
+      const open = (): SseStream => (sse ??= new SseStream(reply));
+      const onError = (err: LoraplexError): void => {
+        if (done) return;
+        if (!sse) sendError(request, reply, err);
+        else {
+          sse.send({ error: err.message, error_type: ERROR_CATALOG[err.code].tgiType });
+          sse.end(false);
+        }
+        finish();
+      };
+      let cancel: () => void = () => {};
+      const onGone = (): void => {
+        cancel();
+        onError(new LoraplexError('cancelled', 'the client closed the connection'));
+      };
+      gone.addEventListener('abort', onGone, { once: true });
+      try {
+        cancel = startGeneration(ctx, req, resolved.digests, ticket, {
+          onRunning: () => open(),
+          onToken: (e) => {
+            open();
+            flush();
+            text += e.text;
+            pending = e;
+          },
+          onEnd: (e) => {
+            if (done) return;
+            const last = pending;
+            open();
+            flush({ finish: tgiFinish(e.finishReason, last ?? undefined), count: e.completionTokens });
+            sse?.end(false);
+            finish();
+          },
+          onError,
+        });
+      } catch (err) {
+        onError(LoraplexError.from(err));
+      }
+      if (gone.aborted) onGone();
+    });
+  };
+
+app.post<{ Body: GenerateRequest }>(
+  '/generate',
+  { schema: { tags: ['tgi'], summary: 'Generate (LoRAX/TGI); parameters.adapter_id selects the adapter', body: GenerateRequest, response: { 200: GenerateResponse, ...tgiErrors } } },
+  generateOnce,
+);
+
+app.post<{ Body: GenerateRequest }>(
+  '/generate_stream',
+  { schema: { tags: ['tgi'], summary: 'Generate with server-sent token events (LoRAX/TGI)', body: GenerateRequest, response: { ...tgiErrors } } },
+  generateStream,
+);
+
+// TGI's compat route: POST / generates, or streams when the body says stream: true (TGI clients
+// given only the server's URL post here).
+app.post<{ Body: GenerateRequest }>(
+  '/',
+  { schema: { tags: ['tgi'], summary: 'Generate, or stream with `stream: true` (TGI compat route)', body: GenerateRequest, response: { 200: GenerateResponse, ...tgiErrors } } },
+  (request, reply) => (request.body.stream ? generateStream(request, reply) : generateOnce(request, reply)),
+);
+
+app.get('/info', { schema: { tags: ['tgi'], summary: 'Server and model information (TGI/LoRAX)' } }, async () => {
+  const info = ctx.engine?.info;
+  return {
+    model_id: ctx.baseId,
+    model_sha: null,
+    model_dtype: info ? info.weights : null,
+    model_device_type: info?.device ?? null,
+    model_pipeline_tag: 'text-generation',
+    architecture: info?.architecture ?? null,
+    max_concurrent_requests: ctx.settings.maxQueuedRequests,
+    max_best_of: 1,
+    max_stop_sequences: 16,
+    max_input_length: info ? info.maxPositions - 1 : null,
+    max_total_tokens: info?.maxPositions ?? null,
+    max_batch_total_tokens: info?.kvCapacity ?? null,
+    max_batch_prefill_tokens: ctx.settings.maxBatchPrefillTokens,
+    max_batch_size: ctx.settings.maxBatchSize,
+    max_active_adapters: info?.maxActiveAdapters ?? null,
+    adapter_cycle_time_s: ctx.settings.adapterCycleMs / 1000,
+    max_lora_rank: info?.maxLoraRank ?? null,
+    adapters: ctx.registry.size,
+    router: 'loraplex',
+    version: VERSION,
+    ready: ctx.engine !== null,
+  };
+});
 }

@@ -1,0 +1,233 @@
+/**
+ * POST /v1/responses — OpenAI's Responses API, which the official client's `responses.create` and
+ * the AI SDK's default `openai(id)` speak. `model` picks the adapter, as everywhere. Stateless:
+ * responses are not stored, so `previous_response_id` and `store: true` are refused and the whole
+ * conversation is sent as `input` (messages, function calls and their outputs). The input becomes a
+ * chat conversation rendered by the model's (or adapter's) chat template; the answer is one
+ * `message` output item. Streaming sends the Responses event stream (`response.created`,
+ * `response.output_text.delta`, …, `response.completed`).
+ */
+import type { FastifyInstance } from 'fastify';
+import { LoraplexError, UnsupportedError, ValidationError } from '../../errors.js';
+import type { FinishReason } from '../../runtime/generation.js';
+import { clientGone, generate, startGeneration, type ServerContext } from '../context.js';
+import { sendError } from '../errors.js';
+import { checkFields, declaredFields } from '../fields.js';
+import { checkShape } from '../prompt/limits.js';
+import { chatMessages, promptIds, responseId, sampling, validRequest } from '../requests.js';
+import { resolveAdapter } from '../resolve.js';
+import { ErrorBody, ResponsesRequest } from '../schemas.js';
+import { SseStream } from '../sse.js';
+import { Type } from 'typebox';
+
+const FIELDS = declaredFields(ResponsesRequest);
+
+type WireMessage = Parameters<typeof chatMessages>[0][number];
+
+/** The text of Responses content (a string, or input_text / output_text parts). */
+function textOf(content: unknown, at: string): string {
+  if (content == null) return '';
+  if (typeof content === 'string') return content;
+  if (!Array.isArray(content)) throw new ValidationError(`${at} must be a string or a list of text parts`, at);
+  return content
+    .map((p: { type?: string; text?: string }, i) => {
+      if (p?.type !== 'input_text' && p?.type !== 'output_text' && p?.type !== 'text') {
+        throw new UnsupportedError(`${at}[${i}] has type ${JSON.stringify(p?.type)}; only text parts are supported`, `${at}[${i}]`);
+      }
+      return p.text ?? '';
+    })
+    .join('');
+}
+
+/** Responses input (+ instructions) → chat messages in OpenAI's chat wire form. */
+export function inputMessages(body: ResponsesRequest): WireMessage[] {
+  const out: WireMessage[] = [];
+  if (body.instructions) out.push({ role: 'system', content: body.instructions });
+  if (typeof body.input === 'string') {
+    out.push({ role: 'user', content: body.input });
+    return out;
+  }
+  body.input.forEach((item, i) => {
+    const at = `input[${i}]`;
+    const type = item.type ?? 'message';
+    switch (type) {
+      case 'message':
+        out.push({ role: item.role ?? 'user', content: textOf(item.content, `${at}.content`) });
+        break;
+      case 'function_call': {
+        if (typeof item.call_id !== 'string' || typeof item.name !== 'string') throw new ValidationError(`${at}: a function_call needs call_id and name`, at);
+        const call = { id: item.call_id, type: 'function', function: { name: item.name, arguments: item.arguments ?? '{}' } };
+        const last = out.at(-1);
+        // Consecutive calls are one assistant turn.
+        if (last?.role === 'assistant' && last.tool_calls && !last.content) last.tool_calls.push(call);
+        else out.push({ role: 'assistant', content: null, tool_calls: [call] });
+        break;
+      }
+      case 'function_call_output':
+        if (typeof item.call_id !== 'string') throw new ValidationError(`${at}: a function_call_output needs call_id`, `${at}.call_id`);
+        out.push({ role: 'tool', tool_call_id: item.call_id, content: textOf(item.output, `${at}.output`) });
+        break;
+      default:
+        throw new UnsupportedError(`${at} has type ${JSON.stringify(type)}; supported: message, function_call, function_call_output (responses are not stored, so references cannot be resolved)`, `${at}.type`);
+    }
+  });
+  return out;
+}
+
+/** Responses function tools ({type, name, description, parameters}) → chat template tools. */
+function chatTools(tools: unknown[] | null | undefined): unknown[] | null {
+  if (!tools || tools.length === 0) return null;
+  return tools.map((t, i) => {
+    const tool = t as { type?: string; name?: string; description?: string; parameters?: unknown };
+    if (tool?.type !== 'function' || typeof tool.name !== 'string') throw new UnsupportedError(`tools[${i}]: only function tools are supported`, `tools[${i}]`);
+    return { type: 'function', function: { name: tool.name, description: tool.description, parameters: tool.parameters ?? {} } };
+  });
+}
+
+export function responsesRoutes(app: FastifyInstance, ctx: ServerContext): void {
+  app.post<{ Body: ResponsesRequest }>(
+    '/v1/responses',
+    {
+      schema: {
+        tags: ['openai'],
+        summary: 'Create a response (OpenAI Responses API, stateless); `model` selects the adapter',
+        body: ResponsesRequest,
+        response: { 200: Type.Object({ id: Type.String(), object: Type.Literal('response'), status: Type.String(), output: Type.Array(Type.Any()) }, { additionalProperties: true }), 400: ErrorBody, 404: ErrorBody, 422: ErrorBody, 429: ErrorBody, 503: ErrorBody },
+      },
+    },
+    async (request, reply) => {
+      const gone = clientGone(request, reply);
+      const body = request.body;
+      const engine = ctx.requireEngine();
+      checkFields(body, FIELDS, request.log);
+      const resolved = resolveAdapter(ctx.registry, ctx.baseId, { model: body.model });
+      request.adapterLabel = resolved.label;
+      if (body.previous_response_id != null) throw new UnsupportedError('previous_response_id is not supported: responses are not stored; send the whole conversation as input', 'previous_response_id');
+      if (body.store === true) throw new UnsupportedError('store: true is not supported: responses are not stored (send store: false or leave it out)', 'store');
+      if (body.reasoning != null) throw new UnsupportedError('reasoning cannot be configured for this model', 'reasoning');
+      if (body.truncation != null && body.truncation !== 'disabled') throw new UnsupportedError(`truncation ${JSON.stringify(body.truncation)} is not supported; only "disabled"`, 'truncation');
+      if (body.include && body.include.length > 0) throw new UnsupportedError(`include ${JSON.stringify(body.include)} is not supported`, 'include');
+      const format = (body.text?.format as { type?: string } | undefined)?.type;
+      if (format != null && format !== 'text') throw new UnsupportedError(`text.format ${JSON.stringify(format)} is not supported: constrained decoding (structured outputs) is not supported yet`, 'text.format');
+      const toolChoice = body.tool_choice ?? 'auto';
+      if (toolChoice !== 'auto' && toolChoice !== 'none') throw new UnsupportedError('tool_choice other than "auto" or "none" is not supported yet', 'tool_choice');
+      if (body.parallel_tool_calls === false) throw new UnsupportedError('parallel_tool_calls: false cannot be enforced yet', 'parallel_tool_calls');
+      if (body.tools != null) checkShape(body.tools, 'tools');
+      if (Array.isArray(body.input)) checkShape(body.input, 'input');
+      const messages = chatMessages(inputMessages(body));
+      const tools = toolChoice === 'none' ? null : chatTools(body.tools);
+      const s = sampling({ temperature: body.temperature, top_p: body.top_p }, engine.info.vocabSize, null);
+      const ticket = ctx.admission.enter(1);
+      try {
+        const ids = await promptIds(ctx, { kind: 'chat', messages, tools, addGenerationPrompt: true, templateKwargs: null }, resolved);
+        if (gone.aborted) {
+          ctx.cancelledBeforeSubmit++;
+          throw new LoraplexError('cancelled', 'the client closed the connection');
+        }
+        const req = validRequest(ctx, ids, { max_tokens: body.max_output_tokens ?? null }, resolved, s);
+        const id = `resp_${responseId('').slice(1)}`;
+        const msgId = `msg_${responseId('').slice(1)}`;
+        const createdAt = Math.floor(Date.now() / 1000);
+        const base = {
+          id,
+          object: 'response' as const,
+          created_at: createdAt,
+          model: resolved.model,
+          instructions: body.instructions ?? null,
+          max_output_tokens: body.max_output_tokens ?? null,
+          temperature: body.temperature ?? 1,
+          top_p: body.top_p ?? 1,
+          tools: body.tools ?? [],
+          tool_choice: toolChoice,
+          parallel_tool_calls: true,
+          text: { format: { type: 'text' } },
+          truncation: 'disabled',
+          previous_response_id: null,
+          store: false,
+          metadata: body.metadata ?? {},
+          user: body.user ?? null,
+          error: null,
+        };
+        const message = (text: string, done: boolean) => ({ type: 'message', id: msgId, status: done ? 'completed' : 'in_progress', role: 'assistant', content: done ? [{ type: 'output_text', text, annotations: [], logprobs: [] }] : [] });
+        const final = (text: string, reason: FinishReason, completion: number) => ({
+          ...base,
+          status: reason === 'length' ? 'incomplete' : 'completed',
+          incomplete_details: reason === 'length' ? { reason: 'max_output_tokens' } : null,
+          output: [message(text, true)],
+          usage: { input_tokens: ids.length, input_tokens_details: { cached_tokens: 0 }, output_tokens: completion, output_tokens_details: { reasoning_tokens: 0 }, total_tokens: ids.length + completion },
+        });
+        request.log.info({ adapter: resolved.label, promptTokens: ids.length, ...(body.user ? { user: body.user } : {}) }, 'response');
+
+        if (!body.stream) {
+          const r = await generate(ctx, req, resolved.digests, ticket, gone);
+          return final(r.text, r.finishReason, r.completionTokens);
+        }
+        return await new Promise<void>((resolve) => {
+          let sse: SseStream | null = null;
+          let seq = 0;
+          let text = '';
+          let done = false;
+          const emit = (type: string, data: Record<string, unknown>): void => sse!.sendEvent(type, { type, sequence_number: seq++, ...data });
+          const open = (): void => {
+            if (sse) return;
+            sse = new SseStream(reply);
+            emit('response.created', { response: { ...base, status: 'in_progress', incomplete_details: null, output: [], usage: null } });
+            emit('response.in_progress', { response: { ...base, status: 'in_progress', incomplete_details: null, output: [], usage: null } });
+            emit('response.output_item.added', { output_index: 0, item: message('', false) });
+            emit('response.content_part.added', { item_id: msgId, output_index: 0, content_index: 0, part: { type: 'output_text', text: '', annotations: [], logprobs: [] } });
+          };
+          const finish = (): void => {
+            done = true;
+            ticket.close();
+            gone.removeEventListener('abort', onGone);
+            resolve();
+          };
+          const fail = (err: LoraplexError): void => {
+            if (done) return;
+            if (!sse) sendError(request, reply, err);
+            else {
+              emit('error', { code: err.code, message: err.message, param: err.param });
+              sse.end(false);
+            }
+            finish();
+          };
+          let cancel: () => void = () => {};
+          const onGone = (): void => {
+            cancel();
+            fail(new LoraplexError('cancelled', 'the client closed the connection'));
+          };
+          gone.addEventListener('abort', onGone, { once: true });
+          try {
+            cancel = startGeneration(ctx, req, resolved.digests, ticket, {
+              onRunning: open,
+              onToken: (e) => {
+                open();
+                if (!e.text) return;
+                text += e.text;
+                emit('response.output_text.delta', { item_id: msgId, output_index: 0, content_index: 0, delta: e.text, logprobs: [] });
+              },
+              onEnd: (e) => {
+                if (done) return;
+                open();
+                const part = { type: 'output_text', text, annotations: [], logprobs: [] };
+                emit('response.output_text.done', { item_id: msgId, output_index: 0, content_index: 0, text, logprobs: [] });
+                emit('response.content_part.done', { item_id: msgId, output_index: 0, content_index: 0, part });
+                emit('response.output_item.done', { output_index: 0, item: message(text, true) });
+                const response = final(text, e.finishReason, e.completionTokens);
+                emit(response.status === 'completed' ? 'response.completed' : 'response.incomplete', { response });
+                sse!.end(false);
+                finish();
+              },
+              onError: fail,
+            });
+          } catch (err) {
+            fail(LoraplexError.from(err));
+          }
+          if (gone.aborted) onGone();
+        });
+      } finally {
+        ticket.close();
+      }
+    },
+  );
+}
