@@ -58,7 +58,10 @@ export async function buildApp(ctx: ServerContext, opts: { logger?: FastifyServe
       const code = err.code === 'HPE_HEADER_OVERFLOW' ? 'header_too_large' : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'request_timeout' : 'bad_request';
       const message =
         code === 'header_too_large' ? 'the request headers are too large' : code === 'request_timeout' ? `the request headers did not arrive within ${headersTimeoutMs} ms (--headers-timeout-ms)` : `malformed HTTP request (${err.code ?? err.message})`;
-      socket.end(rawErrorResponse('/', code, message));
+      // The request line, when the parser got that far, says which route's error shape to use.
+      const raw = (err as { rawPacket?: Buffer }).rawPacket;
+      const url = (raw && /^[A-Z]+ (\S+)/.exec(raw.subarray(0, 2048).toString('latin1'))?.[1]) || '/v1';
+      socket.end(rawErrorResponse(url, code, message));
     },
     frameworkErrors: (err, request, reply) => {
       sendError(request, reply, new LoraplexError(err.code === 'FST_ERR_BAD_URL' ? 'bad_request' : 'bad_request', err.message));

@@ -295,6 +295,7 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
         throw new LoraplexError('context_length_exceeded', `${body.messages.length} messages cannot fit the context length of ${engine.info.maxPositions} tokens`, { param: 'messages' });
       }
       const messages = chatMessages(body.messages as Parameters<typeof chatMessages>[0]);
+      if (body.top_logprobs != null && !body.logprobs) throw new ValidationError('top_logprobs needs logprobs: true', 'top_logprobs');
       const logprobs = body.logprobs ? (body.top_logprobs ?? 0) : null;
       const s = sampling(body, engine.info.vocabSize, logprobs);
       stopStrings(body.stop);

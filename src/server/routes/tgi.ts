@@ -192,50 +192,51 @@ export function tgiRoutes(app: FastifyInstance, ctx: ServerContext): void {
     });
   };
 
-app.post<{ Body: GenerateRequest }>(
-  '/generate',
-  { schema: { tags: ['tgi'], summary: 'Generate (LoRAX/TGI); parameters.adapter_id selects the adapter', body: GenerateRequest, response: { 200: GenerateResponse, ...tgiErrors } } },
-  generateOnce,
-);
+  app.post<{ Body: GenerateRequest }>(
+    '/generate',
+    { schema: { tags: ['tgi'], summary: 'Generate (LoRAX/TGI); parameters.adapter_id selects the adapter', body: GenerateRequest, response: { 200: GenerateResponse, ...tgiErrors } } },
+    (request, reply) => (request.body.stream === true ? generateStream(request, reply) : generateOnce(request, reply)),
+  );
 
-app.post<{ Body: GenerateRequest }>(
-  '/generate_stream',
-  { schema: { tags: ['tgi'], summary: 'Generate with server-sent token events (LoRAX/TGI)', body: GenerateRequest, response: { ...tgiErrors } } },
-  generateStream,
-);
+  app.post<{ Body: GenerateRequest }>(
+    '/generate_stream',
+    { schema: { tags: ['tgi'], summary: 'Generate with server-sent token events (LoRAX/TGI)', body: GenerateRequest, response: { ...tgiErrors } } },
+    (request, reply) => (request.body.stream === false ? generateOnce(request, reply) : generateStream(request, reply)),
+  );
 
-// TGI's compat route: POST / generates, or streams when the body says stream: true (TGI clients
-// given only the server's URL post here).
-app.post<{ Body: GenerateRequest }>(
-  '/',
-  { schema: { tags: ['tgi'], summary: 'Generate, or stream with `stream: true` (TGI compat route)', body: GenerateRequest, response: { 200: GenerateResponse, ...tgiErrors } } },
-  (request, reply) => (request.body.stream ? generateStream(request, reply) : generateOnce(request, reply)),
-);
+  // TGI's compat route: POST / generates, or streams when the body says stream: true (TGI clients
+  // given only the server's URL post here). /generate and /generate_stream follow `stream` too when
+  // it is given.
+  app.post<{ Body: GenerateRequest }>(
+    '/',
+    { schema: { tags: ['tgi'], summary: 'Generate, or stream with `stream: true` (TGI compat route)', body: GenerateRequest, response: { 200: GenerateResponse, ...tgiErrors } } },
+    (request, reply) => (request.body.stream ? generateStream(request, reply) : generateOnce(request, reply)),
+  );
 
-app.get('/info', { schema: { tags: ['tgi'], summary: 'Server and model information (TGI/LoRAX)' } }, async () => {
-  const info = ctx.engine?.info;
-  return {
-    model_id: ctx.baseId,
-    model_sha: null,
-    model_dtype: info ? info.weights : null,
-    model_device_type: info?.device ?? null,
-    model_pipeline_tag: 'text-generation',
-    architecture: info?.architecture ?? null,
-    max_concurrent_requests: ctx.settings.maxQueuedRequests,
-    max_best_of: 1,
-    max_stop_sequences: 16,
-    max_input_length: info ? info.maxPositions - 1 : null,
-    max_total_tokens: info?.maxPositions ?? null,
-    max_batch_total_tokens: info?.kvCapacity ?? null,
-    max_batch_prefill_tokens: ctx.settings.maxBatchPrefillTokens,
-    max_batch_size: ctx.settings.maxBatchSize,
-    max_active_adapters: info?.maxActiveAdapters ?? null,
-    adapter_cycle_time_s: ctx.settings.adapterCycleMs / 1000,
-    max_lora_rank: info?.maxLoraRank ?? null,
-    adapters: ctx.registry.size,
-    router: 'loraplex',
-    version: VERSION,
-    ready: ctx.engine !== null,
-  };
-});
+  app.get('/info', { schema: { tags: ['tgi'], summary: 'Server and model information (TGI/LoRAX)' } }, async () => {
+    const info = ctx.engine?.info;
+    return {
+      model_id: ctx.baseId,
+      model_sha: null,
+      model_dtype: info ? info.weights : null,
+      model_device_type: info?.device ?? null,
+      model_pipeline_tag: 'text-generation',
+      architecture: info?.architecture ?? null,
+      max_concurrent_requests: ctx.settings.maxQueuedRequests,
+      max_best_of: 1,
+      max_stop_sequences: 16,
+      max_input_length: info ? info.maxPositions - 1 : null,
+      max_total_tokens: info?.maxPositions ?? null,
+      max_batch_total_tokens: info?.kvCapacity ?? null,
+      max_batch_prefill_tokens: ctx.settings.maxBatchPrefillTokens,
+      max_batch_size: ctx.settings.maxBatchSize,
+      max_active_adapters: info?.maxActiveAdapters ?? null,
+      adapter_cycle_time_s: ctx.settings.adapterCycleMs / 1000,
+      max_lora_rank: info?.maxLoraRank ?? null,
+      adapters: ctx.registry.size,
+      router: 'loraplex',
+      version: VERSION,
+      ready: ctx.engine !== null,
+    };
+  });
 }
