@@ -383,6 +383,8 @@ describe('ops', () => {
       expect(text).toContain(name);
     }
     expect(text).toMatch(/lora_requests_info\{running_lora_adapters="[^"]*",waiting_lora_adapters="[^"]*",max_lora="8"\} \d/);
+    // TGI requests are labelled with their adapter too.
+    expect(text).toMatch(/loraplex_requests_total\{route="\/generate",status="200",adapter="alpha"\} \d/);
   });
 
   it('counts a streamed request once', async () => {
