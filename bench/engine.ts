@@ -16,6 +16,7 @@ import { EngineCore, type EngineConfig } from '../src/scheduler/core.js';
 import type { AdapterSpec, EngineEvent } from '../src/scheduler/request.js';
 import { progressBar } from '../src/util/progress.js';
 import { fmt, table } from './lib.js';
+import { prng } from '../src/util/prng.js';
 import { buildFor, loadModel, prepareModel, type BenchContext } from './runtime.js';
 
 interface Workload {
@@ -130,10 +131,7 @@ function zipf(n: number, s: number, rand: () => number): () => number {
   };
 }
 
-function lcg(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 4294967296);
-}
+const lcg = prng;
 
 export async function engineBench(ctx: BenchContext): Promise<EngineBenchResult> {
   const { modelDir, name } = await prepareModel(ctx);

@@ -13,6 +13,7 @@ import { KNOBS, resolveConfig, type KnobKey } from '../src/config.js';
 import { startServer } from '../src/server/serve.js';
 import { progressBar } from '../src/util/progress.js';
 import { fmt, table } from './lib.js';
+import { prng } from '../src/util/prng.js';
 import { prepareModel, type BenchContext } from './runtime.js';
 
 export interface Cell {
@@ -35,10 +36,7 @@ function quantile(xs: number[], q: number): number {
   return s[Math.min(s.length - 1, Math.floor(q * s.length))];
 }
 
-function lcg(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 4294967296);
-}
+const lcg = prng;
 
 function zipfPicker(n: number, rand: () => number): () => number {
   const w = Array.from({ length: n }, (_, i) => 1 / (i + 1));

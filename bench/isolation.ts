@@ -11,7 +11,7 @@ import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { KNOBS, resolveConfig, type KnobKey } from '../src/config.js';
-import { ensureDemo } from '../src/server/demo.js';
+import { ensureDemo } from '../src/cli/demo.js';
 import { startServer } from '../src/server/serve.js';
 import { progressBar } from '../src/util/progress.js';
 import { fmt, table } from './lib.js';

@@ -12,7 +12,7 @@ import { ensureRandomCheckpoint, QWEN2_5_0_5B, type CheckpointShape } from '../s
 import { buildModel, type BuildOptions, type BuiltModel } from '../src/runtime/graph/build.js';
 import type { WeightFormat } from '../src/runtime/graph/quant.js';
 import type { KvSequence } from '../src/runtime/kv-cache.js';
-import type { LoraWeights } from '../src/runtime/lora-slots.js';
+import type { LoraWeights } from '../src/runtime/lora-stacks.js';
 import { DecoderModel } from '../src/runtime/model.js';
 import { progressBar } from '../src/util/progress.js';
 import { fmt, interleaved, table } from './lib.js';

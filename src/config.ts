@@ -1,10 +1,12 @@
 /**
  * Every configuration knob, declared once: flag, environment variable, default and description.
  * The CLI builds its options from this table; values are validated at start-up (all errors listed
- * together), frozen and passed down. Nothing else reads process.env.
+ * together), frozen and passed down. Nothing else reads process.env (the CLI passes it in).
  */
 import { homedir } from 'node:os';
 import { join } from 'node:path';
+import { DEVICES } from './runtime/devices.js';
+import { WEIGHT_FORMATS } from './runtime/graph/quant.js';
 
 type Kind = 'string' | 'int' | 'bool' | 'bytes' | 'list';
 
@@ -25,11 +27,12 @@ const knob = <K extends string>(k: Knob<K>): Knob<K> => k;
 export const KNOBS = {
   // ---- model and runtime
   model: knob({ key: 'model', flag: '--model <dir>', env: 'LORAPLEX_MODEL', kind: 'string', doc: 'Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer files)' }),
-  quant: knob({ key: 'quant', flag: '--quant <format>', env: 'LORAPLEX_QUANT', kind: 'string', default: 'int4', choices: ['fp32', 'int8', 'int4', 'nf4'], doc: 'weight format of the base model: int4 and int8 are the fast CPU paths; nf4 is what QLoRA trained against (slower on CPU)' }),
+  quant: knob({ key: 'quant', flag: '--quant <format>', env: 'LORAPLEX_QUANT', kind: 'string', default: 'int4', choices: WEIGHT_FORMATS, doc: 'weight format of the base model: int4 and int8 are the fast CPU paths; nf4 is what QLoRA trained against (slower on CPU)' }),
   activations: knob({ key: 'activations', flag: '--activations <type>', env: 'LORAPLEX_ACTIVATIONS', kind: 'string', default: 'fp32', choices: ['fp32', 'fp16'], doc: 'activation precision; fp16 is meant for GPU execution providers' }),
-  device: knob({ key: 'device', flag: '--device <ep>', env: 'LORAPLEX_DEVICE', kind: 'string', default: 'cpu', choices: ['cpu', 'cuda', 'webgpu'], doc: 'onnxruntime execution provider' }),
+  device: knob({ key: 'device', flag: '--device <ep>', env: 'LORAPLEX_DEVICE', kind: 'string', default: 'cpu', choices: DEVICES, doc: 'onnxruntime execution provider' }),
   allowCpuFallback: knob({ key: 'allowCpuFallback', flag: '--allow-cpu-fallback', env: 'LORAPLEX_ALLOW_CPU_FALLBACK', kind: 'bool', default: false, doc: 'run on the CPU when the chosen device is unavailable (otherwise refuse to start)' }),
   threads: knob({ key: 'threads', flag: '--threads <n>', env: 'LORAPLEX_THREADS', kind: 'int', default: 0, min: 0, doc: 'onnxruntime intra-op threads (0 = one per core)' }),
+  ortProfile: knob({ key: 'ortProfile', flag: '--ort-profile <prefix>', env: 'LORAPLEX_ORT_PROFILE', kind: 'string', doc: "write onnxruntime's per-operator profile (JSON) to files starting with this prefix (for performance work)" }),
   cacheDir: knob({ key: 'cacheDir', flag: '--cache-dir <dir>', env: 'LORAPLEX_CACHE_DIR', kind: 'string', default: join(homedir(), '.cache', 'loraplex'), doc: 'where built graphs (and the demo model) are cached' }),
   maxContext: knob({ key: 'maxContext', flag: '--max-context <tokens>', env: 'LORAPLEX_MAX_CONTEXT', kind: 'int', default: 0, min: 0, doc: "longest sequence (prompt + generated tokens); 0 = the model's max_position_embeddings" }),
   kvCacheTokens: knob({ key: 'kvCacheTokens', flag: '--kv-cache-tokens <n>', env: 'LORAPLEX_KV_CACHE_TOKENS', kind: 'int', default: 32768, min: 16, doc: 'tokens the KV cache holds across all running sequences' }),
@@ -73,6 +76,7 @@ export interface Config {
   readonly device: 'cpu' | 'cuda' | 'webgpu';
   readonly allowCpuFallback: boolean;
   readonly threads: number;
+  readonly ortProfile?: string;
   readonly cacheDir: string;
   readonly maxContext: number;
   readonly kvCacheTokens: number;

@@ -4,7 +4,7 @@
  * a short while so queued requests fail fast; after that it may be retried.
  */
 import { LRUCache } from 'lru-cache';
-import type { LoraWeights } from '../runtime/lora-slots.js';
+import type { LoraWeights } from '../runtime/lora-stacks.js';
 
 export type CacheReadiness = 'ready' | 'loading' | 'failed' | 'absent';
 
@@ -54,6 +54,11 @@ export class AdapterCache<Spec> {
     if (hit) this.stats.hits++;
     else this.stats.misses++;
     return hit;
+  }
+
+  /** Cached keys, most recently used first. */
+  cachedKeys(): string[] {
+    return [...this.lru.keys()];
   }
 
   failure(key: string): Error | undefined {

@@ -7,7 +7,7 @@
 import type { Worker } from 'node:worker_threads';
 import { LoraplexError, type WireError } from '../errors.js';
 import type { ModelSpec } from '../runtime/checkpoint/spec.js';
-import { checkLoraWeights, type LoraWeights, type SlotDtype } from '../runtime/lora-slots.js';
+import { checkLoraWeights, type LoraWeights, type SlotDtype } from '../runtime/lora-stacks.js';
 import { startWorker } from '../util/worker-url.js';
 import { mergeLoraWeights } from './merge.js';
 import { loadPeftAdapter } from './peft.js';

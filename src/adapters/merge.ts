@@ -5,7 +5,7 @@
  * a slot like any adapter.
  */
 import { AdapterInvalidError } from '../errors.js';
-import type { LoraFactor, LoraWeights } from '../runtime/lora-slots.js';
+import type { LoraFactor, LoraWeights } from '../runtime/lora-stacks.js';
 
 export interface WeightedAdapter {
   weights: LoraWeights;

@@ -11,7 +11,7 @@ import { AdapterInvalidError, CheckpointError } from '../errors.js';
 import { ChatTemplate } from '../runtime/chat-template.js';
 import { SafetensorsFile } from '../runtime/checkpoint/safetensors.js';
 import { PROJECTIONS, projectionPath, projectionShape, type ModelSpec, type Projection } from '../runtime/checkpoint/spec.js';
-import { checkFactorValues, factorKey, type LoraFactor, type LoraWeights, type SlotDtype } from '../runtime/lora-slots.js';
+import { checkFactorValues, factorKey, type LoraFactor, type LoraWeights, type SlotDtype } from '../runtime/lora-stacks.js';
 
 export const ADAPTER_CONFIG = 'adapter_config.json';
 export const ADAPTER_WEIGHTS = 'adapter_model.safetensors';
@@ -316,6 +316,14 @@ function transpose(m: Float32Array, rows: number, cols: number, scale: number): 
   const out = new Float32Array(rows * cols);
   for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) out[j * rows + i] = m[i * cols + j] * scale;
   return out;
+}
+
+/**
+ * The chat template a request is rendered with: the adapter's own (tokenizer_config.json in its
+ * directory) when it has one, else the base model's (LoRAX behaviour). `read` may cache.
+ */
+export function chatTemplateFor(base: { chatTemplate: ChatTemplate | null } | null, adapterDir: string | null, read: (dir: string) => ChatTemplate | null = readAdapterChatTemplate): ChatTemplate | null {
+  return (adapterDir ? read(adapterDir) : null) ?? base?.chatTemplate ?? null;
 }
 
 /** An adapter directory's own chat template (tokenizer_config.json), which wins over the base model's. */

@@ -6,6 +6,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PROJECTIONS, projectionPath, projectionShape, type ModelSpec, type Projection } from '../runtime/checkpoint/spec.js';
 import { writeSafetensors, type TensorToWrite } from '../runtime/checkpoint/writer.js';
+import { symmetricPrng } from '../util/prng.js';
 import { ADAPTER_CONFIG, ADAPTER_WEIGHTS } from './peft.js';
 
 export interface RandomAdapterOptions {
@@ -19,13 +20,7 @@ export interface RandomAdapterOptions {
 }
 
 export function writeRandomPeftAdapter(dir: string, spec: ModelSpec, opts: RandomAdapterOptions): void {
-  let s = (opts.seed ?? 1) >>> 0 || 1;
-  const next = (): number => {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    return (s >>> 0) / 2147483648 - 1;
-  };
+  const next = symmetricPrng(opts.seed ?? 1);
   const targets = opts.targets ?? PROJECTIONS;
   const tensors: TensorToWrite[] = [];
   const random = (n: number, std: number): Float32Array => {

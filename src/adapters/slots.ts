@@ -5,24 +5,27 @@
  * last slot into the hole), so rows look their slot up by adapter key every step.
  */
 import { LoraplexError } from '../errors.js';
-import type { LoraSlots, LoraWeights } from '../runtime/lora-slots.js';
+import type { LoraStacks, LoraWeights } from '../runtime/lora-stacks.js';
 
-export class SlotTable {
-  private readonly slots: LoraSlots;
-  /** adapter key → slot index */
+export class AdapterSlots {
+  private readonly slots: LoraStacks;
+  /** [slot] the adapter key in each occupied slot */
   private readonly bySlot: (string | null)[] = [];
+  /** adapter key → its slot */
   private readonly index = new Map<string, number>();
   private readonly pins = new Map<string, number>();
   private readonly lastUsed = new Map<string, number>();
   private clock = 0;
   loads = 0;
 
-  constructor(slots: LoraSlots) {
+  /** The tensor stacks the graph reads; this table says which adapter sits in which of their slots. */
+  constructor(slots: LoraStacks) {
     this.slots = slots;
   }
 
-  get capacity(): number {
-    return this.slots.capacity;
+  /** [slot] the adapter key in each occupied slot (for stats and tests). */
+  occupants(): string[] {
+    return this.bySlot.slice(0, this.slots.count) as string[];
   }
 
   slotOf(key: string): number | undefined {

@@ -1,7 +1,8 @@
 /** The CLI's commands, as functions of a resolved configuration. */
 import { loadPeftAdapter } from '../adapters/peft.js';
 import type { Config } from '../config.js';
-import { readAdapterChatTemplate as adapterChatTemplate } from '../adapters/peft.js';
+import { chatTemplateFor } from '../adapters/peft.js';
+import { checkContext, checkPrompt, endOfSequenceIds } from '../scheduler/core.js';
 import { ValidationError } from '../errors.js';
 import type { ChatMessage } from '../runtime/chat-template.js';
 import { Generation } from '../runtime/generation.js';
@@ -9,7 +10,7 @@ import { parseSampling } from '../server/sampling-fields.js';
 import { Sampler } from '../runtime/sampling.js';
 import { buildFromSettings, openRuntime, type RuntimeSettings } from '../runtime/open.js';
 import { progressBar } from '../util/progress.js';
-import { DEMO_MODEL_ID, ensureDemo } from '../server/demo.js';
+import { DEMO_MODEL_ID, ensureDemo } from './demo.js';
 import { serveForever, startServer } from '../server/serve.js';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
@@ -113,22 +114,21 @@ export async function runGenerate(config: Partial<Config>, args: GenerateArgs): 
     } else if (!tok) {
       throw new ValidationError(`--prompt and --chat need a tokenizer.json in ${config.model}; use --prompt-ids`);
     } else if (messages) {
-      const template = (args.adapter ? adapterChatTemplate(args.adapter) : null) ?? tok.chatTemplate;
+      const template = chatTemplateFor(tok, args.adapter ?? null);
       if (!template) throw new ValidationError(`the model in ${config.model} has no chat template (tokenizer_config.json chat_template); use --prompt`, 'chat');
       prompt = tok.encode(template.render(messages), false);
     } else {
       prompt = tok.encode(args.prompt!);
     }
-    if (prompt.length + maxTokens > rt.model.maxPositions) {
-      throw new ValidationError(`prompt tokens + --max-tokens must be <= ${rt.model.maxPositions}; given ${prompt.length} prompt tokens and ${maxTokens}`, 'max-tokens');
-    }
+    // The engine's own checks: the vocabulary, the context (and the KV cache).
+    checkPrompt(prompt, rt.model.spec.vocabSize);
+    checkContext(prompt.length, maxTokens, rt.model.maxPositions, rt.model.kv.capacity);
     let slot = -1;
     if (args.adapter) {
       const adapter = loadPeftAdapter(args.adapter, rt.model.spec, { maxRank: rt.model.lora.maxRank });
       slot = rt.model.lora.load(adapter.weights);
     }
-    const eos = new Set(rt.model.spec.eosTokenIds);
-    if (tok?.eosId != null) eos.add(tok.eosId);
+    const eos = endOfSequenceIds(rt.model, tok);
     const gen = new Generation(prompt, sampling, { maxNewTokens: maxTokens, eosIds: eos, stopTokenIds: new Set(), stopStrings: args.stop ?? [] }, tok);
     const sampler = new Sampler(rt.model.spec.vocabSize);
     const seq = rt.model.newSequence();

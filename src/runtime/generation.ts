@@ -26,7 +26,7 @@ export interface StopCriteria {
   minTokens?: number;
 }
 
-export interface TokenEvent {
+export interface SampledToken {
   id: number;
   /** Text that became final with this token (may be ''). */
   text: string;
@@ -63,7 +63,7 @@ export class Generation {
   }
 
   /** Samples the next token from this row's logits (modified in place) and applies the stop criteria. */
-  next(logits: Float32Array, sampler: Sampler): TokenEvent {
+  next(logits: Float32Array, sampler: Sampler): SampledToken {
     if (this.done) throw new Error('generation already finished');
     if (this.output.length < (this.stop.minTokens ?? 0)) {
       if (!this.stop.ignoreEos) for (const id of this.stop.eosIds) if (id < logits.length) logits[id] = -Infinity;
@@ -74,11 +74,11 @@ export class Generation {
   }
 
   /** Applies a token chosen elsewhere (forced or sampled) to the state. */
-  accept(r: SampleResult): TokenEvent {
+  accept(r: SampleResult): SampledToken {
     const id = r.id;
     this.output.push(id);
     const isEos = !this.stop.ignoreEos && this.stop.eosIds.has(id);
-    const event: TokenEvent = { id, text: '', logprob: r.logprob, top: r.top, finishReason: null, special: false };
+    const event: SampledToken = { id, text: '', logprob: r.logprob, top: r.top, finishReason: null, special: false };
     if (isEos || this.stop.stopTokenIds.has(id)) {
       event.special = true;
       event.text = this.flushText().text;
@@ -108,7 +108,7 @@ export class Generation {
     return m.stopped ? m : { text: m.text + this.matcher.flush(), stopped: false };
   }
 
-  private finish(event: TokenEvent, reason: FinishReason): TokenEvent {
+  private finish(event: SampledToken, reason: FinishReason): SampledToken {
     this.finishReason = reason;
     event.finishReason = reason;
     return event;

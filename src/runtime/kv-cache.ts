@@ -30,7 +30,6 @@ export class KvSequence {
 export const NULL_KV_TOKEN = 0;
 
 export class KvPool {
-  readonly numLayers: number;
   readonly kvDim: number;
   /** Tokens sequences can hold (the null block excluded). */
   readonly capacity: number;
@@ -45,7 +44,6 @@ export class KvPool {
       throw new RuntimeConfigError(`KV cache capacity must be at least ${KV_BLOCK} tokens, got ${capacityTokens}`);
     }
     const blocks = Math.floor(capacityTokens / KV_BLOCK);
-    this.numLayers = numLayers;
     this.kvDim = kvDim;
     this.capacity = blocks * KV_BLOCK;
     this.poolTokens = (blocks + 1) * KV_BLOCK;

@@ -9,13 +9,15 @@ import type { ModelSpec } from './checkpoint/spec.js';
 import type { BuiltModel } from './graph/build.js';
 import { IO, loraA, loraB, newKey, newValue, pastKey, pastValue } from './graph/io.js';
 import { KvPool, KvSequence, NULL_KV_TOKEN, type FloatStore } from './kv-cache.js';
-import { LoraSlots } from './lora-slots.js';
+import { LoraStacks } from './lora-stacks.js';
 import { Session, tensor, type Device, type Tensor } from './session.js';
 
 export interface ModelOptions {
   device: Device;
   allowCpuFallback: boolean;
   threads: number;
+  /** onnxruntime profiling file prefix (null: off). */
+  profilePrefix?: string | null;
   /** Tokens the KV pool holds over all sequences. */
   kvCacheTokens: number;
   /** Adapter slots in the graph (the most distinct adapters in one step). */
@@ -56,7 +58,7 @@ export class DecoderModel {
   readonly spec: ModelSpec;
   readonly maxPositions: number;
   readonly kv: KvPool;
-  readonly lora: LoraSlots;
+  readonly lora: LoraStacks;
   readonly device: Device;
   private readonly session: Session;
   private readonly half: boolean;
@@ -94,7 +96,7 @@ export class DecoderModel {
     if (this.maxPositions < built.options.maxPositions) {
       opts.log?.(`context capped at ${this.maxPositions} tokens by the KV cache size (--kv-cache-tokens); the model allows ${built.options.maxPositions}`);
     }
-    this.lora = new LoraSlots(this.spec, opts.adapterSlots, opts.maxLoraRank, this.half);
+    this.lora = new LoraStacks(this.spec, opts.adapterSlots, opts.maxLoraRank, this.half);
     const ft = this.half ? 'float16' : 'float32';
     for (let l = 0; l < this.spec.numLayers; l++) {
       this.poolFeeds[pastKey(l)] = tensor(ft, this.kv.keys[l], [this.kv.poolTokens, kvDim]);
@@ -109,6 +111,7 @@ export class DecoderModel {
       device: opts.device,
       allowCpuFallback: opts.allowCpuFallback,
       threads: opts.threads,
+      profilePrefix: opts.profilePrefix ?? null,
       log: opts.log,
     });
     return new DecoderModel(built, session, opts);

@@ -17,6 +17,8 @@ export interface RuntimeSettings {
   device: Device;
   allowCpuFallback: boolean;
   threads: number;
+  /** onnxruntime profiling file prefix (unset: off). */
+  ortProfile?: string;
   cacheDir: string;
   /** 0 = the model's own limit */
   maxContext: number;
@@ -47,6 +49,7 @@ export async function openRuntime(s: RuntimeSettings, progress?: Progress, log?:
     device: s.device,
     allowCpuFallback: s.allowCpuFallback,
     threads: s.threads,
+    profilePrefix: s.ortProfile ?? null,
     kvCacheTokens: s.kvCacheTokens,
     adapterSlots: s.maxActiveAdapters,
     maxLoraRank: s.maxLoraRank,

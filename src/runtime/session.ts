@@ -8,8 +8,9 @@ import { RuntimeConfigError } from '../errors.js';
 // onnxruntime's own logger prints to stderr in colour; errors reach the user through our messages.
 ort.env.logLevel = 'fatal';
 
-export type Device = 'cpu' | 'cuda' | 'webgpu';
-export const DEVICES: readonly Device[] = ['cpu', 'cuda', 'webgpu'];
+import type { Device } from './devices.js';
+
+export type { Device } from './devices.js';
 
 export type TensorType = 'float32' | 'float16' | 'int32' | 'int64' | 'uint8' | 'bool';
 export type TensorData = Float32Array | Uint16Array | Int32Array | BigInt64Array | Uint8Array;
@@ -27,27 +28,27 @@ export interface SessionOptions {
   allowCpuFallback: boolean;
   /** Intra-op threads; 0 = onnxruntime's default (one per core). */
   threads: number;
+  /** Write onnxruntime's per-op profile to files with this prefix (null: no profiling). */
+  profilePrefix?: string | null;
   log?: (msg: string) => void;
 }
 
 export class Session {
   readonly device: Device;
   readonly inputNames: readonly string[];
-  readonly outputNames: readonly string[];
   private readonly session: ort.InferenceSession;
 
   private constructor(session: ort.InferenceSession, device: Device) {
     this.session = session;
     this.device = device;
     this.inputNames = session.inputNames;
-    this.outputNames = session.outputNames;
   }
 
   static async create(modelPath: string, opts: SessionOptions): Promise<Session> {
     const base: ort.InferenceSession.SessionOptions = {
       graphOptimizationLevel: 'all',
       logSeverityLevel: 3,
-      ...(process.env.LORAPLEX_ORT_PROFILE ? { enableProfiling: true, profileFilePrefix: process.env.LORAPLEX_ORT_PROFILE } : {}),
+      ...(opts.profilePrefix ? { enableProfiling: true, profileFilePrefix: opts.profilePrefix } : {}),
       // Spinning threads burn CPU between steps; a server is mostly between steps.
       extra: { session: { intra_op: { allow_spinning: '0' } } },
       ...(opts.threads > 0 ? { intraOpNumThreads: opts.threads } : {}),

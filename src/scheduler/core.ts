@@ -8,11 +8,11 @@
  * of the forward step itself fails the step's rows.
  */
 import { AdapterCache, type CacheStats } from '../adapters/cache.js';
-import { SlotTable } from '../adapters/slots.js';
+import { AdapterSlots } from '../adapters/slots.js';
 import { LoraplexError, toWireError } from '../errors.js';
 import { Generation } from '../runtime/generation.js';
 import { KV_BLOCK, KvPool, type KvSequence } from '../runtime/kv-cache.js';
-import type { LoraWeights } from '../runtime/lora-slots.js';
+import type { LoraWeights } from '../runtime/lora-stacks.js';
 import type { DecoderModel, StepRow } from '../runtime/model.js';
 import { Sampler } from '../runtime/sampling.js';
 import type { TextTokenizer } from '../runtime/tokenizer.js';
@@ -77,7 +77,7 @@ export class EngineCore {
   readonly tokenizer: TextTokenizer | null;
   readonly state: SchedulerState;
   readonly cache: AdapterCache<AdapterSpec>;
-  readonly slots: SlotTable;
+  readonly slots: AdapterSlots;
   private readonly emit: (events: EngineEvent[]) => void;
   private readonly log: (msg: string) => void;
   private readonly sampler: Sampler;
@@ -121,7 +121,7 @@ export class EngineCore {
       reserveAhead: RESERVE_AHEAD,
     });
     this.cache = new AdapterCache<AdapterSpec>(opts.config.adapterCacheBytes, (spec) => opts.load(spec));
-    this.slots = new SlotTable(opts.model.lora);
+    this.slots = new AdapterSlots(opts.model.lora);
     this.eosIds = endOfSequenceIds(opts.model, opts.tokenizer);
   }
 

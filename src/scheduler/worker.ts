@@ -7,7 +7,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { ThreadLoader } from '../adapters/loader.js';
 import { toWireError, type WireError } from '../errors.js';
 import type { ModelSpec } from '../runtime/checkpoint/spec.js';
-import type { SlotDtype } from '../runtime/lora-slots.js';
+import type { SlotDtype } from '../runtime/lora-stacks.js';
 import { openRuntime, type RuntimeSettings } from '../runtime/open.js';
 import { EngineCore, type EngineConfig } from './core.js';
 import type { AdapterSpec, EngineEvent, ValidRequest } from './request.js';

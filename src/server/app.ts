@@ -13,7 +13,8 @@ import type { Socket } from 'node:net';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
-import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import type { Logger } from 'pino';
 import { MAX_NAME_LENGTH } from '../adapters/names.js';
 import { AuthError, LoraplexError } from '../errors.js';
 import { VERSION } from '../version.js';
@@ -42,17 +43,19 @@ declare module 'fastify' {
 /** Routes that are never counted as open work (shutdown does not wait for them). */
 const OPS_ROUTES = new Set(['/health', '/metrics']);
 
-export async function buildApp(ctx: ServerContext, opts: { logger?: FastifyServerOptions['logger'] } = {}): Promise<FastifyInstance> {
+export async function buildApp(ctx: ServerContext, opts: { logger?: Logger | null } = {}): Promise<FastifyInstance> {
   const { headersTimeoutMs, bodyTimeoutMs } = ctx.settings;
   const app = Fastify({
-    logger: opts.logger ?? false,
+    ...(opts.logger ? { loggerInstance: opts.logger as unknown as FastifyBaseLogger } : { logger: false }),
     bodyLimit: MAX_JSON_BODY,
     // Adapter names (org/name) are path parameters: room for the longest valid name.
     routerOptions: { maxParamLength: MAX_NAME_LENGTH + 16 },
     genReqId: () => `req-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`,
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, allErrors: false } },
     serverFactory: (handler) =>
-      createServer({ headersTimeout: headersTimeoutMs, requestTimeout: 0, connectionsCheckingInterval: Math.min(1000, headersTimeoutMs) }, handler as (req: IncomingMessage, res: ServerResponse) => void),
+      // keepAliveTimeout as fastify's default (72 s): longer than clients' and load balancers' idle
+      // timeouts, so a client never sends on a connection the server is closing.
+      createServer({ headersTimeout: headersTimeoutMs, requestTimeout: 0, keepAliveTimeout: 72_000, connectionsCheckingInterval: Math.min(1000, headersTimeoutMs) }, handler as (req: IncomingMessage, res: ServerResponse) => void),
     clientErrorHandler: (err: NodeJS.ErrnoException, socket: Socket) => {
       if (!socket.writable) return socket.destroy();
       const code = err.code === 'HPE_HEADER_OVERFLOW' ? 'header_too_large' : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'request_timeout' : 'bad_request';

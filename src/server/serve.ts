@@ -18,6 +18,7 @@ import { Metrics } from './metrics.js';
 import { StoreClient } from './store/store-client.js';
 import { TokenizerPool } from './prompt/tokenizer-pool.js';
 import type { FastifyInstance } from 'fastify';
+import { pino } from 'pino';
 
 export interface RunningServer {
   app: FastifyInstance;
@@ -61,7 +62,8 @@ export async function startServer(
     settings: serverSettings(config),
   });
   const app = await buildApp(ctx, {
-    logger: opts.logger === false ? false : { level: config.logLevel ?? 'info', ...(opts.logStream ? { stream: opts.logStream } : {}) },
+    // JSON log lines (pino), to stdout or the given stream; request logs carry the request id.
+    logger: opts.logger === false ? null : pino({ level: config.logLevel ?? 'info' }, opts.logStream ?? process.stdout),
   });
   let url = '';
   if (opts.listen !== false) {

@@ -1,18 +1,10 @@
+import { prng } from '../../src/util/prng.js';
 import { describe, expect, it } from 'vitest';
 import type { LoraModule, RefLora, RefModelConfig, RefTensor, RefWeights } from './model-types.js';
 import { referenceLogits } from './reference.js';
+import { maxAbsDiff as maxAbsDiffOfRow } from './runtime.js';
 
 /** mulberry32: small deterministic PRNG. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function randTensor(rand: () => number, shape: number[], scale: number, offset = 0): RefTensor {
   const size = shape.reduce((a, b) => a * b, 1);
@@ -87,14 +79,10 @@ function buildLora(cfg: RefModelConfig, weights: RefWeights, seed: number, rank:
   return lora;
 }
 
+/** Over rows of logits (each pair of rows must have the same length). */
 function maxAbsDiff(a: Float32Array[], b: Float32Array[]): number {
   expect(a.length).toBe(b.length);
-  let m = 0;
-  for (let t = 0; t < a.length; t++) {
-    expect(a[t].length).toBe(b[t].length);
-    for (let i = 0; i < a[t].length; i++) m = Math.max(m, Math.abs(a[t][i] - b[t][i]));
-  }
-  return m;
+  return Math.max(0, ...a.map((row, t) => maxAbsDiffOfRow(row, b[t])));
 }
 
 const TOKENS = [3, 17, 0, 39, 8, 8, 25, 11];

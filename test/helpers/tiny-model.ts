@@ -9,17 +9,8 @@ import { floatToBf16 } from '../../src/runtime/checkpoint/safetensors.js';
 import { writeSafetensors, type TensorToWrite } from '../../src/runtime/checkpoint/writer.js';
 import type { LoraModule, RefLora, RefModelConfig, RefTensor, RefWeights } from './model-types.js';
 
-/** mulberry32 */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { prng } from '../../src/util/prng.js';
+import { prng } from '../../src/util/prng.js';
 
 export function randn(rand: () => number, n: number, std: number, mean = 0): Float32Array {
   const out = new Float32Array(n);

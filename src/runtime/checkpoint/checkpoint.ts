@@ -9,7 +9,7 @@ import { createReadStream, existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { CheckpointError } from '../../errors.js';
 import { SafetensorsFile } from './safetensors.js';
-import { PROJECTIONS, parseModelSpec, projectionPath, projectionShape, type ModelSpec } from './spec.js';
+import { PROJECTIONS, parseModelSpec, projectionPath, projectionShape, tokenIds, type ModelSpec } from './spec.js';
 
 export interface ExpectedTensor {
   name: string;
@@ -73,9 +73,7 @@ export class Checkpoint {
     const genPath = join(dir, 'generation_config.json');
     if (existsSync(genPath)) {
       const gen = readJson(genPath);
-      const eos = gen.eos_token_id;
-      const ids = typeof eos === 'number' ? [eos] : Array.isArray(eos) ? eos.filter((x): x is number => typeof x === 'number') : [];
-      spec.eosTokenIds = [...new Set([...spec.eosTokenIds, ...ids])];
+      spec.eosTokenIds = [...new Set([...spec.eosTokenIds, ...tokenIds(gen.eos_token_id)])];
       if (spec.bosTokenId === null && typeof gen.bos_token_id === 'number') spec.bosTokenId = gen.bos_token_id;
     }
 
@@ -134,10 +132,6 @@ export class Checkpoint {
         `${st.path}: tensor ${e.name} has shape ${JSON.stringify(info.shape)}, expected ${JSON.stringify(e.shape)} from config.json`,
       );
     }
-  }
-
-  has(name: string): boolean {
-    return this.location.has(name);
   }
 
   /** Reads one tensor as float32 (converting F16/BF16). */

@@ -4,6 +4,7 @@
  */
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { symmetricPrng } from '../../util/prng.js';
 import { writeSafetensors, type TensorToWrite } from './writer.js';
 
 export interface CheckpointShape {
@@ -35,16 +36,7 @@ export const QWEN2_5_0_5B: CheckpointShape = {
   ropeTheta: 1000000,
 };
 
-/** xorshift32 uniform in [-1, 1): fast enough for hundreds of millions of weights. */
-function uniform(seed: number): () => number {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    return (s >>> 0) / 2147483648 - 1;
-  };
-}
+const uniform = symmetricPrng;
 
 export function writeRandomCheckpoint(
   dir: string,

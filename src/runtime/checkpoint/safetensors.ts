@@ -8,7 +8,7 @@ import { basename } from 'node:path';
 import { CheckpointError } from '../../errors.js';
 
 export type SafetensorsDtype = 'F32' | 'F16' | 'BF16';
-const BYTES_PER_ELEMENT: Record<SafetensorsDtype, number> = { F32: 4, F16: 2, BF16: 2 };
+export const BYTES_PER_ELEMENT: Record<SafetensorsDtype, number> = { F32: 4, F16: 2, BF16: 2 };
 
 /** Headers larger than this are refused: real headers are kilobytes, a few MB for huge sharded models. */
 const MAX_HEADER_BYTES = 100 * 1024 * 1024;

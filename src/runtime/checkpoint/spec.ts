@@ -84,7 +84,8 @@ function num(cfg: Json, key: string, file: string, fallback: number): number {
   return v;
 }
 
-function tokenIds(v: unknown): number[] {
+/** A token id field of config.json / generation_config.json: a number or a list of numbers. */
+export function tokenIds(v: unknown): number[] {
   if (typeof v === 'number') return [v];
   if (Array.isArray(v)) return v.filter((x): x is number => typeof x === 'number');
   return [];

@@ -3,7 +3,7 @@
  * generators, so that large random checkpoints never have to be held in memory at once.
  */
 import { closeSync, openSync, renameSync, writeSync } from 'node:fs';
-import { toBf16Array, toHalfArray, type SafetensorsDtype } from './safetensors.js';
+import { BYTES_PER_ELEMENT, toBf16Array, toHalfArray, type SafetensorsDtype } from './safetensors.js';
 
 export interface TensorToWrite {
   name: string;
@@ -13,7 +13,6 @@ export interface TensorToWrite {
   data: Float32Array | (() => Float32Array);
 }
 
-const BYTES: Record<SafetensorsDtype, number> = { F32: 4, F16: 2, BF16: 2 };
 
 /** Writes `tensors` to `path` atomically (temp file + rename). */
 export function writeSafetensors(path: string, tensors: readonly TensorToWrite[], metadata: Record<string, string> = {}): void {
@@ -22,7 +21,7 @@ export function writeSafetensors(path: string, tensors: readonly TensorToWrite[]
   let offset = 0;
   for (const t of tensors) {
     const numel = t.shape.reduce((a, b) => a * b, 1);
-    const len = numel * BYTES[t.dtype];
+    const len = numel * BYTES_PER_ELEMENT[t.dtype];
     header[t.name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + len] };
     offset += len;
   }

@@ -6,7 +6,7 @@
  */
 import { workerData } from 'node:worker_threads';
 import { LRUCache } from 'lru-cache';
-import { readAdapterChatTemplate } from '../../adapters/peft.js';
+import { chatTemplateFor, readAdapterChatTemplate } from '../../adapters/peft.js';
 import { LoraplexError } from '../../errors.js';
 import type { ChatTemplate } from '../../runtime/chat-template.js';
 import { TextTokenizer } from '../../runtime/tokenizer.js';
@@ -45,7 +45,7 @@ serveTasks((task) => {
       return ids(need().encode(t.text, t.addSpecialTokens));
     case 'chat': {
       const tok = need();
-      const template = (t.adapterDir ? adapterTemplate(t.adapterDir) : null) ?? tok.chatTemplate;
+      const template = chatTemplateFor(tok, t.adapterDir, adapterTemplate);
       if (!template) {
         throw new LoraplexError('no_chat_template', 'this model has no chat template (tokenizer_config.json chat_template); use the completions API', { param: 'messages' });
       }

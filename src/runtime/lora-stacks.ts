@@ -74,7 +74,7 @@ interface Stack {
   b: FloatStore;
 }
 
-export class LoraSlots {
+export class LoraStacks {
   readonly capacity: number;
   readonly maxRank: number;
   private readonly half: boolean;

@@ -2,7 +2,7 @@
 import { describe, expect, it } from 'vitest';
 import { RuntimeLimitError } from '../../src/runtime/limit-error.js';
 import { parseModelSpec } from '../../src/runtime/checkpoint/spec.js';
-import { LoraSlots, factorKey, type LoraWeights } from '../../src/runtime/lora-slots.js';
+import { LoraStacks, factorKey, type LoraWeights } from '../../src/runtime/lora-stacks.js';
 
 const spec = parseModelSpec({
   architectures: ['LlamaForCausalLM'], hidden_size: 8, num_hidden_layers: 1, num_attention_heads: 2,
@@ -16,13 +16,13 @@ function adapter(tag: number, rank: number): LoraWeights {
   return { factors: new Map([[factorKey(0, 'q_proj'), { rank, a, b }]]), maxRank: rank, bytes: a.byteLength + b.byteLength };
 }
 
-function qView(slots: LoraSlots) {
+function qView(slots: LoraStacks) {
   return [...slots.views()].find((v) => v.projection === 'q_proj')!;
 }
 
-describe('LoraSlots', () => {
+describe('LoraStacks', () => {
   it('fills slots 0..n-1, pads ranks to the stride and zeroes untargeted projections', () => {
-    const s = new LoraSlots(spec, 3, 64, false);
+    const s = new LoraStacks(spec, 3, 64, false);
     expect(s.load(adapter(1, 2))).toBe(0);
     expect(s.load(adapter(2, 4))).toBe(1);
     expect(s.rank).toBe(8);
@@ -39,7 +39,7 @@ describe('LoraSlots', () => {
   });
 
   it('moves the last slot into a hole and shrinks the stride when the big rank leaves', () => {
-    const s = new LoraSlots(spec, 3, 64, false);
+    const s = new LoraStacks(spec, 3, 64, false);
     s.load(adapter(1, 2));
     s.load(adapter(2, 16));
     s.load(adapter(3, 4));
@@ -56,9 +56,9 @@ describe('LoraSlots', () => {
   });
 
   it('refuses a full set of slots and a rank above the maximum', () => {
-    const s = new LoraSlots(spec, 1, 8, false);
+    const s = new LoraStacks(spec, 1, 8, false);
     s.load(adapter(1, 8));
     expect(() => s.load(adapter(2, 2))).toThrow(RuntimeLimitError);
-    expect(() => new LoraSlots(spec, 1, 8, false).load(adapter(1, 9))).toThrow(/rank 9 is above the maximum LoRA rank 8/);
+    expect(() => new LoraStacks(spec, 1, 8, false).load(adapter(1, 9))).toThrow(/rank 9 is above the maximum LoRA rank 8/);
   });
 });
