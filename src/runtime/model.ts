@@ -18,6 +18,9 @@ export interface ModelOptions {
   threads: number;
   /** onnxruntime profiling file prefix (null: off). */
   profilePrefix?: string | null;
+  /** Session options chosen by measurement (see the roofline benchmark); for comparisons. */
+  spinning?: boolean;
+  memArena?: boolean;
   /** Tokens the KV pool holds over all sequences. */
   kvCacheTokens: number;
   /** Adapter slots in the graph (the most distinct adapters in one step). */
@@ -112,6 +115,8 @@ export class DecoderModel {
       allowCpuFallback: opts.allowCpuFallback,
       threads: opts.threads,
       profilePrefix: opts.profilePrefix ?? null,
+      spinning: opts.spinning,
+      memArena: opts.memArena,
       log: opts.log,
     });
     return new DecoderModel(built, session, opts);

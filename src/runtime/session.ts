@@ -4,6 +4,7 @@
  */
 import ort from 'onnxruntime-node';
 import { RuntimeConfigError } from '../errors.js';
+import { availableCores } from '../util/cores.js';
 
 // onnxruntime's own logger prints to stderr in colour; errors reach the user through our messages.
 ort.env.logLevel = 'fatal';
@@ -26,8 +27,12 @@ export interface SessionOptions {
   device: Device;
   /** Fall back to the CPU when the device cannot be used (otherwise: an error). */
   allowCpuFallback: boolean;
-  /** Intra-op threads; 0 = onnxruntime's default (one per core). */
+  /** Intra-op threads; 0 = the cores this process may use (affinity and cgroup quota). */
   threads: number;
+  /** Let idle pool threads spin between ops (default: no — a server is mostly between steps). */
+  spinning?: boolean;
+  /** onnxruntime's CPU memory arena (default: on). */
+  memArena?: boolean;
   /** Write onnxruntime's per-op profile to files with this prefix (null: no profiling). */
   profilePrefix?: string | null;
   log?: (msg: string) => void;
@@ -45,14 +50,20 @@ export class Session {
   }
 
   static async create(modelPath: string, opts: SessionOptions): Promise<Session> {
+    const cores = availableCores();
+    const threads = opts.threads > 0 ? opts.threads : cores.count;
     const base: ort.InferenceSession.SessionOptions = {
       graphOptimizationLevel: 'all',
       logSeverityLevel: 3,
       ...(opts.profilePrefix ? { enableProfiling: true, profileFilePrefix: opts.profilePrefix } : {}),
-      // Spinning threads burn CPU between steps; a server is mostly between steps.
-      extra: { session: { intra_op: { allow_spinning: '0' } } },
-      ...(opts.threads > 0 ? { intraOpNumThreads: opts.threads } : {}),
+      extra: { session: { intra_op: { allow_spinning: opts.spinning ? '1' : '0' } } },
+      // Set explicitly: onnxruntime's own default starts a single intra-op thread on some machines.
+      intraOpNumThreads: threads,
+      interOpNumThreads: 1,
+      executionMode: 'sequential',
+      enableCpuMemArena: opts.memArena ?? true,
     };
+    opts.log?.(`onnxruntime: ${threads} intra-op thread(s)${opts.threads > 0 ? ' (--threads)' : ` (${cores.source})`}`);
     if (opts.device !== 'cpu') {
       try {
         const s = await ort.InferenceSession.create(modelPath, { ...base, executionProviders: [opts.device] });

@@ -4,10 +4,10 @@
  * SIGTERM/SIGINT: drain — /health answers 503 and new requests are refused while the running ones
  * finish (up to --shutdown-grace-ms) — then close the listener and stop the engine.
  */
-import { availableParallelism } from 'node:os';
 import { basename, resolve } from 'node:path';
 import { AdapterRegistry } from '../adapters/registry.js';
 import { StagingArea } from '../adapters/staging.js';
+import { availableCores } from '../util/cores.js';
 import type { Config } from '../config.js';
 import type { RuntimeSettings } from '../runtime/open.js';
 import { Engine } from '../scheduler/engine.js';
@@ -74,7 +74,7 @@ export async function startServer(
   const service = new AdapterService(ctx, { info: (m) => app.log.info(m), warn: (m) => app.log.warn(m) });
   ctx.service = service;
   ctx.onAdapterIdle = () => void service.refreshUnloads();
-  const workers = config.tokenizerWorkers || Math.max(1, Math.floor(availableParallelism() / 2));
+  const workers = config.tokenizerWorkers || Math.max(1, Math.floor(availableCores().count / 2));
   const tokenizers = TokenizerPool.start({ modelDir: config.model!, workers, timeoutMs: config.promptTimeoutMs! });
   tokenizers.catch(() => {});
   const ready = (async () => {
