@@ -168,14 +168,14 @@ export async function rooflineBench(ctx: BenchContext): Promise<RooflineResult> 
     };
     const chunks = ctx.quick ? [32, 128] : [32, 128, 512, 2048];
     const decodeRows = ctx.quick ? [1, 8] : [1, 8, 32];
-    const profiled = await DecoderModel.load(built, { device: 'cpu', allowCpuFallback: false, threads: 0, kvCacheTokens: kvTokens, adapterSlots: 8, maxLoraRank: 64, profilePrefix: join(dir, 'profile') });
+    const timed = await DecoderModel.load(built, { device: 'cpu', allowCpuFallback: false, threads: 0, kvCacheTokens: kvTokens, adapterSlots: 8, maxLoraRank: 64 });
     let step = 0;
     for (const c of chunks) {
       bar(step++, chunks.length + decodeRows.length, `prefill ${c}`);
-      const ms = await measure(profiled, `prefill ${c}`, async () => {
-        const seq = profiled.newSequence();
-        await profiled.step([{ seq, tokens: prompt(c, spec.vocabSize, c), slot: -1, logits: 'last' }]);
-        profiled.freeSequence(seq);
+      const ms = await measure(timed, `prefill ${c}`, async () => {
+        const seq = timed.newSequence();
+        await timed.step([{ seq, tokens: prompt(c, spec.vocabSize, c), slot: -1, logits: 'last' }]);
+        timed.freeSequence(seq);
       });
       const tflops = (matmulFlops(spec, c, 1) + attentionFlops(spec, c, 0)) / (ms / 1000) / 1e12;
       stepsOut.push({ kind: 'prefill', tokens: c, ms, tflops, ofCeiling: tflops / ceilingAt(c) });
@@ -184,16 +184,16 @@ export async function rooflineBench(ctx: BenchContext): Promise<RooflineResult> 
       bar(step++, chunks.length + decodeRows.length, `decode ${rows}`);
       const seqs: KvSequence[] = [];
       for (let i = 0; i < rows; i++) {
-        const seq = profiled.newSequence();
-        await profiled.step([{ seq, tokens: prompt(128, spec.vocabSize, i), slot: -1, logits: 'none' }]);
+        const seq = timed.newSequence();
+        await timed.step([{ seq, tokens: prompt(128, spec.vocabSize, i), slot: -1, logits: 'none' }]);
         seqs.push(seq);
       }
-      const ms = await measure(profiled, `decode ${rows}`, () => profiled.step(seqs.map((seq, i) => ({ seq, tokens: [(seq.length * 31 + i) % spec.vocabSize], slot: -1, logits: 'last' as const }))));
+      const ms = await measure(timed, `decode ${rows}`, () => timed.step(seqs.map((seq, i) => ({ seq, tokens: [(seq.length * 31 + i) % spec.vocabSize], slot: -1, logits: 'last' as const }))));
       const tflops = (matmulFlops(spec, rows, rows) + rows * attentionFlops(spec, 1, 160)) / (ms / 1000) / 1e12;
       stepsOut.push({ kind: 'decode', tokens: rows, ms, tflops, ofCeiling: tflops / ceilingAt(rows), ...(rows === 1 ? { ofBandwidth: int4WeightBytes(spec) / (ms / 1000) / 1e9 / bandwidthGBs } : {}) });
-      for (const s of seqs) profiled.freeSequence(s);
+      for (const s of seqs) timed.freeSequence(s);
     }
-    await profiled.close();
+    await timed.close();
     // The profiler writes one file; its runs are in order: the last run of each measured step
     // is the one to read, so profile the two representative steps again in their own sessions.
     for (const [label, run] of [

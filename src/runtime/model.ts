@@ -8,7 +8,8 @@ import { RuntimeLimitError } from './limit-error.js';
 import type { ModelSpec } from './checkpoint/spec.js';
 import type { BuiltModel } from './graph/build.js';
 import { IO, loraA, loraB, newKey, newValue, pastKey, pastValue } from './graph/io.js';
-import { KvPool, KvSequence, NULL_KV_TOKEN, type FloatStore } from './kv-cache.js';
+import { KV_BLOCK, KvPool, KvSequence, NULL_KV_TOKEN, type FloatStore } from './kv-cache.js';
+import { availableMemory } from '../util/memory.js';
 import { LoraStacks } from './lora-stacks.js';
 import { Session, tensor, type Device, type Tensor } from './session.js';
 
@@ -57,6 +58,23 @@ class Scratch {
   }
 }
 
+/** Bytes one token takes in the KV cache: keys and values of every layer. */
+export function kvBytesPerToken(spec: ModelSpec, half: boolean): number {
+  return spec.numLayers * 2 * spec.numKvHeads * spec.headDim * (half ? 2 : 4);
+}
+
+/**
+ * The default KV cache size: a quarter of the memory this process may use, 4096 to 131072 tokens.
+ * (Pool pages are touched only as sequences use them, so an idle pool costs little resident memory.)
+ */
+function autoKvTokens(spec: ModelSpec, half: boolean, log?: (m: string) => void): number {
+  const mem = availableMemory();
+  const per = kvBytesPerToken(spec, half);
+  const tokens = Math.max(4096, Math.min(131072, Math.floor(mem.bytes / 4 / per / KV_BLOCK) * KV_BLOCK));
+  log?.(`KV cache: ${tokens} tokens (${((tokens * per) / 1024 ** 3).toFixed(2)} GiB at ${per} bytes per token; a quarter of ${(mem.bytes / 1024 ** 3).toFixed(1)} GiB, ${mem.source}); set --kv-cache-tokens to choose`);
+  return tokens;
+}
+
 export class DecoderModel {
   readonly spec: ModelSpec;
   readonly maxPositions: number;
@@ -93,7 +111,7 @@ export class DecoderModel {
     this.half = built.options.activations === 'fp16';
     this.hasLora = built.options.lora;
     const kvDim = this.spec.numKvHeads * this.spec.headDim;
-    this.kv = new KvPool(this.spec.numLayers, kvDim, opts.kvCacheTokens, this.half);
+    this.kv = new KvPool(this.spec.numLayers, kvDim, opts.kvCacheTokens > 0 ? opts.kvCacheTokens : autoKvTokens(this.spec, this.half, opts.log), this.half);
     // One sequence must fit the cache: the usable context is capped by its capacity.
     this.maxPositions = Math.min(built.options.maxPositions, this.kv.capacity);
     if (this.maxPositions < built.options.maxPositions) {

@@ -51,6 +51,8 @@ export class ServerContext {
   readonly admission: Admission;
   readonly bodies = new JsonBodyParser();
   readonly startedAt = Math.floor(Date.now() / 1000);
+  /** Set once the model is loaded and the adapter store scanned: /health says ok from then on. */
+  ready = false;
   /** Set once shutdown begins: /health answers 503 and new work is refused while running work drains. */
   draining = false;
   /** Requests that went away before they reached the engine. */

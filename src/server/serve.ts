@@ -106,6 +106,7 @@ export async function startServer(
     await service.refresh();
     await service.collect().catch((err: Error) => app.log.warn(`collecting old adapter versions failed: ${err.message}`));
     service.start(config.storePollMs ?? 0);
+    ctx.ready = true;
     const names = ctx.registry.list().map((r) => r.name);
     app.log.info(
       `ready: model ${baseId} (${engine.info.architecture}, ${engine.info.weights}, ${engine.info.device}, context ${engine.info.maxPositions}); ` +

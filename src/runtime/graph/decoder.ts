@@ -25,6 +25,7 @@ import { IO, loraA, loraB, newKey, newValue, pastKey, pastValue } from './io.js'
 import { emitLinear, type LinearWeight, type PreparedLinear } from './linear.js';
 import type { Preparer } from './prepare-pool.js';
 import type { WeightFormat } from './quant.js';
+import { toHalfArray } from '../checkpoint/safetensors.js';
 
 export interface DecoderOptions {
   weights: WeightFormat;
@@ -83,7 +84,7 @@ export async function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: Deco
     opts.lora ? g.op('ScatterND', [y, loraScatterIdx, g.op('Where', [loraReal, d(), zeroDelta])], { reduction: 'add' }) : y;
 
   // ---- embeddings
-  let h = g.op('Gather', [g.floatInit('embed_tokens', [spec.vocabSize, spec.hiddenSize], ckpt.read('model.embed_tokens.weight')), inputIds], { axis: 0 });
+  let h = embeddings(g, ckpt.read('model.embed_tokens.weight'), spec, inputIds, opts.weights);
   tick('embeddings');
   const eps = { float: spec.rmsNormEps };
   let x = g.op('SimplifiedLayerNormalization', [h, g.floatInit('layers.0.input_norm', [spec.hiddenSize], ckpt.read('model.layers.0.input_layernorm.weight'))], { epsilon: eps, axis: -1 });
@@ -189,6 +190,18 @@ export async function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: Deco
   g.op('Identity', [logits], undefined, { out: IO.logits });
   g.output(IO.logits, 'float', ['L', spec.vocabSize]);
   tick('lm_head');
+}
+
+/**
+ * The embedding lookup. With quantized weights the table is kept in fp16 (half the memory: 272 MB
+ * instead of 545 MB for a 152k × 896 vocabulary) and the gathered rows are widened to the
+ * activation type; fp32 builds (the reference) keep it exact.
+ */
+function embeddings(g: GraphBuilder, table: Float32Array, spec: ModelSpec, inputIds: string, weights: WeightFormat): string {
+  const dims = [spec.vocabSize, spec.hiddenSize];
+  if (weights === 'fp32' || g.ft === 'float16') return g.op('Gather', [g.floatInit('embed_tokens', dims, table), inputIds], { axis: 0 });
+  const half = g.init('embed_tokens', 'float16', dims, toHalfArray(table));
+  return g.op('Cast', [g.op('Gather', [half, inputIds], { axis: 0 })], { to: 1 });
 }
 
 /**

@@ -6,13 +6,13 @@ import type { ServerContext } from '../context.js';
 export async function opsRoutes(app: FastifyInstance, ctx: ServerContext): Promise<void> {
   app.get(
     '/health',
-    { schema: { tags: ['ops'], summary: 'Ready when the model is loaded (503 before, while shutting down, or if the engine stopped)', response: { 200: Type.Object({ status: Type.String() }), 503: Type.Object({ status: Type.String() }) } } },
+    { schema: { tags: ['ops'], summary: 'Ready when the model is loaded and the adapter store scanned (503 before, while draining, or if the engine stopped)', response: { 200: Type.Object({ status: Type.String() }), 503: Type.Object({ status: Type.String() }) } } },
     async (_request, reply) => {
       if (ctx.draining) {
         reply.code(503);
         return { status: 'draining' };
       }
-      if (!ctx.engine || !ctx.tokenizers) {
+      if (!ctx.engine || !ctx.ready) {
         reply.code(503);
         return { status: 'loading' };
       }

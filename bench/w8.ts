@@ -1,0 +1,192 @@
+/**
+ * W8: the CPU serving workload the throughput work is measured on. A real `loraplex serve` process
+ * (its own CPU and memory measured from /proc) on the Qwen2.5-0.5B-shaped int4 model with 8 rank-16
+ * adapters (all seven projections) picked in a zipf mix; 64 requests of 136-token prompts and 64
+ * output tokens at concurrency 8, streamed over HTTP. Reported per configuration: output tokens/s,
+ * time to first token and inter-token latency (p50/p99), the average cores the server used, and its
+ * peak resident memory. Configurations run one after the other on the same machine.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { writeRandomPeftAdapter } from '../src/adapters/random.js';
+import { Checkpoint } from '../src/runtime/checkpoint/checkpoint.js';
+import { prng } from '../src/util/prng.js';
+import { progressBar } from '../src/util/progress.js';
+import { fmt, table } from './lib.js';
+import { prepareModel, type BenchContext } from './runtime.js';
+
+export interface W8Cell {
+  config: string;
+  tokPerS: number;
+  ttftP50: number;
+  ttftP99: number;
+  itlP50: number;
+  itlP99: number;
+  cores: number;
+  peakRssMiB: number;
+}
+
+const CLI = join(import.meta.dirname, '../src/cli/index.ts');
+
+function quantile(xs: number[], q: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor(q * s.length))] ?? NaN;
+}
+
+/** utime + stime of a process, in seconds. */
+function cpuSeconds(pid: number): number {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = f.slice(f.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+function rssMiB(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) / 1024 : 0;
+}
+
+async function startServer(args: string[]): Promise<{ url: string; child: ChildProcess }> {
+  const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'serve', ...args], { env: { ...process.env, LORAPLEX_LOG_LEVEL: 'info' } });
+  let out = '';
+  child.stdout!.on('data', (d) => (out += d));
+  child.stderr!.on('data', (d) => (out += d));
+  const deadline = Date.now() + 600_000;
+  while (!/listening on/.test(out)) {
+    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`the server did not start (exit ${child.exitCode}): ${out.slice(-2000)}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const url = /listening on (http:\/\/[^ ]+) /.exec(out)![1];
+  while ((await fetch(`${url}/health`).catch(() => null))?.status !== 200) {
+    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`the server did not get ready: ${out.slice(-2000)}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  return { url, child };
+}
+
+/** One streamed completion: time to first token and the gaps between tokens (ms). */
+async function stream(url: string, body: unknown): Promise<{ ttft: number; gaps: number[]; tokens: number }> {
+  const t0 = performance.now();
+  const r = await fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  if (!r.ok || !r.body) throw new Error(`HTTP ${r.status}: ${await r.text()}`);
+  const decoder = new TextDecoder();
+  let buf = '';
+  let last = 0;
+  let ttft = 0;
+  let tokens = 0;
+  const gaps: number[] = [];
+  for await (const chunk of r.body as unknown as AsyncIterable<Uint8Array>) {
+    buf += decoder.decode(chunk, { stream: true });
+    let at: number;
+    while ((at = buf.indexOf('\n\n')) >= 0) {
+      const frame = buf.slice(0, at);
+      buf = buf.slice(at + 2);
+      if (!frame.startsWith('data: {')) continue;
+      const n = (JSON.parse(frame.slice(6)) as { choices?: { logprobs?: { tokens?: string[] } | null }[] }).choices?.[0]?.logprobs?.tokens?.length ?? 0;
+      if (n === 0) continue;
+      const now = performance.now();
+      if (tokens === 0) ttft = now - t0;
+      else gaps.push(now - last);
+      last = now;
+      tokens += n;
+    }
+  }
+  return { ttft, gaps, tokens };
+}
+
+export async function w8Bench(ctx: BenchContext, configs?: [string, string[]][]): Promise<{ cells: W8Cell[]; markdown: string }> {
+  const { modelDir, name } = await prepareModel(ctx);
+  const store = join(ctx.dir, 'w8-store', name);
+  const ckpt = Checkpoint.open(modelDir);
+  const spec = ckpt.spec;
+  ckpt.close();
+  for (let i = 0; i < 8; i++) {
+    const dir = join(store, `a${i}`);
+    if (!existsSync(join(dir, 'adapter_model.safetensors'))) {
+      mkdirSync(dir, { recursive: true });
+      writeRandomPeftAdapter(dir, spec, { rank: 16, seed: 2000 + i });
+    }
+  }
+  const requests = ctx.quick ? 16 : 64;
+  const concurrency = 8;
+  const promptLen = 136;
+  const newTokens = ctx.quick ? 16 : 64;
+  const base = ['--model', modelDir, '--adapters', store, '--quant', 'int4', '--cache-dir', join(ctx.dir, 'builds'), '--port', '0', '--host', '127.0.0.1', '--max-context', '4096', '--store-poll-ms', '0'];
+  const plan = configs ?? [
+    ['1 thread, prefill budget 2048 (0.1 defaults)', ['--threads', '1', '--max-batch-prefill-tokens', '2048']],
+    ['default (all cores)', []],
+  ];
+  const cells: W8Cell[] = [];
+  const bar = progressBar('W8');
+  for (const [label, args] of plan) {
+    const { url, child } = await startServer([...base, ...args]);
+    try {
+      const rand = prng(8);
+      const weights = Array.from({ length: 8 }, (_, i) => 1 / (i + 1));
+      const total = weights.reduce((a, b) => a + b, 0);
+      const pick = (): string => {
+        let u = rand() * total;
+        for (let i = 0; i < 8; i++) if ((u -= weights[i]) <= 0) return `a${i}`;
+        return 'a7';
+      };
+      const bodies = Array.from({ length: requests }, () => ({
+        model: pick(),
+        prompt: Array.from({ length: promptLen }, () => Math.floor(rand() * Math.min(spec.vocabSize, 150000))),
+        max_tokens: newTokens,
+        temperature: 0,
+        ignore_eos: true,
+        stream: true,
+        logprobs: 0,
+      }));
+      // Warm-up: every adapter loaded once.
+      await Promise.all(Array.from({ length: 8 }, (_, i) => stream(url, { ...bodies[0], model: `a${i}`, max_tokens: 2 })));
+      const pid = child.pid!;
+      let peak = rssMiB(pid);
+      const sampler = setInterval(() => (peak = Math.max(peak, rssMiB(pid))), 100);
+      const cpu0 = cpuSeconds(pid);
+      const t0 = performance.now();
+      let next = 0;
+      let tokens = 0;
+      const ttfts: number[] = [];
+      const gaps: number[] = [];
+      await Promise.all(
+        Array.from({ length: concurrency }, async () => {
+          while (next < requests) {
+            const r = await stream(url, bodies[next++]);
+            tokens += r.tokens;
+            ttfts.push(r.ttft);
+            gaps.push(...r.gaps);
+            bar(ttfts.length + cells.length * requests, plan.length * requests, label);
+          }
+        }),
+      );
+      const seconds = (performance.now() - t0) / 1000;
+      clearInterval(sampler);
+      peak = Math.max(peak, rssMiB(pid));
+      cells.push({
+        config: label,
+        tokPerS: tokens / seconds,
+        ttftP50: quantile(ttfts, 0.5),
+        ttftP99: quantile(ttfts, 0.99),
+        itlP50: quantile(gaps, 0.5),
+        itlP99: quantile(gaps, 0.99),
+        cores: (cpuSeconds(pid) - cpu0) / seconds,
+        peakRssMiB: peak,
+      });
+    } finally {
+      child.kill('SIGKILL');
+    }
+  }
+  bar.stop();
+  const markdown = [
+    `### W8 (${name}, int4, 8 rank-16 adapters zipf, ${requests} requests × ${promptLen}-token prompts → ${newTokens} tokens, concurrency ${concurrency}, a separate server process)`,
+    '',
+    table(
+      ['configuration', 'tok/s', 'TTFT p50 / p99 (ms)', 'ITL p50 / p99 (ms)', 'cores used', 'peak RSS (MiB)'],
+      cells.map((c) => [c.config, fmt(c.tokPerS, 1), `${fmt(c.ttftP50, 0)} / ${fmt(c.ttftP99, 0)}`, `${fmt(c.itlP50, 0)} / ${fmt(c.itlP99, 0)}`, fmt(c.cores, 2), fmt(c.peakRssMiB, 0)]),
+    ),
+    '',
+    cells.length > 1 ? `Default / first configuration: **${fmt(cells.at(-1)!.tokPerS / cells[0].tokPerS, 2)}×** tokens/s.` : '',
+  ].join('\n');
+  return { cells, markdown };
+}
