@@ -148,7 +148,7 @@ export async function engineBench(ctx: BenchContext): Promise<EngineBenchResult>
   const pool = adapterPool(ctx, model, name, 16);
   const single = (dir: string, i: number): AdapterSpec => ({ kind: 'single', key: `${dir}@1`, name: `a${i}`, dir });
   const eight = pool.slice(0, 8).map(single);
-  const base: EngineConfig = { maxBatchSize: 32, maxBatchPrefillTokens: 2048, maxQueuedRequests: 100000, adapterCycleMs: 2000, adapterCacheBytes: 8 * 1024 ** 3 };
+  const base: EngineConfig = { maxBatchSize: 32, maxBatchPrefillTokens: 2048, maxQueuedRequests: 100000, adapterCycleMs: 2000, adapterCacheBytes: 8 * 1024 ** 3, prefixCache: true };
 
   // Warm the host cache for the 8 adapters so both runs compare batching, not loading.
   for (const a of eight) await loader.load(a);

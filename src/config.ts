@@ -45,6 +45,7 @@ export const KNOBS = {
   maxBatchPrefillTokens: knob({ key: 'maxBatchPrefillTokens', flag: '--max-batch-prefill-tokens <n>', env: 'LORAPLEX_MAX_BATCH_PREFILL_TOKENS', kind: 'int', default: 512, min: 1, doc: 'prompt tokens processed in one step, beside the decoding rows (longer prompts are chunked): bounds how long a step can delay every running stream' }),
   maxQueuedRequests: knob({ key: 'maxQueuedRequests', flag: '--max-queued-requests <n>', env: 'LORAPLEX_MAX_QUEUED_REQUESTS', kind: 'int', default: 256, min: 1, doc: 'waiting requests beyond which new ones are refused with 429' }),
   adapterCycleMs: knob({ key: 'adapterCycleMs', flag: '--adapter-cycle-ms <ms>', env: 'LORAPLEX_ADAPTER_CYCLE_MS', kind: 'int', default: 2000, min: 1, doc: 'time slice after which waiting adapters get their turn over the running ones' }),
+  prefixCache: knob({ key: 'prefixCache', flag: '--no-prefix-cache', env: 'LORAPLEX_PREFIX_CACHE', kind: 'bool', default: true, doc: "reuse the KV cache of prompt prefixes seen before (same adapter version, same tokens): a repeated system prompt or conversation history is computed once; cached blocks yield to running requests' need for room" }),
   requestTimeoutMs: knob({ key: 'requestTimeoutMs', flag: '--request-timeout-ms <ms>', env: 'LORAPLEX_REQUEST_TIMEOUT_MS', kind: 'int', default: 600000, min: 1, doc: 'deadline for one request, queueing included' }),
   promptTimeoutMs: knob({ key: 'promptTimeoutMs', flag: '--prompt-timeout-ms <ms>', env: 'LORAPLEX_PROMPT_TIMEOUT_MS', kind: 'int', default: 2000, min: 1, doc: "budget for rendering a request's chat template and tokenizing its prompt (beyond it: 400)" }),
   tokenizerWorkers: knob({ key: 'tokenizerWorkers', flag: '--tokenizer-workers <n>', env: 'LORAPLEX_TOKENIZER_WORKERS', kind: 'int', default: 0, min: 0, doc: 'threads that tokenize prompts and render chat templates (0 = half the cores, at least 1)' }),
@@ -88,6 +89,7 @@ export interface Config {
   readonly maxBatchPrefillTokens: number;
   readonly maxQueuedRequests: number;
   readonly adapterCycleMs: number;
+  readonly prefixCache: boolean;
   readonly requestTimeoutMs: number;
   readonly promptTimeoutMs: number;
   readonly tokenizerWorkers: number;

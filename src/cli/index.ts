@@ -43,6 +43,8 @@ export function knobFlags(cmd: Command, keys: readonly KnobKey[]): Partial<Recor
   for (const key of keys) {
     const option = cmd.options.find((o) => o.flags === (KNOBS[key] as Knob).flag);
     if (!option) throw new Error(`the knob ${key} has no option on ${cmd.name()}`);
+    // Only values given on the command line: commander presets a `--no-…` flag's value to true.
+    if (cmd.getOptionValueSource(option.attributeName()) !== 'cli') continue;
     const v = opts[option.attributeName()];
     if (v !== undefined) out[key] = v;
   }

@@ -6,12 +6,19 @@
  * A failure is confined to the requests it concerns: an adapter whose weights the slots refuse
  * fails that adapter's requests, a row whose logits are not finite fails that row; only an error
  * of the forward step itself fails the step's rows.
+ *
+ * Prefix caching: each request's tokens (prompt, then output) are hashed block by block into a
+ * chain seeded with its weights key (prefix-chain.ts). At admission the request adopts the longest
+ * cached chain of its prompt and prefills the rest; after each step the blocks its rows completed
+ * are published for later requests. The last prompt token is always computed (its logits start
+ * the answer), and a request that wants prompt logprobs computes its whole prompt.
  */
 import { AdapterCache, type CacheStats } from '../adapters/cache.js';
 import { AdapterSlots } from '../adapters/slots.js';
 import { LoraplexError, toWireError } from '../errors.js';
 import { Generation } from '../runtime/generation.js';
 import { KV_BLOCK, KvPool, type KvSequence } from '../runtime/kv-cache.js';
+import { BASE_WEIGHTS, PrefixChain } from '../runtime/prefix-chain.js';
 import type { LoraWeights } from '../runtime/lora-stacks.js';
 import type { DecoderModel, StepRow } from '../runtime/model.js';
 import { Sampler } from '../runtime/sampling.js';
@@ -29,6 +36,8 @@ export interface EngineConfig {
   maxQueuedRequests: number;
   adapterCycleMs: number;
   adapterCacheBytes: number;
+  /** Reuse the KV of cached prompt prefixes (same weights, same tokens). */
+  prefixCache: boolean;
 }
 
 export interface EngineStats {
@@ -51,6 +60,12 @@ export interface EngineStats {
   /** Tokens held in the KV pool (blocks allocated to sequences). */
   kvUsedTokens: number;
   kvCapacity: number;
+  /** Published KV blocks (held by requests or idle), and the idle ones among them. */
+  kvCachedBlocks: number;
+  kvIdleBlocks: number;
+  /** Prompt tokens looked up in the prefix cache at admission, and those found there. */
+  prefixCacheQueryTokens: number;
+  prefixCacheHitTokens: number;
   cache: CacheStats;
   slotLoads: number;
   /** Adapter names with running rows / with waiting requests. */
@@ -68,6 +83,12 @@ interface Live {
   adapterKey: string | null;
   /** The 'running' event was sent. */
   announced: boolean;
+  /** Block hashes of the request's tokens (null: prefix caching is off). */
+  chain: PrefixChain | null;
+  /** Blocks of `seq` adopted from the cache or published by it. */
+  published: number;
+  /** Prompt tokens found in the cache at the first admission. */
+  cachedTokens: number | null;
 }
 
 const errorEvent = (id: number, err: unknown): EngineEvent => ({ t: 'error', id, error: toWireError(err) });
@@ -83,6 +104,11 @@ export class EngineCore {
   private readonly sampler: Sampler;
   private readonly live = new Map<number, Live>();
   private readonly specs = new Map<string, AdapterSpec>();
+  private readonly prefixCache: boolean;
+  /** Hashes of prompt blocks that running prefills are computing (rebuilt every step). */
+  private readonly pending = new Set<string>();
+  private prefixQueryTokens = 0;
+  private prefixHitTokens = 0;
   readonly eosIds: ReadonlySet<number>;
   private wakeUp: (() => void) | null = null;
   private stopped = false;
@@ -123,6 +149,7 @@ export class EngineCore {
     this.cache = new AdapterCache<AdapterSpec>(opts.config.adapterCacheBytes, (spec) => opts.load(spec));
     this.slots = new AdapterSlots(opts.model.lora);
     this.eosIds = endOfSequenceIds(opts.model, opts.tokenizer);
+    this.prefixCache = opts.config.prefixCache;
   }
 
   // ---- requests
@@ -157,7 +184,8 @@ export class EngineCore {
       { maxNewTokens: maxNew, eosIds: this.eosIds, stopTokenIds: new Set(req.stop.stopTokenIds), stopStrings: req.stop.stopStrings, ignoreEos: req.stop.ignoreEos, minTokens: req.stop.minTokens },
       this.tokenizer,
     );
-    this.live.set(req.id, { req, job, gen, seq: null, adapterKey, announced: false });
+    const chain = this.prefixCache ? new PrefixChain(adapterKey ?? BASE_WEIGHTS) : null;
+    this.live.set(req.id, { req, job, gen, seq: null, adapterKey, announced: false, chain, published: 0, cachedTokens: null });
     if (req.adapter) {
       this.specs.set(req.adapter.key, req.adapter);
       this.cache.lookup(req.adapter.key);
@@ -196,12 +224,65 @@ export class EngineCore {
     await p;
   }
 
-  /** Drops an adapter from the slots and the host cache, unless running rows use it. */
+  /**
+   * Drops an adapter from the slots and the host cache, with the KV blocks its version (alone or
+   * in a merge) computed, unless running rows use it.
+   */
   unload(key: string): boolean {
     if (this.slots.isPinned(key)) return false;
     this.slots.remove(key);
     this.cache.delete(key);
+    this.model.kv.forget((weights) => weights === key || weights.includes(key));
     return true;
+  }
+
+  // ---- prefix cache
+
+  /** Token `p` of the request's sequence: its prompt, then its output. */
+  private tokenAt(live: Live, p: number): number {
+    const prompt = live.req.promptIds;
+    return p < prompt.length ? prompt[p] : live.gen.output[p - prompt.length];
+  }
+
+  /** Hashes the request's blocks up to `blocks`. */
+  private extendChain(live: Live, blocks: number): void {
+    const chain = live.chain!;
+    for (let i = chain.length; i < blocks; i++) chain.push(Int32Array.from({ length: KV_BLOCK }, (_, j) => this.tokenAt(live, i * KV_BLOCK + j)));
+  }
+
+  /** The scheduler's prefix probe: cached prompt tokens of a job about to be admitted, or null (wait a step). */
+  private probePrefix(job: Job): number | null {
+    const live = this.live.get(job.id)!;
+    const chain = live.chain;
+    if (!chain || live.req.promptLogprobs !== null) return 0;
+    const full = Math.floor(job.promptLen / KV_BLOCK);
+    this.extendChain(live, full);
+    const usable = Math.floor((job.promptLen - 1) / KV_BLOCK);
+    const hit = this.model.kv.matchPrefix(chain, usable);
+    if (hit < usable && this.pending.has(chain.hash(hit))) return null;
+    for (let i = hit; i < full; i++) this.pending.add(chain.hash(i));
+    return hit * KV_BLOCK;
+  }
+
+  /** Prompt blocks the running prefills have still to compute. */
+  private collectPending(): void {
+    this.pending.clear();
+    if (!this.prefixCache) return;
+    for (const live of this.live.values()) {
+      if (!live.seq || !live.chain) continue;
+      const full = Math.min(live.chain.length, Math.floor(live.job.promptLen / KV_BLOCK));
+      for (let i = live.published; i < full; i++) this.pending.add(live.chain.hash(i));
+    }
+  }
+
+  /** Publishes the blocks the request's sequence has completed. */
+  private publishBlocks(live: Live): void {
+    const seq = live.seq;
+    if (!live.chain || !seq) return;
+    const full = Math.floor(seq.length / KV_BLOCK);
+    this.extendChain(live, full);
+    for (let i = live.published; i < full; i++) this.model.kv.publish(seq, i, live.chain);
+    live.published = full;
   }
 
   // ---- the loop
@@ -242,10 +323,15 @@ export class EngineCore {
   /** One scheduling step; false when there was nothing to run. */
   async tick(): Promise<boolean> {
     for (const key of this.state.wantedAdapters()) if (this.cache.readiness(key) === 'absent') this.kickLoad(key);
-    const { rows: planned, dropped, preempted } = this.state.step(Date.now(), (key) => {
-      const r = this.cache.readiness(key);
-      return r === 'absent' ? 'loading' : r;
-    });
+    this.collectPending();
+    const { rows: planned, dropped, preempted } = this.state.step(
+      Date.now(),
+      (key) => {
+        const r = this.cache.readiness(key);
+        return r === 'absent' ? 'loading' : r;
+      },
+      (job) => this.probePrefix(job),
+    );
     const events: EngineEvent[] = [];
     for (const d of dropped) events.push(this.retire(d));
     for (const p of preempted) this.suspend(p.resumed);
@@ -269,6 +355,7 @@ export class EngineCore {
       const out = await this.model.step(this.stepRows(rows));
       t1 = performance.now();
       this.forwardSeconds += (t1 - t0) / 1000;
+      for (const row of rows) this.publishBlocks(this.live.get(row.job.id)!);
       let r = 0;
       for (const row of rows) {
         const live = this.live.get(row.job.id)!;
@@ -317,7 +404,14 @@ export class EngineCore {
       special: e.special,
     });
     if (e.finishReason) {
-      events.push({ t: 'end', id: row.job.id, finishReason: e.finishReason, completionTokens: live.gen.output.length, promptTokens: live.req.promptIds.length });
+      events.push({
+        t: 'end',
+        id: row.job.id,
+        finishReason: e.finishReason,
+        completionTokens: live.gen.output.length,
+        promptTokens: live.req.promptIds.length,
+        cachedTokens: live.cachedTokens ?? 0,
+      });
       this.release(live);
     }
   }
@@ -347,14 +441,18 @@ export class EngineCore {
    */
   private placeAdapters(rows: PlannedRow[], events: EngineEvent[]): PlannedRow[] {
     const keys = new Set<string>();
+    const started: PlannedRow[] = [];
     for (const row of rows) {
       const live = this.live.get(row.job.id)!;
-      if (!live.seq) {
-        live.seq = this.model.newSequence();
-        if (live.adapterKey) this.slots.pin(live.adapterKey);
+      if (!live.seq && !this.startSequence(live, row)) {
+        events.push(errorEvent(row.job.id, new Error(`request ${row.job.id}: its cached prefix went missing before its first step`)));
+        this.release(live);
+        continue;
       }
+      started.push(row);
       if (live.adapterKey) keys.add(live.adapterKey);
     }
+    rows = started;
     const refused = this.slots.acquire(keys, (key) => this.cache.get(key));
     if (refused.size === 0) return rows;
     for (const [key, err] of refused) {
@@ -370,6 +468,26 @@ export class EngineCore {
       } else kept.push(row);
     }
     return kept;
+  }
+
+  /**
+   * A request's first row (or first after a preemption): a new sequence with its cached prefix
+   * adopted. The probe matched those blocks in this same step and nothing reclaims blocks before
+   * the forward step, so false (the prefix is gone) would be a bug: the request fails alone.
+   */
+  private startSequence(live: Live, row: PlannedRow): boolean {
+    const seq = this.model.newSequence();
+    live.seq = seq;
+    if (live.adapterKey) this.slots.pin(live.adapterKey);
+    const cached = row.start / KV_BLOCK;
+    if (cached > 0 && this.model.kv.adoptPrefix(seq, live.chain!, cached) !== cached) return false;
+    live.published = cached;
+    if (live.chain) {
+      this.prefixQueryTokens += live.job.promptLen;
+      this.prefixHitTokens += row.start;
+    }
+    live.cachedTokens ??= row.start;
+    return true;
   }
 
   /** Turns planned rows into runtime rows: sequences, token slices, adapter slots. */
@@ -453,6 +571,10 @@ export class EngineCore {
       kvReservedTokens: this.state.reservedTokens,
       kvUsedTokens: this.model.kv.capacity - this.model.kv.freeTokens,
       kvCapacity: this.model.kv.capacity,
+      kvCachedBlocks: this.model.kv.cachedBlocks,
+      kvIdleBlocks: this.model.kv.idleBlocks,
+      prefixCacheQueryTokens: this.prefixQueryTokens,
+      prefixCacheHitTokens: this.prefixHitTokens,
       cache: { ...this.cache.stats },
       slotLoads: this.slots.loads,
       runningAdapters: [...running].sort(),

@@ -13,6 +13,12 @@
  *   freed and it goes back to the front of its queue, to be resumed later by recomputing its prompt
  *   and the tokens it had generated (vLLM's recompute preemption). The oldest request always
  *   progresses.
+ * - With prefix caching, `prefix(job)` says how many of a job's prompt tokens are in the cache
+ *   already: its prefill starts there, and only the tokens it computes count against the step's
+ *   budget. null means "wait": a running request is computing this prompt's next block right now,
+ *   so the job is admitted a step later and reuses it (the choices of `n > 1` share their prompt
+ *   this way) rather than computing it twice. Reservations stay whole (prompt + look-ahead): a
+ *   shared block is counted once per holder, so the cache can always honour them.
  */
 
 export interface SchedulerConfig {
@@ -41,6 +47,9 @@ export interface Job {
 }
 
 export type Readiness = 'ready' | 'loading' | 'failed';
+
+/** Prompt tokens of a job already in the KV cache (a multiple of the block, below its prompt), or null: wait a step. */
+export type PrefixProbe = (job: Job) => number | null;
 
 export interface PlannedRow {
   job: Job;
@@ -178,7 +187,7 @@ export class SchedulerState {
   }
 
   /** Plans the next step. Mutates the state as if the plan runs (prompt progress, admissions). */
-  step(now: number, readiness: (adapter: string) => Readiness): { rows: PlannedRow[]; dropped: Dropped[]; preempted: Preempted[] } {
+  step(now: number, readiness: (adapter: string) => Readiness, prefix: PrefixProbe = () => 0): { rows: PlannedRow[]; dropped: Dropped[]; preempted: Preempted[] } {
     const dropped = this.dropExpired(now, readiness);
     this.updateActive(now);
 
@@ -210,10 +219,11 @@ export class SchedulerState {
       }
     }
     // 2. admissions, oldest head first among the queues allowed to admit
+    const waitingForPrefix = new Set<Job[]>();
     while (budget > 0 && this.running.size < this.cfg.maxBatchSize) {
       let best: Job[] | null = null;
       for (const [key, q] of this.queues) {
-        if (q.length === 0) continue;
+        if (q.length === 0 || waitingForPrefix.has(q)) continue;
         if (key !== null) {
           const a = this.active.get(key);
           if (!a || a.draining || readiness(key) !== 'ready') continue;
@@ -224,13 +234,21 @@ export class SchedulerState {
       const job = best[0];
       const need = this.admissionReservation(job);
       if (this.reserved + need > this.cfg.kvCapacity) break; // wait for rows to finish, oldest first
+      const cached = prefix(job);
+      if (cached === null) {
+        waitingForPrefix.add(best);
+        continue;
+      }
+      if (!(Number.isInteger(cached) && cached >= 0 && cached < job.promptLen && cached % this.cfg.kvBlock === 0)) {
+        throw new Error(`prefix probe gave ${cached} cached tokens for a ${job.promptLen}-token prompt`);
+      }
       best.shift();
       this.waitingCount--;
       this.reserved += need;
-      const count = Math.min(budget, job.promptLen);
-      const sample = count === job.promptLen;
-      this.running.set(job.id, { job, prefilled: count, reserved: need, context: count, sampled: sample ? 1 : 0 });
-      rows.push({ job, kind: 'prefill', start: 0, count, sample });
+      const count = Math.min(budget, job.promptLen - cached);
+      const sample = cached + count === job.promptLen;
+      this.running.set(job.id, { job, prefilled: cached + count, reserved: need, context: cached + count, sampled: sample ? 1 : 0 });
+      rows.push({ job, kind: 'prefill', start: cached, count, sample });
       budget -= count;
     }
     return { rows, dropped, preempted };

@@ -113,6 +113,8 @@ export interface GenerationResult {
   text: string;
   finishReason: FinishReason;
   completionTokens: number;
+  /** Prompt tokens whose KV came from the prefix cache. */
+  cachedTokens: number;
 }
 
 export interface StreamListener {
@@ -196,7 +198,7 @@ export function generate(ctx: ServerContext, req: Omit<ValidRequest, 'id'>, dige
       onPromptLogprobs: (e) => prompt.push(...e.tokens),
       onEnd: (e) => {
         signal.removeEventListener('abort', onAbort);
-        resolve({ tokens, prompt, text, finishReason: e.finishReason, completionTokens: e.completionTokens });
+        resolve({ tokens, prompt, text, finishReason: e.finishReason, completionTokens: e.completionTokens, cachedTokens: e.cachedTokens });
       },
       onError: (err) => {
         signal.removeEventListener('abort', onAbort);

@@ -1,7 +1,7 @@
 /**
  * Prometheus metrics (prom-client, own registry): requests by route/status/adapter, latency and
  * time-to-first-token histograms, tokens, queue depth, running rows, batch size, adapter cache
- * counters, and `lora_requests_info` as vLLM exports it (the Kubernetes Gateway API inference
+ * counters, prefix-cache queries and hits (in tokens, as vLLM counts them), and `lora_requests_info` as vLLM exports it (the Kubernetes Gateway API inference
  * extension routes on it). Engine-side numbers are read from the engine on each scrape.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
@@ -18,8 +18,9 @@ export class Metrics {
   readonly promptTokens: Counter<'adapter'>;
   readonly generatedTokens: Counter<'adapter'>;
   private readonly cacheCounters: Record<'hits' | 'misses' | 'loads' | 'loadFailures' | 'evictions', Counter>;
+  private readonly prefixCounters: Record<'prefixCacheQueryTokens' | 'prefixCacheHitTokens', Counter>;
   private readonly last: Record<string, number> = {};
-  private readonly engineGauges: Record<'queue' | 'running' | 'batch' | 'kv' | 'cacheBytes' | 'slotLoads' | 'preemptions', Gauge>;
+  private readonly engineGauges: Record<'queue' | 'running' | 'batch' | 'kv' | 'cacheBytes' | 'slotLoads' | 'preemptions' | 'cachedBlocks' | 'idleBlocks', Gauge>;
   private readonly loraInfo: Gauge<'running_lora_adapters' | 'waiting_lora_adapters' | 'max_lora'>;
 
   constructor() {
@@ -39,6 +40,10 @@ export class Metrics {
       loadFailures: counter('loraplex_adapter_load_failures_total', 'Adapter loads that failed'),
       evictions: counter('loraplex_adapter_cache_evictions_total', 'Adapters evicted from the host cache'),
     };
+    this.prefixCounters = {
+      prefixCacheQueryTokens: counter('loraplex_prefix_cache_queries_total', 'Prompt tokens looked up in the prefix cache when requests were admitted'),
+      prefixCacheHitTokens: counter('loraplex_prefix_cache_hits_total', 'Prompt tokens found in the prefix cache (not computed)'),
+    };
     const queue = new Gauge({ name: 'loraplex_queue_depth', help: 'Requests waiting to be scheduled', registers: [r] });
     const running = new Gauge({ name: 'loraplex_running_requests', help: 'Requests running (holding a batch row)', registers: [r] });
     const batch = new Gauge({ name: 'loraplex_batch_size', help: 'Rows in the last forward step', registers: [r] });
@@ -46,7 +51,9 @@ export class Metrics {
     const cacheBytes = new Gauge({ name: 'loraplex_adapter_cache_bytes', help: 'Bytes of adapters in the host cache', registers: [r] });
     const slotLoads = new Gauge({ name: 'loraplex_adapter_slot_loads', help: 'Adapters written into graph slots since start', registers: [r] });
     const preemptions = new Gauge({ name: 'loraplex_preemptions', help: 'Requests taken out of the batch to free KV cache since start (resumed by recomputation)', registers: [r] });
-    this.engineGauges = { queue, running, batch, kv, cacheBytes, slotLoads, preemptions };
+    const cachedBlocks = new Gauge({ name: 'loraplex_prefix_cache_blocks', help: 'KV blocks (16 tokens each) in the prefix cache, held by requests or idle', registers: [r] });
+    const idleBlocks = new Gauge({ name: 'loraplex_prefix_cache_idle_blocks', help: 'Prefix-cache blocks no request holds (reclaimed first when the KV cache needs room)', registers: [r] });
+    this.engineGauges = { queue, running, batch, kv, cacheBytes, slotLoads, preemptions, cachedBlocks, idleBlocks };
     this.loraInfo = new Gauge({
       name: 'lora_requests_info',
       help: 'Running and waiting LoRA adapters (vLLM-compatible; value = scrape time)',
@@ -65,6 +72,13 @@ export class Metrics {
     g.cacheBytes.set(s.cache.bytes);
     g.slotLoads.set(s.slotLoads);
     g.preemptions.set(s.preemptions);
+    g.cachedBlocks.set(s.kvCachedBlocks);
+    g.idleBlocks.set(s.kvIdleBlocks);
+    for (const k of Object.keys(this.prefixCounters) as (keyof typeof this.prefixCounters)[]) {
+      const delta = s[k] - (this.last[k] ?? 0);
+      if (delta > 0) this.prefixCounters[k].inc(delta);
+      this.last[k] = s[k];
+    }
     for (const k of Object.keys(this.cacheCounters) as (keyof typeof this.cacheCounters)[]) {
       const delta = s.cache[k] - (this.last[k] ?? 0);
       if (delta > 0) this.cacheCounters[k].inc(delta);

@@ -88,6 +88,7 @@ export async function startServer(
           maxQueuedRequests: 2 * config.maxQueuedRequests! + config.maxBatchSize!,
           adapterCycleMs: config.adapterCycleMs!,
           adapterCacheBytes: config.adapterCacheBytes!,
+          prefixCache: config.prefixCache!,
         },
         strictBase: config.strictBase ? baseId : null,
       },

@@ -135,7 +135,9 @@ describe('every knob reaches the configuration, as a flag and as an environment 
   const sample = (k: (typeof KNOBS)[keyof typeof KNOBS]): [string, unknown] => {
     switch (k.kind) {
       case 'bool':
-        return ['true', true];
+        // Off by default: `--flag` turns it on; on by default: `--no-flag` turns it off.
+        expect(k.flag.startsWith('--no-')).toBe(k.default === true);
+        return [String(!k.default), !k.default];
       case 'int': {
         const v = (typeof k.default === 'number' ? k.default : 0) + 7;
         return [String(v), v];

@@ -4,6 +4,12 @@
  * cancelling at random points. Every completed greedy answer must equal the same request run alone
  * on a fresh model; at the end nothing is left behind (rows, KV, reservations, pins, loads).
  * Deterministic for its seed: the same requests, cancels and replacements in the same order.
+ *
+ * With the prefix cache on: most prompts start with one of a few shared "system prompts", and now
+ * and then one prompt is sent to every adapter, every version's neighbour, a combination and the
+ * base at once — the requests that a cache keyed on the wrong thing would answer from another
+ * adapter's (or an older version's) blocks. Each answer is still checked against the request alone
+ * on a fresh model, without any cache.
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import { loadAdapterSync } from '../../src/adapters/loader.js';
@@ -38,9 +44,12 @@ describe('churn', () => {
     const rand = prng(SEED);
     const loadDelay = prng(SEED + 1);
     const pick = <T,>(xs: readonly T[]): T => xs[Math.floor(rand() * xs.length)];
-    const prompts = Array.from({ length: 24 }, () => Array.from({ length: 1 + Math.floor(rand() * 20) }, () => Math.floor(rand() * tm.cfg.vocabSize)));
+    const tokens = (n: number): number[] => Array.from({ length: n }, () => Math.floor(rand() * tm.cfg.vocabSize));
+    // Shared prefixes of 1 to 3 blocks (and a little more); most prompts extend one of them.
+    const systems = [16, 23, 32, 41].map(tokens);
+    const prompts = Array.from({ length: 24 }, (_, i) => (i % 3 === 2 ? tokens(1 + Math.floor(rand() * 20)) : [...systems[i % 4], ...tokens(Math.floor(rand() * 12))]));
 
-    const model = await loadTiny(tm, {}, { adapterSlots: 2, kvCacheTokens: 160, maxLoraRank: 16 });
+    const model = await loadTiny(tm, {}, { adapterSlots: 2, kvCacheTokens: 208, maxLoraRank: 16 });
     open.push(model);
     // Room for about three adapters (a combination is as large as two or three of them).
     const adapterBytes = Math.max(...versions.flatMap((vs, i) => vs.map((_, v) => loadAdapterSync(single(i, v), { spec: model.spec, ...opts }).bytes)));
@@ -49,7 +58,7 @@ describe('churn', () => {
     const core = new EngineCore({
       model,
       tokenizer: null,
-      config: { maxBatchSize: 6, maxBatchPrefillTokens: 24, maxQueuedRequests: 1000, adapterCycleMs: 3, adapterCacheBytes: 3 * adapterBytes },
+      config: { maxBatchSize: 6, maxBatchPrefillTokens: 24, maxQueuedRequests: 1000, adapterCycleMs: 3, adapterCacheBytes: 3 * adapterBytes, prefixCache: true },
       load: async (s) => {
         // (Load delays have their own generator: the request sequence stays the seed's.)
         await new Promise((r) => setTimeout(r, loadDelay() < 0.5 ? 0 : 2));
@@ -86,16 +95,28 @@ describe('churn', () => {
     let next = 1;
     let replaced = 0;
     let unloads = 0;
-    const submitOne = (): void => {
+    let bursts = 0;
+    const send = (s: Sent): void => {
       const id = next++;
+      sent.set(id, s);
+      core.submit({ id, promptIds: Int32Array.from(prompts[s.prompt]), adapter: s.adapter, sampling: GREEDY, stop: { maxNewTokens: s.n, stopStrings: [], stopTokenIds: [], ignoreEos: true, minTokens: 0 }, promptLogprobs: null, timeoutMs: 600_000 });
+      if (s.cancelAt === 0) core.cancel(id);
+    };
+    const submitOne = (): void => {
+      if (rand() < 0.02) {
+        // One prompt to every adapter (current and other version), a combination and the base, at once.
+        const prompt = Math.floor(rand() * prompts.length);
+        const n = 1 + Math.floor(rand() * SHORT);
+        const targets: (AdapterSpec | null)[] = [null, pick(merges()), ...versions.flatMap((_, i) => [single(i, current[i]), single(i, 1 - current[i])])];
+        for (const adapter of targets) if (next <= REQUESTS) send({ adapter, prompt, n, cancelAt: -1 });
+        bursts++;
+        return;
+      }
       const r = rand();
       const i = Math.floor(rand() * 10);
       const adapter = r < 0.15 ? null : r < 0.25 ? pick(merges()) : single(i, current[i]);
       const n = rand() < 0.04 ? LONG - Math.floor(rand() * 10) : 1 + Math.floor(rand() * SHORT);
-      const s: Sent = { adapter, prompt: Math.floor(rand() * prompts.length), n, cancelAt: rand() < 0.12 ? Math.floor(rand() * 4) : -1 };
-      sent.set(id, s);
-      core.submit({ id, promptIds: Int32Array.from(prompts[s.prompt]), adapter: s.adapter, sampling: GREEDY, stop: { maxNewTokens: s.n, stopStrings: [], stopTokenIds: [], ignoreEos: true, minTokens: 0 }, promptLogprobs: null, timeoutMs: 600_000 });
-      if (s.cancelAt === 0) core.cancel(id);
+      send({ adapter, prompt: Math.floor(rand() * prompts.length), n, cancelAt: rand() < 0.12 ? Math.floor(rand() * 4) : -1 });
       // Now and then an adapter gets a new version, or an idle adapter is unloaded by an operator.
       if (rand() < 0.01) {
         const i = Math.floor(rand() * 10);
@@ -163,6 +184,10 @@ describe('churn', () => {
     expect(unloads).toBeGreaterThan(0);
     expect(stats.preemptions).toBeGreaterThan(0);
     expect(stats.cache.evictions).toBeGreaterThan(0);
+    // The cache was exercised (in a pool this small, mostly between requests running at once).
+    expect(bursts).toBeGreaterThan(10);
+    expect(stats.prefixCacheHitTokens).toBeGreaterThan(stats.prefixCacheQueryTokens * 0.03);
+    expect([...events.values()].filter((ev) => ev.some((e) => e.t === 'end' && e.cachedTokens > 0)).length).toBeGreaterThan(100);
     core.stop();
     await loop;
   });

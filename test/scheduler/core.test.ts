@@ -3,63 +3,38 @@
  * than requests, cancellation, failing adapter loads, combinations, replaced adapters.
  */
 import { afterAll, describe, expect, it } from 'vitest';
+import { aloneGreedy, greedyRequest, startEngine, tokensOf, until, type EngineHarness } from '../helpers/engine.js';
 import { loadAdapterSync } from '../../src/adapters/loader.js';
 import { mergeLoraWeights } from '../../src/adapters/merge.js';
 import type { DecoderModel } from '../../src/runtime/model.js';
-import { GREEDY } from '../../src/runtime/sampling.js';
 import { EngineCore, type EngineConfig } from '../../src/scheduler/core.js';
 import { mergeKey } from '../../src/adapters/spec.js';
-import type { AdapterSpec, EngineEvent, ValidRequest } from '../../src/scheduler/request.js';
+import type { AdapterSpec, EngineEvent } from '../../src/scheduler/request.js';
 import type { RefLora, RefWeights } from '../helpers/model-types.js';
 import { referenceLogits } from '../helpers/reference.js';
-import { argmax, loadTiny, logitsOf, maxAbsDiff } from '../helpers/runtime.js';
+import { loadTiny, maxAbsDiff } from '../helpers/runtime.js';
 import { makeTinyAdapter, makeTinyModel, moduleShape, prng, type TinyAdapter } from '../helpers/tiny-model.js';
 
 const tm = makeTinyModel({ seed: 81, peaked: 1, residualScale: 0.3 });
 const adapters = Array.from({ length: 7 }, (_, i) => makeTinyAdapter(tm, { seed: 100 + i, r: 2 + (i % 4) * 2, bStd: 0.3 }));
 const spec = (i: number): Extract<AdapterSpec, { kind: 'single' }> => ({ kind: 'single', key: `${i}@1`, name: `a${i}`, dir: adapters[i].dir });
 
-const CONFIG: EngineConfig = { maxBatchSize: 8, maxBatchPrefillTokens: 24, maxQueuedRequests: 100, adapterCycleMs: 5, adapterCacheBytes: 1 << 30 };
+const CONFIG: EngineConfig = { maxBatchSize: 8, maxBatchPrefillTokens: 24, maxQueuedRequests: 100, adapterCycleMs: 5, adapterCacheBytes: 1 << 30, prefixCache: true };
 const open: DecoderModel[] = [];
 afterAll(async () => {
   for (const m of open) await m.close();
 });
 
-interface Harness {
-  core: EngineCore;
-  events: Map<number, EngineEvent[]>;
-  done: Promise<void>;
-}
+type Harness = EngineHarness;
 
 async function harness(opts: { slots?: number; config?: Partial<EngineConfig>; failDirs?: Set<string>; loadDelayMs?: number; maxRank?: number } = {}): Promise<Harness> {
   const maxRank = opts.maxRank ?? 64;
   const model = await loadTiny(tm, {}, { adapterSlots: opts.slots ?? 3, kvCacheTokens: 2048, maxLoraRank: maxRank });
   open.push(model);
-  const events = new Map<number, EngineEvent[]>();
-  const core = new EngineCore({
-    model,
-    tokenizer: null,
-    config: { ...CONFIG, ...opts.config },
-    load: async (s) => {
-      await new Promise((r) => setTimeout(r, opts.loadDelayMs ?? 1));
-      if (s.kind === 'single' && opts.failDirs?.has(s.dir)) throw new Error('disk on fire');
-      return loadAdapterSync(s, { spec: model.spec, maxRank, strictBase: null, slotDtype: 'float32' });
-    },
-    emit: (es) => {
-      for (const e of es) {
-        const list = events.get(e.id) ?? [];
-        list.push(e);
-        events.set(e.id, list);
-      }
-    },
-  });
-  const done = core.run();
-  return { core, events, done };
+  return startEngine(model, { ...CONFIG, ...opts.config }, { maxRank, failDirs: opts.failDirs, loadDelayMs: opts.loadDelayMs });
 }
 
-function request(id: number, prompt: number[], adapter: AdapterSpec | null, maxNewTokens: number): ValidRequest {
-  return { id, promptIds: Int32Array.from(prompt), adapter, sampling: GREEDY, stop: { maxNewTokens, stopStrings: [], stopTokenIds: [], ignoreEos: true, minTokens: 0 }, promptLogprobs: null, timeoutMs: 60000 };
-}
+const request = greedyRequest;
 
 /** The error of a request's last event. */
 const errorOf = (events: EngineEvent[] | undefined): { code: string; message: string; param: string | null } | undefined => {
@@ -67,31 +42,9 @@ const errorOf = (events: EngineEvent[] | undefined): { code: string; message: st
   return e?.t === 'error' ? e.error : undefined;
 };
 
-async function until(cond: () => boolean, ms = 30000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error('timed out waiting');
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
-
-const tokensOf = (events: EngineEvent[]): number[] => events.filter((e): e is Extract<EngineEvent, { t: 'token' }> => e.t === 'token').map((e) => e.token);
-
 /** Greedy tokens of one request run alone, directly on a model (no scheduler). */
-async function alone(model: DecoderModel, prompt: number[], lora: TinyAdapter | null, n: number): Promise<number[]> {
-  while (model.lora.count > 0) model.lora.unload(0);
-  const slot = lora ? model.lora.load(loadAdapterSync({ kind: 'single', key: 'x', name: 'x', dir: lora.dir }, { spec: model.spec, maxRank: 64, strictBase: null, slotDtype: 'float32' })) : -1;
-  const seq = model.newSequence();
-  const out: number[] = [];
-  let next = prompt;
-  for (let i = 0; i < n; i++) {
-    const r = await model.step([{ seq, tokens: next, slot, logits: 'last' }]);
-    out.push(argmax(logitsOf(r, 0)));
-    next = [out[out.length - 1]];
-  }
-  model.freeSequence(seq);
-  return out;
-}
+const alone = (model: DecoderModel, prompt: number[], lora: TinyAdapter | null, n: number): Promise<number[]> =>
+  aloneGreedy(model, prompt, lora ? { kind: 'single', key: 'x', name: 'x', dir: lora.dir } : null, n);
 
 describe('EngineCore under load', () => {
   it('36 requests over 6 adapters and the base, 3 slots, 8 rows: each equals the request run alone; none lost or doubled', async () => {

@@ -38,7 +38,7 @@ describe('Engine (worker thread)', () => {
           model: tm.dir, quant: 'fp32', activations: 'fp32', device: 'cpu', allowCpuFallback: false, threads: 1, cacheDir: tempDir(),
           maxContext: 0, kvCacheTokens: 4096, maxLoraRank: 64, maxActiveAdapters: 2,
         },
-        engine: { maxBatchSize: 4, maxBatchPrefillTokens: 512, maxQueuedRequests: 16, adapterCycleMs: 1000, adapterCacheBytes: 1 << 28 },
+        engine: { maxBatchSize: 4, maxBatchPrefillTokens: 512, maxQueuedRequests: 16, adapterCycleMs: 1000, adapterCacheBytes: 1 << 28, prefixCache: true },
         strictBase: null,
       },
       { onProgress: (d) => progress.push(d) },
@@ -79,7 +79,7 @@ describe('Engine (worker thread)', () => {
           model: tempDir(), quant: 'fp32', activations: 'fp32', device: 'cpu', allowCpuFallback: false, threads: 1, cacheDir: tempDir(),
           maxContext: 0, kvCacheTokens: 256, maxLoraRank: 8, maxActiveAdapters: 1,
         },
-        engine: { maxBatchSize: 1, maxBatchPrefillTokens: 64, maxQueuedRequests: 1, adapterCycleMs: 1000, adapterCacheBytes: 1 << 20 },
+        engine: { maxBatchSize: 1, maxBatchPrefillTokens: 64, maxQueuedRequests: 1, adapterCycleMs: 1000, adapterCacheBytes: 1 << 20, prefixCache: true },
         strictBase: null,
       }),
     ).rejects.toThrow(/no config.json/);

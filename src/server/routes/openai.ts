@@ -40,8 +40,9 @@ interface Shape {
   full(index: number, r: GenerationResult): Record<string, unknown>;
 }
 
-function usage(promptTokens: number, completion: number): { prompt_tokens: number; completion_tokens: number; total_tokens: number } {
-  return { prompt_tokens: promptTokens, completion_tokens: completion, total_tokens: promptTokens + completion };
+/** OpenAI's usage; `cached` prompt tokens came from the prefix cache (those of each prompt's first choice). */
+function usage(promptTokens: number, completion: number, cached: number): Record<string, unknown> {
+  return { prompt_tokens: promptTokens, completion_tokens: completion, total_tokens: promptTokens + completion, prompt_tokens_details: { cached_tokens: cached } };
 }
 
 const CHAT_FIELDS = declaredFields(ChatCompletionRequest);
@@ -110,6 +111,7 @@ async function run(
   if (!body.stream) {
     const results = await Promise.all(choices.map((c) => generate(ctx, c.req, resolved.digests, ticket, gone)));
     const completion = results.reduce((sum, r) => sum + r.completionTokens, 0);
+    const cached = results.reduce((sum, r, i) => sum + (choices[i].promptTokens > 0 ? r.cachedTokens : 0), 0);
     record(completion, results.map((r) => r.text), false);
     return {
       id,
@@ -117,7 +119,7 @@ async function run(
       created,
       model: resolved.model,
       choices: (select?.(results) ?? results.map((_, i) => i)).map((at, k) => shape.full(select ? k : choices[at].index, results[at])),
-      usage: usage(promptTokens, completion),
+      usage: usage(promptTokens, completion, cached),
       system_fingerprint: null,
     };
   }
@@ -127,6 +129,7 @@ async function run(
   const cancels: (() => void)[] = [];
   let remaining = choices.length;
   let completion = 0;
+  let cached = 0;
   let firstToken = true;
   let lastTokenAt = 0;
   const texts = choices.map(() => '');
@@ -145,7 +148,7 @@ async function run(
       if (done) return;
       done = true;
       gone.removeEventListener('abort', onGone);
-      if (sse?.open && includeUsage) sse.send({ id, object: shape.chunkObject, created, model: resolved.model, choices: [], usage: usage(promptTokens, completion) });
+      if (sse?.open && includeUsage) sse.send({ id, object: shape.chunkObject, created, model: resolved.model, choices: [], usage: usage(promptTokens, completion, cached) });
       sse?.end();
       // (Request count and latency are recorded by the app's onResponse hook, streams included.)
       record(completion, texts, true);
@@ -202,6 +205,7 @@ async function run(
             },
             onEnd: (e) => {
               completion += e.completionTokens;
+              if (c.promptTokens > 0) cached += e.cachedTokens;
               open().send(chunk([shape.finish(c.index, e.finishReason)]));
               if (--remaining === 0) finishStream();
             },

@@ -149,18 +149,18 @@ export function responsesRoutes(app: FastifyInstance, ctx: ServerContext): void 
           error: null,
         };
         const message = (text: string, done: boolean) => ({ type: 'message', id: msgId, status: done ? 'completed' : 'in_progress', role: 'assistant', content: done ? [{ type: 'output_text', text, annotations: [], logprobs: [] }] : [] });
-        const final = (text: string, reason: FinishReason, completion: number) => ({
+        const final = (text: string, reason: FinishReason, completion: number, cached: number) => ({
           ...base,
           status: reason === 'length' ? 'incomplete' : 'completed',
           incomplete_details: reason === 'length' ? { reason: 'max_output_tokens' } : null,
           output: [message(text, true)],
-          usage: { input_tokens: ids.length, input_tokens_details: { cached_tokens: 0 }, output_tokens: completion, output_tokens_details: { reasoning_tokens: 0 }, total_tokens: ids.length + completion },
+          usage: { input_tokens: ids.length, input_tokens_details: { cached_tokens: cached }, output_tokens: completion, output_tokens_details: { reasoning_tokens: 0 }, total_tokens: ids.length + completion },
         });
         request.log.info({ adapter: resolved.label, promptTokens: ids.length, ...(body.user ? { user: body.user } : {}) }, 'response');
 
         if (!body.stream) {
           const r = await generate(ctx, req, resolved.digests, ticket, gone);
-          return final(r.text, r.finishReason, r.completionTokens);
+          return final(r.text, r.finishReason, r.completionTokens, r.cachedTokens);
         }
         return await new Promise<void>((resolve) => {
           let sse: SseStream | null = null;
@@ -213,7 +213,7 @@ export function responsesRoutes(app: FastifyInstance, ctx: ServerContext): void 
                 emit('response.output_text.done', { item_id: msgId, output_index: 0, content_index: 0, text, logprobs: [] });
                 emit('response.content_part.done', { item_id: msgId, output_index: 0, content_index: 0, part });
                 emit('response.output_item.done', { output_index: 0, item: message(text, true) });
-                const response = final(text, e.finishReason, e.completionTokens);
+                const response = final(text, e.finishReason, e.completionTokens, e.cachedTokens);
                 emit(response.status === 'completed' ? 'response.completed' : 'response.incomplete', { response });
                 sse!.end(false);
                 finish();
