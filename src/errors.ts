@@ -40,6 +40,8 @@ export const ERROR_CATALOG = {
   /** Rendering or tokenizing the prompt took longer than its budget, or more memory than allowed. */
   prompt_too_expensive: invalid(),
   unsupported: invalid(422),
+  /** A response format / guided-decoding spec that cannot be compiled or would not be enforced. */
+  invalid_grammar: invalid(),
   model_not_found: kind(404, 'invalid_request_error', 404, 'not_found'),
   not_found: kind(404, 'not_found_error', 404, 'not_found'),
   adapter_invalid: invalid(422),

@@ -17,12 +17,14 @@ import { AdapterCache, type CacheStats } from '../adapters/cache.js';
 import { AdapterSlots } from '../adapters/slots.js';
 import { LoraplexError, toWireError } from '../errors.js';
 import { Generation } from '../runtime/generation.js';
+import { applyTokenMask, type GrammarSpec } from '../runtime/grammar/compiler.js';
 import { KV_BLOCK, KvPool, type KvSequence } from '../runtime/kv-cache.js';
 import { BASE_WEIGHTS, PrefixChain } from '../runtime/prefix-chain.js';
 import type { LoraWeights } from '../runtime/lora-stacks.js';
 import type { DecoderModel, StepRow } from '../runtime/model.js';
 import { Sampler } from '../runtime/sampling.js';
 import type { TextTokenizer } from '../runtime/tokenizer.js';
+import type { GrammarHost, MaskReply } from './grammar-host.js';
 import type { AdapterSpec, EngineEvent, ValidRequest } from './request.js';
 import { SchedulerState, type Dropped, type Job, type PlannedRow } from './state.js';
 
@@ -105,6 +107,8 @@ export class EngineCore {
   private readonly live = new Map<number, Live>();
   private readonly specs = new Map<string, AdapterSpec>();
   private readonly prefixCache: boolean;
+  private readonly startGrammar: (() => GrammarHost) | null;
+  private grammarHost: GrammarHost | null = null;
   /** Hashes of prompt blocks that running prefills are computing (rebuilt every step). */
   private readonly pending = new Set<string>();
   private prefixQueryTokens = 0;
@@ -130,8 +134,11 @@ export class EngineCore {
     load: (spec: AdapterSpec) => Promise<LoraWeights>;
     emit: (events: EngineEvent[]) => void;
     log?: (msg: string) => void;
+    /** Starts the grammar thread (on the first constrained request); absent: constrained decoding is refused. */
+    grammar?: () => GrammarHost;
   }) {
     this.model = opts.model;
+    this.startGrammar = opts.grammar ?? null;
     this.tokenizer = opts.tokenizer;
     this.emit = opts.emit;
     this.log = opts.log ?? (() => {});
@@ -184,12 +191,30 @@ export class EngineCore {
       { maxNewTokens: maxNew, eosIds: this.eosIds, stopTokenIds: new Set(req.stop.stopTokenIds), stopStrings: req.stop.stopStrings, ignoreEos: req.stop.ignoreEos, minTokens: req.stop.minTokens },
       this.tokenizer,
     );
+    if (req.grammar) this.grammar().open(req.id, req.grammar);
     const chain = this.prefixCache ? new PrefixChain(adapterKey ?? BASE_WEIGHTS) : null;
     this.live.set(req.id, { req, job, gen, seq: null, adapterKey, announced: false, chain, published: 0, cachedTokens: null });
     if (req.adapter) {
       this.specs.set(req.adapter.key, req.adapter);
       this.cache.lookup(req.adapter.key);
       this.kickLoad(req.adapter.key);
+    }
+  }
+
+  private grammar(): GrammarHost {
+    if (!this.grammarHost) {
+      if (!this.startGrammar || !this.tokenizer) throw new LoraplexError('invalid_grammar', 'constrained decoding needs the model\'s tokenizer.json', { param: 'response_format' });
+      this.grammarHost = this.startGrammar();
+    }
+    return this.grammarHost;
+  }
+
+  /** Compiles a grammar on the grammar thread (cached); throws `invalid_grammar` naming what it refuses. */
+  compileGrammar(spec: GrammarSpec): Promise<void> {
+    try {
+      return this.grammar().compile(spec);
+    } catch (err) {
+      return Promise.reject(err);
     }
   }
 
@@ -356,6 +381,7 @@ export class EngineCore {
       t1 = performance.now();
       this.forwardSeconds += (t1 - t0) / 1000;
       for (const row of rows) this.publishBlocks(this.live.get(row.job.id)!);
+      const masks = await this.grammarReplies(rows);
       let r = 0;
       for (const row of rows) {
         const live = this.live.get(row.job.id)!;
@@ -363,7 +389,7 @@ export class EngineCore {
         const all = row.kind === 'prefill' && live.req.promptLogprobs !== null && row.start + row.count <= live.req.promptIds.length;
         if (all) this.promptLogprobs(live, row, out.logits, out.logitsRow[r], out.vocabSize, events);
         const at = out.logitsRow[r] + (all ? row.count - 1 : 0);
-        if (row.sample) this.sampleRow(row, out.logits.subarray(at * out.vocabSize, (at + 1) * out.vocabSize), events);
+        if (row.sample) this.sampleRow(row, out.logits.subarray(at * out.vocabSize, (at + 1) * out.vocabSize), events, masks.get(row.job.id));
         r++;
       }
     } catch (err) {
@@ -380,11 +406,27 @@ export class EngineCore {
     return true;
   }
 
+  /** The token masks of the constrained rows that sample in this step (computed during the forward pass). */
+  private async grammarReplies(rows: PlannedRow[]): Promise<Map<number, MaskReply>> {
+    const out = new Map<number, MaskReply>();
+    const host = this.grammarHost;
+    if (!host) return out;
+    const waiting = rows.filter((row) => row.sample && host.has(row.job.id));
+    const replies = await Promise.all(waiting.map((row) => host.next(row.job.id)));
+    waiting.forEach((row, i) => out.set(row.job.id, replies[i]));
+    return out;
+  }
+
   /** Samples one row's next token; a row whose logits are not finite fails alone. */
-  private sampleRow(row: PlannedRow, logits: Float32Array, events: EngineEvent[]): void {
+  private sampleRow(row: PlannedRow, logits: Float32Array, events: EngineEvent[], grammar?: MaskReply): void {
     const live = this.live.get(row.job.id)!;
     let e;
     try {
+      if (grammar) {
+        if ('error' in grammar) throw grammar.error;
+        if ('terminated' in grammar) throw new LoraplexError('internal_error', 'the grammar is complete but the row was still sampling');
+        if (applyTokenMask(logits, grammar.mask) === 0) throw new LoraplexError('internal_error', 'the grammar allows no token here');
+      }
       e = live.gen.next(logits, this.sampler);
     } catch (err) {
       events.push(errorEvent(row.job.id, err));
@@ -392,6 +434,7 @@ export class EngineCore {
       return;
     }
     this.generatedTokens++;
+    if (grammar && !e.finishReason) this.grammarHost!.accept(row.job.id, e.id);
     const withLogprobs = e.logprob !== undefined;
     events.push({
       t: 'token',
@@ -523,6 +566,7 @@ export class EngineCore {
 
   private release(live: Live): void {
     this.live.delete(live.job.id);
+    this.grammarHost?.close(live.job.id);
     this.state.finish(live.job.id);
     if (live.seq) {
       this.model.freeSequence(live.seq);

@@ -3,6 +3,7 @@
  * read stats, preload and unload adapters, shut down gracefully. The main event loop stays free
  * while the model computes.
  */
+import type { GrammarSpec } from '../runtime/grammar/compiler.js';
 import type { Worker } from 'node:worker_threads';
 import { LoraplexError, toWireError, type WireError } from '../errors.js';
 import { startWorker } from '../util/worker-url.js';
@@ -101,6 +102,11 @@ export class Engine {
 
   stats(): Promise<EngineStats> {
     return this.ask({ t: 'stats', qid: 0 }) as Promise<EngineStats>;
+  }
+
+  /** Compiles a grammar on the engine's grammar thread; rejects with `invalid_grammar` naming what it refuses. */
+  compileGrammar(spec: GrammarSpec): Promise<void> {
+    return this.ask({ t: 'grammar', qid: 0, spec }) as Promise<void>;
   }
 
   preload(spec: AdapterSpec): Promise<void> {

@@ -6,6 +6,7 @@
  */
 import type { WireError } from '../errors.js';
 import type { FinishReason } from '../runtime/generation.js';
+import type { GrammarSpec } from '../runtime/grammar/compiler.js';
 import type { SamplingParams } from '../runtime/sampling.js';
 import type { AdapterSpec } from '../adapters/spec.js';
 
@@ -36,6 +37,8 @@ export interface ValidRequest {
    * no. Its prefill computes logits for every prompt token, so the server caps the prompt's length.
    */
   promptLogprobs: number | null;
+  /** Constrain the output to this grammar (compiled beforehand with the engine's compileGrammar); null = free text. */
+  grammar: GrammarSpec | null;
 }
 
 /** A token with its logprob and its text (for logprobs responses). */

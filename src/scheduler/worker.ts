@@ -8,7 +8,10 @@ import { ThreadLoader } from '../adapters/loader.js';
 import { toWireError, type WireError } from '../errors.js';
 import type { ModelSpec } from '../runtime/checkpoint/spec.js';
 import type { SlotDtype } from '../runtime/lora-stacks.js';
+import type { GrammarSpec } from '../runtime/grammar/compiler.js';
 import { openRuntime, type RuntimeSettings } from '../runtime/open.js';
+import { readTokenizerFiles } from '../runtime/tokenizer.js';
+import { GrammarHost } from './grammar-host.js';
 import { EngineCore, type EngineConfig } from './core.js';
 import type { AdapterSpec, EngineEvent, ValidRequest } from './request.js';
 
@@ -23,6 +26,7 @@ export type ToWorker =
   | { t: 'cancel'; id: number }
   | { t: 'stats'; qid: number }
   | { t: 'preload'; qid: number; spec: AdapterSpec }
+  | { t: 'grammar'; qid: number; spec: GrammarSpec }
   | { t: 'unload'; qid: number; key: string }
   | { t: 'shutdown' };
 
@@ -59,13 +63,17 @@ const log = (msg: string): void => send({ t: 'log', msg });
 async function main(): Promise<void> {
   const rt = await openRuntime(init.settings, (done, total, label) => send({ t: 'progress', done, total, label: label ?? '' }), log);
   const loader = new ThreadLoader({ spec: rt.model.spec, maxRank: rt.model.lora.maxRank, strictBase: init.strictBase, slotDtype: rt.model.lora.dtype });
-  const core = new EngineCore({
+  const core: EngineCore = new EngineCore({
     model: rt.model,
     tokenizer: rt.tokenizer,
     config: init.engine,
     load: loader.load,
     emit: (events) => send({ t: 'events', events }),
     log,
+    grammar: (): GrammarHost => {
+      log('starting the grammar thread (constrained decoding)');
+      return new GrammarHost({ tokenizer: readTokenizerFiles(init.settings.model)!.tokenizer, vocabSize: rt.model.spec.vocabSize, stopIds: [...core.eosIds] });
+    },
   });
   let shuttingDown = false;
   port.on('message', (m: ToWorker) => {
@@ -81,6 +89,12 @@ async function main(): Promise<void> {
         break;
       case 'preload':
         core.preload(m.spec).then(
+          () => send({ t: 'reply', qid: m.qid, result: true }),
+          (err: unknown) => send({ t: 'reply', qid: m.qid, error: toWireError(err) }),
+        );
+        break;
+      case 'grammar':
+        core.compileGrammar(m.spec).then(
           () => send({ t: 'reply', qid: m.qid, result: true }),
           (err: unknown) => send({ t: 'reply', qid: m.qid, error: toWireError(err) }),
         );

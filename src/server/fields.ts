@@ -16,17 +16,10 @@ interface Refusal {
 
 const isFalse = (v: unknown): boolean => v === false || v == null;
 const isTrue = (v: unknown): boolean => v === true || v == null;
-const STRUCTURED = 'constrained decoding (structured outputs) is not supported yet';
 
 /** Known fields of other servers' APIs that loraplex refuses. */
 export const REFUSED_FIELDS: Readonly<Record<string, Refusal>> = {
-  guided_json: { why: STRUCTURED },
-  guided_regex: { why: STRUCTURED },
-  guided_choice: { why: STRUCTURED },
-  guided_grammar: { why: STRUCTURED },
-  guided_decoding_backend: { why: STRUCTURED },
-  guided_whitespace_pattern: { why: STRUCTURED },
-  structured_outputs: { why: STRUCTURED },
+  guided_whitespace_pattern: { ok: (v) => v == null, why: 'constrained JSON output has a fixed whitespace style; guided_whitespace_pattern is not supported' },
   functions: { why: 'the legacy functions API is not supported; use tools' },
   function_call: { why: 'the legacy functions API is not supported; use tool_choice' },
   use_beam_search: { ok: isFalse, why: 'beam search is not supported' },

@@ -4,6 +4,8 @@
  * then sampling, stopping and the context are checked. Each error names the field and the value.
  * The engine receives only what comes out of here.
  */
+import type { GrammarSpec } from '../runtime/grammar/compiler.js';
+import { checkGrammarCompatible } from './grammar-fields.js';
 import { LoraplexError, UnsupportedError, ValidationError } from '../errors.js';
 import type { ChatMessage } from '../runtime/chat-template.js';
 import type { SamplingParams } from '../runtime/sampling.js';
@@ -96,7 +98,7 @@ export function validRequest(
   adapter: Resolved,
   s: SamplingParams,
   choice = 0,
-  opts: { promptLogprobs?: number | null; minTokensParam?: string } = {},
+  opts: { promptLogprobs?: number | null; minTokensParam?: string; grammar?: GrammarSpec | null; grammarParam?: string } = {},
 ): Omit<ValidRequest, 'id'> {
   const { maxPositions, kvCapacity, vocabSize } = ctx.requireEngine().info;
   const given = body.max_completion_tokens ?? body.max_tokens ?? null;
@@ -114,13 +116,17 @@ export function validRequest(
   if (promptLogprobs !== null && ids.length > MAX_PROMPT_LOGPROB_TOKENS) {
     throw new ValidationError(`prompt logprobs are available for prompts of up to ${MAX_PROMPT_LOGPROB_TOKENS} tokens; this one has ${ids.length}`, 'decoder_input_details');
   }
+  const grammar = opts.grammar ?? null;
+  const stop = { maxNewTokens, stopStrings: stopStrings(body.stop), stopTokenIds, ignoreEos: body.ignore_eos === true, minTokens };
+  checkGrammarCompatible(grammar, stop, opts.grammarParam ?? 'response_format');
   return {
     promptIds: ids,
     promptLogprobs,
+    grammar,
     adapter: adapter.spec,
     // n > 1 with a seed: each choice gets its own, reproducible stream.
     sampling: s.seed !== null && choice > 0 ? { ...s, seed: (s.seed + choice) >>> 0 } : s,
-    stop: { maxNewTokens, stopStrings: stopStrings(body.stop), stopTokenIds, ignoreEos: body.ignore_eos === true, minTokens },
+    stop,
     timeoutMs: ctx.settings.requestTimeoutMs,
   };
 }

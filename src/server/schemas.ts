@@ -57,6 +57,13 @@ const SamplingFields = {
   ignore_eos: Type.Optional(Nullable(Type.Boolean())),
   adapter_id: Type.Optional(Nullable(Type.String({ description: 'LoRAX-style adapter choice; overrides model' }))),
   merged_adapters: Type.Optional(Nullable(MergedAdapters)),
+  response_format: Type.Optional(Nullable(Type.Any({ description: '{"type": "text"}, {"type": "json_object"} or {"type": "json_schema", "json_schema": {"name", "schema", "strict"}}: the output is constrained to it (XGrammar)' }))),
+  guided_json: Type.Optional(Nullable(Type.Any({ description: 'vLLM: constrain the output to this JSON schema' }))),
+  guided_regex: Type.Optional(Nullable(Type.String({ description: 'vLLM: constrain the output to this regular expression' }))),
+  guided_choice: Type.Optional(Nullable(Type.Array(Type.String(), { description: 'vLLM: the output is exactly one of these strings' }))),
+  guided_grammar: Type.Optional(Nullable(Type.String({ description: "vLLM: constrain the output to this EBNF grammar (XGrammar's dialect; start rule root)" }))),
+  guided_decoding_backend: Type.Optional(Nullable(Type.String({ description: 'vLLM: "xgrammar" or "auto" (the only backend)' }))),
+  structured_outputs: Type.Optional(Nullable(Type.Any({ description: 'vLLM: {json | json_object | regex | choice | grammar, backend}' }))),
 };
 
 const ContentPart = Type.Object({ type: Type.String(), text: Type.Optional(Type.String()) }, { additionalProperties: true });
@@ -82,7 +89,6 @@ export const ChatCompletionRequest = Type.Object(
     tools: Type.Optional(Nullable(Type.Array(Type.Any()))),
     tool_choice: Type.Optional(Type.Any({ description: '"auto" (default) or "none" (the tools are not rendered); "required" and named functions are refused' })),
     parallel_tool_calls: Type.Optional(Nullable(Type.Boolean({ description: 'true (default); false is refused' }))),
-    response_format: Type.Optional(Type.Any({ description: '{"type": "text"} only; other formats are refused' })),
     add_generation_prompt: Type.Optional(Type.Boolean()),
     chat_template_kwargs: Type.Optional(Nullable(Type.Record(Type.String(), Type.Any(), { description: "vLLM: extra variables for the chat template (e.g. Qwen3's enable_thinking)" }))),
     ...SamplingFields,
@@ -199,8 +205,8 @@ export const TgiParameters = Type.Object(
     frequency_penalty: Type.Optional(Nullable(Type.Number({ minimum: -2, maximum: 2 }))),
     typical_p: Type.Optional(Nullable(Type.Number({ description: 'typical sampling is not supported: refused unless null or 1' }))),
     watermark: Type.Optional(Nullable(Type.Boolean({ description: 'not supported: refused when true' }))),
-    grammar: Type.Optional(Type.Any({ description: 'constrained decoding is not supported yet: refused' })),
-    response_format: Type.Optional(Type.Any({ description: 'constrained decoding is not supported yet: refused' })),
+    grammar: Type.Optional(Nullable(Type.Any({ description: '{"type": "json", "value": <JSON schema>} or {"type": "regex", "value": <pattern>}: the output is constrained to it' }))),
+    response_format: Type.Optional(Nullable(Type.Any({ description: 'LoRAX: {"type": "json_object", "schema": <JSON schema>} (or OpenAI\'s shapes)' }))),
   },
   { additionalProperties: true },
 );

@@ -5,6 +5,8 @@
  */
 import { loadAdapterSync } from '../../src/adapters/loader.js';
 import type { DecoderModel } from '../../src/runtime/model.js';
+import type { TextTokenizer } from '../../src/runtime/tokenizer.js';
+import type { GrammarHost } from '../../src/scheduler/grammar-host.js';
 import { GREEDY } from '../../src/runtime/sampling.js';
 import { EngineCore, type EngineConfig } from '../../src/scheduler/core.js';
 import type { AdapterSpec, EngineEvent, ValidRequest } from '../../src/scheduler/request.js';
@@ -24,13 +26,14 @@ export interface EngineHarness {
 export function startEngine(
   model: DecoderModel,
   config: EngineConfig,
-  opts: { maxRank?: number; failDirs?: Set<string>; loadDelayMs?: number } = {},
+  opts: { maxRank?: number; failDirs?: Set<string>; loadDelayMs?: number; tokenizer?: TextTokenizer; grammar?: () => GrammarHost } = {},
 ): EngineHarness {
   const events = new Map<number, EngineEvent[]>();
   const maxRank = opts.maxRank ?? 64;
   const core = new EngineCore({
     model,
-    tokenizer: null,
+    tokenizer: opts.tokenizer ?? null,
+    grammar: opts.grammar,
     config,
     load: async (s) => {
       await new Promise((r) => setTimeout(r, opts.loadDelayMs ?? 1));
@@ -62,6 +65,7 @@ export function greedyRequest(id: number, prompt: ArrayLike<number>, adapter: Ad
     stop: { maxNewTokens, stopStrings: [], stopTokenIds: [], ignoreEos: true, minTokens: 0 },
     promptLogprobs: null,
     timeoutMs: 60000,
+    grammar: null,
     ...extra,
   };
 }

@@ -27,6 +27,7 @@ const request = (ids: number[], maxNewTokens = 8, adapter: ValidRequest['adapter
   sampling: GREEDY,
   stop: { maxNewTokens, stopStrings: [], stopTokenIds: [], ignoreEos: true, minTokens: 0 }, promptLogprobs: null,
   timeoutMs: 60000,
+  grammar: null,
 });
 
 describe('Engine (worker thread)', () => {

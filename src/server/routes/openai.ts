@@ -7,6 +7,7 @@
  * tokenization in a tokenizer thread → one validated engine request per choice. The client's
  * connection is watched from the first moment, so a client that leaves at any point frees its rows.
  */
+import { requestGrammar } from '../grammar-fields.js';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { LoraplexError, ModelNotFoundError, UnsupportedError, ValidationError } from '../../errors.js';
 import type { ValidRequest } from '../../scheduler/request.js';
@@ -284,9 +285,7 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
       const { gone, engine, resolved } = begin(ctx, request, reply, request.body);
       const body = request.body;
       checkFields(body, CHAT_FIELDS, request.log);
-      if (body.response_format && (body.response_format as { type?: string }).type !== 'text') {
-        throw new UnsupportedError('response_format other than "text" is not supported: constrained decoding (structured outputs) is not supported yet', 'response_format');
-      }
+      const grammar = requestGrammar(body);
       const n = body.n ?? 1;
       if (body.tools != null) checkShape(body.tools, 'tools');
       const toolChoice = body.tool_choice ?? 'auto';
@@ -308,8 +307,9 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
       const prompt: PromptSource = { kind: 'chat', messages, tools, addGenerationPrompt: body.add_generation_prompt ?? true, templateKwargs: body.chat_template_kwargs ?? null };
       return admitted(ctx, n, gone, async (ticket) => {
         const ids = truncatePrompt(await promptIds(ctx, prompt, resolved), body.truncate_prompt_tokens);
+        const choices = Array.from({ length: n }, (_, i) => ({ index: i, req: validRequest(ctx, ids, body, resolved, s, i, { grammar }), promptTokens: i === 0 ? ids.length : 0 }));
+        if (grammar) await engine.compileGrammar(grammar);
         if (gone.aborted) throw droppedEarly(ctx);
-        const choices = Array.from({ length: n }, (_, i) => ({ index: i, req: validRequest(ctx, ids, body, resolved, s, i), promptTokens: i === 0 ? ids.length : 0 }));
         return run(ctx, request, reply, body, resolved, choices, ticket, gone, {
           object: 'chat.completion',
           chunkObject: 'chat.completion.chunk',
@@ -356,10 +356,12 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
       // (best_of ranks by cumulative logprob, so every token must carry its own.)
       const s = sampling(body, engine.info.vocabSize, bestOf > n ? (logprobs ?? 0) : logprobs);
       stopStrings(body.stop);
+      const grammar = requestGrammar(body);
       return admitted(ctx, sources.length * bestOf, gone, async (ticket) => {
         const ids = (await Promise.all(sources.map((src) => promptIds(ctx, src, resolved)))).map((x) => truncatePrompt(x, body.truncate_prompt_tokens));
+        const choices = ids.flatMap((pi, i) => Array.from({ length: bestOf }, (_, c) => ({ index: i * bestOf + c, req: validRequest(ctx, pi, body, resolved, s, c, { grammar }), promptTokens: c === 0 ? pi.length : 0 })));
+        if (grammar) await engine.compileGrammar(grammar);
         if (gone.aborted) throw droppedEarly(ctx);
-        const choices = ids.flatMap((pi, i) => Array.from({ length: bestOf }, (_, c) => ({ index: i * bestOf + c, req: validRequest(ctx, pi, body, resolved, s, c), promptTokens: c === 0 ? pi.length : 0 })));
         const select = bestOf > n ? (results: GenerationResult[]) => pickBest(results, bestOf, n) : undefined;
         const sent = new Set<number>();
         return run(ctx, request, reply, body, resolved, choices, ticket, gone, {

@@ -7,6 +7,7 @@
  * `message` output item. Streaming sends the Responses event stream (`response.created`,
  * `response.output_text.delta`, …, `response.completed`).
  */
+import { responsesFormatGrammar } from '../grammar-fields.js';
 import type { FastifyInstance } from 'fastify';
 import { LoraplexError, UnsupportedError, ValidationError } from '../../errors.js';
 import type { FinishReason } from '../../runtime/generation.js';
@@ -107,8 +108,7 @@ export function responsesRoutes(app: FastifyInstance, ctx: ServerContext): void 
       if (body.reasoning != null) throw new UnsupportedError('reasoning cannot be configured for this model', 'reasoning');
       if (body.truncation != null && body.truncation !== 'disabled') throw new UnsupportedError(`truncation ${JSON.stringify(body.truncation)} is not supported; only "disabled"`, 'truncation');
       if (body.include && body.include.length > 0) throw new UnsupportedError(`include ${JSON.stringify(body.include)} is not supported`, 'include');
-      const format = (body.text?.format as { type?: string } | undefined)?.type;
-      if (format != null && format !== 'text') throw new UnsupportedError(`text.format ${JSON.stringify(format)} is not supported: constrained decoding (structured outputs) is not supported yet`, 'text.format');
+      const grammar = responsesFormatGrammar(body.text?.format);
       const toolChoice = body.tool_choice ?? 'auto';
       if (toolChoice !== 'auto' && toolChoice !== 'none') throw new UnsupportedError('tool_choice other than "auto" or "none" is not supported yet', 'tool_choice');
       if (body.parallel_tool_calls === false) throw new UnsupportedError('parallel_tool_calls: false cannot be enforced yet', 'parallel_tool_calls');
@@ -124,7 +124,8 @@ export function responsesRoutes(app: FastifyInstance, ctx: ServerContext): void 
           ctx.cancelledBeforeSubmit++;
           throw new LoraplexError('cancelled', 'the client closed the connection');
         }
-        const req = validRequest(ctx, ids, { max_tokens: body.max_output_tokens ?? null }, resolved, s);
+        const req = validRequest(ctx, ids, { max_tokens: body.max_output_tokens ?? null }, resolved, s, 0, { grammar, grammarParam: 'text.format' });
+        if (grammar) await engine.compileGrammar(grammar);
         const id = `resp_${responseId('').slice(1)}`;
         const msgId = `msg_${responseId('').slice(1)}`;
         const createdAt = Math.floor(Date.now() / 1000);

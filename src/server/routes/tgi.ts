@@ -3,6 +3,7 @@
  * `merged_adapters`), GET /info. Response, token-event and error shapes follow TGI (errors are
  * `{error, error_type}` with TGI's status codes, see server/errors.ts).
  */
+import { responseFormatGrammar, tgiGrammar } from '../grammar-fields.js';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { ERROR_CATALOG, LoraplexError, UnsupportedError, ValidationError } from '../../errors.js';
 import type { FinishReason } from '../../runtime/generation.js';
@@ -51,8 +52,10 @@ export function tgiRoutes(app: FastifyInstance, ctx: ServerContext): void {
       throw new UnsupportedError(`parameters.${field} is not supported: ${why}`, `parameters.${field}`);
     };
     if (p.adapter_source != null) refuse('adapter_source', 'adapters come from this server\'s registry (upload them, or list them with GET /v1/models)');
-    if (p.grammar != null) refuse('grammar', 'constrained decoding (structured outputs) is not supported yet');
-    if (p.response_format != null) refuse('response_format', 'constrained decoding (structured outputs) is not supported yet');
+    const grammars = [tgiGrammar(p.grammar), responseFormatGrammar(p.response_format)];
+    if (grammars[0] && grammars[1]) throw new LoraplexError('invalid_grammar', 'parameters.grammar and parameters.response_format cannot both be given', { param: 'parameters.response_format' });
+    const grammar = grammars[0] ?? grammars[1];
+    const grammarParam = grammars[0] ? 'parameters.grammar' : 'parameters.response_format';
     if (p.watermark === true) refuse('watermark', 'watermarking is not supported');
     if (p.typical_p != null && p.typical_p !== 1) refuse('typical_p', 'typical sampling is not supported');
     const resolved = resolveAdapter(ctx.registry, ctx.baseId, { model: ctx.baseId, adapter_id: p.adapter_id, merged_adapters: p.merged_adapters });
@@ -80,8 +83,9 @@ export function tgiRoutes(app: FastifyInstance, ctx: ServerContext): void {
       }
       const prefill = p.decoder_input_details === true;
       const reqs = Array.from({ length: bestOf }, (_, i) =>
-        validRequest(ctx, ids, { max_tokens: p.max_new_tokens ?? 20, stop: p.stop ?? null }, resolved, s, i, { promptLogprobs: prefill ? topN : null }),
+        validRequest(ctx, ids, { max_tokens: p.max_new_tokens ?? 20, stop: p.stop ?? null }, resolved, s, i, { promptLogprobs: prefill ? topN : null, grammar, grammarParam }),
       );
+      if (grammar) await engine.compileGrammar(grammar);
       return { reqs, resolved, ticket, details: p.details === true, prefill, topN, fullText: p.return_full_text === true, seed: p.seed ?? null };
     } catch (err) {
       ticket.close();

@@ -1,0 +1,191 @@
+/**
+ * Constrained decoding with XGrammar: grammar specs (a JSON schema, any JSON object, a regex, a
+ * choice of strings, an EBNF grammar) compiled once per (tokenizer, spec) against the model's
+ * vocabulary, and per-row matchers that give the next token's bitmask and accept tokens.
+ *
+ * A JSON schema is checked against the keywords XGrammar enforces before it is compiled: a keyword
+ * it would ignore is refused, naming it, instead of producing output the schema does not describe.
+ */
+import { LRUCache } from 'lru-cache';
+import { LoraplexError } from '../../errors.js';
+import { checkJsonSchema } from './schema-check.js';
+import type { CompiledGrammar, GrammarCompiler as XGrammarCompiler, GrammarMatcher } from '@mlc-ai/web-xgrammar';
+import { xgrammar, type XGrammarModule } from './xgrammar.js';
+
+export type GrammarSpec =
+  /** Any JSON object (OpenAI's `json_object`). */
+  | { type: 'json_object' }
+  /** `schema`: the schema as JSON text. */
+  | { type: 'json_schema'; schema: string }
+  | { type: 'regex'; pattern: string }
+  /** Exactly one of the strings. */
+  | { type: 'choice'; choices: string[] }
+  /** XGrammar's EBNF (GBNF-like); the start rule is `root`. */
+  | { type: 'ebnf'; grammar: string };
+
+/** The cache key of a spec (specs are plain data). */
+export const grammarKey = (spec: GrammarSpec): string => JSON.stringify(spec);
+
+export class GrammarError extends LoraplexError {
+  constructor(message: string, param: string) {
+    super('invalid_grammar', message, { param });
+  }
+}
+
+/** The tokenizer as XGrammar needs it: every token's string as tokenizer.json spells it, by id. */
+export interface GrammarVocab {
+  tokens: string[];
+  /** How token strings map to bytes: GPT-2 byte-level BPE (Qwen, Llama 3), SentencePiece byte fallback (Llama 2, Mistral), or as is. */
+  vocabType: 'byte_level' | 'byte_fallback' | 'raw';
+  /** Tokens that end a sequence (allowed once the grammar is complete). */
+  stopIds: number[];
+}
+
+/** Builds the grammar vocabulary from tokenizer.json, padded to the model's vocabulary size. */
+export function grammarVocab(tokenizer: Record<string, unknown>, vocabSize: number, stopIds: readonly number[]): GrammarVocab {
+  const tokens = new Array<string>(vocabSize).fill('');
+  const model = tokenizer.model as { vocab?: Record<string, number> | [string, number][] } | undefined;
+  const vocab = model?.vocab;
+  if (Array.isArray(vocab)) vocab.forEach(([t], id) => id < vocabSize && (tokens[id] = t));
+  else if (vocab) for (const [t, id] of Object.entries(vocab)) if (id < vocabSize) tokens[id] = t;
+  for (const a of (tokenizer.added_tokens as { id: number; content: string }[] | undefined) ?? []) if (a.id < vocabSize) tokens[a.id] = a.content;
+  const decoder = JSON.stringify(tokenizer.decoder ?? null);
+  const vocabType = decoder.includes('"ByteLevel"') ? 'byte_level' : decoder.includes('"ByteFallback"') ? 'byte_fallback' : 'raw';
+  return { tokens, vocabType, stopIds: [...stopIds] };
+}
+
+type XG = XGrammarModule;
+type Compiled = CompiledGrammar;
+
+/** Escapes a string as an EBNF string literal. */
+function ebnfLiteral(s: string): string {
+  let out = '"';
+  for (const ch of s) {
+    const c = ch.codePointAt(0)!;
+    if (ch === '"' || ch === '\\') out += `\\${ch}`;
+    else if (c >= 0x20 && c < 0x7f) out += ch;
+    else if (c <= 0xffff) out += `\\u${c.toString(16).padStart(4, '0')}`;
+    else out += `\\U${c.toString(16).padStart(8, '0')}`;
+  }
+  return `${out}"`;
+}
+
+/** One row's grammar state: the next token's bitmask, and the tokens it accepts. */
+export class GrammarState {
+  private readonly m: GrammarMatcher;
+
+  constructor(m: GrammarMatcher) {
+    this.m = m;
+  }
+
+  /** Bit i of word i >> 5 is set when token i may come next. */
+  mask(): Promise<Int32Array> {
+    return this.m.getNextTokenBitmask();
+  }
+
+  /** Advances by one token; false when the grammar does not allow it (the state is unchanged). */
+  accept(id: number): boolean {
+    return this.m.acceptToken(id);
+  }
+
+  /** The grammar is complete and a stop token was accepted. */
+  get terminated(): boolean {
+    return this.m.isTerminated();
+  }
+
+  dispose(): void {
+    this.m.dispose();
+  }
+}
+
+export class GrammarCompiler {
+  readonly vocabSize: number;
+  private readonly xg: XG;
+  private readonly compiler: XGrammarCompiler;
+  private readonly cache: LRUCache<string, Promise<Compiled>>;
+
+  private constructor(xg: XG, compiler: XGrammarCompiler, vocabSize: number, cacheSize: number) {
+    this.xg = xg;
+    this.compiler = compiler;
+    this.vocabSize = vocabSize;
+    this.cache = new LRUCache({ max: cacheSize, dispose: (p) => void p.then((c) => c.dispose(), () => {}) });
+  }
+
+  static async create(vocab: GrammarVocab, cacheSize = 64): Promise<GrammarCompiler> {
+    const xg = xgrammar();
+    const info = await xg.TokenizerInfo.createTokenizerInfo(vocab.tokens, vocab.vocabType, false, vocab.tokens.length, vocab.stopIds);
+    const compiler = await xg.GrammarCompiler.createGrammarCompiler(info, true);
+    return new GrammarCompiler(xg, compiler, vocab.tokens.length, cacheSize);
+  }
+
+  /** Compiles `spec` (once; later calls share the result). Throws GrammarError for a spec it refuses. */
+  compile(spec: GrammarSpec): Promise<Compiled> {
+    const key = grammarKey(spec);
+    let hit = this.cache.get(key);
+    if (!hit) {
+      hit = this.compileUncached(spec);
+      hit.catch(() => this.cache.delete(key));
+      this.cache.set(key, hit);
+    }
+    return hit;
+  }
+
+  async state(spec: GrammarSpec): Promise<GrammarState> {
+    const compiled = await this.compile(spec);
+    return new GrammarState(await this.xg.GrammarMatcher.createGrammarMatcher(compiled));
+  }
+
+  private async compileUncached(spec: GrammarSpec): Promise<Compiled> {
+    const fail = (param: string) => (err: unknown): never => {
+      throw new GrammarError(`${param}: ${messageOf(err)}`, param);
+    };
+    switch (spec.type) {
+      case 'json_object':
+        return this.compiler.compileJSONSchema('{"type": "object"}', false, -1, [', ', ': ']);
+      case 'json_schema': {
+        let schema: unknown;
+        try {
+          schema = JSON.parse(spec.schema);
+        } catch (err) {
+          fail('schema')(err);
+        }
+        const checked = JSON.stringify(checkJsonSchema(schema));
+        return this.compiler.compileJSONSchema(checked, false, -1, [', ', ': ']).catch(fail('schema'));
+      }
+      case 'regex':
+        return this.compiler.compileStructuralTag({ type: 'structural_tag', format: { type: 'regex', pattern: spec.pattern } }).catch(fail('regex'));
+      case 'choice':
+        if (spec.choices.length === 0) throw new GrammarError('choice: at least one choice is needed', 'choice');
+        return this.compiler.compileGrammar(`root ::= ${spec.choices.map(ebnfLiteral).join(' | ')}`).catch(fail('choice'));
+      case 'ebnf':
+        return this.compiler.compileGrammar(spec.grammar).catch(fail('grammar'));
+    }
+  }
+}
+
+function messageOf(err: unknown): string {
+  const m = err instanceof Error ? err.message : String(err);
+  return m.replace(/\s+/g, ' ').slice(0, 500);
+}
+
+/** Sets the logits of tokens the mask rejects to -Infinity; returns how many tokens stay allowed. */
+export function applyTokenMask(logits: Float32Array, mask: Int32Array): number {
+  const n = logits.length;
+  let allowed = 0;
+  for (let w = 0; w < mask.length; w++) {
+    const bits = mask[w];
+    const base = w << 5;
+    const end = Math.min(32, n - base);
+    if (bits === -1 && end === 32) {
+      allowed += 32;
+      continue;
+    }
+    for (let b = 0; b < end; b++) {
+      if (((bits >>> b) & 1) === 0) logits[base + b] = -Infinity;
+      else allowed++;
+    }
+  }
+  // Tokens past the mask (a model vocabulary wider than the grammar's) are never allowed.
+  if (mask.length * 32 < n) logits.fill(-Infinity, mask.length * 32);
+  return allowed;
+}
