@@ -16,7 +16,7 @@
 import { AdapterCache, type CacheStats } from '../adapters/cache.js';
 import { AdapterSlots } from '../adapters/slots.js';
 import { LoraplexError, toWireError } from '../errors.js';
-import { Generation } from '../runtime/generation.js';
+import { Generation, type FinishReason } from '../runtime/generation.js';
 import { applyTokenMask, type GrammarSpec } from '../runtime/grammar/compiler.js';
 import { KV_BLOCK, KvPool, type KvSequence } from '../runtime/kv-cache.js';
 import { BASE_WEIGHTS, PrefixChain } from '../runtime/prefix-chain.js';
@@ -424,7 +424,12 @@ export class EngineCore {
     try {
       if (grammar) {
         if ('error' in grammar) throw grammar.error;
-        if ('terminated' in grammar) throw new LoraplexError('internal_error', 'the grammar is complete but the row was still sampling');
+        if ('terminated' in grammar) {
+          // The grammar ended on a token the row does not stop on (a stop id of the grammar's own): the answer is complete.
+          events.push(this.endEvent(live, 'stop'));
+          this.release(live);
+          return;
+        }
         if (applyTokenMask(logits, grammar.mask) === 0) throw new LoraplexError('internal_error', 'the grammar allows no token here');
       }
       e = live.gen.next(logits, this.sampler);
@@ -447,16 +452,13 @@ export class EngineCore {
       special: e.special,
     });
     if (e.finishReason) {
-      events.push({
-        t: 'end',
-        id: row.job.id,
-        finishReason: e.finishReason,
-        completionTokens: live.gen.output.length,
-        promptTokens: live.req.promptIds.length,
-        cachedTokens: live.cachedTokens ?? 0,
-      });
+      events.push(this.endEvent(live, e.finishReason));
       this.release(live);
     }
+  }
+
+  private endEvent(live: Live, finishReason: FinishReason): EngineEvent {
+    return { t: 'end', id: live.req.id, finishReason, completionTokens: live.gen.output.length, promptTokens: live.req.promptIds.length, cachedTokens: live.cachedTokens ?? 0 };
   }
 
   /** Logprobs of the prompt tokens this chunk predicts (position p's logits predict token p + 1). */

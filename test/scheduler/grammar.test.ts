@@ -8,6 +8,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Ajv2020 } from 'ajv/dist/2020.js';
+import addFormats from 'ajv-formats';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { AdapterSpec } from '../../src/adapters/spec.js';
 import type { DecoderModel } from '../../src/runtime/model.js';
@@ -25,7 +26,6 @@ const tok = TextTokenizer.load(tm.dir)!;
 const adapters = Array.from({ length: 2 }, (_, i) => makeTinyAdapter(tm, { seed: 402 + i, r: 4 }));
 const single = (i: number): Extract<AdapterSpec, { kind: 'single' }> => ({ kind: 'single', key: `g${i}@1`, name: `g${i}`, dir: adapters[i].dir });
 const CONFIG: EngineConfig = { maxBatchSize: 16, maxBatchPrefillTokens: 256, maxQueuedRequests: 100, adapterCycleMs: 5, adapterCacheBytes: 1 << 30, prefixCache: true };
-const EOS = [151645, 151643];
 
 let model: DecoderModel;
 let solo: DecoderModel;
@@ -36,7 +36,7 @@ beforeAll(async () => {
   solo = await loadTiny(tm, {}, { adapterSlots: 1 });
   h = startEngine(model, CONFIG, {
     tokenizer: tok,
-    grammar: () => (host = new GrammarHost({ tokenizer: JSON.parse(readFileSync(join(tm.dir, 'tokenizer.json'), 'utf8')) as Record<string, unknown>, vocabSize: tm.cfg.vocabSize, stopIds: EOS })),
+    grammar: () => (host = new GrammarHost({ tokenizer: JSON.parse(readFileSync(join(tm.dir, 'tokenizer.json'), 'utf8')) as Record<string, unknown>, vocabSize: tm.cfg.vocabSize, stopIds: [...h.core.eosIds] })),
   });
 }, 120_000);
 afterAll(async () => {
@@ -48,7 +48,9 @@ afterAll(async () => {
 });
 
 const schemaA = { type: 'object', properties: { name: { type: 'string', maxLength: 10 }, n: { type: 'integer', minimum: 0 }, ok: { type: 'boolean' } }, required: ['name', 'n', 'ok'], additionalProperties: false };
+const ajv = addFormats.default(new Ajv2020());
 const schemaB = { type: 'array', items: { enum: ['x', 'y', 'z'] }, minItems: 1, maxItems: 5 };
+const schemaC = { anyOf: [{ type: 'null' }, { type: 'object', properties: { kind: { enum: ['a', 'b'] }, id: { type: 'string', format: 'uuid' } }, required: ['kind', 'id'], additionalProperties: false }] };
 
 describe('constrained rows in a mixed batch', () => {
   it('every row gets what it asked for; unconstrained greedy rows are unchanged by their neighbours', async () => {
@@ -56,9 +58,9 @@ describe('constrained rows in a mixed batch', () => {
     const free = tok.encode('Once upon a time', false);
     const sampled = { ...GREEDY, temperature: 1, seed: 5 };
     const jobs = [
-      { grammar: { type: 'json_schema' as const, schema: JSON.stringify(schemaA) }, adapter: single(0), check: (t: string) => new Ajv2020().compile(schemaA)(JSON.parse(t)) },
-      { grammar: { type: 'json_schema' as const, schema: JSON.stringify(schemaB) }, adapter: single(1), check: (t: string) => new Ajv2020().compile(schemaB)(JSON.parse(t)) },
-      { grammar: { type: 'json_object' as const }, adapter: null, check: (t: string) => typeof JSON.parse(t) === 'object' },
+      { grammar: { type: 'json_schema' as const, schema: JSON.stringify(schemaA) }, adapter: single(0), check: (t: string) => ajv.compile(schemaA)(JSON.parse(t)) },
+      { grammar: { type: 'json_schema' as const, schema: JSON.stringify(schemaB) }, adapter: single(1), check: (t: string) => ajv.compile(schemaB)(JSON.parse(t)) },
+      { grammar: { type: 'json_schema' as const, schema: JSON.stringify(schemaC) }, adapter: null, check: (t: string) => ajv.compile(schemaC)(JSON.parse(t)) },
       { grammar: { type: 'regex' as const, pattern: '[0-9]{4}-[0-9]{2}' }, adapter: single(0), check: (t: string) => /^[0-9]{4}-[0-9]{2}$/.test(t) },
       { grammar: { type: 'choice' as const, choices: ['alpha', 'beta', 'gamma ray'] }, adapter: single(1), check: (t: string) => ['alpha', 'beta', 'gamma ray'].includes(t) },
     ];
@@ -81,7 +83,7 @@ describe('constrained rows in a mixed batch', () => {
       const events = h.events.get(constrained[k])!;
       const error = events.find((e) => e.t === 'error');
       expect(error, JSON.stringify(error)).toBeUndefined();
-      const ids = tokensOf(events).filter((t) => !EOS.includes(t));
+      const ids = tokensOf(events).filter((t) => !h.core.eosIds.has(t));
       const text = tok.decode(ids);
       expect(jobs[k % jobs.length].check(text), text).toBe(true);
       expect(endOf(events)?.finishReason).toBe('stop');

@@ -59,9 +59,19 @@ describe('the official openai client', () => {
   });
 
   it('json_object, and vLLM guided_choice / guided_regex / structured_outputs on completions', async () => {
-    const obj = await client().chat.completions.create({ model: 'extract', messages, seed: 3, max_tokens: 200, response_format: { type: 'json_object' } });
-    const value = JSON.parse(obj.choices[0].message.content!) as unknown;
-    expect(value !== null && typeof value === 'object' && !Array.isArray(value)).toBe(true);
+    // Any object may nest without end under random weights: every answer is an object or its beginning, and the complete ones parse.
+    let complete = 0;
+    for (let seed = 1; seed <= 6; seed++) {
+      const obj = await client().chat.completions.create({ model: 'extract', messages, seed, max_tokens: 60, response_format: { type: 'json_object' } });
+      const text = obj.choices[0].message.content!;
+      expect(text.startsWith('{')).toBe(true);
+      if (obj.choices[0].finish_reason === 'stop') {
+        complete++;
+        const value = JSON.parse(text) as unknown;
+        expect(value !== null && typeof value === 'object' && !Array.isArray(value)).toBe(true);
+      }
+    }
+    expect(complete).toBeGreaterThan(0);
     const choice = await client().completions.create({ model: 'extract', prompt: 'Sentiment:', max_tokens: 20, seed: 4, guided_choice: ['positive', 'negative', 'very mixed'] } as OpenAI.CompletionCreateParamsNonStreaming);
     expect(['positive', 'negative', 'very mixed']).toContain(choice.choices[0].text);
     const regex = await client().completions.create({ model: 'tiny', prompt: 'Date:', max_tokens: 20, seed: 5, guided_regex: '20[0-9]{2}-(0[1-9]|1[0-2])' } as OpenAI.CompletionCreateParamsNonStreaming);
