@@ -82,14 +82,20 @@ const chatProbes: Record<string, Probe> = {
   tools: { changes: { tools: [{ type: 'function', function: { name: 'get_weather', description: 'Weather', parameters: { type: 'object', properties: {} } } }] } },
   tool_choice: { changes: { tool_choice: 'none' }, with: { tools: [{ type: 'function', function: { name: 'f', parameters: { type: 'object' } } }] } },
   parallel_tool_calls: { refused: { parallel_tool_calls: false } },
-  response_format: { refused: { response_format: { type: 'json_object' } } },
+  response_format: { changes: { response_format: { type: 'json_schema', json_schema: { name: 'c', schema: { enum: ['zq'] } } } } },
+  guided_json: { changes: { guided_json: { enum: ['zq'] } } },
+  guided_regex: { changes: { guided_regex: 'zq+' } },
+  guided_choice: { changes: { guided_choice: ['zq'] } },
+  guided_grammar: { changes: { guided_grammar: 'root ::= "zq"' } },
+  guided_decoding_backend: { refused: { guided_decoding_backend: 'outlines', guided_choice: ['zq'] } },
+  structured_outputs: { changes: { structured_outputs: { choice: ['zq'] } } },
   add_generation_prompt: { changes: { add_generation_prompt: false } },
   chat_template_kwargs: { changes: { chat_template_kwargs: { enable_thinking: false } } },
 };
 
 const completionProbes: Record<string, Probe> = {
   ...Object.fromEntries(
-    Object.entries(chatProbes).filter(([k]) => !['messages', 'max_completion_tokens', 'logprobs', 'top_logprobs', 'tools', 'tool_choice', 'parallel_tool_calls', 'response_format', 'add_generation_prompt', 'chat_template_kwargs'].includes(k)),
+    Object.entries(chatProbes).filter(([k]) => !['messages', 'max_completion_tokens', 'logprobs', 'top_logprobs', 'tools', 'tool_choice', 'parallel_tool_calls', 'add_generation_prompt', 'chat_template_kwargs'].includes(k)),
   ),
   presence_penalty: { changes: { presence_penalty: 2 }, with: { logprobs: 2, max_tokens: 4 } },
   frequency_penalty: { changes: { frequency_penalty: 2 }, with: { logprobs: 2, max_tokens: 4 } },
@@ -123,8 +129,8 @@ const tgiProbes: Record<string, Probe> = {
   best_of: { changes: { best_of: 2 }, with: { do_sample: true, seed: 7 } },
   typical_p: { refused: { typical_p: 0.5 } },
   watermark: { refused: { watermark: true } },
-  grammar: { refused: { grammar: { type: 'json', value: {} } } },
-  response_format: { refused: { response_format: { type: 'json_object' } } },
+  grammar: { changes: { grammar: { type: 'regex', value: 'zq+' } } },
+  response_format: { changes: { response_format: { type: 'json_object', schema: { enum: ['zq'] } } } },
 };
 
 const responsesProbes: Record<string, Probe> = {
@@ -140,7 +146,7 @@ const responsesProbes: Record<string, Probe> = {
   tools: { changes: { tools: [{ type: 'function', name: 'get_weather', parameters: { type: 'object', properties: {} } }] } },
   tool_choice: { changes: { tool_choice: 'none' }, with: { tools: [{ type: 'function', name: 'f', parameters: { type: 'object' } }] } },
   parallel_tool_calls: { refused: { parallel_tool_calls: false } },
-  text: { refused: { text: { format: { type: 'json_object' } } } },
+  text: { changes: { text: { format: { type: 'json_schema', name: 'c', schema: { enum: ['zq'] } } } } },
   reasoning: { refused: { reasoning: { effort: 'high' } } },
   truncation: { refused: { truncation: 'auto' } },
   metadata: { changes: { metadata: { tenant: 'probe' } } },
@@ -213,8 +219,8 @@ describe('every field of every request schema is honoured or refused', () => {
     const got = await answer('/v1/completions', { model: 'tiny', prompt: 'x', max_tokens: 1, some_new_field: 1 });
     expect(got.status).toBe(200);
     expect(logs.join('')).toMatch(/"unknownFields":\["some_new_field"\]/);
-    const refused = await answer('/v1/chat/completions', { model: 'tiny', messages: [{ role: 'user', content: 'x' }], guided_json: { type: 'object' } });
+    const refused = await answer('/v1/chat/completions', { model: 'tiny', messages: [{ role: 'user', content: 'x' }], use_beam_search: true });
     expect(refused.status).toBe(422);
-    expect(refused.text).toMatch(/guided_json is not supported/);
+    expect(refused.text).toMatch(/use_beam_search is not supported/);
   });
 });

@@ -2,7 +2,7 @@
  * The JSON-schema keywords constrained decoding enforces, checked before a schema is compiled. The
  * list comes from probing XGrammar 0.1.27 (a valid and an invalid instance per keyword, see
  * test/runtime/grammar.test.ts): keywords it ignores or enforces wrongly — numeric bounds other than
- * an integer's `minimum: 0`, `multipleOf`, `uniqueItems`, `contains`, `not`, `if`/`then`/`else`,
+ * an integer's `minimum: 0` (even two-sided integer ranges: [0, 150] lets 151..159 through), `multipleOf`, `uniqueItems`, `contains`, `not`, `if`/`then`/`else`,
  * `allOf`, `oneOf`, `dependentRequired`, `patternProperties`, `propertyNames`, most `format`s —
  * are refused with an error naming the keyword and where it is, never silently dropped.
  */
@@ -30,13 +30,9 @@ function refuse(message: string): never {
   throw new LoraplexError('invalid_grammar', message, { param: 'schema' });
 }
 
-const NO_OP_BOUND = Number.MAX_SAFE_INTEGER;
-const BOUNDS = new Set(['minimum', 'maximum', 'exclusiveMinimum', 'exclusiveMaximum']);
-
 /**
  * Throws `invalid_grammar` naming the first keyword (and its location) the decoder would not
- * enforce. Returns the schema to compile: a copy without bounds that bound nothing (±2^53-1, which
- * zod writes for every integer).
+ * enforce. Returns the schema to compile (a copy).
  */
 export function checkJsonSchema(input: unknown): unknown {
   let nodes = 0;
@@ -54,11 +50,6 @@ export function checkJsonSchema(input: unknown): unknown {
     for (const [k, v] of Object.entries(o)) {
       const here = `${at}/${k}`;
       if (ANNOTATIONS.has(k)) continue;
-      const lower = k === 'minimum' || k === 'exclusiveMinimum';
-      if (BOUNDS.has(k) && typeof v === 'number' && (lower ? v <= -NO_OP_BOUND : v >= NO_OP_BOUND)) {
-        delete o[k];
-        continue;
-      }
       if (k === 'minimum' && v === 0 && o.type === 'integer') continue;
       if (!ENFORCED.has(k)) refuse(`${here}: the JSON-schema keyword "${k}" is not supported by constrained decoding (it would not be enforced); supported: ${[...ENFORCED].join(', ')} (numeric bounds: only "minimum": 0 on integers)`);
       switch (k) {
