@@ -33,7 +33,7 @@ async function acceptsText(compiler: GrammarCompiler, chars: string[], spec: Gra
 }
 
 describe('JSON-schema keywords', () => {
-  const chars = Array.from({ length: 95 }, (_, i) => String.fromCharCode(32 + i));
+  const chars = [...Array.from({ length: 95 }, (_, i) => String.fromCharCode(32 + i)), '\t'];
   let compiler: GrammarCompiler;
   beforeAll(async () => {
     compiler = await GrammarCompiler.create({ tokens: [...chars, '</s>'], vocabType: 'raw', stopIds: [chars.length] });
@@ -48,6 +48,8 @@ describe('JSON-schema keywords', () => {
     ['const', { const: 'x' }, '"x"', '"y"'],
     ['minLength', { type: 'string', minLength: 3 }, '"abc"', '"ab"'],
     ['maxLength', { type: 'string', maxLength: 2 }, '"ab"', '"abc"'],
+    ['maxLength (no raw control characters)', { type: 'string', maxLength: 4 }, '"ab"', '"a\tb"'],
+    ['minLength (no raw quotes)', { type: 'string', minLength: 1 }, '"ab"', '"a"b"'],
     ['pattern', { type: 'string', pattern: '^[a-c]+$' }, '"abc"', '"abd"'],
     ['format uuid', { type: 'string', format: 'uuid' }, '"123e4567-e89b-12d3-a456-426614174000"', '"123e4567-e89b-12d3-a456"'],
     ['format duration', { type: 'string', format: 'duration' }, '"P1DT2H"', '"1D"'],
@@ -109,6 +111,25 @@ describe('JSON-schema keywords', () => {
     await expect(compiler.compile({ type: 'json_schema', schema: '{not json' })).rejects.toMatchObject({ code: 'invalid_grammar' });
     await expect(compiler.compile({ type: 'ebnf', grammar: 'root ::= (' })).rejects.toMatchObject({ code: 'invalid_grammar', param: 'grammar' });
     await expect(compiler.compile({ type: 'regex', pattern: '(' })).rejects.toMatchObject({ code: 'invalid_grammar', param: 'regex' });
+    // XGrammar reports parse errors as fatal (its log says "Aborted()"); the compiler keeps working after them.
+    expect(await acceptsText(compiler, chars, { type: 'ebnf', grammar: 'root ::= "ok" [0-9]' }, 'ok7')).toBe(true);
+  });
+
+  it('patterns that could write a quote, backslash or control character into the JSON are refused', async () => {
+    // Why: XGrammar writes what a pattern or a length bound allows verbatim between the quotes.
+    const xg = xgrammar();
+    const raw = async (s: unknown, text: string): Promise<boolean> => {
+      const cg = await (await xg.GrammarCompiler.createGrammarCompiler(await xg.TokenizerInfo.createTokenizerInfo([...chars, '</s>'], 'raw', false, chars.length + 1, [chars.length]))).compileJSONSchema(JSON.stringify(s), false, -1, [', ', ': ']);
+      const m = await xg.GrammarMatcher.createGrammarMatcher(cg);
+      return [...text].every((ch) => m.acceptToken(chars.indexOf(ch))) && m.acceptToken(chars.length);
+    };
+    expect(await raw({ type: 'string', maxLength: 4 }, '"a\tb"')).toBe(true);
+    expect(await raw({ type: 'string', pattern: '^.+$' }, '"a"b"')).toBe(true);
+    for (const p of ['^.+$', '^[^a]+$', '^\\s+$', '^[ -~]+$', '^a"b$', '^[\\x00-a]$', '^\\n$'])
+      expect(() => checkJsonSchema({ type: 'string', pattern: p }), p).toThrow(/may match/);
+    expect(() => checkJsonSchema({ type: 'string', pattern: '^[A-Z]{3}-[0-9]{4}$' })).not.toThrow();
+    expect(() => checkJsonSchema({ type: 'string', pattern: '^a+$', maxLength: 3 })).toThrow(/cannot be combined/);
+    expect(await acceptsText(compiler, chars, schema({ type: 'string', pattern: '^[a-c]+$' }), '"ab"')).toBe(true);
   });
 
   it('choices are matched exactly, quotes, backslashes and non-ASCII included', async () => {

@@ -23,6 +23,52 @@ const ANNOTATIONS = new Set(['title', 'description', 'default', 'examples', '$sc
 const FORMATS = new Set(['duration', 'uuid', 'ipv6']);
 const TYPES = new Set(['object', 'array', 'string', 'integer', 'number', 'boolean', 'null']);
 
+/**
+ * A JSON string's characters as XGrammar may write them: no quote, backslash or control character
+ * (XGrammar writes the characters a `pattern` or a length-bounded string allows as they are, so
+ * those would break the JSON), no escapes.
+ */
+const SAFE_CHAR = '[^\\x00-\\x1f"\\\\]';
+
+/**
+ * Refuses a `pattern` that could match a quote, a backslash or a control character: `.`, negated
+ * classes, `\s`/`\S`/`\W`/`\D`, escapes by code, ranges that span 0x00–0x1f, `"` or `\`.
+ */
+function checkPattern(p: string, at: string): void {
+  const unsafe = (what: string): never => refuse(`${at}: the pattern ${JSON.stringify(p)} may match ${what}, which constrained decoding would write unescaped into the JSON; use classes that exclude quotes, backslashes and control characters`);
+  const bad = (c: number): boolean => c < 0x20 || c === 0x22 || c === 0x5c;
+  let inClass = false;
+  let prev = -1;
+  for (let i = 0; i < p.length; i++) {
+    const ch = p[i];
+    if (ch === '\\') {
+      const e = p[++i];
+      if (e === undefined) unsafe('a backslash');
+      if ('sSWDPpxuUcbn0trfv'.includes(e)) unsafe(`any character (\\${e})`);
+      if (e === '"' || e === '\\') unsafe(`"${e}"`);
+      prev = e === 'd' || e === 'w' ? -1 : e.charCodeAt(0);
+      continue;
+    }
+    if (inClass) {
+      if (ch === ']') inClass = false;
+      else if (ch === '-' && prev >= 0 && i + 1 < p.length && p[i + 1] !== ']') {
+        const hi = p[i + 1] === '\\' ? p.charCodeAt(i + 2) : p.charCodeAt(i + 1);
+        for (let c = prev; c <= hi; c++) if (bad(c)) unsafe(`the characters from ${JSON.stringify(String.fromCharCode(prev))} to ${JSON.stringify(String.fromCharCode(hi))}`);
+      } else {
+        if (bad(ch.charCodeAt(0))) unsafe(JSON.stringify(ch));
+        prev = ch.charCodeAt(0);
+      }
+      continue;
+    }
+    if (ch === '[') {
+      if (p[i + 1] === '^') unsafe('any character outside a negated class');
+      inClass = true;
+      prev = -1;
+    } else if (ch === '.') unsafe('any character (.)');
+    else if (bad(ch.charCodeAt(0))) unsafe(JSON.stringify(ch));
+  }
+}
+
 const MAX_NODES = 10_000;
 const MAX_DEPTH = 64;
 
@@ -47,6 +93,17 @@ export function checkJsonSchema(input: unknown): unknown {
     if (typeof s === 'boolean') return;
     if (s === null || typeof s !== 'object' || Array.isArray(s)) refuse(`${at}: a schema must be an object or a boolean`);
     const o = s as Record<string, unknown>;
+    if (typeof o.pattern === 'string') checkPattern(o.pattern, `${at}/pattern`);
+    if (o.minLength !== undefined || o.maxLength !== undefined) {
+      // Rewritten as a pattern of JSON-safe characters (XGrammar's own length rule lets control characters through).
+      if (o.pattern !== undefined) refuse(`${at}: "pattern" cannot be combined with "minLength"/"maxLength" by constrained decoding; put the length into the pattern`);
+      const min = o.minLength ?? 0;
+      const max = o.maxLength;
+      if (!Number.isInteger(min) || (min as number) < 0 || (max !== undefined && (!Number.isInteger(max) || (max as number) < (min as number)))) refuse(`${at}: minLength/maxLength must be integers with 0 <= minLength <= maxLength`);
+      o.pattern = `^${SAFE_CHAR}{${min},${max ?? ''}}$`;
+      delete o.minLength;
+      delete o.maxLength;
+    }
     for (const [k, v] of Object.entries(o)) {
       const here = `${at}/${k}`;
       if (ANNOTATIONS.has(k)) continue;
