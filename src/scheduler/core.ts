@@ -182,6 +182,8 @@ export class EngineCore {
     const now = Date.now();
     const adapterKey = req.adapter?.key ?? null;
     const job: Job = { id: req.id, adapter: adapterKey, promptLen: prompt.length, maxNewTokens: maxNew, arrival: now, deadline: now + req.timeoutMs };
+    // (Before the job is queued: a grammar that cannot run refuses the request with nothing left behind.)
+    const grammar = req.grammar ? this.grammar() : null;
     if (!this.state.append(job)) {
       throw new LoraplexError('overloaded', `the server is overloaded: ${this.state.waiting} requests are waiting; retry later`);
     }
@@ -191,9 +193,9 @@ export class EngineCore {
       { maxNewTokens: maxNew, eosIds: this.eosIds, stopTokenIds: new Set(req.stop.stopTokenIds), stopStrings: req.stop.stopStrings, ignoreEos: req.stop.ignoreEos, minTokens: req.stop.minTokens },
       this.tokenizer,
     );
-    if (req.grammar) this.grammar().open(req.id, req.grammar);
     const chain = this.prefixCache ? new PrefixChain(adapterKey ?? BASE_WEIGHTS) : null;
     this.live.set(req.id, { req, job, gen, seq: null, adapterKey, announced: false, chain, published: 0, cachedTokens: null });
+    if (grammar && req.grammar) grammar.open(req.id, req.grammar);
     if (req.adapter) {
       this.specs.set(req.adapter.key, req.adapter);
       this.cache.lookup(req.adapter.key);

@@ -109,4 +109,19 @@ describe('constrained rows in a mixed batch', () => {
     expect(h.core.stats().running).toBe(0);
     expect(host!.has(950)).toBe(false);
   });
+
+  it('an engine that cannot run grammars refuses the request alone and keeps serving', async () => {
+    const bare = startEngine(solo, CONFIG);
+    try {
+      bare.core.submit(greedyRequest(1, tok.encode('x', false), null, 4, { grammar: { type: 'json_object' } }));
+      bare.core.submit(greedyRequest(2, tok.encode('hello', false), null, 5));
+      await bare.ended([1, 2]);
+      expect(bare.events.get(1)!.find((e) => e.t === 'error')).toMatchObject({ error: { code: 'invalid_grammar' } });
+      expect(tokensOf(bare.events.get(2)!).length).toBe(5);
+      expect(bare.core.stats().waiting).toBe(0);
+    } finally {
+      bare.core.stop();
+      await bare.done;
+    }
+  });
 });
