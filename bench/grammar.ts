@@ -95,7 +95,7 @@ export async function grammarBench(ctx: BenchContext): Promise<GrammarBench> {
     steps.push({ rows, stepMs: spent / stepsPerRun, perRowUs: (spent / Math.max(1, counted)) * 1000 });
   }
   const markdown = [
-    `### Constrained decoding (XGrammar ${'0.1.27'} WebAssembly, Qwen3 vocabulary of ${VOCAB} tokens)`,
+    `### Constrained decoding (XGrammar 0.1.27 WebAssembly, Qwen3 vocabulary of ${VOCAB} tokens)`,
     '',
     `Compiler (tokenizer info + compiler): **${fmt(initMs, 0)} ms**, +${fmt(initRssMiB, 0)} MiB resident.`,
     '',

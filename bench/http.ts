@@ -12,7 +12,8 @@ import { Checkpoint } from '../src/runtime/checkpoint/checkpoint.js';
 import { KNOBS, resolveConfig, type KnobKey } from '../src/config.js';
 import { startServer } from '../src/server/serve.js';
 import { progressBar } from '../src/util/progress.js';
-import { fmt, table } from './lib.js';
+import { fmt, quantile, table, zipfPicker } from './lib.js';
+import { stream } from './server-process.js';
 import { prng } from '../src/util/prng.js';
 import { prepareModel, type BenchContext } from './runtime.js';
 
@@ -30,55 +31,7 @@ export interface Cell {
   itlP99: number;
 }
 
-function quantile(xs: number[], q: number): number {
-  if (xs.length === 0) return NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor(q * s.length))];
-}
-
 const lcg = prng;
-
-function zipfPicker(n: number, rand: () => number): () => number {
-  const w = Array.from({ length: n }, (_, i) => 1 / (i + 1));
-  const total = w.reduce((a, b) => a + b, 0);
-  return () => {
-    let u = rand() * total;
-    for (let i = 0; i < n; i++) if ((u -= w[i]) <= 0) return i;
-    return n - 1;
-  };
-}
-
-/** One streamed completion; returns the time to first token and the gaps between tokens (ms). */
-async function streamOne(url: string, body: unknown): Promise<{ ttft: number; gaps: number[]; tokens: number }> {
-  const t0 = performance.now();
-  const r = await fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
-  if (!r.ok || !r.body) throw new Error(`HTTP ${r.status}: ${await r.text()}`);
-  const decoder = new TextDecoder();
-  let buf = '';
-  let last = 0;
-  let ttft = 0;
-  let tokens = 0;
-  const gaps: number[] = [];
-  for await (const chunk of r.body as unknown as AsyncIterable<Uint8Array>) {
-    buf += decoder.decode(chunk, { stream: true });
-    let at: number;
-    while ((at = buf.indexOf('\n\n')) >= 0) {
-      const frame = buf.slice(0, at);
-      buf = buf.slice(at + 2);
-      if (!frame.startsWith('data: ') || frame === 'data: [DONE]') continue;
-      const data = JSON.parse(frame.slice(6)) as { choices?: { logprobs?: { tokens?: string[] } | null }[]; error?: { message: string } };
-      if (data.error) throw new Error(data.error.message);
-      const n = data.choices?.[0]?.logprobs?.tokens?.length ?? 0;
-      if (n === 0) continue;
-      const now = performance.now();
-      if (tokens === 0) ttft = now - t0;
-      else gaps.push(now - last);
-      last = now;
-      tokens += n;
-    }
-  }
-  return { ttft, gaps, tokens };
-}
 
 export async function httpBench(ctx: BenchContext): Promise<{ cells: Cell[]; markdown: string; svg: string }> {
   const { modelDir, name } = await prepareModel(ctx);
@@ -160,7 +113,7 @@ export async function httpBench(ctx: BenchContext): Promise<{ cells: Cell[]; mar
           next++;
           const model = p.mix === 'base' ? server.ctx.baseId : names[pick()];
           const prompt = Array.from({ length: promptLen }, () => Math.floor(rand() * Math.min(V, 150000)));
-          const r = await streamOne(url, { model, prompt, max_tokens: newTokens, temperature: 0, ignore_eos: true, stream: true, logprobs: 0 });
+          const r = await stream(url, { model, prompt, max_tokens: newTokens, temperature: 0, ignore_eos: true, stream: true, logprobs: 0 });
           ttfts.push(r.ttft);
           gaps.push(...r.gaps);
           tokens += r.tokens;

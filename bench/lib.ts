@@ -39,3 +39,21 @@ export function table(headers: string[], rows: (string | number)[][]): string {
   for (const r of rows) lines.push(`| ${r.join(' | ')} |`);
   return lines.join('\n');
 }
+
+/** The q-quantile of `xs` (nearest rank); NaN when empty. */
+export function quantile(xs: number[], q: number): number {
+  if (xs.length === 0) return NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor(q * s.length))];
+}
+
+/** Picks 0..n-1 with probability proportional to 1 / (i + 1) (zipf, s = 1). */
+export function zipfPicker(n: number, rand: () => number): () => number {
+  const w = Array.from({ length: n }, (_, i) => 1 / (i + 1));
+  const total = w.reduce((a, b) => a + b, 0);
+  return () => {
+    let u = rand() * total;
+    for (let i = 0; i < n; i++) if ((u -= w[i]) <= 0) return i;
+    return n - 1;
+  };
+}

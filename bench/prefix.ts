@@ -17,9 +17,9 @@ import { Checkpoint } from '../src/runtime/checkpoint/checkpoint.js';
 import { TextTokenizer } from '../src/runtime/tokenizer.js';
 import { prng } from '../src/util/prng.js';
 import { progressBar } from '../src/util/progress.js';
-import { fmt, table } from './lib.js';
+import { fmt, quantile, table, zipfPicker } from './lib.js';
 import { prepareModel, type BenchContext } from './runtime.js';
-import { quantile, startServer, streamChat, type ChatStreamResult } from './server-process.js';
+import { startServer, streamChat, type ChatStreamResult } from './server-process.js';
 
 export interface PrefixCell {
   workload: string;
@@ -52,16 +52,6 @@ function text(tok: TextTokenizer, tokens: number, rand: () => number): string {
     if (n >= tokens) return `${s[0].toUpperCase()}${s.slice(1)}.`;
     approx = n;
   }
-}
-
-function zipfPicker(rand: () => number, count: number): () => number {
-  const weights = Array.from({ length: count }, (_, i) => 1 / (i + 1));
-  const total = weights.reduce((a, b) => a + b, 0);
-  return () => {
-    let u = rand() * total;
-    for (let i = 0; i < count; i++) if ((u -= weights[i]) <= 0) return i;
-    return count - 1;
-  };
 }
 
 /** Runs `jobs` with `concurrency` workers; each job is awaited before its worker takes the next. */
@@ -108,7 +98,7 @@ export async function prefixBench(ctx: BenchContext): Promise<{ cells: PrefixCel
   const uniqueRequests = ctx.quick ? 8 : 32;
   const rand = prng(14);
   const systems = Array.from({ length: 8 }, () => text(tok, systemTokens, rand));
-  const pick = zipfPicker(rand, 8);
+  const pick = zipfPicker(8, rand);
   const sysPlan = Array.from({ length: sysRequests }, () => ({ adapter: pick(), user: text(tok, userTokens, rand) }));
   const convSystems = Array.from({ length: conversations }, () => text(tok, systemTokens, rand));
   const convUsers = Array.from({ length: conversations }, () => Array.from({ length: turns }, () => text(tok, userTokens, rand)));

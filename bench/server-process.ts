@@ -9,11 +9,6 @@ import { join } from 'node:path';
 
 const CLI = join(import.meta.dirname, '../src/cli/index.ts');
 
-export function quantile(xs: number[], q: number): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor(q * s.length))] ?? NaN;
-}
-
 /** utime + stime of a process, in seconds. */
 export function cpuSeconds(pid: number): number {
   const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
@@ -44,17 +39,11 @@ export async function startServer(args: string[]): Promise<{ url: string; child:
   return { url, child };
 }
 
-/** One streamed completion: time to first token and the gaps between tokens (ms). */
-export async function stream(url: string, body: unknown): Promise<{ ttft: number; gaps: number[]; tokens: number }> {
-  const t0 = performance.now();
-  const r = await fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+/** The JSON data frames of a server-sent-event response, as they arrive; an error frame throws. */
+async function* sseData(r: Response): AsyncGenerator<Record<string, unknown>> {
   if (!r.ok || !r.body) throw new Error(`HTTP ${r.status}: ${await r.text()}`);
   const decoder = new TextDecoder();
   let buf = '';
-  let last = 0;
-  let ttft = 0;
-  let tokens = 0;
-  const gaps: number[] = [];
   for await (const chunk of r.body as unknown as AsyncIterable<Uint8Array>) {
     buf += decoder.decode(chunk, { stream: true });
     let at: number;
@@ -62,14 +51,30 @@ export async function stream(url: string, body: unknown): Promise<{ ttft: number
       const frame = buf.slice(0, at);
       buf = buf.slice(at + 2);
       if (!frame.startsWith('data: {')) continue;
-      const n = (JSON.parse(frame.slice(6)) as { choices?: { logprobs?: { tokens?: string[] } | null }[] }).choices?.[0]?.logprobs?.tokens?.length ?? 0;
-      if (n === 0) continue;
-      const now = performance.now();
-      if (tokens === 0) ttft = now - t0;
-      else gaps.push(now - last);
-      last = now;
-      tokens += n;
+      const data = JSON.parse(frame.slice(6)) as Record<string, unknown> & { error?: { message: string } };
+      if (data.error) throw new Error(data.error.message);
+      yield data;
     }
+  }
+}
+
+const post = (url: string, body: unknown): Promise<Response> => fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+
+/** One streamed completion (with `logprobs`, so every token is seen as it arrives): time to first token and the gaps between tokens (ms). */
+export async function stream(url: string, body: unknown): Promise<{ ttft: number; gaps: number[]; tokens: number }> {
+  const t0 = performance.now();
+  let last = 0;
+  let ttft = 0;
+  let tokens = 0;
+  const gaps: number[] = [];
+  for await (const data of sseData(await post(`${url}/v1/completions`, body))) {
+    const n = (data as { choices?: { logprobs?: { tokens?: string[] } | null }[] }).choices?.[0]?.logprobs?.tokens?.length ?? 0;
+    if (n === 0) continue;
+    const now = performance.now();
+    if (tokens === 0) ttft = now - t0;
+    else gaps.push(now - last);
+    last = now;
+    tokens += n;
   }
   return { ttft, gaps, tokens };
 }
@@ -85,39 +90,24 @@ export interface ChatStreamResult {
 /** One streamed chat completion with per-token logprobs (so every token is seen as it arrives) and usage. */
 export async function streamChat(url: string, body: Record<string, unknown>): Promise<ChatStreamResult> {
   const t0 = performance.now();
-  const r = await fetch(`${url}/v1/chat/completions`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ ...body, stream: true, logprobs: true, stream_options: { include_usage: true } }),
-  });
-  if (!r.ok || !r.body) throw new Error(`HTTP ${r.status}: ${await r.text()}`);
-  const decoder = new TextDecoder();
-  let buf = '';
   const out: ChatStreamResult = { ttft: 0, tokens: 0, text: '', promptTokens: 0, cachedTokens: 0 };
-  for await (const chunk of r.body as unknown as AsyncIterable<Uint8Array>) {
-    buf += decoder.decode(chunk, { stream: true });
-    let at: number;
-    while ((at = buf.indexOf('\n\n')) >= 0) {
-      const frame = buf.slice(0, at);
-      buf = buf.slice(at + 2);
-      if (!frame.startsWith('data: {')) continue;
-      const data = JSON.parse(frame.slice(6)) as {
-        choices?: { delta?: { content?: string }; logprobs?: { content?: unknown[] } | null }[];
-        usage?: { prompt_tokens: number; completion_tokens: number; prompt_tokens_details?: { cached_tokens?: number } } | null;
-      };
-      if (data.usage) {
-        // The usage chunk comes last; it also counts tokens that had no text (special tokens).
-        out.tokens = data.usage.completion_tokens;
-        out.promptTokens = data.usage.prompt_tokens;
-        out.cachedTokens = data.usage.prompt_tokens_details?.cached_tokens ?? 0;
-      }
-      const choice = data.choices?.[0];
-      const n = choice?.logprobs?.content?.length ?? 0;
-      out.text += choice?.delta?.content ?? '';
-      if (n === 0) continue;
-      if (out.tokens === 0) out.ttft = performance.now() - t0;
-      out.tokens += n;
+  for await (const frame of sseData(await post(`${url}/v1/chat/completions`, { ...body, stream: true, logprobs: true, stream_options: { include_usage: true } }))) {
+    const data = frame as {
+      choices?: { delta?: { content?: string }; logprobs?: { content?: unknown[] } | null }[];
+      usage?: { prompt_tokens: number; completion_tokens: number; prompt_tokens_details?: { cached_tokens?: number } } | null;
+    };
+    if (data.usage) {
+      // The usage chunk comes last; it also counts tokens that had no text (special tokens).
+      out.tokens = data.usage.completion_tokens;
+      out.promptTokens = data.usage.prompt_tokens;
+      out.cachedTokens = data.usage.prompt_tokens_details?.cached_tokens ?? 0;
     }
+    const choice = data.choices?.[0];
+    const n = choice?.logprobs?.content?.length ?? 0;
+    out.text += choice?.delta?.content ?? '';
+    if (n === 0) continue;
+    if (out.tokens === 0) out.ttft = performance.now() - t0;
+    out.tokens += n;
   }
   return out;
 }

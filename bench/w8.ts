@@ -12,9 +12,9 @@ import { writeRandomPeftAdapter } from '../src/adapters/random.js';
 import { Checkpoint } from '../src/runtime/checkpoint/checkpoint.js';
 import { prng } from '../src/util/prng.js';
 import { progressBar } from '../src/util/progress.js';
-import { fmt, table } from './lib.js';
+import { fmt, quantile, table, zipfPicker } from './lib.js';
 import { prepareModel, type BenchContext } from './runtime.js';
-import { cpuSeconds, quantile, rssMiB, startServer, stream } from './server-process.js';
+import { cpuSeconds, rssMiB, startServer, stream } from './server-process.js';
 
 export interface W8Cell {
   config: string;
@@ -55,13 +55,8 @@ export async function w8Bench(ctx: BenchContext, configs?: [string, string[]][])
     const { url, child } = await startServer([...base, ...args]);
     try {
       const rand = prng(8);
-      const weights = Array.from({ length: 8 }, (_, i) => 1 / (i + 1));
-      const total = weights.reduce((a, b) => a + b, 0);
-      const pick = (): string => {
-        let u = rand() * total;
-        for (let i = 0; i < 8; i++) if ((u -= weights[i]) <= 0) return `a${i}`;
-        return 'a7';
-      };
+      const zipf = zipfPicker(8, rand);
+      const pick = (): string => `a${zipf()}`;
       const bodies = Array.from({ length: requests }, () => ({
         model: pick(),
         prompt: Array.from({ length: promptLen }, () => Math.floor(rand() * Math.min(spec.vocabSize, 150000))),

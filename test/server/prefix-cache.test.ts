@@ -90,9 +90,8 @@ describe('prefix cache over HTTP', () => {
     await client(on).completions.create({ model: 'support', prompt, max_tokens: 2 });
     const completion = await client(on).completions.create({ model: 'support', prompt, max_tokens: 2 });
     expect((completion.usage as unknown as { prompt_tokens_details: { cached_tokens: number } }).prompt_tokens_details.cached_tokens).toBeGreaterThan(0);
-    const response = await client(on).responses.create({ model: 'support', instructions: SYSTEM, input: user, max_output_tokens: 2 });
+    await client(on).responses.create({ model: 'support', instructions: SYSTEM, input: user, max_output_tokens: 2 });
     const response2 = await client(on).responses.create({ model: 'support', instructions: SYSTEM, input: user, max_output_tokens: 2 });
-    expect(response.usage!.input_tokens_details.cached_tokens).toBeGreaterThanOrEqual(0);
     expect(response2.usage!.input_tokens_details.cached_tokens).toBeGreaterThan(0);
   });
 

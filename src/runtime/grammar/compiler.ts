@@ -99,15 +99,13 @@ export class GrammarState {
 }
 
 export class GrammarCompiler {
-  readonly vocabSize: number;
   private readonly xg: XG;
   private readonly compiler: XGrammarCompiler;
   private readonly cache: LRUCache<string, Promise<Compiled>>;
 
-  private constructor(xg: XG, compiler: XGrammarCompiler, vocabSize: number, cacheSize: number) {
+  private constructor(xg: XG, compiler: XGrammarCompiler, cacheSize: number) {
     this.xg = xg;
     this.compiler = compiler;
-    this.vocabSize = vocabSize;
     this.cache = new LRUCache({ max: cacheSize, dispose: (p) => void p.then((c) => c.dispose(), () => {}) });
   }
 
@@ -115,7 +113,7 @@ export class GrammarCompiler {
     const xg = xgrammar();
     const info = await xg.TokenizerInfo.createTokenizerInfo(vocab.tokens, vocab.vocabType, false, vocab.tokens.length, vocab.stopIds);
     const compiler = await xg.GrammarCompiler.createGrammarCompiler(info, true);
-    return new GrammarCompiler(xg, compiler, vocab.tokens.length, cacheSize);
+    return new GrammarCompiler(xg, compiler, cacheSize);
   }
 
   /** Compiles `spec` (once; later calls share the result). Throws GrammarError for a spec it refuses. */
