@@ -14,6 +14,7 @@ import { applyTokenMask, GrammarCompiler, grammarVocab, type GrammarSpec, type G
 import { checkJsonSchema } from '../../src/runtime/grammar/schema-check.js';
 import { xgrammar } from '../../src/runtime/grammar/xgrammar.js';
 import { prng } from '../../src/util/prng.js';
+import { grammarWalker } from '../helpers/grammar-walk.js';
 import { loadTokenizer, tokenizerDir, type TokenizerName } from '../helpers/tokenizers.js';
 
 const tokenizerJson = (name: TokenizerName) => JSON.parse(readFileSync(join(tokenizerDir(name), 'tokenizer.json'), 'utf8')) as Record<string, unknown>;
@@ -159,32 +160,7 @@ describe('walks over a real vocabulary', () => {
     compiler = await GrammarCompiler.create(grammarVocab(tokenizerJson('qwen3'), 151936, [EOS]));
   }, 120_000);
 
-  const closing = (id: number): boolean => /[}\]"]/.test(qwen.decode([id]));
-  /**
-   * Picks random allowed tokens until the grammar terminates: the stop token more and more often
-   * once allowed, and, late in long walks, tokens that close strings, arrays and objects.
-   */
-  async function walk(state: GrammarState, seed: number, maxTokens = 300): Promise<number[]> {
-    const rand = prng(seed);
-    const out: number[] = [];
-    const logits = new Float32Array(151936);
-    for (let step = 0; step < maxTokens && !state.terminated; step++) {
-      logits.fill(0);
-      const allowed = applyTokenMask(logits, await state.mask());
-      expect(allowed).toBeGreaterThan(0);
-      const ids: number[] = [];
-      for (let i = 0; i < logits.length; i++) if (logits[i] === 0) ids.push(i);
-      // Prefer ending once possible after a while, so walks stay short.
-      const others = ids.filter((i) => i !== EOS);
-      const closers = step > maxTokens / 3 ? others.filter(closing) : [];
-      const pool = closers.length > 0 && rand() < 0.5 ? closers : others;
-      const id = ids.includes(EOS) && (others.length === 0 || rand() < step / maxTokens) ? EOS : pool[Math.floor(rand() * pool.length)];
-      expect(state.accept(id)).toBe(true);
-      if (id !== EOS) out.push(id);
-    }
-    expect(state.terminated).toBe(true);
-    return out;
-  }
+  const walk = grammarWalker({ size: 151936, eos: EOS, decode: (ids) => qwen.decode(ids) });
 
   const ajv = new Ajv2020({ strict: false });
   addFormats.default(ajv);

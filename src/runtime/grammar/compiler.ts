@@ -9,6 +9,7 @@
 import { LRUCache } from 'lru-cache';
 import { LoraplexError } from '../../errors.js';
 import { checkJsonSchema } from './schema-check.js';
+import { toolStructuralTag, type ToolGrammarSpec } from './tool-grammar.js';
 import type { CompiledGrammar, GrammarCompiler as XGrammarCompiler, GrammarMatcher } from '@mlc-ai/web-xgrammar';
 import { xgrammar, type XGrammarModule } from './xgrammar.js';
 
@@ -21,7 +22,9 @@ export type GrammarSpec =
   /** Exactly one of the strings. */
   | { type: 'choice'; choices: string[] }
   /** XGrammar's EBNF (GBNF-like); the start rule is `root`. */
-  | { type: 'ebnf'; grammar: string };
+  | { type: 'ebnf'; grammar: string }
+  /** Calls of the offered tools in the model's format (see tool-grammar.ts). */
+  | ToolGrammarSpec;
 
 /** The cache key of a spec (specs are plain data). */
 export const grammarKey = (spec: GrammarSpec): string => JSON.stringify(spec);
@@ -157,6 +160,10 @@ export class GrammarCompiler {
         return this.compiler.compileGrammar(`root ::= ${spec.choices.map(ebnfLiteral).join(' | ')}`).catch(fail('choice'));
       case 'ebnf':
         return this.compiler.compileGrammar(spec.grammar).catch(fail('grammar'));
+      case 'tool_calls': {
+        const tag = await toolStructuralTag(spec, async (schema) => (await this.xg.Grammar.fromJSONSchema(schema, false, -1, [', ', ': '])).toString());
+        return this.compiler.compileStructuralTag(tag).catch(fail('tools'));
+      }
     }
   }
 }
