@@ -10,10 +10,9 @@ import { join } from 'node:path';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import addFormats from 'ajv-formats';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { applyTokenMask, GrammarCompiler, grammarVocab, type GrammarSpec, type GrammarState } from '../../src/runtime/grammar/compiler.js';
+import { applyTokenMask, GrammarCompiler, grammarVocab, type GrammarSpec } from '../../src/runtime/grammar/compiler.js';
 import { checkJsonSchema } from '../../src/runtime/grammar/schema-check.js';
 import { xgrammar } from '../../src/runtime/grammar/xgrammar.js';
-import { prng } from '../../src/util/prng.js';
 import { grammarWalker } from '../helpers/grammar-walk.js';
 import { loadTokenizer, tokenizerDir, type TokenizerName } from '../helpers/tokenizers.js';
 
