@@ -6,6 +6,7 @@
  */
 import { Template } from '@huggingface/jinja';
 import { LoraplexError } from '../errors.js';
+import { detectToolCallFormat, type ToolCallFormat } from './tool-calls/format.js';
 
 export interface ChatMessage {
   role: string;
@@ -38,10 +39,12 @@ export function tokenText(v: unknown): string | null {
 
 export class ChatTemplate {
   private readonly templates: Map<string, Template>;
+  private readonly sources: Map<string, string>;
   private readonly specials: Record<string, string>;
 
-  private constructor(templates: Map<string, Template>, specials: Record<string, string>) {
+  private constructor(templates: Map<string, Template>, sources: Map<string, string>, specials: Record<string, string>) {
     this.templates = templates;
+    this.sources = sources;
     this.specials = specials;
   }
 
@@ -71,7 +74,7 @@ export class ChatTemplate {
       const t = tokenText(cfg[key]);
       if (t !== null) specials[key] = t;
     }
-    return new ChatTemplate(templates, specials);
+    return new ChatTemplate(templates, new Map(entries), specials);
   }
 
   /**
@@ -80,7 +83,7 @@ export class ChatTemplate {
    */
   render(messages: readonly ChatMessage[], opts: { addGenerationPrompt?: boolean; tools?: unknown[] | null; extra?: Record<string, unknown> | null } = {}): string {
     const tools = opts.tools && opts.tools.length > 0 ? opts.tools : null;
-    const template = (tools && this.templates.get('tool_use')) || this.templates.get('default') || this.templates.values().next().value!;
+    const template = this.templates.get(this.pick(tools !== null))!;
     try {
       return template.render({
         ...opts.extra,
@@ -95,5 +98,15 @@ export class ChatTemplate {
       throw new ChatTemplateError(`the chat template rejected these messages: ${(err as Error).message}`);
     }
   }
-}
 
+  /** The tool-call format the template renders tools for (see tool-calls/format.ts), or null. */
+  toolCallFormat(): ToolCallFormat | null {
+    return detectToolCallFormat(this.sources.get(this.pick(true))!);
+  }
+
+  /** The template used: `tool_use` when there are tools and it exists, else `default`, else the first. */
+  private pick(tools: boolean): string {
+    if (tools && this.templates.has('tool_use')) return 'tool_use';
+    return this.templates.has('default') ? 'default' : this.templates.keys().next().value!;
+  }
+}

@@ -10,6 +10,7 @@ import type { AdapterRegistry } from '../adapters/registry.js';
 import type { StagingArea } from '../adapters/staging.js';
 import { LoraplexError, NotReadyError } from '../errors.js';
 import type { FinishReason } from '../runtime/generation.js';
+import type { ToolCallFormat } from '../runtime/tool-calls/format.js';
 import type { Engine } from '../scheduler/engine.js';
 import type { EngineEvent, PromptTokenLogprob, TokenEngineEvent, ValidRequest } from '../scheduler/request.js';
 import { Admission, type Ticket } from './admission.js';
@@ -24,6 +25,8 @@ export interface ServerSettings {
   apiKeys: string[];
   maxUploadBytes: number;
   logPrompts: boolean;
+  /** A tool-call format, or 'auto' (the chat template's). */
+  toolCallParser: ToolCallFormat | 'auto';
   requestTimeoutMs: number;
   strictBase: boolean;
   loraRoots: string[];

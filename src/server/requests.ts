@@ -14,6 +14,7 @@ import type { ValidRequest } from '../scheduler/request.js';
 import type { ServerContext } from './context.js';
 import { checkPromptBytes, checkShape } from './prompt/limits.js';
 import type { Resolved } from './resolve.js';
+import type { ChatPrompt } from './prompt/tasks.js';
 import { parseSampling, type RawSampling } from './sampling-fields.js';
 
 export interface CommonFields extends RawSampling {
@@ -72,22 +73,29 @@ export async function promptIds(ctx: ServerContext, source: PromptSource, adapte
       checkPromptBytes(Buffer.byteLength(source.text), maxPositions, tokenizers.info.maxTokenBytes, source.param);
       ids = await tokenizers.encodeText(source.text, true, source.param);
       break;
-    case 'chat': {
-      let bytes = 0;
-      for (const m of source.messages) bytes += Buffer.byteLength(m.content ?? '');
-      checkPromptBytes(bytes, maxPositions, tokenizers.info.maxTokenBytes, 'messages');
-      ids = await tokenizers.encodeChat({
-        messages: source.messages,
-        tools: source.tools,
-        addGenerationPrompt: source.addGenerationPrompt,
-        templateKwargs: source.templateKwargs,
-        adapterDir: adapter.spec?.kind === 'single' ? adapter.spec.dir : null,
-      });
-      break;
-    }
+    case 'chat':
+      return (await chatPrompt(ctx, source, adapter)).ids;
   }
   checkPrompt(ids, vocabSize);
   return ids;
+}
+
+/** A conversation rendered by the adapter's (or the model's) chat template and tokenized, with the template's tool-call format. */
+export async function chatPrompt(ctx: ServerContext, source: Extract<PromptSource, { kind: 'chat' }>, adapter: Resolved): Promise<ChatPrompt> {
+  const { maxPositions, vocabSize } = ctx.requireEngine().info;
+  const tokenizers = ctx.requireTokenizers();
+  let bytes = 0;
+  for (const m of source.messages) bytes += Buffer.byteLength(m.content ?? '');
+  checkPromptBytes(bytes, maxPositions, tokenizers.info.maxTokenBytes, 'messages');
+  const chat = await tokenizers.encodeChat({
+    messages: source.messages,
+    tools: source.tools,
+    addGenerationPrompt: source.addGenerationPrompt,
+    templateKwargs: source.templateKwargs,
+    adapterDir: adapter.spec?.kind === 'single' ? adapter.spec.dir : null,
+  });
+  checkPrompt(chat.ids, vocabSize);
+  return chat;
 }
 
 /** One choice of a request, ready for the engine. */

@@ -36,6 +36,7 @@ export function serverSettings(c: Partial<Config>): ServerSettings {
     apiKeys: c.apiKeys ?? [],
     maxUploadBytes: c.maxUploadBytes!,
     logPrompts: c.logPrompts ?? false,
+    toolCallParser: (c.toolCallParser ?? 'auto') as ServerSettings['toolCallParser'],
     requestTimeoutMs: c.requestTimeoutMs!,
     strictBase: c.strictBase ?? false,
     loraRoots: c.loraRoots ?? [],

@@ -1,5 +1,6 @@
 /** The tokenizer thread's tasks (shared by the pool and the worker). */
 import type { ChatMessage } from '../../runtime/chat-template.js';
+import type { ToolCallFormat } from '../../runtime/tool-calls/format.js';
 
 export type TokenizeTask =
   /** What the main thread needs to know about the tokenizer (see TokenizerInfo). */
@@ -49,3 +50,10 @@ export const SAMPLE_CONVERSATIONS: ChatMessage[][] = [
   ],
   [{ role: 'user', content: 'Hello!' }],
 ];
+
+/** A rendered and tokenized conversation. */
+export interface ChatPrompt {
+  ids: Int32Array;
+  /** How the template that rendered it asks the model to write tool calls (null: it shows no format). */
+  toolCallFormat: ToolCallFormat | null;
+}

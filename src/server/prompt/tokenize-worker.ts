@@ -12,7 +12,7 @@ import type { ChatTemplate } from '../../runtime/chat-template.js';
 import { TextTokenizer } from '../../runtime/tokenizer.js';
 import { lowerThreadPriority, serveTasks } from '../../util/worker-task.js';
 import { IncrementalDetokenizer } from '../../runtime/detokenizer.js';
-import { SAMPLE_CONVERSATIONS, type TokenizeTask, type TokenPiece } from './tasks.js';
+import { SAMPLE_CONVERSATIONS, type ChatPrompt, type TokenizeTask, type TokenPiece } from './tasks.js';
 
 const { modelDir } = workerData as { modelDir: string };
 lowerThreadPriority();
@@ -50,7 +50,8 @@ serveTasks((task) => {
         throw new LoraplexError('no_chat_template', 'this model has no chat template (tokenizer_config.json chat_template); use the completions API', { param: 'messages' });
       }
       const text = template.render(t.messages, { addGenerationPrompt: t.addGenerationPrompt, tools: t.tools, extra: t.templateKwargs });
-      return ids(tok.encode(text, false));
+      const out = Int32Array.from(tok.encode(text, false));
+      return { result: { ids: out, toolCallFormat: template.toolCallFormat() } satisfies ChatPrompt, transfer: [out.buffer as ArrayBuffer] };
     }
     case 'decode':
       return { result: need().decode(t.ids, t.skipSpecialTokens) };

@@ -8,7 +8,7 @@
 import { LoraplexError } from '../../errors.js';
 import type { ChatMessage } from '../../runtime/chat-template.js';
 import { WorkerPool } from '../../util/worker-pool.js';
-import type { TokenizeTask, TokenizerInfo, TokenPiece } from './tasks.js';
+import type { ChatPrompt, TokenizeTask, TokenizerInfo, TokenPiece } from './tasks.js';
 
 export interface TokenizerPoolOptions {
   modelDir: string;
@@ -55,8 +55,8 @@ export class TokenizerPool {
     return this.pool.replaced;
   }
 
-  private run(task: TokenizeTask, what: string, param: string): Promise<Int32Array> {
-    return this.pool.run<Int32Array>(task, {
+  private run<T = Int32Array>(task: TokenizeTask, what: string, param: string): Promise<T> {
+    return this.pool.run<T>(task, {
       timeoutMs: this.timeoutMs,
       onTimeout: () => new LoraplexError('prompt_too_expensive', `${what} took longer than its budget of ${this.timeoutMs} ms (--prompt-timeout-ms)`, { param }),
       onCrash: (why) => new LoraplexError('prompt_too_expensive', `${what} needed more memory than allowed (${why})`, { param }),
@@ -67,8 +67,8 @@ export class TokenizerPool {
     return this.run({ kind: 'text', text, addSpecialTokens }, 'tokenizing the prompt', param);
   }
 
-  encodeChat(chat: { messages: ChatMessage[]; tools: unknown[] | null; addGenerationPrompt: boolean; templateKwargs: Record<string, unknown> | null; adapterDir: string | null }): Promise<Int32Array> {
-    return this.run({ kind: 'chat', ...chat }, 'rendering the chat template and tokenizing the messages', 'messages');
+  encodeChat(chat: { messages: ChatMessage[]; tools: unknown[] | null; addGenerationPrompt: boolean; templateKwargs: Record<string, unknown> | null; adapterDir: string | null }): Promise<ChatPrompt> {
+    return this.run<ChatPrompt>({ kind: 'chat', ...chat }, 'rendering the chat template and tokenizing the messages', 'messages');
   }
 
   decode(ids: number[], skipSpecialTokens: boolean): Promise<string> {

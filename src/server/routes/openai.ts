@@ -8,6 +8,8 @@
  * connection is watched from the first moment, so a client that leaves at any point frees its rows.
  */
 import { requestGrammar } from '../grammar-fields.js';
+import { toolCallFormat, toolGrammar, toolRequest } from '../tool-fields.js';
+import { ChatToolCalls } from '../tool-calls.js';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { LoraplexError, ModelNotFoundError, UnsupportedError, ValidationError } from '../../errors.js';
 import type { ValidRequest } from '../../scheduler/request.js';
@@ -16,7 +18,7 @@ import { clientGone, generate, startGeneration, type GenerationResult, type Serv
 import { sendError } from '../errors.js';
 import { checkShape } from '../prompt/limits.js';
 import { checkFields, declaredFields } from '../fields.js';
-import { chatMessages, promptIds, responseId, sampling, stopStrings, truncatePrompt, utf8Bytes, validRequest, type PromptSource } from '../requests.js';
+import { chatMessages, chatPrompt, promptIds, responseId, sampling, stopStrings, truncatePrompt, utf8Bytes, validRequest, type PromptSource } from '../requests.js';
 import { resolveAdapter, type Resolved } from '../resolve.js';
 import { ChatCompletionRequest, ChatCompletionResponse, CompletionRequest, CompletionResponse, ErrorBody, ModelCard, ModelList } from '../schemas.js';
 import { Type } from 'typebox';
@@ -288,11 +290,7 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
       const grammar = requestGrammar(body);
       const n = body.n ?? 1;
       if (body.tools != null) checkShape(body.tools, 'tools');
-      const toolChoice = body.tool_choice ?? 'auto';
-      if (toolChoice !== 'auto' && toolChoice !== 'none') {
-        throw new UnsupportedError(`tool_choice ${JSON.stringify(toolChoice).slice(0, 80)} is not supported: forcing a tool call needs constrained decoding, which is not supported yet; use "auto" or "none"`, 'tool_choice');
-      }
-      if (body.parallel_tool_calls === false) throw new UnsupportedError('parallel_tool_calls: false cannot be enforced yet', 'parallel_tool_calls');
+      const toolReq = toolRequest(body.tools, body.tool_choice, body.parallel_tool_calls, 'chat');
       if (body.chat_template_kwargs != null) checkShape(body.chat_template_kwargs, 'chat_template_kwargs');
       if (body.messages.length > engine.info.maxPositions) {
         throw new LoraplexError('context_length_exceeded', `${body.messages.length} messages cannot fit the context length of ${engine.info.maxPositions} tokens`, { param: 'messages' });
@@ -303,23 +301,35 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
       const s = sampling(body, engine.info.vocabSize, logprobs);
       stopStrings(body.stop);
       // tool_choice "none": the model is not offered the tools at all.
-      const tools = toolChoice === 'none' ? null : ((body.tools as unknown[] | null | undefined) ?? null);
-      const prompt: PromptSource = { kind: 'chat', messages, tools, addGenerationPrompt: body.add_generation_prompt ?? true, templateKwargs: body.chat_template_kwargs ?? null };
+      const prompt: PromptSource = { kind: 'chat', messages, tools: toolReq?.templateTools ?? null, addGenerationPrompt: body.add_generation_prompt ?? true, templateKwargs: body.chat_template_kwargs ?? null };
       return admitted(ctx, n, gone, async (ticket) => {
-        const ids = truncatePrompt(await promptIds(ctx, prompt, resolved), body.truncate_prompt_tokens);
-        const choices = Array.from({ length: n }, (_, i) => ({ index: i, req: validRequest(ctx, ids, body, resolved, s, i, { grammar }), promptTokens: i === 0 ? ids.length : 0 }));
-        if (grammar) await engine.compileGrammar(grammar);
+        const chat = await chatPrompt(ctx, prompt, resolved);
+        const ids = truncatePrompt(chat.ids, body.truncate_prompt_tokens);
+        const format = toolReq ? toolCallFormat(ctx.settings.toolCallParser, chat.toolCallFormat) : null;
+        const callGrammar = toolReq && format ? toolGrammar(toolReq, format) : null;
+        if (callGrammar && grammar) throw new LoraplexError('invalid_grammar', 'response_format (or a guided_* field) cannot be combined with tool_choice "required", a named function or parallel_tool_calls: false: each constrains the whole answer', { param: 'response_format' });
+        const constraint = grammar ?? callGrammar;
+        const choices = Array.from({ length: n }, (_, i) => ({ index: i, req: validRequest(ctx, ids, body, resolved, s, i, { grammar: constraint, grammarParam: callGrammar ? 'tool_choice' : undefined }), promptTokens: i === 0 ? ids.length : 0 }));
+        if (constraint) await engine.compileGrammar(constraint);
         if (gone.aborted) throw droppedEarly(ctx);
+        const calls = toolReq && format ? new ChatToolCalls(format, toolReq.names) : null;
+        const lp = (e: TokenEngineEvent) => (logprobs !== null && !e.special ? chatLogprobs([e]) : null);
         return run(ctx, request, reply, body, resolved, choices, ticket, gone, {
           object: 'chat.completion',
           chunkObject: 'chat.completion.chunk',
           first: (index) => ({ index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }),
-          delta: (index, e) =>
-            e.text || (logprobs !== null && !e.special)
-              ? { index, delta: { content: e.text }, logprobs: logprobs !== null && !e.special ? chatLogprobs([e]) : null, finish_reason: null }
-              : null,
-          finish: (index, reason) => ({ index, delta: {}, logprobs: null, finish_reason: reason }),
-          full: (index, r) => ({ index, message: { role: 'assistant', content: r.text }, logprobs: logprobs !== null ? chatLogprobs(r.tokens) : null, finish_reason: r.finishReason }),
+          delta: (index, e) => {
+            const delta = calls ? calls.push(index, e.text) : e.text ? { content: e.text } : null;
+            return delta || (logprobs !== null && !e.special) ? { index, delta: delta ?? {}, logprobs: lp(e), finish_reason: null } : null;
+          },
+          finish: (index, reason) => {
+            const tail = calls?.end(index, reason);
+            return { index, delta: tail?.delta ?? {}, logprobs: null, finish_reason: tail?.finishReason ?? reason };
+          },
+          full: (index, r) => {
+            const parsed = calls?.whole(r.text, r.finishReason);
+            return { index, message: parsed?.message ?? { role: 'assistant', content: r.text }, logprobs: logprobs !== null ? chatLogprobs(r.tokens) : null, finish_reason: parsed?.finishReason ?? r.finishReason };
+          },
         }, () => messages);
       });
     },

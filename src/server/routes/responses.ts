@@ -15,7 +15,9 @@ import { clientGone, generate, startGeneration, type ServerContext } from '../co
 import { sendError } from '../errors.js';
 import { checkFields, declaredFields } from '../fields.js';
 import { checkShape } from '../prompt/limits.js';
-import { chatMessages, promptIds, responseId, sampling, validRequest } from '../requests.js';
+import { chatMessages, chatPrompt, responseId, sampling, validRequest } from '../requests.js';
+import { parseToolCalls, ToolCallParser, type ParsedToolCall } from '../../runtime/tool-calls/parser.js';
+import { toolCallFormat, toolCallId, toolGrammar, toolRequest } from '../tool-fields.js';
 import { resolveAdapter } from '../resolve.js';
 import { ErrorBody, ResponsesRequest } from '../schemas.js';
 import { SseStream } from '../sse.js';
@@ -75,16 +77,6 @@ export function inputMessages(body: ResponsesRequest): WireMessage[] {
   return out;
 }
 
-/** Responses function tools ({type, name, description, parameters}) → chat template tools. */
-function chatTools(tools: unknown[] | null | undefined): unknown[] | null {
-  if (!tools || tools.length === 0) return null;
-  return tools.map((t, i) => {
-    const tool = t as { type?: string; name?: string; description?: string; parameters?: unknown };
-    if (tool?.type !== 'function' || typeof tool.name !== 'string') throw new UnsupportedError(`tools[${i}]: only function tools are supported`, `tools[${i}]`);
-    return { type: 'function', function: { name: tool.name, description: tool.description, parameters: tool.parameters ?? {} } };
-  });
-}
-
 export function responsesRoutes(app: FastifyInstance, ctx: ServerContext): void {
   app.post<{ Body: ResponsesRequest }>(
     '/v1/responses',
@@ -109,23 +101,27 @@ export function responsesRoutes(app: FastifyInstance, ctx: ServerContext): void 
       if (body.truncation != null && body.truncation !== 'disabled') throw new UnsupportedError(`truncation ${JSON.stringify(body.truncation)} is not supported; only "disabled"`, 'truncation');
       if (body.include && body.include.length > 0) throw new UnsupportedError(`include ${JSON.stringify(body.include)} is not supported`, 'include');
       const grammar = responsesFormatGrammar(body.text?.format);
-      const toolChoice = body.tool_choice ?? 'auto';
-      if (toolChoice !== 'auto' && toolChoice !== 'none') throw new UnsupportedError('tool_choice other than "auto" or "none" is not supported yet', 'tool_choice');
-      if (body.parallel_tool_calls === false) throw new UnsupportedError('parallel_tool_calls: false cannot be enforced yet', 'parallel_tool_calls');
       if (body.tools != null) checkShape(body.tools, 'tools');
+      const toolReq = toolRequest(body.tools, body.tool_choice, body.parallel_tool_calls, 'responses');
+      const toolChoice = body.tool_choice ?? 'auto';
       if (Array.isArray(body.input)) checkShape(body.input, 'input');
       const messages = chatMessages(inputMessages(body));
-      const tools = toolChoice === 'none' ? null : chatTools(body.tools);
       const s = sampling({ temperature: body.temperature, top_p: body.top_p }, engine.info.vocabSize, null);
       const ticket = ctx.admission.enter(1);
       try {
-        const ids = await promptIds(ctx, { kind: 'chat', messages, tools, addGenerationPrompt: true, templateKwargs: null }, resolved);
+        const chat = await chatPrompt(ctx, { kind: 'chat', messages, tools: toolReq?.templateTools ?? null, addGenerationPrompt: true, templateKwargs: null }, resolved);
+        const ids = chat.ids;
         if (gone.aborted) {
           ctx.cancelledBeforeSubmit++;
           throw new LoraplexError('cancelled', 'the client closed the connection');
         }
-        const req = validRequest(ctx, ids, { max_tokens: body.max_output_tokens ?? null }, resolved, s, 0, { grammar, grammarParam: 'text.format' });
-        if (grammar) await engine.compileGrammar(grammar);
+        const format = toolReq ? toolCallFormat(ctx.settings.toolCallParser, chat.toolCallFormat) : null;
+        const callGrammar = toolReq && format ? toolGrammar(toolReq, format) : null;
+        if (callGrammar && grammar) throw new LoraplexError('invalid_grammar', 'text.format cannot be combined with tool_choice "required", a named function or parallel_tool_calls: false: each constrains the whole answer', { param: 'text.format' });
+        const constraint = grammar ?? callGrammar;
+        const req = validRequest(ctx, ids, { max_tokens: body.max_output_tokens ?? null }, resolved, s, 0, { grammar: constraint, grammarParam: callGrammar ? 'tool_choice' : 'text.format' });
+        if (constraint) await engine.compileGrammar(constraint);
+        const names = toolReq?.names ?? [];
         const id = `resp_${responseId('').slice(1)}`;
         const msgId = `msg_${responseId('').slice(1)}`;
         const createdAt = Math.floor(Date.now() / 1000);
@@ -140,7 +136,7 @@ export function responsesRoutes(app: FastifyInstance, ctx: ServerContext): void 
           top_p: body.top_p ?? 1,
           tools: body.tools ?? [],
           tool_choice: toolChoice,
-          parallel_tool_calls: true,
+          parallel_tool_calls: body.parallel_tool_calls !== false,
           text: { format: { type: 'text' } },
           truncation: 'disabled',
           previous_response_id: null,
@@ -150,32 +146,68 @@ export function responsesRoutes(app: FastifyInstance, ctx: ServerContext): void 
           error: null,
         };
         const message = (text: string, done: boolean) => ({ type: 'message', id: msgId, status: done ? 'completed' : 'in_progress', role: 'assistant', content: done ? [{ type: 'output_text', text, annotations: [], logprobs: [] }] : [] });
-        const final = (text: string, reason: FinishReason, completion: number, cached: number) => ({
+        const functionCall = (c: ParsedToolCall, callId: string, itemId: string, done: boolean) => ({ type: 'function_call', id: itemId, call_id: callId, name: c.name, arguments: done ? c.arguments : '', status: done ? 'completed' : 'in_progress' });
+        /** The answer's output items: its text as a message (left out when the answer is only calls), then one item per call. */
+        const outputOf = (text: string) => {
+          if (!format) return [message(text, true)];
+          const { content, calls } = parseToolCalls(format, names, text);
+          return [...(content !== null ? [message(content, true)] : []), ...calls.map((c) => functionCall(c, toolCallId(), `fc_${responseId('').slice(1)}`, true))];
+        };
+        const final = (output: unknown[], reason: FinishReason, completion: number, cached: number) => ({
           ...base,
           status: reason === 'length' ? 'incomplete' : 'completed',
           incomplete_details: reason === 'length' ? { reason: 'max_output_tokens' } : null,
-          output: [message(text, true)],
+          output,
           usage: { input_tokens: ids.length, input_tokens_details: { cached_tokens: cached }, output_tokens: completion, output_tokens_details: { reasoning_tokens: 0 }, total_tokens: ids.length + completion },
         });
         request.log.info({ adapter: resolved.label, promptTokens: ids.length, ...(body.user ? { user: body.user } : {}) }, 'response');
 
         if (!body.stream) {
           const r = await generate(ctx, req, resolved.digests, ticket, gone);
-          return final(r.text, r.finishReason, r.completionTokens, r.cachedTokens);
+          return final(outputOf(r.text), r.finishReason, r.completionTokens, r.cachedTokens);
         }
         return await new Promise<void>((resolve) => {
           let sse: SseStream | null = null;
           let seq = 0;
           let text = '';
           let done = false;
+          /** Output items sent so far; the message's index (-1: not opened yet). */
+          const items: unknown[] = [];
+          let msgIndex = -1;
+          const parser = format ? new ToolCallParser(format, names) : null;
           const emit = (type: string, data: Record<string, unknown>): void => sse!.sendEvent(type, { type, sequence_number: seq++, ...data });
+          const openMessage = (): void => {
+            if (msgIndex >= 0) return;
+            msgIndex = items.length;
+            items.push(null);
+            emit('response.output_item.added', { output_index: msgIndex, item: message('', false) });
+            emit('response.content_part.added', { item_id: msgId, output_index: msgIndex, content_index: 0, part: { type: 'output_text', text: '', annotations: [], logprobs: [] } });
+          };
           const open = (): void => {
             if (sse) return;
             sse = new SseStream(reply);
             emit('response.created', { response: { ...base, status: 'in_progress', incomplete_details: null, output: [], usage: null } });
             emit('response.in_progress', { response: { ...base, status: 'in_progress', incomplete_details: null, output: [], usage: null } });
-            emit('response.output_item.added', { output_index: 0, item: message('', false) });
-            emit('response.content_part.added', { item_id: msgId, output_index: 0, content_index: 0, part: { type: 'output_text', text: '', annotations: [], logprobs: [] } });
+            // Without tools the answer is one message, opened at once; with tools it opens on its first text.
+            if (!parser) openMessage();
+          };
+          const sendText = (piece: string): void => {
+            if (!piece) return;
+            openMessage();
+            text += piece;
+            emit('response.output_text.delta', { item_id: msgId, output_index: msgIndex, content_index: 0, delta: piece, logprobs: [] });
+          };
+          const sendCalls = (calls: ParsedToolCall[]): void => {
+            for (const c of calls) {
+              const at = items.length;
+              const itemId = `fc_${responseId('').slice(1)}`;
+              const callId = toolCallId();
+              items.push(functionCall(c, callId, itemId, true));
+              emit('response.output_item.added', { output_index: at, item: functionCall(c, callId, itemId, false) });
+              emit('response.function_call_arguments.delta', { item_id: itemId, output_index: at, delta: c.arguments });
+              emit('response.function_call_arguments.done', { item_id: itemId, output_index: at, arguments: c.arguments });
+              emit('response.output_item.done', { output_index: at, item: items[at] });
+            }
           };
           const finish = (): void => {
             done = true;
@@ -204,17 +236,29 @@ export function responsesRoutes(app: FastifyInstance, ctx: ServerContext): void 
               onToken: (e) => {
                 open();
                 if (!e.text) return;
-                text += e.text;
-                emit('response.output_text.delta', { item_id: msgId, output_index: 0, content_index: 0, delta: e.text, logprobs: [] });
+                if (!parser) return sendText(e.text);
+                const out = parser.push(e.text);
+                sendText(out.content);
+                sendCalls(out.calls);
               },
               onEnd: (e) => {
                 if (done) return;
                 open();
-                const part = { type: 'output_text', text, annotations: [], logprobs: [] };
-                emit('response.output_text.done', { item_id: msgId, output_index: 0, content_index: 0, text, logprobs: [] });
-                emit('response.content_part.done', { item_id: msgId, output_index: 0, content_index: 0, part });
-                emit('response.output_item.done', { output_index: 0, item: message(text, true) });
-                const response = final(text, e.finishReason, e.completionTokens, e.cachedTokens);
+                if (parser) {
+                  const out = parser.end();
+                  sendText(out.content);
+                  sendCalls(out.calls);
+                  // An answer without text or calls is an empty message.
+                  if (items.length === 0) openMessage();
+                }
+                if (msgIndex >= 0) {
+                  const part = { type: 'output_text', text, annotations: [], logprobs: [] };
+                  emit('response.output_text.done', { item_id: msgId, output_index: msgIndex, content_index: 0, text, logprobs: [] });
+                  emit('response.content_part.done', { item_id: msgId, output_index: msgIndex, content_index: 0, part });
+                  items[msgIndex] = message(text, true);
+                  emit('response.output_item.done', { output_index: msgIndex, item: items[msgIndex] });
+                }
+                const response = final(items, e.finishReason, e.completionTokens, e.cachedTokens);
                 emit(response.status === 'completed' ? 'response.completed' : 'response.incomplete', { response });
                 sse!.end(false);
                 finish();
