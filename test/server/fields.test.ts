@@ -81,7 +81,8 @@ const chatProbes: Record<string, Probe> = {
   top_logprobs: { changes: { top_logprobs: 3 }, with: { logprobs: true } },
   tools: { changes: { tools: [{ type: 'function', function: { name: 'get_weather', description: 'Weather', parameters: { type: 'object', properties: {} } } }] } },
   tool_choice: { changes: { tool_choice: 'none' }, with: { tools: [{ type: 'function', function: { name: 'f', parameters: { type: 'object' } } }] } },
-  parallel_tool_calls: { refused: { parallel_tool_calls: false } },
+  // Under auto, one call at most is a grammar: a call the model starts (<tool_call>, token 151657, pushed by logit_bias) is completed.
+  parallel_tool_calls: { changes: { parallel_tool_calls: false }, with: { tools: [{ type: 'function', function: { name: 'f', parameters: { type: 'object', properties: { a: { type: 'string', maxLength: 3 } } } } }], logit_bias: { 151657: 30 }, max_tokens: 40 } },
   response_format: { changes: { response_format: { type: 'json_schema', json_schema: { name: 'c', schema: { enum: ['zq'] } } } } },
   guided_json: { changes: { guided_json: { enum: ['zq'] } } },
   guided_regex: { changes: { guided_regex: 'zq+' } },
@@ -145,7 +146,7 @@ const responsesProbes: Record<string, Probe> = {
   previous_response_id: { refused: { previous_response_id: 'resp_123' } },
   tools: { changes: { tools: [{ type: 'function', name: 'get_weather', parameters: { type: 'object', properties: {} } }] } },
   tool_choice: { changes: { tool_choice: 'none' }, with: { tools: [{ type: 'function', name: 'f', parameters: { type: 'object' } }] } },
-  parallel_tool_calls: { refused: { parallel_tool_calls: false } },
+  parallel_tool_calls: { changes: { parallel_tool_calls: false }, with: { tools: [{ type: 'function', name: 'f', parameters: { type: 'object' } }, { type: 'function', name: 'g', parameters: { type: 'object' } }], tool_choice: 'required', max_output_tokens: 60 } },
   text: { changes: { text: { format: { type: 'json_schema', name: 'c', schema: { enum: ['zq'] } } } } },
   reasoning: { refused: { reasoning: { effort: 'high' } } },
   truncation: { refused: { truncation: 'auto' } },
