@@ -49,6 +49,7 @@ export const KNOBS = {
   prefixCache: knob({ key: 'prefixCache', flag: '--no-prefix-cache', env: 'LORAPLEX_PREFIX_CACHE', kind: 'bool', default: true, doc: "reuse the KV cache of prompt prefixes seen before (same adapter version, same tokens): a repeated system prompt or conversation history is computed once; cached blocks yield to running requests' need for room" }),
   requestTimeoutMs: knob({ key: 'requestTimeoutMs', flag: '--request-timeout-ms <ms>', env: 'LORAPLEX_REQUEST_TIMEOUT_MS', kind: 'int', default: 600000, min: 1, doc: 'deadline for one request, queueing included' }),
   promptTimeoutMs: knob({ key: 'promptTimeoutMs', flag: '--prompt-timeout-ms <ms>', env: 'LORAPLEX_PROMPT_TIMEOUT_MS', kind: 'int', default: 2000, min: 1, doc: "budget for rendering a request's chat template and tokenizing its prompt (beyond it: 400)" }),
+  grammarCompileTimeoutMs: knob({ key: 'grammarCompileTimeoutMs', flag: '--grammar-compile-timeout-ms <ms>', env: 'LORAPLEX_GRAMMAR_COMPILE_TIMEOUT_MS', kind: 'int', default: 10000, min: 1, doc: "budget for compiling a new response_format schema, regex, grammar or tool-call grammar (beyond it: 400); it is compiled first on a thread of its own, so a grammar that takes longer never delays other requests' constrained rows" }),
   toolCallParser: knob({ key: 'toolCallParser', flag: '--tool-call-parser <format>', env: 'LORAPLEX_TOOL_CALL_PARSER', kind: 'string', default: 'auto', choices: ['auto', ...TOOL_CALL_FORMATS], doc: 'how the model writes tool calls: hermes (<tool_call> blocks: Hermes, Qwen2.5, Qwen3), llama3_json (Llama 3.1+ JSON), mistral ([TOOL_CALLS]); auto = read from the chat template in use (the adapter\'s or the model\'s), and a request with tools is refused when it shows none' }),
   tokenizerWorkers: knob({ key: 'tokenizerWorkers', flag: '--tokenizer-workers <n>', env: 'LORAPLEX_TOKENIZER_WORKERS', kind: 'int', default: 0, min: 0, doc: 'threads that tokenize prompts and render chat templates (0 = half the cores, at least 1)' }),
   storePollMs: knob({ key: 'storePollMs', flag: '--store-poll-ms <ms>', env: 'LORAPLEX_STORE_POLL_MS', kind: 'int', default: 2000, min: 0, doc: 'how often the adapter store is rescanned for adapters added, replaced or deleted by other replicas (0 = at start only)' }),
@@ -111,6 +112,7 @@ export interface Config {
   readonly logLevel: string;
   readonly logPrompts: boolean;
   readonly toolCallParser: string;
+  readonly grammarCompileTimeoutMs: number;
 }
 
 // Every knob is a Config field and every Config field a knob.

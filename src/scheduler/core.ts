@@ -40,6 +40,8 @@ export interface EngineConfig {
   adapterCacheBytes: number;
   /** Reuse the KV of cached prompt prefixes (same weights, same tokens). */
   prefixCache: boolean;
+  /** Budget for compiling one new grammar (default DEFAULT_GRAMMAR_COMPILE_TIMEOUT_MS). */
+  grammarCompileTimeoutMs?: number;
 }
 
 export interface EngineStats {

@@ -4,11 +4,25 @@
  * (usually ready: it was computed during the forward pass), `accept` after, `close` when it ends.
  * `compile` checks a spec (and warms the cache) before the HTTP layer answers, so a spec the
  * decoder refuses is a 4xx, never an error mid-stream.
+ *
+ * A spec the grammar thread has not compiled before is first compiled by a checker thread
+ * (grammar-check-worker.ts) within `compileTimeoutMs`: a grammar that takes longer is refused there,
+ * and that thread replaced, so one request's grammar can delay the other constrained rows' masks by
+ * at most that budget (the grammar thread compiles it again, as fast as the checker did), never
+ * stall them. Specs that passed are remembered, so repeats go straight to the grammar thread.
  */
 import type { Worker } from 'node:worker_threads';
+import { LRUCache } from 'lru-cache';
 import { LoraplexError, type WireError } from '../errors.js';
-import type { GrammarSpec } from '../runtime/grammar/compiler.js';
+import { GrammarError, grammarKey, type GrammarSpec } from '../runtime/grammar/compiler.js';
+import { WorkerPool } from '../util/worker-pool.js';
 import { startWorker } from '../util/worker-url.js';
+
+/** How long the checker may take to compile one spec (`--grammar-compile-timeout-ms`). */
+export const DEFAULT_GRAMMAR_COMPILE_TIMEOUT_MS = 10_000;
+
+/** The request field a spec's compile errors name. */
+const specParam = (spec: GrammarSpec): string => (spec.type === 'json_schema' || spec.type === 'json_object' ? 'schema' : spec.type === 'tool_calls' ? 'tools' : spec.type === 'ebnf' ? 'grammar' : spec.type);
 
 export interface GrammarWorkerInit {
   tokenizer: Record<string, unknown>;
@@ -44,13 +58,19 @@ function deferred<T>(): Deferred<T> {
 
 export class GrammarHost {
   private readonly worker: Worker;
+  private readonly checker: WorkerPool;
+  private readonly compileTimeoutMs: number;
+  /** Specs the checker compiled in time (their keys). */
+  private readonly checked = new LRUCache<string, true>({ max: 1024 });
   private readonly compiles = new Map<number, Deferred<WireError | null>>();
   /** Per open row: replies the worker has still to send, and replies the engine has still to take, in order. */
   private readonly rows = new Map<number, { unsent: Deferred<MaskReply>[]; untaken: Promise<MaskReply>[] }>();
   private nextQid = 1;
   private failure: LoraplexError | null = null;
 
-  constructor(init: GrammarWorkerInit) {
+  constructor(init: GrammarWorkerInit, opts: { compileTimeoutMs?: number } = {}) {
+    this.compileTimeoutMs = opts.compileTimeoutMs ?? DEFAULT_GRAMMAR_COMPILE_TIMEOUT_MS;
+    this.checker = new WorkerPool({ from: import.meta.url, entry: 'grammar-check-worker', size: 1, workerData: init });
     this.worker = startWorker(import.meta.url, 'grammar-worker', { workerData: init });
     this.worker.unref();
     this.worker.on('message', (m: FromGrammarWorker) => this.onMessage(m));
@@ -89,6 +109,16 @@ export class GrammarHost {
   /** Compiles `spec` on the grammar thread; throws the error that refuses it. */
   async compile(spec: GrammarSpec): Promise<void> {
     if (this.failure) throw this.failure;
+    const key = grammarKey(spec);
+    if (!this.checked.has(key)) {
+      const param = specParam(spec);
+      await this.checker.run<boolean>({ spec }, {
+        timeoutMs: this.compileTimeoutMs,
+        onTimeout: () => new GrammarError(`${param}: compiling this constraint took longer than ${this.compileTimeoutMs} ms (--grammar-compile-timeout-ms); simplify it`, param),
+        onCrash: (why) => new GrammarError(`${param}: compiling this constraint failed (${why})`, param),
+      });
+      this.checked.set(key, true);
+    }
     const qid = this.nextQid++;
     const d = deferred<WireError | null>();
     this.compiles.set(qid, d);
@@ -135,6 +165,7 @@ export class GrammarHost {
   }
 
   async terminate(): Promise<void> {
+    await this.checker.close();
     await this.worker.terminate();
   }
 }

@@ -72,7 +72,7 @@ async function main(): Promise<void> {
     log,
     grammar: (): GrammarHost => {
       log('starting the grammar thread (constrained decoding)');
-      return new GrammarHost({ tokenizer: readTokenizerFiles(init.settings.model)!.tokenizer, vocabSize: rt.model.spec.vocabSize, stopIds: [...core.eosIds] });
+      return new GrammarHost({ tokenizer: readTokenizerFiles(init.settings.model)!.tokenizer, vocabSize: rt.model.spec.vocabSize, stopIds: [...core.eosIds] }, { compileTimeoutMs: init.engine.grammarCompileTimeoutMs });
     },
   });
   let shuttingDown = false;

@@ -90,6 +90,7 @@ export async function startServer(
           adapterCycleMs: config.adapterCycleMs!,
           adapterCacheBytes: config.adapterCacheBytes!,
           prefixCache: config.prefixCache!,
+          grammarCompileTimeoutMs: config.grammarCompileTimeoutMs!,
         },
         strictBase: config.strictBase ? baseId : null,
       },
