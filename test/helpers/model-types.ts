@@ -26,6 +26,8 @@ export interface RefModelConfig {
   tieWordEmbeddings: boolean;
   /** q/k/v projections carry a bias (Qwen2). */
   attentionBias: boolean;
+  /** Qwen3: q and k are RMS-normalized per head (q_norm / k_norm, weight [headDim]) before RoPE. Absent = false. */
+  qkNorm?: boolean;
   ropeScaling: RefRopeScaling | null;
 }
 
@@ -39,6 +41,7 @@ export interface RefTensor {
  *   model.embed_tokens.weight [vocab, hidden]
  *   model.layers.{i}.input_layernorm.weight [hidden]
  *   model.layers.{i}.self_attn.{q,k,v,o}_proj.weight, model.layers.{i}.self_attn.{q,k,v}_proj.bias
+ *   model.layers.{i}.self_attn.{q,k}_norm.weight [headDim] (qkNorm)
  *   model.layers.{i}.post_attention_layernorm.weight [hidden]
  *   model.layers.{i}.mlp.{gate,up,down}_proj.weight
  *   model.norm.weight [hidden]

@@ -1,5 +1,5 @@
 /**
- * Independent reference forward pass of a Hugging Face Llama / Mistral / Qwen2 decoder with
+ * Independent reference forward pass of a Hugging Face Llama / Mistral / Qwen2 / Qwen3 decoder with
  * *unmerged* PEFT LoRA adapters, used to check the ONNX implementation numerically.
  *
  * It is written directly from the math (HF LlamaForCausalLM semantics) and deliberately shares
@@ -70,6 +70,14 @@ function rmsNorm(v: Vec, w: Float32Array, eps: number): Vec {
   const out = new Float64Array(v.length);
   for (let i = 0; i < v.length; i++) out[i] = v[i] * inv * w[i];
   return out;
+}
+
+/** In place: RMSNorm of each head (numHeads × headDim) with the per-dimension weight w [headDim]. */
+function rmsNormHeads(x: Vec, numHeads: number, headDim: number, w: Float32Array, eps: number): void {
+  for (let h = 0; h < numHeads; h++) {
+    const head = rmsNorm(x.subarray(h * headDim, (h + 1) * headDim), w, eps);
+    x.set(head, h * headDim);
+  }
 }
 
 /** Rotary inverse frequencies (length headDim/2), with optional Llama 3 scaling. */
@@ -169,6 +177,8 @@ export function referenceLogits(
     const bk = cfg.attentionBias ? tensor(weights, `${p}self_attn.k_proj.bias`, [kvDim]) : undefined;
     const bv = cfg.attentionBias ? tensor(weights, `${p}self_attn.v_proj.bias`, [kvDim]) : undefined;
     const postNorm = tensor(weights, `${p}post_attention_layernorm.weight`, [H]);
+    const qNorm = cfg.qkNorm ? tensor(weights, `${p}self_attn.q_norm.weight`, [D]) : null;
+    const kNorm = cfg.qkNorm ? tensor(weights, `${p}self_attn.k_norm.weight`, [D]) : null;
     const wGate = tensor(weights, `${p}mlp.gate_proj.weight`, [I, H]);
     const wUp = tensor(weights, `${p}mlp.up_proj.weight`, [I, H]);
     const wDown = tensor(weights, `${p}mlp.down_proj.weight`, [H, I]);
@@ -182,6 +192,10 @@ export function referenceLogits(
       const q = proj(x, l, 'q_proj', wq, qDim, H, bq);
       const k = proj(x, l, 'k_proj', wk, kvDim, H, bk);
       const v = proj(x, l, 'v_proj', wv, kvDim, H, bv);
+      if (qNorm && kNorm) {
+        rmsNormHeads(q, numHeads, D, qNorm, cfg.rmsNormEps);
+        rmsNormHeads(k, numKvHeads, D, kNorm, cfg.rmsNormEps);
+      }
       applyRope(q, numHeads, D, t, invFreq);
       applyRope(k, numKvHeads, D, t, invFreq);
       qs.push(q);

@@ -22,7 +22,7 @@ export function randn(rand: () => number, n: number, std: number, mean = 0): Flo
   return out;
 }
 
-export type Flavour = 'llama' | 'qwen2' | 'mistral';
+export type Flavour = 'llama' | 'qwen2' | 'qwen3' | 'mistral';
 
 export interface TinyModelOptions {
   flavour?: Flavour;
@@ -112,6 +112,7 @@ export function makeTinyModel(opts: TinyModelOptions = {}, dir = tempDir()): Tin
     rmsNormEps: 1e-5,
     tieWordEmbeddings: opts.tieWordEmbeddings ?? flavour === 'qwen2',
     attentionBias: flavour === 'qwen2',
+    qkNorm: flavour === 'qwen3',
     ropeScaling: opts.ropeScaling ?? null,
   };
   const rand = prng(opts.seed ?? 1);
@@ -138,6 +139,10 @@ export function makeTinyModel(opts: TinyModelOptions = {}, dir = tempDir()): Tin
       put(`${p}.self_attn.k_proj.bias`, [kv], 0.1);
       put(`${p}.self_attn.v_proj.bias`, [kv], 0.1);
     }
+    if (cfg.qkNorm) {
+      put(`${p}.self_attn.q_norm.weight`, [headDim], 0.3, 1);
+      put(`${p}.self_attn.k_norm.weight`, [headDim], 0.3, 1);
+    }
     put(`${p}.self_attn.o_proj.weight`, [H, q], (opts.residualScale ?? 1) / Math.sqrt(q));
     put(`${p}.post_attention_layernorm.weight`, [H], 0.1, 1);
     put(`${p}.mlp.gate_proj.weight`, [I, H], 1 / Math.sqrt(H));
@@ -162,7 +167,7 @@ export function makeTinyModel(opts: TinyModelOptions = {}, dir = tempDir()): Tin
   }
 
   mkdirSync(dir, { recursive: true });
-  const architectures = { llama: 'LlamaForCausalLM', qwen2: 'Qwen2ForCausalLM', mistral: 'MistralForCausalLM' }[flavour];
+  const architectures = { llama: 'LlamaForCausalLM', qwen2: 'Qwen2ForCausalLM', qwen3: 'Qwen3ForCausalLM', mistral: 'MistralForCausalLM' }[flavour];
   const config: Record<string, unknown> = {
     architectures: [architectures],
     model_type: flavour,

@@ -38,8 +38,9 @@ async function expectPrefillMatches(tm: TinyModel, model: DecoderModel, toks: nu
   model.freeSequence(seq);
 }
 
-describe.each<Flavour>(['llama', 'qwen2'])('%s flavour vs reference', (flavour) => {
-  const tm = makeTinyModel({ flavour, seed: flavour === 'llama' ? 11 : 12 });
+describe.each<Flavour>(['llama', 'qwen2', 'qwen3'])('%s flavour vs reference', (flavour) => {
+  // Qwen3's head_dim is its own (here q/k/v are 128 wide on a 64-wide model), and q/k are normalized per head.
+  const tm = makeTinyModel({ flavour, seed: { llama: 11, qwen2: 12, qwen3: 13, mistral: 14 }[flavour], ...(flavour === 'qwen3' ? { headDim: 32 } : {}) });
   const adapters = [
     makeTinyAdapter(tm, { seed: 21, r: 4 }),
     makeTinyAdapter(tm, { seed: 22, r: 8, useRslora: true, alpha: 16, targets: ['q_proj', 'v_proj', 'down_proj'] }),
@@ -54,7 +55,13 @@ describe.each<Flavour>(['llama', 'qwen2'])('%s flavour vs reference', (flavour) 
 
   it('base model prefill logits match at every position', async () => {
     const model = await load(tm);
-    await expectPrefillMatches(tm, model, tokens(1, 9, tm.cfg.vocabSize), -1, null);
+    const toks = tokens(1, 9, tm.cfg.vocabSize);
+    await expectPrefillMatches(tm, model, toks, -1, null);
+    const out = await model.step([{ seq: model.newSequence(), tokens: toks, slot: -1, logits: 'all' }]);
+    const ref = referenceLogits(tm.cfg, tm.weights, toks, null);
+    const V = tm.cfg.vocabSize;
+    const worst = Math.max(...ref.map((r, t) => maxAbsDiff(out.logits.subarray(t * V, (t + 1) * V), r)));
+    console.log(`${flavour}: fp32 max |logit - reference| over ${toks.length} positions: ${worst.toExponential(2)}`);
   });
 
   it('one adapter matches the reference with unmerged LoRA', async () => {
@@ -146,12 +153,13 @@ describe('checkpoint variants', () => {
  * where every layer rewrites the residual stream and 4-bit noise compounds) is reported for contrast.
  */
 describe.each([
-  { kind: 'trained-like', residualScale: 0.3, peaked: 1, min: { int8: 0.95, int4: 0.95, nf4: 0.9 }, maxRel: { int8: 0.03, int4: 0.2, nf4: 0.2 } },
-  { kind: 'random', residualScale: 1, peaked: 0, min: { int8: 0.95, int4: 0, nf4: 0 }, maxRel: { int8: 0.05, int4: 0.4, nf4: 0.4 } },
-])('quantized formats on a $kind model', ({ kind, residualScale, peaked, min, maxRel }) => {
+  { kind: 'trained-like', flavour: 'llama' as Flavour, headDim: 32, residualScale: 0.3, peaked: 1, min: { int8: 0.95, int4: 0.95, nf4: 0.9 }, maxRel: { int8: 0.03, int4: 0.2, nf4: 0.2 } },
+  { kind: 'random', flavour: 'llama' as Flavour, headDim: 32, residualScale: 1, peaked: 0, min: { int8: 0.95, int4: 0, nf4: 0 }, maxRel: { int8: 0.05, int4: 0.4, nf4: 0.4 } },
+  { kind: 'trained-like Qwen3', flavour: 'qwen3' as Flavour, headDim: 64, residualScale: 0.3, peaked: 1, min: { int8: 0.95, int4: 0.95, nf4: 0.9 }, maxRel: { int8: 0.03, int4: 0.2, nf4: 0.2 } },
+])('quantized formats on a $kind model', ({ kind, flavour, headDim, residualScale, peaked, min, maxRel }) => {
   // Wide enough that quantization blocks are realistic.
   const tm = makeTinyModel({
-    flavour: 'llama', seed: 41, hiddenSize: 256, intermediateSize: 512, numHeads: 8, numKvHeads: 2, headDim: 32, vocabSize: 512,
+    flavour, seed: 41, hiddenSize: 256, intermediateSize: 512, numHeads: 8, numKvHeads: 2, headDim, vocabSize: 512, tieWordEmbeddings: false,
     residualScale, peaked,
   });
   const V = tm.cfg.vocabSize;

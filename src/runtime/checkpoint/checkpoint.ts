@@ -23,6 +23,10 @@ export function expectedTensors(spec: ModelSpec): ExpectedTensor[] {
     const p = `model.layers.${l}`;
     out.push({ name: `${p}.input_layernorm.weight`, shape: [spec.hiddenSize] });
     out.push({ name: `${p}.post_attention_layernorm.weight`, shape: [spec.hiddenSize] });
+    if (spec.qkNorm) {
+      out.push({ name: `${p}.self_attn.q_norm.weight`, shape: [spec.headDim] });
+      out.push({ name: `${p}.self_attn.k_norm.weight`, shape: [spec.headDim] });
+    }
     for (const proj of PROJECTIONS) {
       const [inF, outF] = projectionShape(spec, proj);
       out.push({ name: `${p}.${projectionPath(proj)}.weight`, shape: [outF, inF] });

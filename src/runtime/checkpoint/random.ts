@@ -8,8 +8,10 @@ import { symmetricPrng } from '../../util/prng.js';
 import { writeSafetensors, type TensorToWrite } from './writer.js';
 
 export interface CheckpointShape {
-  architecture: 'LlamaForCausalLM' | 'MistralForCausalLM' | 'Qwen2ForCausalLM';
+  architecture: 'LlamaForCausalLM' | 'MistralForCausalLM' | 'Qwen2ForCausalLM' | 'Qwen3ForCausalLM';
   hiddenSize: number;
+  /** Per-head dimension (default hiddenSize / numHeads; Qwen3 sets its own). */
+  headDim?: number;
   numLayers: number;
   numHeads: number;
   numKvHeads: number;
@@ -47,13 +49,15 @@ export function writeRandomCheckpoint(
   const next = uniform(opts.seed ?? 1);
   const dtype = opts.dtype ?? 'BF16';
   const H = shape.hiddenSize;
-  const headDim = H / shape.numHeads;
+  const headDim = shape.headDim ?? H / shape.numHeads;
   const q = shape.numHeads * headDim;
   const kv = shape.numKvHeads * headDim;
   const I = shape.intermediateSize;
   const tensors: TensorToWrite[] = [];
   let done = 0;
-  const total = shape.numLayers * 10 + 3;
+  const qkNorm = shape.architecture === 'Qwen3ForCausalLM';
+  /** Tensors to write (set once all are listed; progress is reported as each is generated). */
+  let total = 0;
   // Uniform with the standard deviation of a Gaussian(0, std): amplitude std·√3.
   const add = (name: string, dims: number[], std: number, mean = 0): void => {
     tensors.push({
@@ -83,6 +87,10 @@ export function writeRandomCheckpoint(
       add(`${p}.self_attn.k_proj.bias`, [kv], 0.02);
       add(`${p}.self_attn.v_proj.bias`, [kv], 0.02);
     }
+    if (qkNorm) {
+      add(`${p}.self_attn.q_norm.weight`, [headDim], 0.05, 1);
+      add(`${p}.self_attn.k_norm.weight`, [headDim], 0.05, 1);
+    }
     add(`${p}.self_attn.o_proj.weight`, [H, q], 0.02);
     add(`${p}.post_attention_layernorm.weight`, [H], 0.05, 1);
     add(`${p}.mlp.gate_proj.weight`, [I, H], 0.02);
@@ -91,8 +99,9 @@ export function writeRandomCheckpoint(
   }
   add('model.norm.weight', [H], 0.05, 1);
   if (!shape.tieWordEmbeddings) add('lm_head.weight', [shape.vocabSize, H], 0.02);
+  total = tensors.length;
 
-  const model_type = { LlamaForCausalLM: 'llama', MistralForCausalLM: 'mistral', Qwen2ForCausalLM: 'qwen2' }[shape.architecture];
+  const model_type = { LlamaForCausalLM: 'llama', MistralForCausalLM: 'mistral', Qwen2ForCausalLM: 'qwen2', Qwen3ForCausalLM: 'qwen3' }[shape.architecture];
   writeFileSync(
     join(dir, 'config.json'),
     JSON.stringify(
@@ -104,6 +113,7 @@ export function writeRandomCheckpoint(
         num_hidden_layers: shape.numLayers,
         num_attention_heads: shape.numHeads,
         num_key_value_heads: shape.numKvHeads,
+        head_dim: headDim,
         vocab_size: shape.vocabSize,
         max_position_embeddings: shape.maxPositionEmbeddings,
         rope_theta: shape.ropeTheta ?? 10000,

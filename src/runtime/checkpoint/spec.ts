@@ -4,7 +4,7 @@
  */
 import { CheckpointError } from '../../errors.js';
 
-export const SUPPORTED_ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM'] as const;
+export const SUPPORTED_ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM', 'Qwen3ForCausalLM'] as const;
 export type Architecture = (typeof SUPPORTED_ARCHITECTURES)[number];
 
 export interface Llama3RopeScaling {
@@ -28,8 +28,10 @@ export interface ModelSpec {
   ropeScaling: Llama3RopeScaling | null;
   rmsNormEps: number;
   tieWordEmbeddings: boolean;
-  /** q/k/v projections carry a bias (always for Qwen2, `attention_bias` for Llama). */
+  /** q/k/v projections carry a bias (always for Qwen2, `attention_bias` for Llama and Qwen3). */
   attentionBias: boolean;
+  /** Qwen3: each head of q and k is RMS-normalized (`q_norm`, `k_norm`, weight [headDim]) before RoPE. */
+  qkNorm: boolean;
   maxPositionEmbeddings: number;
   /** Mistral's sliding window, when the checkpoint sets one; the usable context is capped to it. */
   slidingWindow: number | null;
@@ -152,6 +154,7 @@ export function parseModelSpec(cfg: Json, file = 'config.json'): ModelSpec {
     rmsNormEps: num(cfg, 'rms_norm_eps', file, 1e-6),
     tieWordEmbeddings: cfg.tie_word_embeddings === true,
     attentionBias: architecture === 'Qwen2ForCausalLM' || cfg.attention_bias === true,
+    qkNorm: architecture === 'Qwen3ForCausalLM',
     maxPositionEmbeddings: int(cfg, 'max_position_embeddings', file, 4096),
     slidingWindow,
     bosTokenId: typeof cfg.bos_token_id === 'number' ? cfg.bos_token_id : null,

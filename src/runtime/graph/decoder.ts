@@ -4,6 +4,7 @@
  * Per layer:
  *   x    = RMSNorm(h)
  *   qkv  = x·W_qkv (+bias) (+LoRA)        fused q|k|v projection
+ *   q, k = RMSNorm per head (Qwen3 only)
  *   q, k = rotary(q), rotary(k)            k and v are also outputs (new_key/new_value.l)
  *   a    = Attention(q, [past k ; k], [past v ; v], mask)   past gathered from the pool by kv_index
  *   h    = h + a·W_o (+LoRA)
@@ -143,8 +144,15 @@ export async function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: Deco
         g.op('RotaryEmbedding', [g.op('Unsqueeze', [t, g.const64([0])]), positions, cos, sin], { num_heads: heads, interleaved: 0 }, { domain: 'com.microsoft' }),
         g.const64([0]),
       ]);
-    const qr = rot(q, spec.numHeads);
-    const kr = g.op('Identity', [rot(k, spec.numKvHeads)], undefined, { out: newKey(l) });
+    // Qwen3: RMSNorm over each head's headDim values, with one weight per dimension shared by the heads.
+    const headNorm = (t: string, heads: number, which: 'q' | 'k'): string => {
+      if (!spec.qkNorm) return t;
+      const w = g.floatInit(`layers.${l}.${which}_norm`, [spec.headDim], ckpt.read(`${p}.self_attn.${which}_norm.weight`));
+      const perHead = g.op('Reshape', [t, g.const64([-1, heads, spec.headDim])]);
+      return g.op('Reshape', [g.op('SimplifiedLayerNormalization', [perHead, w], { epsilon: eps, axis: -1 }), g.const64([-1, heads * spec.headDim])]);
+    };
+    const qr = rot(headNorm(q, spec.numHeads, 'q'), spec.numHeads);
+    const kr = g.op('Identity', [rot(headNorm(k, spec.numKvHeads, 'k'), spec.numKvHeads)], undefined, { out: newKey(l) });
     g.output(kr, ft, ['T', kvDim]);
 
     const pk = g.input(pastKey(l), ft, ['pool', kvDim]);
