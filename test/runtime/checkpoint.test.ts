@@ -122,8 +122,15 @@ describe('config.json → model spec', () => {
     expect(parseModelSpec(base).headDim).toBe(16);
   });
 
+  it('parses Qwen3: q/k norms, its own head_dim, a bias only when attention_bias says so', () => {
+    const s = parseModelSpec({ ...base, architectures: ['Qwen3ForCausalLM'], head_dim: 32 });
+    expect(s).toMatchObject({ architecture: 'Qwen3ForCausalLM', headDim: 32, qkNorm: true, attentionBias: false });
+    expect(parseModelSpec({ ...base, architectures: ['Qwen3ForCausalLM'], attention_bias: true }).attentionBias).toBe(true);
+    expect(parseModelSpec({ ...base, architectures: ['Qwen2ForCausalLM'] }).qkNorm).toBe(false);
+  });
+
   it('refuses unsupported architectures, naming what is supported', () => {
-    expectCheckpointError(() => parseModelSpec({ ...base, architectures: ['GPT2LMHeadModel'] }), /GPT2LMHeadModel is not supported; supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM/);
+    expectCheckpointError(() => parseModelSpec({ ...base, architectures: ['GPT2LMHeadModel'] }), /GPT2LMHeadModel is not supported; supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM/);
     expectCheckpointError(() => parseModelSpec({ ...base, architectures: undefined }), /\(none given\)/);
   });
 
@@ -154,6 +161,13 @@ describe('checkpoint directory', () => {
     const weights = [...tm.weights.entries()].filter(([n]) => n !== 'model.layers.1.self_attn.k_proj.weight');
     writeSafetensors(join(tm.dir, 'model.safetensors'), weights.map(([name, t]) => ({ name, shape: t.shape, dtype: 'F32', data: t.data })));
     expectCheckpointError(() => Checkpoint.open(tm.dir), 'model.layers.1.self_attn.k_proj.weight is missing', 'expected shape [32,64]');
+  });
+
+  it("refuses a Qwen3 checkpoint without a layer's k_norm, naming it and its [head_dim] shape", () => {
+    const tm = makeTinyModel({ seed: 4, flavour: 'qwen3', headDim: 32 });
+    const weights = [...tm.weights.entries()].filter(([n]) => n !== 'model.layers.0.self_attn.k_norm.weight');
+    writeSafetensors(join(tm.dir, 'model.safetensors'), weights.map(([name, t]) => ({ name, shape: t.shape, dtype: 'F32', data: t.data })));
+    expectCheckpointError(() => Checkpoint.open(tm.dir), 'model.layers.0.self_attn.k_norm.weight is missing', 'expected shape [32]');
   });
 
   it('refuses a tensor of the wrong shape, naming file, tensor and expectation', () => {
