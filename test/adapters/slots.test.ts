@@ -5,7 +5,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { AdapterSlots } from '../../src/adapters/slots.js';
-import { parseModelSpec } from '../../src/runtime/checkpoint/spec.js';
+import { parseModelSpec } from '../../src/runtime/arch/families.js';
 import { LoraStacks, factorKey, type LoraWeights } from '../../src/runtime/lora-stacks.js';
 
 const spec = parseModelSpec({ architectures: ['LlamaForCausalLM'], hidden_size: 8, num_hidden_layers: 1, num_attention_heads: 2, num_key_value_heads: 1, intermediate_size: 16, vocab_size: 10 });

@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { CheckpointError } from '../../src/errors.js';
 import { Checkpoint } from '../../src/runtime/checkpoint/checkpoint.js';
 import { SafetensorsFile, floatToBf16, floatToHalf, halfToFloat, toFloat32 } from '../../src/runtime/checkpoint/safetensors.js';
-import { parseModelSpec } from '../../src/runtime/checkpoint/spec.js';
+import { parseModelSpec } from '../../src/runtime/arch/families.js';
 import { writeSafetensors } from '../../src/runtime/checkpoint/writer.js';
 import { makeTinyModel, tempDir } from '../helpers/tiny-model.js';
 

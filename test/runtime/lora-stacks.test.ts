@@ -1,7 +1,7 @@
 /** The slot stacks: contiguous occupancy, move-last-into-hole, rank repacking, refusals. */
 import { describe, expect, it } from 'vitest';
 import { RuntimeLimitError } from '../../src/runtime/limit-error.js';
-import { parseModelSpec } from '../../src/runtime/checkpoint/spec.js';
+import { parseModelSpec } from '../../src/runtime/arch/families.js';
 import { LoraStacks, factorKey, type LoraWeights } from '../../src/runtime/lora-stacks.js';
 
 const spec = parseModelSpec({

@@ -9,35 +9,13 @@ import { createReadStream, existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { CheckpointError } from '../../errors.js';
 import { SafetensorsFile } from './safetensors.js';
-import { PROJECTIONS, parseModelSpec, projectionPath, projectionShape, tokenIds, type ModelSpec } from './spec.js';
+import { familyOf, parseModelSpec } from '../arch/families.js';
+import type { ExpectedTensor } from '../arch/family.js';
+import { tokenIds, type ModelSpec } from './spec.js';
 
-export interface ExpectedTensor {
-  name: string;
-  shape: number[];
-}
-
-/** Every tensor the decoder reads, with the shape it must have. */
+/** Every tensor the decoder reads, with the shape it must have (the model family's table). */
 export function expectedTensors(spec: ModelSpec): ExpectedTensor[] {
-  const out: ExpectedTensor[] = [{ name: 'model.embed_tokens.weight', shape: [spec.vocabSize, spec.hiddenSize] }];
-  for (let l = 0; l < spec.numLayers; l++) {
-    const p = `model.layers.${l}`;
-    out.push({ name: `${p}.input_layernorm.weight`, shape: [spec.hiddenSize] });
-    out.push({ name: `${p}.post_attention_layernorm.weight`, shape: [spec.hiddenSize] });
-    if (spec.qkNorm) {
-      out.push({ name: `${p}.self_attn.q_norm.weight`, shape: [spec.headDim] });
-      out.push({ name: `${p}.self_attn.k_norm.weight`, shape: [spec.headDim] });
-    }
-    for (const proj of PROJECTIONS) {
-      const [inF, outF] = projectionShape(spec, proj);
-      out.push({ name: `${p}.${projectionPath(proj)}.weight`, shape: [outF, inF] });
-      if (spec.attentionBias && (proj === 'q_proj' || proj === 'k_proj' || proj === 'v_proj')) {
-        out.push({ name: `${p}.${projectionPath(proj)}.bias`, shape: [outF] });
-      }
-    }
-  }
-  out.push({ name: 'model.norm.weight', shape: [spec.hiddenSize] });
-  if (!spec.tieWordEmbeddings) out.push({ name: 'lm_head.weight', shape: [spec.vocabSize, spec.hiddenSize] });
-  return out;
+  return familyOf(spec.architecture).tensors(spec);
 }
 
 function readJson(path: string): Record<string, unknown> {

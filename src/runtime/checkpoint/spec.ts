@@ -1,8 +1,7 @@
 /**
- * config.json → a typed, validated model spec. Only decoder architectures whose math loraplex
- * implements are accepted; everything else is refused with a message naming what is supported.
+ * The typed model spec every layer reads (config.json parsed by the model's family, see
+ * arch/families.ts), the supported architectures, and the projections' shapes and module paths.
  */
-import { CheckpointError } from '../../errors.js';
 
 export const SUPPORTED_ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM', 'Qwen3ForCausalLM'] as const;
 export type Architecture = (typeof SUPPORTED_ARCHITECTURES)[number];
@@ -68,98 +67,11 @@ export function projectionPath(p: Projection): string {
   return p === 'gate_proj' || p === 'up_proj' || p === 'down_proj' ? `mlp.${p}` : `self_attn.${p}`;
 }
 
-type Json = Record<string, unknown>;
-
-function int(cfg: Json, key: string, file: string, fallback?: number): number {
-  const v = cfg[key] ?? fallback;
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) {
-    throw new CheckpointError(`${file}: ${key} must be a positive integer, got ${JSON.stringify(cfg[key])}`);
-  }
-  return v;
-}
-
-function num(cfg: Json, key: string, file: string, fallback: number): number {
-  const v = cfg[key] ?? fallback;
-  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) {
-    throw new CheckpointError(`${file}: ${key} must be a positive number, got ${JSON.stringify(cfg[key])}`);
-  }
-  return v;
-}
-
 /** A token id field of config.json / generation_config.json: a number or a list of numbers. */
 export function tokenIds(v: unknown): number[] {
   if (typeof v === 'number') return [v];
   if (Array.isArray(v)) return v.filter((x): x is number => typeof x === 'number');
   return [];
-}
-
-/** Parses a config.json object. `file` names the file in error messages. */
-export function parseModelSpec(cfg: Json, file = 'config.json'): ModelSpec {
-  const archs = cfg.architectures;
-  const arch = Array.isArray(archs) && typeof archs[0] === 'string' ? archs[0] : undefined;
-  if (!arch || !(SUPPORTED_ARCHITECTURES as readonly string[]).includes(arch)) {
-    throw new CheckpointError(
-      `${file}: architecture ${arch ?? '(none given)'} is not supported; supported: ${SUPPORTED_ARCHITECTURES.join(', ')}`,
-    );
-  }
-  const architecture = arch as Architecture;
-  const act = cfg.hidden_act ?? 'silu';
-  if (act !== 'silu') throw new CheckpointError(`${file}: hidden_act ${JSON.stringify(act)} is not supported (expected "silu")`);
-  if (cfg.mlp_bias === true) throw new CheckpointError(`${file}: mlp_bias=true is not supported`);
-
-  const hiddenSize = int(cfg, 'hidden_size', file);
-  const numHeads = int(cfg, 'num_attention_heads', file);
-  const numKvHeads = int(cfg, 'num_key_value_heads', file, numHeads);
-  if (numHeads % numKvHeads !== 0) {
-    throw new CheckpointError(`${file}: num_attention_heads (${numHeads}) must be a multiple of num_key_value_heads (${numKvHeads})`);
-  }
-  const headDim = cfg.head_dim == null ? hiddenSize / numHeads : int(cfg, 'head_dim', file);
-  if (!Number.isInteger(headDim) || headDim % 2 !== 0) {
-    throw new CheckpointError(`${file}: head dimension ${headDim} must be an even integer (hidden_size / num_attention_heads or head_dim)`);
-  }
-
-  let ropeScaling: Llama3RopeScaling | null = null;
-  const rs = cfg.rope_scaling as Json | null | undefined;
-  if (rs != null) {
-    const type = rs.rope_type ?? rs.type;
-    if (type === 'default') {
-      ropeScaling = null;
-    } else if (type !== 'llama3') {
-      throw new CheckpointError(`${file}: rope_scaling type ${JSON.stringify(type)} is not supported (supported: llama3)`);
-    } else {
-      ropeScaling = {
-        ropeType: 'llama3',
-        factor: num(rs, 'factor', `${file} rope_scaling`, 8),
-        lowFreqFactor: num(rs, 'low_freq_factor', `${file} rope_scaling`, 1),
-        highFreqFactor: num(rs, 'high_freq_factor', `${file} rope_scaling`, 4),
-        originalMaxPositionEmbeddings: int(rs, 'original_max_position_embeddings', `${file} rope_scaling`, 8192),
-      };
-    }
-  }
-  const useSliding = architecture === 'MistralForCausalLM' || cfg.use_sliding_window === true;
-  const sw = cfg.sliding_window;
-  const slidingWindow = useSliding && typeof sw === 'number' && sw > 0 ? sw : null;
-
-  return {
-    architecture,
-    hiddenSize,
-    numLayers: int(cfg, 'num_hidden_layers', file),
-    numHeads,
-    numKvHeads,
-    headDim,
-    intermediateSize: int(cfg, 'intermediate_size', file),
-    vocabSize: int(cfg, 'vocab_size', file),
-    ropeTheta: num(cfg, 'rope_theta', file, 10000),
-    ropeScaling,
-    rmsNormEps: num(cfg, 'rms_norm_eps', file, 1e-6),
-    tieWordEmbeddings: cfg.tie_word_embeddings === true,
-    attentionBias: architecture === 'Qwen2ForCausalLM' || cfg.attention_bias === true,
-    qkNorm: architecture === 'Qwen3ForCausalLM',
-    maxPositionEmbeddings: int(cfg, 'max_position_embeddings', file, 4096),
-    slidingWindow,
-    bosTokenId: typeof cfg.bos_token_id === 'number' ? cfg.bos_token_id : null,
-    eosTokenIds: tokenIds(cfg.eos_token_id),
-  };
 }
 
 /** Rotary inverse frequencies [headDim/2], with Llama 3 scaling applied when configured. */

@@ -2,6 +2,10 @@
  * One linear projection y = x·Wᵀ (+ bias) in the chosen weight format, in two phases: `prepare`
  * converts the weight (transpose or quantize; the expensive part, which may run on a helper thread)
  * and `emitLinear` adds the initializers and the node.
+ *
+ * Every format is one entry of WEIGHT_FORMAT_TABLE, which the type system requires to cover every
+ * WeightFormat: a format added to the list without its preparation, its node or its buffers does
+ * not compile (there is no fallthrough to a default).
  *   fp32:  MatMul(x, Wᵀ [K, N])
  *   int8/int4: com.microsoft MatMulNBits, block 32, accuracy_level 4 (int8 activations: the fast CPU path)
  *   nf4:   com.microsoft MatMulBnb4 (what QLoRA trains against; much slower on CPU)
@@ -20,44 +24,73 @@ export interface LinearWeight {
 export type PreparedLinear = { n: number; k: number; bias: Float32Array | null } & (
   | { format: 'fp32'; t: Float32Array }
   | { format: 'nf4'; q: Nf4Weight }
-  | { format: 'int8' | 'int4'; q: NBitsWeight }
+  | { format: 'int8'; q: NBitsWeight }
+  | { format: 'int4'; q: NBitsWeight }
 );
+
+type PreparedOf<F extends WeightFormat> = Extract<PreparedLinear, { format: F }>;
+
+interface WeightFormatImpl<F extends WeightFormat> {
+  /** Converts the weight (runs on a helper thread for large models). */
+  prepare(weight: LinearWeight, format: F): PreparedOf<F>;
+  /** Adds the initializers and the node computing x·Wᵀ (+ bias); returns the output's name. */
+  emit(g: GraphBuilder, x: string, name: string, p: PreparedOf<F>, bias: string | null): string;
+  /** The buffers the prepared weight owns (transferred from a helper thread). */
+  buffers(p: PreparedOf<F>): ArrayBufferLike[];
+}
+
+const withBias = (g: GraphBuilder, y: string, bias: string | null): string => (bias ? g.op('Add', [y, bias]) : y);
+
+const nBits: WeightFormatImpl<'int8' | 'int4'> = {
+  prepare: (weight, format) => ({ format, q: quantizeNBits(weight.w, weight.n, weight.k, format === 'int8' ? 8 : 4), n: weight.n, k: weight.k, bias: weight.bias ?? null }) as PreparedOf<'int8' | 'int4'>,
+  emit: (g, x, name, { n, k, q }, bias) => {
+    const packed = g.init(`${name}.q${q.bits}`, 'uint8', [n, q.kBlocks, (BLOCK * q.bits) / 8], q.packed);
+    const scales = g.floatInit(`${name}.scales`, [n * q.kBlocks], q.scales);
+    const zp = q.zeroPoints ? g.init(`${name}.zp`, 'uint8', [q.zeroPoints.length], q.zeroPoints) : '';
+    const inputs = [x, packed, scales, zp, '', bias ?? ''];
+    while (inputs[inputs.length - 1] === '') inputs.pop();
+    return g.op('MatMulNBits', inputs, { K: k, N: n, bits: q.bits, block_size: BLOCK, accuracy_level: 4 }, { domain: 'com.microsoft' });
+  },
+  buffers: ({ q }) => [q.packed.buffer, q.scales.buffer, ...(q.zeroPoints ? [q.zeroPoints.buffer] : [])],
+};
+
+export const WEIGHT_FORMAT_TABLE: { [F in WeightFormat]: WeightFormatImpl<F> } = {
+  fp32: {
+    prepare: ({ w, n, k, bias }) => {
+      const t = new Float32Array(k * n);
+      for (let row = 0; row < n; row++) for (let col = 0; col < k; col++) t[col * n + row] = w[row * k + col];
+      return { format: 'fp32', t, n, k, bias: bias ?? null };
+    },
+    emit: (g, x, name, { n, k, t }, bias) => withBias(g, g.op('MatMul', [x, g.floatInit(`${name}.weight`, [k, n], t)]), bias),
+    buffers: ({ t }) => [t.buffer],
+  },
+  nf4: {
+    prepare: ({ w, n, k, bias }) => ({ format: 'nf4', q: quantizeNf4(w, n, k), n, k, bias: bias ?? null }),
+    emit: (g, x, name, { n, k, q }, bias) => {
+      const packed = g.init(`${name}.nf4`, 'uint8', [q.packed.length], q.packed);
+      const absmax = g.floatInit(`${name}.absmax`, [q.absmax.length], q.absmax);
+      return withBias(g, g.op('MatMulBnb4', [x, packed, absmax], { K: k, N: n, block_size: BLOCK, quant_type: 1 }, { domain: 'com.microsoft' }), bias);
+    },
+    buffers: ({ q }) => [q.packed.buffer, q.absmax.buffer],
+  },
+  int8: nBits as WeightFormatImpl<'int8'>,
+  int4: nBits as WeightFormatImpl<'int4'>,
+};
+
+/** The table's entry for a prepared weight (one cast: TypeScript cannot correlate the two unions). */
+const implOf = (format: WeightFormat): WeightFormatImpl<WeightFormat> => WEIGHT_FORMAT_TABLE[format] as unknown as WeightFormatImpl<WeightFormat>;
 
 /** Converts a weight for its format: Wᵀ for fp32, quantized blocks otherwise. */
 export function prepareLinear(weight: LinearWeight, format: WeightFormat): PreparedLinear {
-  const { w, n, k } = weight;
-  const bias = weight.bias ?? null;
-  if (format === 'fp32') {
-    const t = new Float32Array(k * n);
-    for (let row = 0; row < n; row++) for (let col = 0; col < k; col++) t[col * n + row] = w[row * k + col];
-    return { format, t, n, k, bias };
-  }
-  if (format === 'nf4') return { format, q: quantizeNf4(w, n, k), n, k, bias };
-  return { format, q: quantizeNBits(w, n, k, format === 'int8' ? 8 : 4), n, k, bias };
+  return implOf(format).prepare(weight, format);
 }
 
 export function emitLinear(g: GraphBuilder, x: string, name: string, p: PreparedLinear): string {
-  const { n, k } = p;
-  const biasName = p.bias ? g.floatInit(`${name}.bias`, [n], p.bias) : null;
-  let y: string;
-  switch (p.format) {
-    case 'fp32':
-      y = g.op('MatMul', [x, g.floatInit(`${name}.weight`, [k, n], p.t)]);
-      return biasName ? g.op('Add', [y, biasName]) : y;
-    case 'nf4': {
-      const packed = g.init(`${name}.nf4`, 'uint8', [p.q.packed.length], p.q.packed);
-      const absmax = g.floatInit(`${name}.absmax`, [p.q.absmax.length], p.q.absmax);
-      y = g.op('MatMulBnb4', [x, packed, absmax], { K: k, N: n, block_size: BLOCK, quant_type: 1 }, { domain: 'com.microsoft' });
-      return biasName ? g.op('Add', [y, biasName]) : y;
-    }
-    default: {
-      const { q } = p;
-      const packed = g.init(`${name}.q${q.bits}`, 'uint8', [n, q.kBlocks, (BLOCK * q.bits) / 8], q.packed);
-      const scales = g.floatInit(`${name}.scales`, [n * q.kBlocks], q.scales);
-      const zp = q.zeroPoints ? g.init(`${name}.zp`, 'uint8', [q.zeroPoints.length], q.zeroPoints) : '';
-      const inputs = [x, packed, scales, zp, '', biasName ?? ''];
-      while (inputs[inputs.length - 1] === '') inputs.pop();
-      return g.op('MatMulNBits', inputs, { K: k, N: n, bits: q.bits, block_size: BLOCK, accuracy_level: 4 }, { domain: 'com.microsoft' });
-    }
-  }
+  const bias = p.bias ? g.floatInit(`${name}.bias`, [p.n], p.bias) : null;
+  return implOf(p.format).emit(g, x, name, p, bias);
+}
+
+/** Every buffer a prepared weight owns, once each. */
+export function preparedBuffers(p: PreparedLinear): ArrayBuffer[] {
+  return [...new Set([...(p.bias ? [p.bias.buffer] : []), ...implOf(p.format).buffers(p)])] as ArrayBuffer[];
 }

@@ -24,18 +24,6 @@ function owned(a: Float32Array): Float32Array {
   return a.byteOffset === 0 && a.buffer.byteLength === a.byteLength && a.buffer instanceof ArrayBuffer ? a : a.slice();
 }
 
-function buffersOf(p: PreparedLinear): ArrayBuffer[] {
-  const list: ArrayBufferLike[] = [];
-  if (p.bias) list.push(p.bias.buffer);
-  if (p.format === 'fp32') list.push(p.t.buffer);
-  else if (p.format === 'nf4') list.push(p.q.packed.buffer, p.q.absmax.buffer);
-  else {
-    list.push(p.q.packed.buffer, p.q.scales.buffer);
-    if (p.q.zeroPoints) list.push(p.q.zeroPoints.buffer);
-  }
-  return [...new Set(list)] as ArrayBuffer[];
-}
-
 export class ThreadPreparer implements Preparer {
   private readonly workers: Worker[] = [];
   private readonly idle: Worker[] = [];
@@ -81,4 +69,3 @@ export class ThreadPreparer implements Preparer {
   }
 }
 
-export { buffersOf };

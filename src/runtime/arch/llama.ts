@@ -1,0 +1,222 @@
+/**
+ * The Llama family: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and Qwen3ForCausalLM —
+ * one layer shape with flags (q/k/v bias for Qwen2 and `attention_bias`; per-head q/k RMSNorm for
+ * Qwen3; Llama 3 rope scaling; Mistral's sliding window).
+ *
+ * Per layer:
+ *   x    = RMSNorm(h)
+ *   qkv  = x·W_qkv (+bias) (+LoRA)        fused q|k|v projection
+ *   q, k = RMSNorm per head (Qwen3 only)
+ *   q, k = rotary(q), rotary(k)            k and v are also outputs (new_key/new_value.l)
+ *   a    = Attention(q, [past k ; k], [past v ; v], mask)   past gathered from the pool by kv_index
+ *   h    = h + a·W_o (+LoRA)
+ *   x    = RMSNorm(h); gu = x·W_gate|up (+LoRA); h = h + (silu(g)·u)·W_down (+LoRA)
+ * and the next layer's (or the final) RMSNorm fused with the residual add.
+ */
+import { CheckpointError } from '../../errors.js';
+import type { Checkpoint } from '../checkpoint/checkpoint.js';
+import { PROJECTIONS, projectionPath, projectionShape, tokenIds, type Llama3RopeScaling, type ModelSpec, type Projection } from '../checkpoint/spec.js';
+import { newKey, newValue, pastKey, pastValue } from '../graph/io.js';
+import { emitLinear, type LinearWeight } from '../graph/linear.js';
+import { int, num, type Json } from './config-fields.js';
+import type { ExpectedTensor, Family } from './family.js';
+
+/** The tensor names of layer l: the one table checkpoint validation and the graph both read. */
+function layerTensors(l: number) {
+  const p = `model.layers.${l}`;
+  return {
+    inputNorm: `${p}.input_layernorm.weight`,
+    postNorm: `${p}.post_attention_layernorm.weight`,
+    qNorm: `${p}.self_attn.q_norm.weight`,
+    kNorm: `${p}.self_attn.k_norm.weight`,
+    weight: (proj: Projection) => `${p}.${projectionPath(proj)}.weight`,
+    bias: (proj: Projection) => `${p}.${projectionPath(proj)}.bias`,
+  };
+}
+const FINAL_NORM = 'model.norm.weight';
+const QKV: readonly Projection[] = ['q_proj', 'k_proj', 'v_proj'];
+
+function parseConfig(cfg: Json, architecture: ModelSpec['architecture'], file: string): ModelSpec {
+  const act = cfg.hidden_act ?? 'silu';
+  if (act !== 'silu') throw new CheckpointError(`${file}: hidden_act ${JSON.stringify(act)} is not supported (expected "silu")`);
+  if (cfg.mlp_bias === true) throw new CheckpointError(`${file}: mlp_bias=true is not supported`);
+
+  const hiddenSize = int(cfg, 'hidden_size', file);
+  const numHeads = int(cfg, 'num_attention_heads', file);
+  const numKvHeads = int(cfg, 'num_key_value_heads', file, numHeads);
+  if (numHeads % numKvHeads !== 0) {
+    throw new CheckpointError(`${file}: num_attention_heads (${numHeads}) must be a multiple of num_key_value_heads (${numKvHeads})`);
+  }
+  const headDim = cfg.head_dim == null ? hiddenSize / numHeads : int(cfg, 'head_dim', file);
+  if (!Number.isInteger(headDim) || headDim % 2 !== 0) {
+    throw new CheckpointError(`${file}: head dimension ${headDim} must be an even integer (hidden_size / num_attention_heads or head_dim)`);
+  }
+
+  let ropeScaling: Llama3RopeScaling | null = null;
+  const rs = cfg.rope_scaling as Json | null | undefined;
+  if (rs != null) {
+    const type = rs.rope_type ?? rs.type;
+    if (type === 'default') {
+      ropeScaling = null;
+    } else if (type !== 'llama3') {
+      throw new CheckpointError(`${file}: rope_scaling type ${JSON.stringify(type)} is not supported (supported: llama3)`);
+    } else {
+      ropeScaling = {
+        ropeType: 'llama3',
+        factor: num(rs, 'factor', `${file} rope_scaling`, 8),
+        lowFreqFactor: num(rs, 'low_freq_factor', `${file} rope_scaling`, 1),
+        highFreqFactor: num(rs, 'high_freq_factor', `${file} rope_scaling`, 4),
+        originalMaxPositionEmbeddings: int(rs, 'original_max_position_embeddings', `${file} rope_scaling`, 8192),
+      };
+    }
+  }
+  const useSliding = architecture === 'MistralForCausalLM' || cfg.use_sliding_window === true;
+  const sw = cfg.sliding_window;
+  const slidingWindow = useSliding && typeof sw === 'number' && sw > 0 ? sw : null;
+
+  return {
+    architecture,
+    hiddenSize,
+    numLayers: int(cfg, 'num_hidden_layers', file),
+    numHeads,
+    numKvHeads,
+    headDim,
+    intermediateSize: int(cfg, 'intermediate_size', file),
+    vocabSize: int(cfg, 'vocab_size', file),
+    ropeTheta: num(cfg, 'rope_theta', file, 10000),
+    ropeScaling,
+    rmsNormEps: num(cfg, 'rms_norm_eps', file, 1e-6),
+    tieWordEmbeddings: cfg.tie_word_embeddings === true,
+    attentionBias: architecture === 'Qwen2ForCausalLM' || cfg.attention_bias === true,
+    qkNorm: architecture === 'Qwen3ForCausalLM',
+    maxPositionEmbeddings: int(cfg, 'max_position_embeddings', file, 4096),
+    slidingWindow,
+    bosTokenId: typeof cfg.bos_token_id === 'number' ? cfg.bos_token_id : null,
+    eosTokenIds: tokenIds(cfg.eos_token_id),
+  };
+}
+
+function tensors(spec: ModelSpec): ExpectedTensor[] {
+  const out: ExpectedTensor[] = [{ name: LLAMA_FAMILY.embedTensor, shape: [spec.vocabSize, spec.hiddenSize] }];
+  for (let l = 0; l < spec.numLayers; l++) {
+    const t = layerTensors(l);
+    out.push({ name: t.inputNorm, shape: [spec.hiddenSize] });
+    out.push({ name: t.postNorm, shape: [spec.hiddenSize] });
+    if (spec.qkNorm) {
+      out.push({ name: t.qNorm, shape: [spec.headDim] });
+      out.push({ name: t.kNorm, shape: [spec.headDim] });
+    }
+    for (const proj of PROJECTIONS) {
+      const [inF, outF] = projectionShape(spec, proj);
+      out.push({ name: t.weight(proj), shape: [outF, inF] });
+      if (spec.attentionBias && QKV.includes(proj)) out.push({ name: t.bias(proj), shape: [outF] });
+    }
+  }
+  out.push({ name: FINAL_NORM, shape: [spec.hiddenSize] });
+  if (!spec.tieWordEmbeddings) out.push({ name: 'lm_head.weight', shape: [spec.vocabSize, spec.hiddenSize] });
+  return out;
+}
+
+/** Fused q|k|v, o, fused gate|up, down. */
+function layerWeights(ckpt: Checkpoint, spec: ModelSpec, l: number): LinearWeight[] {
+  const t = layerTensors(l);
+  const qDim = spec.numHeads * spec.headDim;
+  const kvDim = spec.numKvHeads * spec.headDim;
+  const I = spec.intermediateSize;
+  return [
+    { w: concatRows(QKV.map((p) => ckpt.read(t.weight(p)))), n: qDim + 2 * kvDim, k: spec.hiddenSize, bias: spec.attentionBias ? concatRows(QKV.map((p) => ckpt.read(t.bias(p)))) : null },
+    { w: ckpt.read(t.weight('o_proj')), n: spec.hiddenSize, k: qDim },
+    { w: concatRows([ckpt.read(t.weight('gate_proj')), ckpt.read(t.weight('up_proj'))]), n: 2 * I, k: spec.hiddenSize },
+    { w: ckpt.read(t.weight('down_proj')), n: spec.hiddenSize, k: I },
+  ];
+}
+
+export const LLAMA_FAMILY: Family = {
+  parseConfig,
+  tensors,
+  layerWeights,
+  embedTensor: 'model.embed_tokens.weight',
+  headTensor: (spec) => (spec.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight'),
+
+  firstLayerInput({ g, ckpt, spec }, h) {
+    const w = g.floatInit('layers.0.input_norm', [spec.hiddenSize], ckpt.read(layerTensors(0).inputNorm));
+    return { x: g.op('SimplifiedLayerNormalization', [h, w], { epsilon: { float: spec.rmsNormEps }, axis: -1 }), h };
+  },
+
+  emitLayer(ctx, l, [pQkv, pO, pGu, pDown], { x, h }) {
+    const { g, ckpt, spec } = ctx;
+    const ft = g.ft;
+    const t = layerTensors(l);
+    const eps = { float: spec.rmsNormEps };
+    const kvDim = spec.numKvHeads * spec.headDim;
+    const qDim = spec.numHeads * spec.headDim;
+    const I = spec.intermediateSize;
+
+    // ---- attention
+    let qkv = emitLinear(g, x, `layers.${l}.qkv`, pQkv);
+    qkv = ctx.scatterAdd(qkv, () => {
+      const xg = ctx.group(x, spec.hiddenSize);
+      return g.op('Concat', [ctx.delta(xg, l, 'q_proj', spec.hiddenSize, qDim), ctx.delta(xg, l, 'k_proj', spec.hiddenSize, kvDim), ctx.delta(xg, l, 'v_proj', spec.hiddenSize, kvDim)], { axis: 2 });
+    });
+    const [q, k, v] = [g.name('q'), g.name('k'), newValue(l)];
+    g.opMulti('Split', [qkv, g.const64([qDim, kvDim, kvDim])], [q, k, v], { axis: 1 });
+    g.output(v, ft, ['T', kvDim]);
+    const rot = (x: string, heads: number): string =>
+      g.op('Squeeze', [
+        g.op('RotaryEmbedding', [g.op('Unsqueeze', [x, g.const64([0])]), ctx.positions, ctx.cos, ctx.sin], { num_heads: heads, interleaved: 0 }, { domain: 'com.microsoft' }),
+        g.const64([0]),
+      ]);
+    // Qwen3: RMSNorm over each head's headDim values, with one weight per dimension shared by the heads.
+    const headNorm = (x: string, heads: number, which: 'q' | 'k'): string => {
+      if (!spec.qkNorm) return x;
+      const w = g.floatInit(`layers.${l}.${which}_norm`, [spec.headDim], ckpt.read(which === 'q' ? t.qNorm : t.kNorm));
+      const perHead = g.op('Reshape', [x, g.const64([-1, heads, spec.headDim])]);
+      return g.op('Reshape', [g.op('SimplifiedLayerNormalization', [perHead, w], { epsilon: eps, axis: -1 }), g.const64([-1, heads * spec.headDim])]);
+    };
+    const qr = rot(headNorm(q, spec.numHeads, 'q'), spec.numHeads);
+    const kr = g.op('Identity', [rot(headNorm(k, spec.numKvHeads, 'k'), spec.numKvHeads)], undefined, { out: newKey(l) });
+    g.output(kr, ft, ['T', kvDim]);
+
+    const pk = g.input(pastKey(l), ft, ['pool', kvDim]);
+    const pv = g.input(pastValue(l), ft, ['pool', kvDim]);
+    const keys = g.op('Concat', [g.op('Gather', [pk, ctx.kvIndex], { axis: 0 }), g.op('Gather', [kr, ctx.padIndex], { axis: 0 })], { axis: 1 });
+    const values = g.op('Concat', [g.op('Gather', [pv, ctx.kvIndex], { axis: 0 }), g.op('Gather', [v, ctx.padIndex], { axis: 0 })], { axis: 1 });
+    const qPadded = g.op('Gather', [qr, ctx.padIndex], { axis: 0 });
+    const attn = g.op('Attention', [qPadded, keys, values, ctx.mask], { q_num_heads: spec.numHeads, kv_num_heads: spec.numKvHeads });
+    const attnPacked = g.op('Gather', [g.op('Reshape', [attn, g.const64([-1, qDim])]), ctx.unpadIndex], { axis: 0 });
+    let o = emitLinear(g, attnPacked, `layers.${l}.o`, pO);
+    o = ctx.scatterAdd(o, () => ctx.delta(ctx.group(attnPacked, qDim), l, 'o_proj', qDim, spec.hiddenSize));
+
+    // ---- MLP
+    const post = g.floatInit(`layers.${l}.post_norm`, [spec.hiddenSize], ckpt.read(t.postNorm));
+    const [x2, h2] = [g.name('x2'), g.name('h')];
+    g.opMulti('SkipSimplifiedLayerNormalization', [o, h, post], [x2, '', '', h2], { epsilon: eps }, 'com.microsoft');
+    let gu = emitLinear(g, x2, `layers.${l}.gate_up`, pGu);
+    gu = ctx.scatterAdd(gu, () => {
+      const x2g = ctx.group(x2, spec.hiddenSize);
+      return g.op('Concat', [ctx.delta(x2g, l, 'gate_proj', spec.hiddenSize, I), ctx.delta(x2g, l, 'up_proj', spec.hiddenSize, I)], { axis: 2 });
+    });
+    const [gate, up] = [g.name('gate'), g.name('up')];
+    g.opMulti('Split', [gu, g.const64([I, I])], [gate, up], { axis: 1 });
+    const act = g.op('Mul', [g.op('Mul', [gate, g.op('Sigmoid', [gate])]), up]);
+    let down = emitLinear(g, act, `layers.${l}.down`, pDown);
+    down = ctx.scatterAdd(down, () => ctx.delta(ctx.group(act, I), l, 'down_proj', I, spec.hiddenSize));
+
+    // The next layer's input norm (or the final norm) fused with the residual add.
+    const last = l + 1 === spec.numLayers;
+    const nextNorm = g.floatInit(last ? 'final_norm' : `layers.${l + 1}.input_norm`, [spec.hiddenSize], ckpt.read(last ? FINAL_NORM : layerTensors(l + 1).inputNorm));
+    const [xn, hn] = [g.name('x'), g.name('h')];
+    g.opMulti('SkipSimplifiedLayerNormalization', [down, h2, nextNorm], [xn, '', '', hn], { epsilon: eps }, 'com.microsoft');
+    return { x: xn, h: hn };
+  },
+};
+
+function concatRows(parts: Float32Array[]): Float32Array {
+  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
+  let off = 0;
+  for (const p of parts) {
+    out.set(p, off);
+    off += p.length;
+  }
+  return out;
+}

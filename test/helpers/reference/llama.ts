@@ -1,0 +1,91 @@
+/**
+ * One layer of the Llama family (Llama, Mistral, Qwen2, Qwen3) over every position, in place on the
+ * hidden states: pre-norm attention with GQA, rotary positions (q/k RMS-normalized per head first
+ * for Qwen3), causal softmax; then the SiLU-gated MLP. Written from the Hugging Face modeling code's
+ * math; nothing from src/.
+ */
+import type { LoraModule, RefModelConfig, RefWeights } from '../model-types.js';
+import { applyRope, rmsNorm, rmsNormHeads, tensor, type Vec } from './math.js';
+
+export type Projector = (x: Vec, layer: number, mod: LoraModule, w: Float32Array, outDim: number, inDim: number, bias?: Float32Array) => Vec;
+
+export function llamaLayer(cfg: RefModelConfig, weights: RefWeights, l: number, hs: Vec[], proj: Projector, invFreq: Vec): void {
+  const { hiddenSize: H, numHeads, numKvHeads, headDim: D, intermediateSize: I } = cfg;
+  const qDim = numHeads * D;
+  const kvDim = numKvHeads * D;
+  const group = numHeads / numKvHeads;
+  const n = hs.length;
+  const invSqrtD = 1 / Math.sqrt(D);
+  const p = `model.layers.${l}.`;
+  const inNorm = tensor(weights, `${p}input_layernorm.weight`, [H]);
+  const wq = tensor(weights, `${p}self_attn.q_proj.weight`, [qDim, H]);
+  const wk = tensor(weights, `${p}self_attn.k_proj.weight`, [kvDim, H]);
+  const wv = tensor(weights, `${p}self_attn.v_proj.weight`, [kvDim, H]);
+  const wo = tensor(weights, `${p}self_attn.o_proj.weight`, [H, qDim]);
+  const bq = cfg.attentionBias ? tensor(weights, `${p}self_attn.q_proj.bias`, [qDim]) : undefined;
+  const bk = cfg.attentionBias ? tensor(weights, `${p}self_attn.k_proj.bias`, [kvDim]) : undefined;
+  const bv = cfg.attentionBias ? tensor(weights, `${p}self_attn.v_proj.bias`, [kvDim]) : undefined;
+  const postNorm = tensor(weights, `${p}post_attention_layernorm.weight`, [H]);
+  const qNorm = cfg.qkNorm ? tensor(weights, `${p}self_attn.q_norm.weight`, [D]) : null;
+  const kNorm = cfg.qkNorm ? tensor(weights, `${p}self_attn.k_norm.weight`, [D]) : null;
+  const wGate = tensor(weights, `${p}mlp.gate_proj.weight`, [I, H]);
+  const wUp = tensor(weights, `${p}mlp.up_proj.weight`, [I, H]);
+  const wDown = tensor(weights, `${p}mlp.down_proj.weight`, [H, I]);
+
+  // Attention: project every position first (q, k rotated at their own position).
+  const qs: Vec[] = [];
+  const ks: Vec[] = [];
+  const vs: Vec[] = [];
+  for (let t = 0; t < n; t++) {
+    const x = rmsNorm(hs[t], inNorm, cfg.rmsNormEps);
+    const q = proj(x, l, 'q_proj', wq, qDim, H, bq);
+    const k = proj(x, l, 'k_proj', wk, kvDim, H, bk);
+    const v = proj(x, l, 'v_proj', wv, kvDim, H, bv);
+    if (qNorm && kNorm) {
+      rmsNormHeads(q, numHeads, D, qNorm, cfg.rmsNormEps);
+      rmsNormHeads(k, numKvHeads, D, kNorm, cfg.rmsNormEps);
+    }
+    applyRope(q, numHeads, D, t, invFreq);
+    applyRope(k, numKvHeads, D, t, invFreq);
+    qs.push(q);
+    ks.push(k);
+    vs.push(v);
+  }
+  for (let t = 0; t < n; t++) {
+    const attn = new Float64Array(qDim);
+    for (let h = 0; h < numHeads; h++) {
+      const qOff = h * D;
+      const kvOff = Math.floor(h / group) * D;
+      const scores = new Float64Array(t + 1);
+      let max = -Infinity;
+      for (let s = 0; s <= t; s++) {
+        let dot = 0;
+        for (let d = 0; d < D; d++) dot += qs[t][qOff + d] * ks[s][kvOff + d];
+        scores[s] = dot * invSqrtD;
+        if (scores[s] > max) max = scores[s];
+      }
+      let sum = 0;
+      for (let s = 0; s <= t; s++) {
+        scores[s] = Math.exp(scores[s] - max);
+        sum += scores[s];
+      }
+      for (let s = 0; s <= t; s++) {
+        const w = scores[s] / sum;
+        for (let d = 0; d < D; d++) attn[qOff + d] += w * vs[s][kvOff + d];
+      }
+    }
+    const o = proj(attn, l, 'o_proj', wo, H, qDim);
+    for (let i = 0; i < H; i++) hs[t][i] += o[i];
+  }
+
+  // MLP: down(silu(gate(x)) * up(x)).
+  for (let t = 0; t < n; t++) {
+    const x = rmsNorm(hs[t], postNorm, cfg.rmsNormEps);
+    const gate = proj(x, l, 'gate_proj', wGate, I, H);
+    const up = proj(x, l, 'up_proj', wUp, I, H);
+    const act = new Float64Array(I);
+    for (let i = 0; i < I; i++) act[i] = (gate[i] / (1 + Math.exp(-gate[i]))) * up[i];
+    const down = proj(act, l, 'down_proj', wDown, H, I);
+    for (let i = 0; i < H; i++) hs[t][i] += down[i];
+  }
+}
