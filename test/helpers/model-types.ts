@@ -29,6 +29,9 @@ export interface RefModelConfig {
   /** Qwen3: q and k are RMS-normalized per head (q_norm / k_norm, weight [headDim]) before RoPE. Absent = false. */
   qkNorm?: boolean;
   ropeScaling: RefRopeScaling | null;
+  /** Sliding-window attention: query t attends keys t - W + 1 .. t, on layers from firstSlidingLayer (default 0) on. */
+  slidingWindow?: number | null;
+  firstSlidingLayer?: number;
 }
 
 export interface RefTensor {

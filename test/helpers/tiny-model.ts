@@ -40,6 +40,9 @@ export interface TinyModelOptions {
   shards?: number;
   ropeScaling?: RefModelConfig['ropeScaling'];
   maxPositionEmbeddings?: number;
+  /** Sliding-window attention: Mistral's `sliding_window`, or Qwen's `use_sliding_window` from layer `maxWindowLayers` on. */
+  slidingWindow?: number;
+  maxWindowLayers?: number;
   /** Extra config.json fields (to test refusals). */
   configOverrides?: Record<string, unknown>;
   /**
@@ -114,6 +117,8 @@ export function makeTinyModel(opts: TinyModelOptions = {}, dir = tempDir()): Tin
     attentionBias: flavour === 'qwen2',
     qkNorm: flavour === 'qwen3',
     ropeScaling: opts.ropeScaling ?? null,
+    slidingWindow: opts.slidingWindow ?? null,
+    firstSlidingLayer: flavour === 'mistral' ? 0 : (opts.maxWindowLayers ?? 0),
   };
   const rand = prng(opts.seed ?? 1);
   const w: RefWeights = new Map();
@@ -197,7 +202,8 @@ export function makeTinyModel(opts: TinyModelOptions = {}, dir = tempDir()): Tin
           },
         }
       : {}),
-    ...(flavour === 'mistral' ? { sliding_window: null } : {}),
+    ...(flavour === 'mistral' ? { sliding_window: opts.slidingWindow ?? null } : {}),
+    ...(flavour !== 'mistral' && opts.slidingWindow ? { use_sliding_window: true, sliding_window: opts.slidingWindow, max_window_layers: opts.maxWindowLayers ?? 0 } : {}),
     ...opts.configOverrides,
   };
   writeFileSync(join(dir, 'config.json'), JSON.stringify(config, null, 2));

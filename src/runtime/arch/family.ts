@@ -24,8 +24,8 @@ export interface LayerContext {
   positions: string;
   cos: string;
   sin: string;
-  /** The attention mask [B, 1, S, P + S] and the gathers between packed tokens, padded rows and the KV pool. */
-  mask: string;
+  /** The attention mask [B, 1, S, P + S] for a window (null: causal over the whole context), and the gathers between packed tokens, padded rows and the KV pool. */
+  mask(window: number | null): string;
   kvIndex: string;
   padIndex: string;
   unpadIndex: string;

@@ -34,6 +34,11 @@ function layerTensors(l: number) {
   };
 }
 const FINAL_NORM = 'model.norm.weight';
+
+/** Layer l's sliding window, if it has one: Mistral's on every layer; Qwen's from `max_window_layers` on. */
+export function attentionWindow(spec: ModelSpec, l: number): number | null {
+  return spec.slidingWindow !== null && l >= spec.firstSlidingLayer ? spec.slidingWindow : null;
+}
 const QKV: readonly Projection[] = ['q_proj', 'k_proj', 'v_proj'];
 
 function parseConfig(cfg: Json, architecture: ModelSpec['architecture'], file: string): ModelSpec {
@@ -70,9 +75,16 @@ function parseConfig(cfg: Json, architecture: ModelSpec['architecture'], file: s
       };
     }
   }
-  const useSliding = architecture === 'MistralForCausalLM' || cfg.use_sliding_window === true;
+  // Mistral: a sliding window on every layer when sliding_window is set; Qwen2/Qwen3: only with
+  // use_sliding_window, on the layers from max_window_layers on (as transformers' layer_types).
+  const mistral = architecture === 'MistralForCausalLM';
+  const useSliding = mistral || cfg.use_sliding_window === true;
   const sw = cfg.sliding_window;
-  const slidingWindow = useSliding && typeof sw === 'number' && sw > 0 ? sw : null;
+  if (useSliding && sw != null && (typeof sw !== 'number' || !Number.isSafeInteger(sw) || sw < 1)) throw new CheckpointError(`${file}: sliding_window must be a positive integer or null, got ${JSON.stringify(sw)}`);
+  const slidingWindow = useSliding && typeof sw === 'number' ? sw : null;
+  const mwl = cfg.max_window_layers ?? 28; // transformers' Qwen2/Qwen3 default
+  if (typeof mwl !== 'number' || !Number.isSafeInteger(mwl) || mwl < 0) throw new CheckpointError(`${file}: max_window_layers must be a non-negative integer, got ${JSON.stringify(cfg.max_window_layers)}`);
+  const firstSlidingLayer = mistral ? 0 : mwl;
 
   return {
     architecture,
@@ -91,6 +103,7 @@ function parseConfig(cfg: Json, architecture: ModelSpec['architecture'], file: s
     qkNorm: architecture === 'Qwen3ForCausalLM',
     maxPositionEmbeddings: int(cfg, 'max_position_embeddings', file, 4096),
     slidingWindow,
+    firstSlidingLayer,
     bosTokenId: typeof cfg.bos_token_id === 'number' ? cfg.bos_token_id : null,
     eosTokenIds: tokenIds(cfg.eos_token_id),
   };
@@ -182,7 +195,7 @@ export const LLAMA_FAMILY: Family = {
     const keys = g.op('Concat', [g.op('Gather', [pk, ctx.kvIndex], { axis: 0 }), g.op('Gather', [kr, ctx.padIndex], { axis: 0 })], { axis: 1 });
     const values = g.op('Concat', [g.op('Gather', [pv, ctx.kvIndex], { axis: 0 }), g.op('Gather', [v, ctx.padIndex], { axis: 0 })], { axis: 1 });
     const qPadded = g.op('Gather', [qr, ctx.padIndex], { axis: 0 });
-    const attn = g.op('Attention', [qPadded, keys, values, ctx.mask], { q_num_heads: spec.numHeads, kv_num_heads: spec.numKvHeads });
+    const attn = g.op('Attention', [qPadded, keys, values, ctx.mask(attentionWindow(spec, l))], { q_num_heads: spec.numHeads, kv_num_heads: spec.numKvHeads });
     const attnPacked = g.op('Gather', [g.op('Reshape', [attn, g.const64([-1, qDim])]), ctx.unpadIndex], { axis: 0 });
     let o = emitLinear(g, attnPacked, `layers.${l}.o`, pO);
     o = ctx.scatterAdd(o, () => ctx.delta(ctx.group(attnPacked, qDim), l, 'o_proj', qDim, spec.hiddenSize));

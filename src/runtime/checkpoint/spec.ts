@@ -32,8 +32,9 @@ export interface ModelSpec {
   /** Qwen3: each head of q and k is RMS-normalized (`q_norm`, `k_norm`, weight [headDim]) before RoPE. */
   qkNorm: boolean;
   maxPositionEmbeddings: number;
-  /** Mistral's sliding window, when the checkpoint sets one; the usable context is capped to it. */
+  /** Sliding-window attention (keys within this many positions of the query) on the layers from `firstSlidingLayer` on; null: none. */
   slidingWindow: number | null;
+  firstSlidingLayer: number;
   bosTokenId: number | null;
   eosTokenIds: number[];
 }

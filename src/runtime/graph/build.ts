@@ -19,7 +19,7 @@ import { WEIGHT_FORMATS, type WeightFormat } from './quant.js';
 const PARALLEL_PREPARE_BYTES = 256 * 1024 * 1024;
 
 /** Bump when the graph layout changes, so old cached builds are not reused. */
-export const BUILDER_VERSION = 4;
+export const BUILDER_VERSION = 5;
 
 export type Activations = 'fp32' | 'fp16';
 
@@ -52,7 +52,7 @@ interface BuildMeta {
 }
 
 export function resolveMaxPositions(spec: ModelSpec, requested?: number): number {
-  const limit = spec.slidingWindow ? Math.min(spec.slidingWindow, spec.maxPositionEmbeddings) : spec.maxPositionEmbeddings;
+  const limit = spec.maxPositionEmbeddings;
   if (requested === undefined) return limit;
   if (!Number.isSafeInteger(requested) || requested < 2) throw new RuntimeConfigError(`max positions must be an integer >= 2, got ${requested}`);
   return Math.min(requested, limit);

@@ -1,6 +1,7 @@
 /**
  * Builds the decoder ONNX graph for a checkpoint, with per-row multi-LoRA: the driver every model
- * family shares — the step's inputs, the attention mask, the rotary tables, the multi-LoRA
+ * family shares — the step's inputs, the attention masks (causal, and sliding-window for the
+ * layers that have one), the rotary tables, the multi-LoRA
  * plumbing, the embedding lookup and the head — around the family's layers (arch/).
  *
  * Multi-LoRA, grouped pattern (chosen by measurement, see bench/):
@@ -138,7 +139,7 @@ function embeddings(g: GraphBuilder, table: Float32Array, spec: ModelSpec, input
  * (k < past_len[b]) and the new keys up to itself (P <= k <= P + s). Padded queries see a superset
  * that is never empty, so no softmax row is all masked; their outputs are dropped by unpad_index.
  */
-function buildMask(g: GraphBuilder, padIndex: string, kvIndex: string, pastLen: string): string {
+function buildMask(g: GraphBuilder, padIndex: string, kvIndex: string, pastLen: string): (window: number | null) => string {
   const P = g.op('Shape', [kvIndex], { start: 1, end: 2 });
   const S = g.op('Shape', [padIndex], { start: 1, end: 2 });
   const zero = g.int64Scalar('i64_zero', 0);
@@ -151,7 +152,23 @@ function buildMask(g: GraphBuilder, padIndex: string, kvIndex: string, pastLen: 
   const rel = g.op('Sub', [kpos, P]);
   const isNew = shape4(g.op('GreaterOrEqual', [rel, zero]), [1, 1, 1, -1]);
   const causal = g.op('LessOrEqual', [shape4(rel, [1, 1, 1, -1]), shape4(qpos, [1, 1, -1, 1])]);
-  return g.op('Or', [past, g.op('And', [isNew, causal])]);
+  const full = g.op('Or', [past, g.op('And', [isNew, causal])]);
+  // A sliding window of W: query at absolute position q sees keys at positions > q - W (itself and
+  // the W - 1 before it). Past key k is at position k, new key k at past_len + k - P, query s at past_len + s.
+  const windowed = new Map<number, string>();
+  return (window) => {
+    if (window === null) return full;
+    let m = windowed.get(window);
+    if (!m) {
+      const pl = shape4(g.op('Cast', [pastLen], { to: 7 }), [-1, 1, 1, 1]);
+      const k4 = shape4(kpos, [1, 1, 1, -1]);
+      const keyAt = g.op('Where', [g.op('Less', [k4, P]), k4, g.op('Add', [pl, shape4(rel, [1, 1, 1, -1])])]);
+      const queryAt = g.op('Add', [pl, shape4(qpos, [1, 1, -1, 1])]);
+      const inWindow = g.op('Greater', [keyAt, g.op('Sub', [queryAt, g.int64Scalar(`i64_window_${window}`, window)])]);
+      windowed.set(window, (m = g.op('And', [full, inWindow])));
+    }
+    return m;
+  };
 }
 
 function rotaryTables(g: GraphBuilder, spec: ModelSpec, maxPositions: number): { cos: string; sin: string } {

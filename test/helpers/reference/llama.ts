@@ -1,7 +1,7 @@
 /**
  * One layer of the Llama family (Llama, Mistral, Qwen2, Qwen3) over every position, in place on the
  * hidden states: pre-norm attention with GQA, rotary positions (q/k RMS-normalized per head first
- * for Qwen3), causal softmax; then the SiLU-gated MLP. Written from the Hugging Face modeling code's
+ * for Qwen3), causal softmax (within the sliding window, where the layer has one); then the SiLU-gated MLP. Written from the Hugging Face modeling code's
  * math; nothing from src/.
  */
 import type { LoraModule, RefModelConfig, RefWeights } from '../model-types.js';
@@ -16,6 +16,9 @@ export function llamaLayer(cfg: RefModelConfig, weights: RefWeights, l: number, 
   const group = numHeads / numKvHeads;
   const n = hs.length;
   const invSqrtD = 1 / Math.sqrt(D);
+  // Sliding window (Mistral; Qwen from firstSlidingLayer on): query t sees keys t - W + 1 .. t.
+  const window = cfg.slidingWindow != null && l >= (cfg.firstSlidingLayer ?? 0) ? cfg.slidingWindow : null;
+  const first = (t: number): number => (window === null ? 0 : Math.max(0, t - window + 1));
   const p = `model.layers.${l}.`;
   const inNorm = tensor(weights, `${p}input_layernorm.weight`, [H]);
   const wq = tensor(weights, `${p}self_attn.q_proj.weight`, [qDim, H]);
@@ -58,18 +61,18 @@ export function llamaLayer(cfg: RefModelConfig, weights: RefWeights, l: number, 
       const kvOff = Math.floor(h / group) * D;
       const scores = new Float64Array(t + 1);
       let max = -Infinity;
-      for (let s = 0; s <= t; s++) {
+      for (let s = first(t); s <= t; s++) {
         let dot = 0;
         for (let d = 0; d < D; d++) dot += qs[t][qOff + d] * ks[s][kvOff + d];
         scores[s] = dot * invSqrtD;
         if (scores[s] > max) max = scores[s];
       }
       let sum = 0;
-      for (let s = 0; s <= t; s++) {
+      for (let s = first(t); s <= t; s++) {
         scores[s] = Math.exp(scores[s] - max);
         sum += scores[s];
       }
-      for (let s = 0; s <= t; s++) {
+      for (let s = first(t); s <= t; s++) {
         const w = scores[s] / sum;
         for (let d = 0; d < D; d++) attn[qOff + d] += w * vs[s][kvOff + d];
       }
