@@ -32,6 +32,20 @@ export interface RefModelConfig {
   /** Sliding-window attention: query t attends keys t - W + 1 .. t, on layers from firstSlidingLayer (default 0) on. */
   slidingWindow?: number | null;
   firstSlidingLayer?: number;
+  /** Present for the Gemma family (its layer, norms, embedding scale and soft-capping). */
+  gemma?: RefGemma;
+}
+
+export interface RefGemma {
+  queryPreAttnScalar: number;
+  /** Gemma 2: scores and final logits are cap·tanh(x / cap). */
+  attnSoftcap: number | null;
+  finalSoftcap: number | null;
+  /** Which layers use the sliding window (cfg.slidingWindow). */
+  slidingLayers: boolean[];
+  /** Gemma 3: the sliding layers' RoPE base; the global ones use ropeTheta with positions divided by globalRopeFactor. */
+  localRopeTheta: number | null;
+  globalRopeFactor: number;
 }
 
 export interface RefTensor {

@@ -1,5 +1,5 @@
 /**
- * Independent reference forward pass of a Hugging Face Llama / Mistral / Qwen2 / Qwen3 decoder with
+ * Independent reference forward pass of a Hugging Face Llama / Mistral / Qwen2 / Qwen3 / Gemma 2 / Gemma 3 decoder with
  * *unmerged* PEFT LoRA adapters, used to check the ONNX implementation numerically.
  *
  * It is written directly from the math (HF LlamaForCausalLM semantics) and deliberately shares
@@ -8,6 +8,7 @@
  * Each call is a full causal recompute for positions 0..n-1 (no KV cache across calls).
  */
 import type { LoraModule, RefLora, RefModelConfig, RefWeights } from './model-types.js';
+import { gemmaLayer, gemmaNorm } from './reference/gemma.js';
 import { llamaLayer } from './reference/llama.js';
 import { addLora, inverseFrequencies, matVecT, rmsNorm, tensor, type Vec } from './reference/math.js';
 
@@ -54,14 +55,24 @@ export function referenceLogits(
   const embed = tensor(weights, 'model.embed_tokens.weight', [V, H]);
   const hs: Vec[] = tokenIds.map((tok) => {
     if (!Number.isInteger(tok) || tok < 0 || tok >= V) throw new Error(`reference: token id ${tok} out of range`);
-    return Float64Array.from(embed.subarray(tok * H, (tok + 1) * H));
+    const row = Float64Array.from(embed.subarray(tok * H, (tok + 1) * H));
+    // Gemma scales its embeddings by √hidden.
+    if (cfg.gemma) for (let i = 0; i < H; i++) row[i] *= Math.sqrt(H);
+    return row;
   });
 
-  const invFreq = inverseFrequencies(cfg);
+  const invFreq = cfg.gemma ? new Float64Array(0) : inverseFrequencies(cfg);
 
-  for (let l = 0; l < cfg.numLayers; l++) llamaLayer(cfg, weights, l, hs, proj, invFreq);
+  for (let l = 0; l < cfg.numLayers; l++) {
+    if (cfg.gemma) gemmaLayer(cfg, weights, l, hs, proj);
+    else llamaLayer(cfg, weights, l, hs, proj, invFreq);
+  }
 
   const finalNorm = tensor(weights, 'model.norm.weight', [H]);
   const head = cfg.tieWordEmbeddings ? embed : tensor(weights, 'lm_head.weight', [V, H]);
-  return hs.map((h) => Float32Array.from(matVecT(rmsNorm(h, finalNorm, cfg.rmsNormEps), head, V, H)));
+  const cap = cfg.gemma?.finalSoftcap ?? null;
+  return hs.map((h) => {
+    const logits = matVecT(cfg.gemma ? gemmaNorm(h, finalNorm, cfg.rmsNormEps) : rmsNorm(h, finalNorm, cfg.rmsNormEps), head, V, H);
+    return Float32Array.from(logits, (x) => (cap === null ? x : Math.tanh(x / cap) * cap));
+  });
 }

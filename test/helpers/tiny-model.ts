@@ -22,7 +22,7 @@ export function randn(rand: () => number, n: number, std: number, mean = 0): Flo
   return out;
 }
 
-export type Flavour = 'llama' | 'qwen2' | 'qwen3' | 'mistral';
+export type Flavour = 'llama' | 'qwen2' | 'qwen3' | 'mistral' | 'gemma2' | 'gemma3';
 
 export interface TinyModelOptions {
   flavour?: Flavour;
@@ -101,23 +101,38 @@ export function tempDir(prefix = 'loraplex-test-'): string {
 /** Writes a tiny random checkpoint (config.json + safetensors) and returns it with its in-memory weights. */
 export function makeTinyModel(opts: TinyModelOptions = {}, dir = tempDir()): TinyModel {
   const flavour = opts.flavour ?? 'llama';
+  const gemma = flavour === 'gemma2' || flavour === 'gemma3';
   const numHeads = opts.numHeads ?? 4;
   const headDim = opts.headDim ?? 16;
+  const numLayers = opts.numLayers ?? 2;
+  // Tiny Gemmas: caps small enough to bite, a scalar that is not headDim, windows on every other layer;
+  // Gemma 3 with its local RoPE base and linear scaling on the global layers.
+  const gemmaCfg = gemma
+    ? {
+        queryPreAttnScalar: 24,
+        attnSoftcap: flavour === 'gemma2' ? 3 : null,
+        finalSoftcap: flavour === 'gemma2' ? 4 : null,
+        slidingLayers: Array.from({ length: numLayers }, (_, l) => l % 2 === 0),
+        localRopeTheta: flavour === 'gemma3' ? 10000 : null,
+        globalRopeFactor: flavour === 'gemma3' ? 2 : 1,
+      }
+    : undefined;
   const cfg: RefModelConfig = {
     hiddenSize: opts.hiddenSize ?? 64,
-    numLayers: opts.numLayers ?? 2,
+    numLayers,
     numHeads,
     numKvHeads: opts.numKvHeads ?? 2,
     headDim,
     intermediateSize: opts.intermediateSize ?? 96,
     vocabSize: opts.vocabSize ?? 128,
-    ropeTheta: 10000,
+    ropeTheta: flavour === 'gemma3' ? 1_000_000 : 10000,
     rmsNormEps: 1e-5,
-    tieWordEmbeddings: opts.tieWordEmbeddings ?? flavour === 'qwen2',
+    tieWordEmbeddings: opts.tieWordEmbeddings ?? (flavour === 'qwen2' || gemma),
     attentionBias: flavour === 'qwen2',
-    qkNorm: flavour === 'qwen3',
+    qkNorm: flavour === 'qwen3' || flavour === 'gemma3',
+    gemma: gemmaCfg,
     ropeScaling: opts.ropeScaling ?? null,
-    slidingWindow: opts.slidingWindow ?? null,
+    slidingWindow: opts.slidingWindow ?? (gemma ? 4 : null),
     firstSlidingLayer: flavour === 'mistral' ? 0 : (opts.maxWindowLayers ?? 0),
   };
   const rand = prng(opts.seed ?? 1);
@@ -132,10 +147,12 @@ export function makeTinyModel(opts: TinyModelOptions = {}, dir = tempDir()): Tin
     w.set(name, { shape, data });
   };
   // Scales chosen so activations stay O(1) and the next-token distribution is peaked, like a trained model's.
-  put('model.embed_tokens.weight', [cfg.vocabSize, H], 0.35);
+  put('model.embed_tokens.weight', [cfg.vocabSize, H], gemma ? 0.35 / Math.sqrt(H) : 0.35);
+  // Gemma stores its norm weights as w in (1 + w).
+  const normMean = gemma ? 0 : 1;
   for (let l = 0; l < cfg.numLayers; l++) {
     const p = `model.layers.${l}`;
-    put(`${p}.input_layernorm.weight`, [H], 0.1, 1);
+    put(`${p}.input_layernorm.weight`, [H], 0.1, normMean);
     put(`${p}.self_attn.q_proj.weight`, [q, H], 1 / Math.sqrt(H));
     put(`${p}.self_attn.k_proj.weight`, [kv, H], 1 / Math.sqrt(H));
     put(`${p}.self_attn.v_proj.weight`, [kv, H], 1 / Math.sqrt(H));
@@ -145,16 +162,20 @@ export function makeTinyModel(opts: TinyModelOptions = {}, dir = tempDir()): Tin
       put(`${p}.self_attn.v_proj.bias`, [kv], 0.1);
     }
     if (cfg.qkNorm) {
-      put(`${p}.self_attn.q_norm.weight`, [headDim], 0.3, 1);
-      put(`${p}.self_attn.k_norm.weight`, [headDim], 0.3, 1);
+      put(`${p}.self_attn.q_norm.weight`, [headDim], 0.3, normMean);
+      put(`${p}.self_attn.k_norm.weight`, [headDim], 0.3, normMean);
     }
     put(`${p}.self_attn.o_proj.weight`, [H, q], (opts.residualScale ?? 1) / Math.sqrt(q));
-    put(`${p}.post_attention_layernorm.weight`, [H], 0.1, 1);
+    put(`${p}.post_attention_layernorm.weight`, [H], 0.1, normMean);
+    if (gemma) {
+      put(`${p}.pre_feedforward_layernorm.weight`, [H], 0.1, 0);
+      put(`${p}.post_feedforward_layernorm.weight`, [H], 0.1, 0);
+    }
     put(`${p}.mlp.gate_proj.weight`, [I, H], 1 / Math.sqrt(H));
     put(`${p}.mlp.up_proj.weight`, [I, H], 1 / Math.sqrt(H));
     put(`${p}.mlp.down_proj.weight`, [H, I], (opts.residualScale ?? 1) / Math.sqrt(I));
   }
-  put('model.norm.weight', [H], 0.1, 1);
+  put('model.norm.weight', [H], 0.1, normMean);
   if (!cfg.tieWordEmbeddings) put('lm_head.weight', [cfg.vocabSize, H], 0.35);
   if (opts.peaked) {
     if (cfg.tieWordEmbeddings) throw new Error('peaked needs an untied head');
@@ -172,10 +193,10 @@ export function makeTinyModel(opts: TinyModelOptions = {}, dir = tempDir()): Tin
   }
 
   mkdirSync(dir, { recursive: true });
-  const architectures = { llama: 'LlamaForCausalLM', qwen2: 'Qwen2ForCausalLM', qwen3: 'Qwen3ForCausalLM', mistral: 'MistralForCausalLM' }[flavour];
+  const architectures = { llama: 'LlamaForCausalLM', qwen2: 'Qwen2ForCausalLM', qwen3: 'Qwen3ForCausalLM', mistral: 'MistralForCausalLM', gemma2: 'Gemma2ForCausalLM', gemma3: 'Gemma3ForCausalLM' }[flavour];
   const config: Record<string, unknown> = {
     architectures: [architectures],
-    model_type: flavour,
+    model_type: flavour === 'gemma3' ? 'gemma3_text' : flavour,
     hidden_size: H,
     intermediate_size: I,
     num_hidden_layers: cfg.numLayers,
@@ -187,7 +208,7 @@ export function makeTinyModel(opts: TinyModelOptions = {}, dir = tempDir()): Tin
     rms_norm_eps: cfg.rmsNormEps,
     tie_word_embeddings: cfg.tieWordEmbeddings,
     max_position_embeddings: opts.maxPositionEmbeddings ?? 512,
-    hidden_act: 'silu',
+    hidden_act: gemma ? 'gelu_pytorch_tanh' : 'silu',
     bos_token_id: 1,
     eos_token_id: 2,
     torch_dtype: opts.dtype === 'BF16' ? 'bfloat16' : 'float32',
@@ -203,7 +224,18 @@ export function makeTinyModel(opts: TinyModelOptions = {}, dir = tempDir()): Tin
         }
       : {}),
     ...(flavour === 'mistral' ? { sliding_window: opts.slidingWindow ?? null } : {}),
-    ...(flavour !== 'mistral' && opts.slidingWindow ? { use_sliding_window: true, sliding_window: opts.slidingWindow, max_window_layers: opts.maxWindowLayers ?? 0 } : {}),
+    ...(gemmaCfg
+      ? {
+          hidden_activation: 'gelu_pytorch_tanh',
+          query_pre_attn_scalar: gemmaCfg.queryPreAttnScalar,
+          attn_logit_softcapping: gemmaCfg.attnSoftcap,
+          final_logit_softcapping: gemmaCfg.finalSoftcap,
+          sliding_window: cfg.slidingWindow,
+          layer_types: gemmaCfg.slidingLayers.map((s) => (s ? 'sliding_attention' : 'full_attention')),
+          ...(flavour === 'gemma3' ? { rope_local_base_freq: gemmaCfg.localRopeTheta, rope_scaling: { rope_type: 'linear', factor: gemmaCfg.globalRopeFactor } } : {}),
+        }
+      : {}),
+    ...(flavour !== 'mistral' && !gemma && opts.slidingWindow ? { use_sliding_window: true, sliding_window: opts.slidingWindow, max_window_layers: opts.maxWindowLayers ?? 0 } : {}),
     ...opts.configOverrides,
   };
   writeFileSync(join(dir, 'config.json'), JSON.stringify(config, null, 2));

@@ -38,9 +38,9 @@ async function expectPrefillMatches(tm: TinyModel, model: DecoderModel, toks: nu
   model.freeSequence(seq);
 }
 
-describe.each<Flavour>(['llama', 'qwen2', 'qwen3'])('%s flavour vs reference', (flavour) => {
+describe.each<Flavour>(['llama', 'qwen2', 'qwen3', 'gemma2', 'gemma3'])('%s flavour vs reference', (flavour) => {
   // Qwen3's head_dim is its own (here q/k/v are 128 wide on a 64-wide model), and q/k are normalized per head.
-  const tm = makeTinyModel({ flavour, seed: { llama: 11, qwen2: 12, qwen3: 13, mistral: 14 }[flavour], ...(flavour === 'qwen3' ? { headDim: 32 } : {}) });
+  const tm = makeTinyModel({ flavour, seed: { llama: 11, qwen2: 12, qwen3: 13, mistral: 14, gemma2: 15, gemma3: 16 }[flavour], ...(flavour === 'qwen3' || flavour === 'gemma3' ? { headDim: 32 } : {}) });
   const adapters = [
     makeTinyAdapter(tm, { seed: 21, r: 4 }),
     makeTinyAdapter(tm, { seed: 22, r: 8, useRslora: true, alpha: 16, targets: ['q_proj', 'v_proj', 'down_proj'] }),

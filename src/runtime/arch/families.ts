@@ -7,6 +7,7 @@ import { CheckpointError } from '../../errors.js';
 import { SUPPORTED_ARCHITECTURES, type Architecture, type ModelSpec } from '../checkpoint/spec.js';
 import type { Json } from './config-fields.js';
 import type { Family } from './family.js';
+import { GEMMA_FAMILY } from './gemma.js';
 import { LLAMA_FAMILY } from './llama.js';
 
 const FAMILY_OF: Record<Architecture, Family> = {
@@ -14,6 +15,8 @@ const FAMILY_OF: Record<Architecture, Family> = {
   MistralForCausalLM: LLAMA_FAMILY,
   Qwen2ForCausalLM: LLAMA_FAMILY,
   Qwen3ForCausalLM: LLAMA_FAMILY,
+  Gemma2ForCausalLM: GEMMA_FAMILY,
+  Gemma3ForCausalLM: GEMMA_FAMILY,
 };
 
 export function familyOf(architecture: Architecture): Family {

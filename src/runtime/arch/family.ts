@@ -20,10 +20,10 @@ export interface LayerContext {
   g: GraphBuilder;
   ckpt: Checkpoint;
   spec: ModelSpec;
-  /** [1, T] int64 positions, and the rotary cos/sin tables [maxPositions, rotaryDim / 2]. */
+  /** [1, T] int64 positions. */
   positions: string;
-  cos: string;
-  sin: string;
+  /** The rotary cos/sin tables [maxPositions, headDim / 2]: the model's, or (local) its sliding layers' own base. */
+  rotary(local: boolean): { cos: string; sin: string };
   /** The attention mask [B, 1, S, P + S] for a window (null: causal over the whole context), and the gathers between packed tokens, padded rows and the KV pool. */
   mask(window: number | null): string;
   kvIndex: string;

@@ -15,7 +15,7 @@
  */
 import { CheckpointError } from '../../errors.js';
 import type { Checkpoint } from '../checkpoint/checkpoint.js';
-import { PROJECTIONS, projectionPath, projectionShape, tokenIds, type Llama3RopeScaling, type ModelSpec, type Projection } from '../checkpoint/spec.js';
+import { attentionWindow, PROJECTIONS, projectionPath, projectionShape, tokenIds, type Llama3RopeScaling, type ModelSpec, type Projection } from '../checkpoint/spec.js';
 import { newKey, newValue, pastKey, pastValue } from '../graph/io.js';
 import { emitLinear, type LinearWeight } from '../graph/linear.js';
 import { int, num, type Json } from './config-fields.js';
@@ -35,10 +35,6 @@ function layerTensors(l: number) {
 }
 const FINAL_NORM = 'model.norm.weight';
 
-/** Layer l's sliding window, if it has one: Mistral's on every layer; Qwen's from `max_window_layers` on. */
-export function attentionWindow(spec: ModelSpec, l: number): number | null {
-  return spec.slidingWindow !== null && l >= spec.firstSlidingLayer ? spec.slidingWindow : null;
-}
 const QKV: readonly Projection[] = ['q_proj', 'k_proj', 'v_proj'];
 
 function parseConfig(cfg: Json, architecture: ModelSpec['architecture'], file: string): ModelSpec {
@@ -85,11 +81,12 @@ function parseConfig(cfg: Json, architecture: ModelSpec['architecture'], file: s
   const mwl = cfg.max_window_layers ?? 28; // transformers' Qwen2/Qwen3 default
   if (typeof mwl !== 'number' || !Number.isSafeInteger(mwl) || mwl < 0) throw new CheckpointError(`${file}: max_window_layers must be a non-negative integer, got ${JSON.stringify(cfg.max_window_layers)}`);
   const firstSlidingLayer = mistral ? 0 : mwl;
+  const numLayers = int(cfg, 'num_hidden_layers', file);
 
   return {
     architecture,
     hiddenSize,
-    numLayers: int(cfg, 'num_hidden_layers', file),
+    numLayers,
     numHeads,
     numKvHeads,
     headDim,
@@ -102,8 +99,12 @@ function parseConfig(cfg: Json, architecture: ModelSpec['architecture'], file: s
     attentionBias: architecture === 'Qwen2ForCausalLM' || cfg.attention_bias === true,
     qkNorm: architecture === 'Qwen3ForCausalLM',
     maxPositionEmbeddings: int(cfg, 'max_position_embeddings', file, 4096),
+    localRopeTheta: null,
     slidingWindow,
-    firstSlidingLayer,
+    slidingLayers: Array.from({ length: numLayers }, (_, l) => slidingWindow !== null && l >= firstSlidingLayer),
+    attentionScale: null,
+    attnLogitSoftcap: null,
+    finalLogitSoftcap: null,
     bosTokenId: typeof cfg.bos_token_id === 'number' ? cfg.bos_token_id : null,
     eosTokenIds: tokenIds(cfg.eos_token_id),
   };
@@ -176,7 +177,7 @@ export const LLAMA_FAMILY: Family = {
     g.output(v, ft, ['T', kvDim]);
     const rot = (x: string, heads: number): string =>
       g.op('Squeeze', [
-        g.op('RotaryEmbedding', [g.op('Unsqueeze', [x, g.const64([0])]), ctx.positions, ctx.cos, ctx.sin], { num_heads: heads, interleaved: 0 }, { domain: 'com.microsoft' }),
+        g.op('RotaryEmbedding', [g.op('Unsqueeze', [x, g.const64([0])]), ctx.positions, ctx.rotary(false).cos, ctx.rotary(false).sin], { num_heads: heads, interleaved: 0 }, { domain: 'com.microsoft' }),
         g.const64([0]),
       ]);
     // Qwen3: RMSNorm over each head's headDim values, with one weight per dimension shared by the heads.

@@ -3,7 +3,7 @@
  * arch/families.ts), the supported architectures, and the projections' shapes and module paths.
  */
 
-export const SUPPORTED_ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM', 'Qwen3ForCausalLM'] as const;
+export const SUPPORTED_ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM', 'Qwen3ForCausalLM', 'Gemma2ForCausalLM', 'Gemma3ForCausalLM'] as const;
 export type Architecture = (typeof SUPPORTED_ARCHITECTURES)[number];
 
 export interface Llama3RopeScaling {
@@ -13,6 +13,14 @@ export interface Llama3RopeScaling {
   highFreqFactor: number;
   originalMaxPositionEmbeddings: number;
 }
+
+/** Position indices divided by `factor` (Gemma 3's global layers). */
+export interface LinearRopeScaling {
+  ropeType: 'linear';
+  factor: number;
+}
+
+export type RopeScaling = Llama3RopeScaling | LinearRopeScaling;
 
 export interface ModelSpec {
   architecture: Architecture;
@@ -24,7 +32,9 @@ export interface ModelSpec {
   intermediateSize: number;
   vocabSize: number;
   ropeTheta: number;
-  ropeScaling: Llama3RopeScaling | null;
+  ropeScaling: RopeScaling | null;
+  /** Gemma 3: the RoPE base of the sliding-window layers, which use no scaling (null: ropeTheta everywhere). */
+  localRopeTheta: number | null;
   rmsNormEps: number;
   tieWordEmbeddings: boolean;
   /** q/k/v projections carry a bias (always for Qwen2, `attention_bias` for Llama and Qwen3). */
@@ -32,9 +42,14 @@ export interface ModelSpec {
   /** Qwen3: each head of q and k is RMS-normalized (`q_norm`, `k_norm`, weight [headDim]) before RoPE. */
   qkNorm: boolean;
   maxPositionEmbeddings: number;
-  /** Sliding-window attention (keys within this many positions of the query) on the layers from `firstSlidingLayer` on; null: none. */
+  /** Sliding-window attention: a query sees itself and the `slidingWindow - 1` keys before it, on the layers marked in `slidingLayers`. */
   slidingWindow: number | null;
-  firstSlidingLayer: number;
+  slidingLayers: boolean[];
+  /** Multiplier of q·k (null: 1/√headDim; Gemma: query_pre_attn_scalar^-0.5). */
+  attentionScale: number | null;
+  /** Gemma 2: scores = cap·tanh(scores / cap) before the softmax, and logits likewise. */
+  attnLogitSoftcap: number | null;
+  finalLogitSoftcap: number | null;
   bosTokenId: number | null;
   eosTokenIds: number[];
 }
@@ -76,12 +91,15 @@ export function tokenIds(v: unknown): number[] {
 }
 
 /** Rotary inverse frequencies [headDim/2], with Llama 3 scaling applied when configured. */
-export function ropeInvFreq(spec: ModelSpec): Float64Array {
+export function ropeInvFreq(spec: ModelSpec, local = false): Float64Array {
   const half = spec.headDim / 2;
   const inv = new Float64Array(half);
-  for (let i = 0; i < half; i++) inv[i] = 1 / Math.pow(spec.ropeTheta, (2 * i) / spec.headDim);
-  const s = spec.ropeScaling;
-  if (s) {
+  const base = local && spec.localRopeTheta !== null ? spec.localRopeTheta : spec.ropeTheta;
+  for (let i = 0; i < half; i++) inv[i] = 1 / Math.pow(base, (2 * i) / spec.headDim);
+  const s = local && spec.localRopeTheta !== null ? null : spec.ropeScaling;
+  if (s?.ropeType === 'linear') {
+    for (let i = 0; i < half; i++) inv[i] /= s.factor;
+  } else if (s) {
     const lowWavelen = s.originalMaxPositionEmbeddings / s.lowFreqFactor;
     const highWavelen = s.originalMaxPositionEmbeddings / s.highFreqFactor;
     for (let i = 0; i < half; i++) {
@@ -96,4 +114,9 @@ export function ropeInvFreq(spec: ModelSpec): Float64Array {
     }
   }
   return inv;
+}
+
+/** Layer l's sliding window, or null when it attends over the whole context. */
+export function attentionWindow(spec: ModelSpec, l: number): number | null {
+  return spec.slidingWindow !== null && spec.slidingLayers[l] ? spec.slidingWindow : null;
 }

@@ -65,14 +65,17 @@ export async function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: Deco
     return g.op('Concat', [x, zeroRow.get(d)!], { axis: 0 });
   };
   const zeroDelta = opts.lora ? g.floatInit('lora_zero', [1], new Float32Array(1)) : '';
-  const { cos, sin } = rotaryTables(g, spec, opts.maxPositions);
+  const tables = new Map<boolean, { cos: string; sin: string }>();
   const ctx: LayerContext = {
     g,
     ckpt,
     spec,
     positions: g.op('Unsqueeze', [g.op('Cast', [positionIds], { to: 7 }), g.const64([0])]), // [1, T] int64
-    cos,
-    sin,
+    rotary: (local) => {
+      const kind = local && spec.localRopeTheta !== null;
+      if (!tables.has(kind)) tables.set(kind, rotaryTables(g, spec, opts.maxPositions, kind));
+      return tables.get(kind)!;
+    },
     mask: buildMask(g, padIndex, kvIndex, pastLen),
     kvIndex,
     padIndex,
@@ -117,6 +120,7 @@ export async function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: Deco
   const last = g.op('Gather', [state.x, logitsIndex], { axis: 0 });
   let logits = emitLinear(g, last, 'lm_head', await (head ?? startHead()));
   if (ft !== 'float') logits = g.op('Cast', [logits], { to: 1 });
+  if (spec.finalLogitSoftcap !== null) logits = softcap(g, logits, spec.finalLogitSoftcap, 'final_softcap');
   g.op('Identity', [logits], undefined, { out: IO.logits });
   g.output(IO.logits, 'float', ['L', spec.vocabSize]);
   tick('lm_head');
@@ -171,8 +175,8 @@ function buildMask(g: GraphBuilder, padIndex: string, kvIndex: string, pastLen: 
   };
 }
 
-function rotaryTables(g: GraphBuilder, spec: ModelSpec, maxPositions: number): { cos: string; sin: string } {
-  const inv = ropeInvFreq(spec);
+function rotaryTables(g: GraphBuilder, spec: ModelSpec, maxPositions: number, local: boolean): { cos: string; sin: string } {
+  const inv = ropeInvFreq(spec, local);
   const half = inv.length;
   const cos = new Float32Array(maxPositions * half);
   const sin = new Float32Array(maxPositions * half);
@@ -183,5 +187,12 @@ function rotaryTables(g: GraphBuilder, spec: ModelSpec, maxPositions: number): {
       sin[pos * half + i] = Math.sin(angle);
     }
   }
-  return { cos: g.floatInit('rope_cos', [maxPositions, half], cos), sin: g.floatInit('rope_sin', [maxPositions, half], sin) };
+  const tag = local ? '_local' : '';
+  return { cos: g.floatInit(`rope_cos${tag}`, [maxPositions, half], cos), sin: g.floatInit(`rope_sin${tag}`, [maxPositions, half], sin) };
+}
+
+/** cap · tanh(x / cap) (Gemma 2's logit soft-capping), in fp32. */
+export function softcap(g: GraphBuilder, x: string, cap: number, name: string): string {
+  const c = g.init(name, 'float', [1], new Float32Array([cap]));
+  return g.op('Mul', [g.op('Tanh', [g.op('Div', [x, c])]), c]);
 }
