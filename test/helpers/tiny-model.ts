@@ -147,7 +147,7 @@ export function makeTinyModel(opts: TinyModelOptions = {}, dir = tempDir()): Tin
     w.set(name, { shape, data });
   };
   // Scales chosen so activations stay O(1) and the next-token distribution is peaked, like a trained model's.
-  put('model.embed_tokens.weight', [cfg.vocabSize, H], gemma ? 0.35 / Math.sqrt(H) : 0.35);
+  put('model.embed_tokens.weight', [cfg.vocabSize, H], 0.35);
   // Gemma stores its norm weights as w in (1 + w).
   const normMean = gemma ? 0 : 1;
   for (let l = 0; l < cfg.numLayers; l++) {
@@ -166,10 +166,12 @@ export function makeTinyModel(opts: TinyModelOptions = {}, dir = tempDir()): Tin
       put(`${p}.self_attn.k_norm.weight`, [headDim], 0.3, normMean);
     }
     put(`${p}.self_attn.o_proj.weight`, [H, q], (opts.residualScale ?? 1) / Math.sqrt(q));
-    put(`${p}.post_attention_layernorm.weight`, [H], 0.1, normMean);
+    // Gemma's post-norms set the size of what a layer writes to the residual stream: residualScale applies there.
+    const postMean = gemma ? (opts.residualScale ?? 1) - 1 : normMean;
+    put(`${p}.post_attention_layernorm.weight`, [H], gemma ? 0.1 * (opts.residualScale ?? 1) : 0.1, postMean);
     if (gemma) {
       put(`${p}.pre_feedforward_layernorm.weight`, [H], 0.1, 0);
-      put(`${p}.post_feedforward_layernorm.weight`, [H], 0.1, 0);
+      put(`${p}.post_feedforward_layernorm.weight`, [H], 0.1 * (opts.residualScale ?? 1), postMean);
     }
     put(`${p}.mlp.gate_proj.weight`, [I, H], 1 / Math.sqrt(H));
     put(`${p}.mlp.up_proj.weight`, [I, H], 1 / Math.sqrt(H));

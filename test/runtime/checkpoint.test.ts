@@ -129,8 +129,20 @@ describe('config.json → model spec', () => {
     expect(parseModelSpec({ ...base, architectures: ['Qwen2ForCausalLM'] }).qkNorm).toBe(false);
   });
 
+  it("parses Gemma 2 and 3: defaults of their sliding pattern, caps, scalar, RoPE bases; refuses what they cannot run", () => {
+    const g2 = parseModelSpec({ ...base, architectures: ['Gemma2ForCausalLM'], num_hidden_layers: 4, head_dim: 16 });
+    expect(g2).toMatchObject({ slidingWindow: 4096, slidingLayers: [true, false, true, false], attnLogitSoftcap: 50, finalLogitSoftcap: 30, attentionScale: 1 / 4, tieWordEmbeddings: true, qkNorm: false, localRopeTheta: null, ropeTheta: 10000 });
+    const g3 = parseModelSpec({ ...base, architectures: ['Gemma3ForCausalLM'], num_hidden_layers: 12, head_dim: 16, query_pre_attn_scalar: 64, sliding_window: 512, rope_scaling: { rope_type: 'linear', factor: 8 } });
+    expect(g3.slidingLayers.map(Number).join('')).toBe('111110111110');
+    expect(g3).toMatchObject({ slidingWindow: 512, attnLogitSoftcap: null, finalLogitSoftcap: null, attentionScale: 1 / 8, qkNorm: true, localRopeTheta: 10000, ropeTheta: 1000000, ropeScaling: { ropeType: 'linear', factor: 8 } });
+    expect(parseModelSpec({ ...base, architectures: ['Gemma3ForCausalLM'], layer_types: ['full_attention', 'sliding_attention'] }).slidingLayers).toEqual([false, true]);
+    expectCheckpointError(() => parseModelSpec({ ...base, architectures: ['Gemma2ForCausalLM'], layer_types: ['full_attention'] }), /layer_types must list/);
+    expectCheckpointError(() => parseModelSpec({ ...base, architectures: ['Gemma2ForCausalLM'], hidden_activation: 'relu' }), /hidden_activation "relu" is not supported/);
+    expectCheckpointError(() => parseModelSpec({ ...base, architectures: ['Gemma3ForCausalLM'], rope_scaling: { rope_type: 'yarn', factor: 2 } }), /rope_scaling type "yarn" is not supported for Gemma3ForCausalLM/);
+  });
+
   it('refuses unsupported architectures, naming what is supported', () => {
-    expectCheckpointError(() => parseModelSpec({ ...base, architectures: ['GPT2LMHeadModel'] }), /GPT2LMHeadModel is not supported; supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM/);
+    expectCheckpointError(() => parseModelSpec({ ...base, architectures: ['GPT2LMHeadModel'] }), /GPT2LMHeadModel is not supported; supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM/);
     expectCheckpointError(() => parseModelSpec({ ...base, architectures: undefined }), /\(none given\)/);
   });
 
