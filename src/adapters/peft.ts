@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { AdapterInvalidError, CheckpointError } from '../errors.js';
 import { ChatTemplate } from '../runtime/chat-template.js';
 import { SafetensorsFile } from '../runtime/checkpoint/safetensors.js';
-import { PROJECTIONS, projectionPath, projectionShape, type ModelSpec, type Projection } from '../runtime/checkpoint/spec.js';
+import { FUSED_PROJECTIONS, PROJECTIONS, projectionPath, projectionShape, type FusedProjection, type ModelSpec, type Projection } from '../runtime/checkpoint/spec.js';
 import { checkFactorValues, factorKey, type LoraFactor, type LoraWeights, type SlotDtype } from '../runtime/lora-stacks.js';
 
 export const ADAPTER_CONFIG = 'adapter_config.json';
@@ -74,9 +74,10 @@ export function parsePeftConfig(json: unknown): PeftConfig {
     }
   } else if (Array.isArray(t) && t.length > 0 && t.every((x) => typeof x === 'string')) {
     // PEFT matches a list entry against the end of the module name ("q_proj", "self_attn.q_proj").
-    const unknown = (t as string[]).filter((x) => !(PROJECTIONS as readonly string[]).includes(x.split('.').pop()!));
+    const known = [...PROJECTIONS, ...Object.keys(FUSED_PROJECTIONS)];
+    const unknown = (t as string[]).filter((x) => !known.includes(x.split('.').pop()!));
     if (unknown.length > 0) {
-      fail(`target_modules ${JSON.stringify(unknown)} are not supported; supported: ${PROJECTIONS.join(', ')}`, 'target_modules');
+      fail(`target_modules ${JSON.stringify(unknown)} are not supported; supported: ${known.join(', ')}`, 'target_modules');
     }
     targetModules = t as string[];
   } else {
@@ -139,6 +140,8 @@ interface FactorPlan {
   dout: number;
   a: string;
   b: string;
+  /** A fused module's part: these rows of its lora_B. */
+  bRows?: [number, number];
 }
 
 export function readPeftConfig(dir: string): PeftConfig {
@@ -198,7 +201,7 @@ export function validatePeftAdapter(dir: string, spec: ModelSpec, opts: LoadOpti
     const plan = planFactors(file, config, spec, opts);
     for (const f of plan) {
       checkFactorValues(readTensor(file, f.a), opts.slotDtype ?? 'float32', `${ADAPTER_WEIGHTS}: ${f.a}`);
-      const b = readTensor(file, f.b);
+      const b = readB(file, f);
       for (let i = 0; i < b.length; i++) b[i] *= f.scale;
       checkFactorValues(b, opts.slotDtype ?? 'float32', `${ADAPTER_WEIGHTS}: ${f.b} (times the scale ${f.scale})`);
     }
@@ -206,6 +209,12 @@ export function validatePeftAdapter(dir: string, spec: ModelSpec, opts: LoadOpti
   } finally {
     file.close();
   }
+}
+
+/** A factor's lora_B: its rows of a fused module's, or the whole tensor. */
+function readB(file: SafetensorsFile, f: FactorPlan): Float32Array {
+  const b = readTensor(file, f.b);
+  return f.bRows ? b.slice(f.bRows[0] * f.rank, f.bRows[1] * f.rank) : b;
 }
 
 function readTensor(file: SafetensorsFile, name: string): Float32Array {
@@ -226,7 +235,7 @@ export function loadPeftAdapter(dir: string, spec: ModelSpec, opts: LoadOptions)
     const factors = new Map<string, LoraFactor>();
     for (const f of plan) {
       const a = transpose(readTensor(file, f.a), f.rank, f.din, 1);
-      const b = transpose(readTensor(file, f.b), f.dout, f.rank, f.scale);
+      const b = transpose(readB(file, f), f.dout, f.rank, f.scale);
       checkFactorValues(a, opts.slotDtype ?? 'float32', `${ADAPTER_WEIGHTS}: ${f.a}`);
       checkFactorValues(b, opts.slotDtype ?? 'float32', `${ADAPTER_WEIGHTS}: ${f.b} (times the scale ${f.scale})`);
       factors.set(f.key, { rank: f.rank, a, b });
@@ -254,19 +263,19 @@ function summarize(config: PeftConfig, plan: FactorPlan[], opts: LoadOptions): P
 }
 
 function planFactors(file: SafetensorsFile, config: PeftConfig, spec: ModelSpec, opts: LoadOptions): FactorPlan[] {
-  const pairs = new Map<string, { layer: number; projection: Projection; a?: string; b?: string }>();
+  const pairs = new Map<string, { layer: number; module: Projection | FusedProjection; a?: string; b?: string }>();
   for (const name of file.tensors.keys()) {
     const m = KEY.exec(name);
-    const projection = m?.[3] as Projection | undefined;
-    if (!m || !projection || !(PROJECTIONS as readonly string[]).includes(projection) || projectionPath(projection) !== `${m[2]}.${m[3]}`) {
+    const module = m?.[3] as Projection | FusedProjection | undefined;
+    if (!m || !module || modulePath(module) !== `${m[2]}.${m[3]}`) {
       throw new AdapterInvalidError(`${ADAPTER_WEIGHTS}: tensor ${name} is not a LoRA factor of a supported projection`, 'adapter_model');
     }
     const layer = Number(m[1]);
     if (layer >= spec.numLayers) {
       throw new AdapterInvalidError(`${ADAPTER_WEIGHTS}: tensor ${name} is for layer ${layer} but the base model has ${spec.numLayers} layers`, 'adapter_model');
     }
-    const key = factorKey(layer, projection);
-    const entry = pairs.get(key) ?? { layer, projection };
+    const key = `${layer}.${module}`;
+    const entry = pairs.get(key) ?? { layer, module };
     if (m[4] === 'A') entry.a = name;
     else entry.b = name;
     pairs.set(key, entry);
@@ -274,10 +283,10 @@ function planFactors(file: SafetensorsFile, config: PeftConfig, spec: ModelSpec,
   if (pairs.size === 0) throw new AdapterInvalidError(`${ADAPTER_WEIGHTS} holds no LoRA factors`, 'adapter_model');
 
   const plan: FactorPlan[] = [];
-  for (const [key, e] of pairs) {
-    const moduleName = `model.layers.${e.layer}.${projectionPath(e.projection)}`;
+  for (const e of pairs.values()) {
+    const moduleName = `model.layers.${e.layer}.${modulePath(e.module)}`;
     if (!e.a || !e.b) throw new AdapterInvalidError(`${ADAPTER_WEIGHTS}: ${moduleName} has lora_${e.a ? 'A' : 'B'} but no lora_${e.a ? 'B' : 'A'}`, 'adapter_model');
-    if (!targeted(config.targetModules, e.projection, moduleName)) {
+    if (!targeted(config.targetModules, moduleName)) {
       throw new AdapterInvalidError(`${ADAPTER_WEIGHTS}: ${moduleName} has LoRA factors but is not in target_modules`, 'target_modules');
     }
     const rank = patternValue(config.rankPattern, moduleName) ?? config.r;
@@ -285,7 +294,10 @@ function planFactors(file: SafetensorsFile, config: PeftConfig, spec: ModelSpec,
     if (rank > opts.maxRank) {
       throw new AdapterInvalidError(`rank ${rank} of ${moduleName} is above the maximum LoRA rank ${opts.maxRank}`, rank !== config.r ? 'rank_pattern' : 'r');
     }
-    const [din, dout] = projectionShape(spec, e.projection);
+    // A fused module (qkv_proj, gate_up_proj) is its parts, each with the same A and its rows of B.
+    const parts: readonly Projection[] = e.module in FUSED_PROJECTIONS ? FUSED_PROJECTIONS[e.module as FusedProjection].parts : [e.module as Projection];
+    const din = projectionShape(spec, parts[0])[0];
+    const dout = parts.reduce((n, p) => n + projectionShape(spec, p)[1], 0);
     const want = (what: string, got: number[], shape: number[]): void => {
       if (got.length !== 2 || got[0] !== shape[0] || got[1] !== shape[1]) {
         throw new AdapterInvalidError(
@@ -301,12 +313,25 @@ function planFactors(file: SafetensorsFile, config: PeftConfig, spec: ModelSpec,
       const how = config.useRslora ? 'lora_alpha / √r' : 'lora_alpha / r';
       throw new AdapterInvalidError(`${ADAPTER_CONFIG}: the LoRA scale of ${moduleName} (${how} = ${alpha} / ${config.useRslora ? `√${rank}` : rank}) is ${scale}, above the limit of ${MAX_LORA_SCALE}`, alpha !== config.loraAlpha ? 'alpha_pattern' : 'lora_alpha');
     }
-    plan.push({ key, projection: e.projection, rank, scale, din, dout, a: e.a, b: e.b });
+    let row = 0;
+    for (const p of parts) {
+      const key = factorKey(e.layer, p);
+      if (plan.some((f) => f.key === key)) throw new AdapterInvalidError(`${ADAPTER_WEIGHTS}: layer ${e.layer}'s ${p} has LoRA factors twice (its own and its fused module's)`, 'adapter_model');
+      const out = projectionShape(spec, p)[1];
+      plan.push({ key, projection: p, rank, scale, din, dout: out, a: e.a, b: e.b, ...(parts.length > 1 ? { bRows: [row, row + out] as [number, number] } : {}) });
+      row += out;
+    }
   }
   return plan;
 }
 
-function targeted(t: readonly string[] | RegExp, _p: Projection, moduleName: string): boolean {
+/** A module's path inside a layer, for a projection or a fused module (undefined: neither). */
+function modulePath(m: string): string | undefined {
+  if (m in FUSED_PROJECTIONS) return FUSED_PROJECTIONS[m as FusedProjection].path;
+  return (PROJECTIONS as readonly string[]).includes(m) ? projectionPath(m as Projection) : undefined;
+}
+
+function targeted(t: readonly string[] | RegExp, moduleName: string): boolean {
   if (t instanceof RegExp) return t.test(moduleName);
   return t.some((entry) => moduleName === entry || moduleName.endsWith(`.${entry}`));
 }

@@ -9,6 +9,7 @@ import type { Json } from './config-fields.js';
 import type { Family } from './family.js';
 import { GEMMA_FAMILY } from './gemma.js';
 import { LLAMA_FAMILY } from './llama.js';
+import { PHI3_FAMILY } from './phi3.js';
 
 const FAMILY_OF: Record<Architecture, Family> = {
   LlamaForCausalLM: LLAMA_FAMILY,
@@ -17,6 +18,7 @@ const FAMILY_OF: Record<Architecture, Family> = {
   Qwen3ForCausalLM: LLAMA_FAMILY,
   Gemma2ForCausalLM: GEMMA_FAMILY,
   Gemma3ForCausalLM: GEMMA_FAMILY,
+  Phi3ForCausalLM: PHI3_FAMILY,
 };
 
 export function familyOf(architecture: Architecture): Family {

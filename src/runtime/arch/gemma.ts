@@ -85,6 +85,7 @@ function parseConfig(cfg: Json, architecture: ModelSpec['architecture'], file: s
     numHeads,
     numKvHeads,
     headDim,
+    rotaryDim: headDim,
     intermediateSize: int(cfg, 'intermediate_size', file),
     vocabSize: int(cfg, 'vocab_size', file),
     ropeTheta: num(cfg, 'rope_theta', file, gemma3 ? 1_000_000 : 10_000),

@@ -90,6 +90,7 @@ function parseConfig(cfg: Json, architecture: ModelSpec['architecture'], file: s
     numHeads,
     numKvHeads,
     headDim,
+    rotaryDim: headDim,
     intermediateSize: int(cfg, 'intermediate_size', file),
     vocabSize: int(cfg, 'vocab_size', file),
     ropeTheta: num(cfg, 'rope_theta', file, 10000),
@@ -177,7 +178,7 @@ export const LLAMA_FAMILY: Family = {
     g.output(v, ft, ['T', kvDim]);
     const rot = (x: string, heads: number): string =>
       g.op('Squeeze', [
-        g.op('RotaryEmbedding', [g.op('Unsqueeze', [x, g.const64([0])]), ctx.positions, ctx.rotary(false).cos, ctx.rotary(false).sin], { num_heads: heads, interleaved: 0 }, { domain: 'com.microsoft' }),
+        g.op('RotaryEmbedding', [g.op('Unsqueeze', [x, g.const64([0])]), ctx.positions, ctx.rotary(false).cos, ctx.rotary(false).sin], { num_heads: heads, interleaved: 0, ...(spec.rotaryDim < spec.headDim ? { rotary_embedding_dim: spec.rotaryDim } : {}) }, { domain: 'com.microsoft' }),
         g.const64([0]),
       ]);
     // Qwen3: RMSNorm over each head's headDim values, with one weight per dimension shared by the heads.

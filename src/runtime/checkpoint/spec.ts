@@ -3,7 +3,7 @@
  * arch/families.ts), the supported architectures, and the projections' shapes and module paths.
  */
 
-export const SUPPORTED_ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM', 'Qwen3ForCausalLM', 'Gemma2ForCausalLM', 'Gemma3ForCausalLM'] as const;
+export const SUPPORTED_ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM', 'Qwen3ForCausalLM', 'Gemma2ForCausalLM', 'Gemma3ForCausalLM', 'Phi3ForCausalLM'] as const;
 export type Architecture = (typeof SUPPORTED_ARCHITECTURES)[number];
 
 export interface Llama3RopeScaling {
@@ -20,7 +20,19 @@ export interface LinearRopeScaling {
   factor: number;
 }
 
-export type RopeScaling = Llama3RopeScaling | LinearRopeScaling;
+/**
+ * Phi-3's LongRoPE (`longrope`, formerly `su`): per-frequency divisors, `shortFactor` for positions
+ * within the original context and `longFactor` beyond it, and cos/sin scaled by `attentionFactor`.
+ */
+export interface LongRopeScaling {
+  ropeType: 'longrope';
+  shortFactor: number[];
+  longFactor: number[];
+  originalMaxPositionEmbeddings: number;
+  attentionFactor: number;
+}
+
+export type RopeScaling = Llama3RopeScaling | LinearRopeScaling | LongRopeScaling;
 
 export interface ModelSpec {
   architecture: Architecture;
@@ -29,6 +41,8 @@ export interface ModelSpec {
   numHeads: number;
   numKvHeads: number;
   headDim: number;
+  /** Dimensions of each head that RoPE rotates (the first ones; Phi-4-mini's partial_rotary_factor). */
+  rotaryDim: number;
   intermediateSize: number;
   vocabSize: number;
   ropeTheta: number;
@@ -57,6 +71,16 @@ export interface ModelSpec {
 /** The per-layer linear projections, in Hugging Face naming (also PEFT's `target_modules`). */
 export const PROJECTIONS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] as const;
 export type Projection = (typeof PROJECTIONS)[number];
+
+/**
+ * Fused modules (Phi-3's checkpoints): PEFT adapters may target them. A fused module's LoRA is its
+ * parts' LoRAs with the same A and B split by rows — exactly — so it is served as those.
+ */
+export const FUSED_PROJECTIONS = {
+  qkv_proj: { path: 'self_attn.qkv_proj', parts: ['q_proj', 'k_proj', 'v_proj'] },
+  gate_up_proj: { path: 'mlp.gate_up_proj', parts: ['gate_proj', 'up_proj'] },
+} as const satisfies Record<string, { path: string; parts: readonly Projection[] }>;
+export type FusedProjection = keyof typeof FUSED_PROJECTIONS;
 
 /** [in, out] features of a projection. */
 export function projectionShape(spec: ModelSpec, p: Projection): [number, number] {
@@ -91,13 +115,16 @@ export function tokenIds(v: unknown): number[] {
 }
 
 /** Rotary inverse frequencies [headDim/2], with Llama 3 scaling applied when configured. */
-export function ropeInvFreq(spec: ModelSpec, local = false): Float64Array {
-  const half = spec.headDim / 2;
+export function ropeInvFreq(spec: ModelSpec, local = false, long = false): Float64Array {
+  const half = spec.rotaryDim / 2;
   const inv = new Float64Array(half);
   const base = local && spec.localRopeTheta !== null ? spec.localRopeTheta : spec.ropeTheta;
-  for (let i = 0; i < half; i++) inv[i] = 1 / Math.pow(base, (2 * i) / spec.headDim);
+  for (let i = 0; i < half; i++) inv[i] = 1 / Math.pow(base, (2 * i) / spec.rotaryDim);
   const s = local && spec.localRopeTheta !== null ? null : spec.ropeScaling;
-  if (s?.ropeType === 'linear') {
+  if (s?.ropeType === 'longrope') {
+    const f = long ? s.longFactor : s.shortFactor;
+    for (let i = 0; i < half; i++) inv[i] /= f[i];
+  } else if (s?.ropeType === 'linear') {
     for (let i = 0; i < half; i++) inv[i] /= s.factor;
   } else if (s) {
     const lowWavelen = s.originalMaxPositionEmbeddings / s.lowFreqFactor;

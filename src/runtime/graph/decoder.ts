@@ -177,14 +177,19 @@ function buildMask(g: GraphBuilder, padIndex: string, kvIndex: string, pastLen: 
 
 function rotaryTables(g: GraphBuilder, spec: ModelSpec, maxPositions: number, local: boolean): { cos: string; sin: string } {
   const inv = ropeInvFreq(spec, local);
+  // LongRoPE: positions past the original context use the long factors; cos/sin carry its attention factor.
+  const s = local ? null : spec.ropeScaling;
+  const long = s?.ropeType === 'longrope' ? { from: s.originalMaxPositionEmbeddings, inv: ropeInvFreq(spec, false, true), scale: s.attentionFactor } : null;
   const half = inv.length;
   const cos = new Float32Array(maxPositions * half);
   const sin = new Float32Array(maxPositions * half);
   for (let pos = 0; pos < maxPositions; pos++) {
+    const f = long && pos >= long.from ? long.inv : inv;
+    const scale = long?.scale ?? 1;
     for (let i = 0; i < half; i++) {
-      const angle = pos * inv[i];
-      cos[pos * half + i] = Math.cos(angle);
-      sin[pos * half + i] = Math.sin(angle);
+      const angle = pos * f[i];
+      cos[pos * half + i] = Math.cos(angle) * scale;
+      sin[pos * half + i] = Math.sin(angle) * scale;
     }
   }
   const tag = local ? '_local' : '';
