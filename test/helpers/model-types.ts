@@ -32,6 +32,12 @@ export interface RefModelConfig {
   /** Sliding-window attention: query t attends keys t - W + 1 .. t, on layers from firstSlidingLayer (default 0) on. */
   slidingWindow?: number | null;
   firstSlidingLayer?: number;
+  /** Phi-3: checkpoints hold self_attn.qkv_proj and mlp.gate_up_proj instead of their parts. */
+  fused?: boolean;
+  /** Phi-3: RoPE rotates the first rotaryDim dimensions of each head (default headDim). */
+  rotaryDim?: number;
+  /** Phi-3's LongRoPE: frequencies divided by the short factors (long ones once the sequence is longer than `original`), cos/sin times attentionFactor. */
+  longRope?: { short: number[]; long: number[]; original: number; attentionFactor: number };
   /** Present for the Gemma family (its layer, norms, embedding scale and soft-capping). */
   gemma?: RefGemma;
 }
@@ -66,7 +72,8 @@ export interface RefTensor {
  */
 export type RefWeights = Map<string, RefTensor>;
 
-export type LoraModule = 'q_proj' | 'k_proj' | 'v_proj' | 'o_proj' | 'gate_proj' | 'up_proj' | 'down_proj';
+/** Phi-3's fused modules (qkv_proj, gate_up_proj) may be targeted as wholes. */
+export type LoraModule = 'q_proj' | 'k_proj' | 'v_proj' | 'o_proj' | 'gate_proj' | 'up_proj' | 'down_proj' | 'qkv_proj' | 'gate_up_proj';
 
 export interface RefLoraPair {
   /** PEFT lora_A.weight, [r, in] */

@@ -20,6 +20,8 @@ const LORA_MODULES: readonly LoraModule[] = [
   'gate_proj',
   'up_proj',
   'down_proj',
+  'qkv_proj',
+  'gate_up_proj',
 ];
 
 export function referenceLogits(
@@ -61,7 +63,7 @@ export function referenceLogits(
     return row;
   });
 
-  const invFreq = cfg.gemma ? new Float64Array(0) : inverseFrequencies(cfg);
+  const invFreq = cfg.gemma ? new Float64Array(0) : inverseFrequencies(cfg, tokenIds.length);
 
   for (let l = 0; l < cfg.numLayers; l++) {
     if (cfg.gemma) gemmaLayer(cfg, weights, l, hs, proj);

@@ -22,7 +22,7 @@ export function randn(rand: () => number, n: number, std: number, mean = 0): Flo
   return out;
 }
 
-export type Flavour = 'llama' | 'qwen2' | 'qwen3' | 'mistral' | 'gemma2' | 'gemma3';
+export type Flavour = 'llama' | 'qwen2' | 'qwen3' | 'mistral' | 'gemma2' | 'gemma3' | 'phi3';
 
 export interface TinyModelOptions {
   flavour?: Flavour;
@@ -43,6 +43,8 @@ export interface TinyModelOptions {
   /** Sliding-window attention: Mistral's `sliding_window`, or Qwen's `use_sliding_window` from layer `maxWindowLayers` on. */
   slidingWindow?: number;
   maxWindowLayers?: number;
+  /** Phi-3: the fraction of each head RoPE rotates (default 0.5 for the tiny Phi-3, 1 elsewhere). */
+  partialRotaryFactor?: number;
   /** Extra config.json fields (to test refusals). */
   configOverrides?: Record<string, unknown>;
   /**
@@ -69,8 +71,13 @@ const MODULE_PATH: Record<LoraModule, string> = {
   gate_proj: 'mlp.gate_proj',
   up_proj: 'mlp.up_proj',
   down_proj: 'mlp.down_proj',
+  qkv_proj: 'self_attn.qkv_proj',
+  gate_up_proj: 'mlp.gate_up_proj',
 };
-export const ALL_MODULES = Object.keys(MODULE_PATH) as LoraModule[];
+/** Every (unfused) projection. */
+export const ALL_MODULES: LoraModule[] = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'];
+/** Phi-3's modules as PEFT names them on its fused checkpoints. */
+export const PHI3_MODULES: LoraModule[] = ['qkv_proj', 'o_proj', 'gate_up_proj', 'down_proj'];
 
 export function moduleShape(cfg: RefModelConfig, m: LoraModule): [number, number] {
   const q = cfg.numHeads * cfg.headDim;
@@ -84,6 +91,8 @@ export function moduleShape(cfg: RefModelConfig, m: LoraModule): [number, number
     gate_proj: [h, cfg.intermediateSize],
     up_proj: [h, cfg.intermediateSize],
     down_proj: [cfg.intermediateSize, h],
+    qkv_proj: [h, q + 2 * kv],
+    gate_up_proj: [h, 2 * cfg.intermediateSize],
   };
   return shapes[m];
 }
@@ -117,6 +126,18 @@ export function makeTinyModel(opts: TinyModelOptions = {}, dir = tempDir()): Tin
         globalRopeFactor: flavour === 'gemma3' ? 2 : 1,
       }
     : undefined;
+  // Tiny Phi-3: half-rotary heads and LongRoPE factors within an original context of 64 (longer than the tests' sequences).
+  const phi3 = flavour === 'phi3';
+  const rotaryDim = phi3 ? Math.floor(headDim * (opts.partialRotaryFactor ?? 0.5)) : headDim;
+  const longRope = phi3
+    ? (() => {
+        const r = prng((opts.seed ?? 1) + 999);
+        const factors = (lo: number, hi: number) => Array.from({ length: rotaryDim / 2 }, () => lo + (hi - lo) * r());
+        const original = 64;
+        const max = opts.maxPositionEmbeddings ?? 512;
+        return { short: factors(1, 1.5), long: factors(1, 8), original, attentionFactor: Math.sqrt(1 + Math.log(max / original) / Math.log(original)) };
+      })()
+    : undefined;
   const cfg: RefModelConfig = {
     hiddenSize: opts.hiddenSize ?? 64,
     numLayers,
@@ -131,6 +152,9 @@ export function makeTinyModel(opts: TinyModelOptions = {}, dir = tempDir()): Tin
     attentionBias: flavour === 'qwen2',
     qkNorm: flavour === 'qwen3' || flavour === 'gemma3',
     gemma: gemmaCfg,
+    fused: phi3,
+    rotaryDim,
+    longRope,
     ropeScaling: opts.ropeScaling ?? null,
     slidingWindow: opts.slidingWindow ?? (gemma ? 4 : null),
     firstSlidingLayer: flavour === 'mistral' ? 0 : (opts.maxWindowLayers ?? 0),
@@ -194,8 +218,28 @@ export function makeTinyModel(opts: TinyModelOptions = {}, dir = tempDir()): Tin
     if (opts.dtype === 'BF16') roundBf16(head);
   }
 
+  if (phi3) {
+    // Phi-3 checkpoints hold q|k|v and gate|up fused.
+    const fuse = (name: string, parts: string[]): void => {
+      const ts = parts.map((p) => w.get(p)!);
+      const data = new Float32Array(ts.reduce((n, t) => n + t.data.length, 0));
+      let off = 0;
+      for (const t of ts) {
+        data.set(t.data, off);
+        off += t.data.length;
+      }
+      w.set(name, { shape: [ts.reduce((n, t) => n + t.shape[0], 0), ts[0].shape[1]], data });
+      for (const p of parts) w.delete(p);
+    };
+    for (let l = 0; l < cfg.numLayers; l++) {
+      const p = `model.layers.${l}`;
+      fuse(`${p}.self_attn.qkv_proj.weight`, ['q', 'k', 'v'].map((x) => `${p}.self_attn.${x}_proj.weight`));
+      fuse(`${p}.mlp.gate_up_proj.weight`, [`${p}.mlp.gate_proj.weight`, `${p}.mlp.up_proj.weight`]);
+    }
+  }
+
   mkdirSync(dir, { recursive: true });
-  const architectures = { llama: 'LlamaForCausalLM', qwen2: 'Qwen2ForCausalLM', qwen3: 'Qwen3ForCausalLM', mistral: 'MistralForCausalLM', gemma2: 'Gemma2ForCausalLM', gemma3: 'Gemma3ForCausalLM' }[flavour];
+  const architectures = { llama: 'LlamaForCausalLM', qwen2: 'Qwen2ForCausalLM', qwen3: 'Qwen3ForCausalLM', mistral: 'MistralForCausalLM', gemma2: 'Gemma2ForCausalLM', gemma3: 'Gemma3ForCausalLM', phi3: 'Phi3ForCausalLM' }[flavour];
   const config: Record<string, unknown> = {
     architectures: [architectures],
     model_type: flavour === 'gemma3' ? 'gemma3_text' : flavour,
@@ -237,7 +281,15 @@ export function makeTinyModel(opts: TinyModelOptions = {}, dir = tempDir()): Tin
           ...(flavour === 'gemma3' ? { rope_local_base_freq: gemmaCfg.localRopeTheta, rope_scaling: { rope_type: 'linear', factor: gemmaCfg.globalRopeFactor } } : {}),
         }
       : {}),
-    ...(flavour !== 'mistral' && !gemma && opts.slidingWindow ? { use_sliding_window: true, sliding_window: opts.slidingWindow, max_window_layers: opts.maxWindowLayers ?? 0 } : {}),
+    ...(longRope
+      ? {
+          partial_rotary_factor: rotaryDim / headDim,
+          original_max_position_embeddings: longRope.original,
+          rope_scaling: { type: 'longrope', short_factor: longRope.short, long_factor: longRope.long },
+          ...(opts.slidingWindow ? { sliding_window: opts.slidingWindow } : {}),
+        }
+      : {}),
+    ...(flavour !== 'mistral' && !gemma && !phi3 && opts.slidingWindow ? { use_sliding_window: true, sliding_window: opts.slidingWindow, max_window_layers: opts.maxWindowLayers ?? 0 } : {}),
     ...opts.configOverrides,
   };
   writeFileSync(join(dir, 'config.json'), JSON.stringify(config, null, 2));

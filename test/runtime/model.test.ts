@@ -8,7 +8,7 @@ import type { DecoderModel } from '../../src/runtime/model.js';
 import type { RefLora } from '../helpers/model-types.js';
 import { referenceLogits } from '../helpers/reference.js';
 import { argmax, loadAdapter, loadTiny, logitsOf, maxAbsDiff } from '../helpers/runtime.js';
-import { makeTinyAdapter, makeTinyModel, prng, type Flavour, type TinyModel } from '../helpers/tiny-model.js';
+import { makeTinyAdapter, makeTinyModel, PHI3_MODULES, prng, type Flavour, type TinyModel } from '../helpers/tiny-model.js';
 
 const TOL = 1e-4;
 const open: DecoderModel[] = [];
@@ -38,9 +38,9 @@ async function expectPrefillMatches(tm: TinyModel, model: DecoderModel, toks: nu
   model.freeSequence(seq);
 }
 
-describe.each<Flavour>(['llama', 'qwen2', 'qwen3', 'gemma2', 'gemma3'])('%s flavour vs reference', (flavour) => {
+describe.each<Flavour>(['llama', 'qwen2', 'qwen3', 'gemma2', 'gemma3', 'phi3'])('%s flavour vs reference', (flavour) => {
   // Qwen3's head_dim is its own (here q/k/v are 128 wide on a 64-wide model), and q/k are normalized per head.
-  const tm = makeTinyModel({ flavour, seed: { llama: 11, qwen2: 12, qwen3: 13, mistral: 14, gemma2: 15, gemma3: 16 }[flavour], ...(flavour === 'qwen3' || flavour === 'gemma3' ? { headDim: 32 } : {}) });
+  const tm = makeTinyModel({ flavour, seed: { llama: 11, qwen2: 12, qwen3: 13, mistral: 14, gemma2: 15, gemma3: 16, phi3: 17 }[flavour], ...(flavour === 'qwen3' || flavour === 'gemma3' ? { headDim: 32 } : {}) });
   const adapters = [
     makeTinyAdapter(tm, { seed: 21, r: 4 }),
     makeTinyAdapter(tm, { seed: 22, r: 8, useRslora: true, alpha: 16, targets: ['q_proj', 'v_proj', 'down_proj'] }),
@@ -143,6 +143,23 @@ describe('checkpoint variants', () => {
     const adapter = makeTinyAdapter(tm, { seed: 33, r: 4 });
     const slot = loadAdapter(model, adapter);
     await expectPrefillMatches(tm, model, tokens(15, 12, tm.cfg.vocabSize), slot, adapter.lora);
+  });
+
+  it('Phi-3: an adapter on the fused modules (qkv_proj, gate_up_proj) matches, alone and beside one on q/k/v; both at once on one layer is refused', async () => {
+    const tm = makeTinyModel({ flavour: 'phi3', seed: 36, slidingWindow: 6 });
+    const model = await load(tm);
+    const fused = makeTinyAdapter(tm, { seed: 37, r: 4, targets: PHI3_MODULES, rankPattern: { gate_up_proj: 6 } });
+    const split = makeTinyAdapter(tm, { seed: 38, r: 2 });
+    const slots = [loadAdapter(model, fused), loadAdapter(model, split)];
+    await expectPrefillMatches(tm, model, tokens(19, 12, tm.cfg.vocabSize), slots[0], fused.lora);
+    const rows = [
+      { toks: tokens(20, 7, tm.cfg.vocabSize), slot: slots[0], lora: fused.lora },
+      { toks: tokens(21, 9, tm.cfg.vocabSize), slot: slots[1], lora: split.lora },
+    ];
+    const out = await model.step(rows.map((r) => ({ seq: model.newSequence(), tokens: r.toks, slot: r.slot, logits: 'last' as const })));
+    rows.forEach((r, i) => expect(maxAbsDiff(logitsOf(out, i), referenceLogits(tm.cfg, tm.weights, r.toks, r.lora).at(-1)!)).toBeLessThan(TOL));
+    const both = makeTinyAdapter(tm, { seed: 39, r: 2, targets: ['qkv_proj', 'q_proj'] });
+    expect(() => loadAdapter(model, both)).toThrow(/q_proj has LoRA factors twice/);
   });
 
   // A window of 5 over 20 positions: prefill, chunked prefill (past + new keys under the window) and

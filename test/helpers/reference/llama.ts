@@ -5,7 +5,7 @@
  * math; nothing from src/.
  */
 import type { LoraModule, RefModelConfig, RefWeights } from '../model-types.js';
-import { applyRope, rmsNorm, rmsNormHeads, tensor, type Vec } from './math.js';
+import { rmsNorm, rmsNormHeads, tensor, type Vec } from './math.js';
 
 export type Projector = (x: Vec, layer: number, mod: LoraModule, w: Float32Array, outDim: number, inDim: number, bias?: Float32Array) => Vec;
 
@@ -21,9 +21,11 @@ export function llamaLayer(cfg: RefModelConfig, weights: RefWeights, l: number, 
   const first = (t: number): number => (window === null ? 0 : Math.max(0, t - window + 1));
   const p = `model.layers.${l}.`;
   const inNorm = tensor(weights, `${p}input_layernorm.weight`, [H]);
-  const wq = tensor(weights, `${p}self_attn.q_proj.weight`, [qDim, H]);
-  const wk = tensor(weights, `${p}self_attn.k_proj.weight`, [kvDim, H]);
-  const wv = tensor(weights, `${p}self_attn.v_proj.weight`, [kvDim, H]);
+  const fused = cfg.fused === true;
+  const wqkv = fused ? tensor(weights, `${p}self_attn.qkv_proj.weight`, [qDim + 2 * kvDim, H]) : null;
+  const wq = fused ? null : tensor(weights, `${p}self_attn.q_proj.weight`, [qDim, H]);
+  const wk = fused ? null : tensor(weights, `${p}self_attn.k_proj.weight`, [kvDim, H]);
+  const wv = fused ? null : tensor(weights, `${p}self_attn.v_proj.weight`, [kvDim, H]);
   const wo = tensor(weights, `${p}self_attn.o_proj.weight`, [H, qDim]);
   const bq = cfg.attentionBias ? tensor(weights, `${p}self_attn.q_proj.bias`, [qDim]) : undefined;
   const bk = cfg.attentionBias ? tensor(weights, `${p}self_attn.k_proj.bias`, [kvDim]) : undefined;
@@ -31,8 +33,23 @@ export function llamaLayer(cfg: RefModelConfig, weights: RefWeights, l: number, 
   const postNorm = tensor(weights, `${p}post_attention_layernorm.weight`, [H]);
   const qNorm = cfg.qkNorm ? tensor(weights, `${p}self_attn.q_norm.weight`, [D]) : null;
   const kNorm = cfg.qkNorm ? tensor(weights, `${p}self_attn.k_norm.weight`, [D]) : null;
-  const wGate = tensor(weights, `${p}mlp.gate_proj.weight`, [I, H]);
-  const wUp = tensor(weights, `${p}mlp.up_proj.weight`, [I, H]);
+  const wGateUp = fused ? tensor(weights, `${p}mlp.gate_up_proj.weight`, [2 * I, H]) : null;
+  const wGate = fused ? null : tensor(weights, `${p}mlp.gate_proj.weight`, [I, H]);
+  const wUp = fused ? null : tensor(weights, `${p}mlp.up_proj.weight`, [I, H]);
+  /** On a fused checkpoint: the fused module (its own LoRA included) split into parts, each plus its own LoRA if any. */
+  const split = (x: Vec, mod: 'qkv_proj' | 'gate_up_proj', w: Float32Array, sizes: number[], parts: LoraModule[]): Vec[] => {
+    const y = proj(x, l, mod, w, sizes.reduce((a, b) => a + b, 0), H);
+    let off = 0;
+    return sizes.map((size, i) => {
+      const part = y.slice(off, off + size);
+      off += size;
+      const delta = proj(x, l, parts[i], new Float32Array(size * H), size, H);
+      for (let j = 0; j < size; j++) part[j] += delta[j];
+      return part;
+    });
+  };
+  const rd = cfg.rotaryDim ?? D;
+  const af = cfg.longRope?.attentionFactor ?? 1;
   const wDown = tensor(weights, `${p}mlp.down_proj.weight`, [H, I]);
 
   // Attention: project every position first (q, k rotated at their own position).
@@ -41,15 +58,15 @@ export function llamaLayer(cfg: RefModelConfig, weights: RefWeights, l: number, 
   const vs: Vec[] = [];
   for (let t = 0; t < n; t++) {
     const x = rmsNorm(hs[t], inNorm, cfg.rmsNormEps);
-    const q = proj(x, l, 'q_proj', wq, qDim, H, bq);
-    const k = proj(x, l, 'k_proj', wk, kvDim, H, bk);
-    const v = proj(x, l, 'v_proj', wv, kvDim, H, bv);
+    const [q, k, v] = fused
+      ? split(x, 'qkv_proj', wqkv!, [qDim, kvDim, kvDim], ['q_proj', 'k_proj', 'v_proj'])
+      : [proj(x, l, 'q_proj', wq!, qDim, H, bq), proj(x, l, 'k_proj', wk!, kvDim, H, bk), proj(x, l, 'v_proj', wv!, kvDim, H, bv)];
     if (qNorm && kNorm) {
       rmsNormHeads(q, numHeads, D, qNorm, cfg.rmsNormEps);
       rmsNormHeads(k, numKvHeads, D, kNorm, cfg.rmsNormEps);
     }
-    applyRope(q, numHeads, D, t, invFreq);
-    applyRope(k, numKvHeads, D, t, invFreq);
+    applyRopePartial(q, numHeads, D, rd, t, invFreq, af);
+    applyRopePartial(k, numKvHeads, D, rd, t, invFreq, af);
     qs.push(q);
     ks.push(k);
     vs.push(v);
@@ -84,11 +101,27 @@ export function llamaLayer(cfg: RefModelConfig, weights: RefWeights, l: number, 
   // MLP: down(silu(gate(x)) * up(x)).
   for (let t = 0; t < n; t++) {
     const x = rmsNorm(hs[t], postNorm, cfg.rmsNormEps);
-    const gate = proj(x, l, 'gate_proj', wGate, I, H);
-    const up = proj(x, l, 'up_proj', wUp, I, H);
+    const [gate, up] = fused ? split(x, 'gate_up_proj', wGateUp!, [I, I], ['gate_proj', 'up_proj']) : [proj(x, l, 'gate_proj', wGate!, I, H), proj(x, l, 'up_proj', wUp!, I, H)];
     const act = new Float64Array(I);
     for (let i = 0; i < I; i++) act[i] = (gate[i] / (1 + Math.exp(-gate[i]))) * up[i];
     const down = proj(act, l, 'down_proj', wDown, H, I);
     for (let i = 0; i < H; i++) hs[t][i] += down[i];
+  }
+}
+
+/** In place: the first `rd` dimensions of each head rotated (rotate_half within them) at `pos`, times `af`; the rest pass through. */
+function applyRopePartial(x: Vec, numHeads: number, headDim: number, rd: number, pos: number, invFreq: Vec, af: number): void {
+  const half = rd / 2;
+  for (let h = 0; h < numHeads; h++) {
+    const base = h * headDim;
+    for (let i = 0; i < half; i++) {
+      const angle = pos * invFreq[i];
+      const c = Math.cos(angle) * af;
+      const s = Math.sin(angle) * af;
+      const a = x[base + i];
+      const b = x[base + half + i];
+      x[base + i] = a * c - b * s;
+      x[base + half + i] = b * c + a * s;
+    }
   }
 }

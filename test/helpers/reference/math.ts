@@ -66,10 +66,18 @@ export function rmsNormHeads(x: Vec, numHeads: number, headDim: number, w: Float
 }
 
 /** Rotary inverse frequencies (length headDim/2), with optional Llama 3 scaling. */
-export function inverseFrequencies(cfg: RefModelConfig): Vec {
-  const half = cfg.headDim / 2;
+export function inverseFrequencies(cfg: RefModelConfig, seqLen = 0): Vec {
+  const dim = cfg.rotaryDim ?? cfg.headDim;
+  const half = dim / 2;
   const invFreq = new Float64Array(half);
-  for (let i = 0; i < half; i++) invFreq[i] = 1 / Math.pow(cfg.ropeTheta, (2 * i) / cfg.headDim);
+  for (let i = 0; i < half; i++) invFreq[i] = 1 / Math.pow(cfg.ropeTheta, (2 * i) / dim);
+  const lr = cfg.longRope;
+  if (lr) {
+    // transformers: the long factors once the sequence is longer than the original context.
+    const f = seqLen > lr.original ? lr.long : lr.short;
+    for (let i = 0; i < half; i++) invFreq[i] /= f[i];
+    return invFreq;
+  }
   const s = cfg.ropeScaling;
   if (!s) return invFreq;
   if (s.ropeType !== 'llama3') throw new Error(`reference: unsupported rope scaling "${String(s.ropeType)}"`);
