@@ -141,8 +141,20 @@ describe('config.json → model spec', () => {
     expectCheckpointError(() => parseModelSpec({ ...base, architectures: ['Gemma3ForCausalLM'], rope_scaling: { rope_type: 'yarn', factor: 2 } }), /rope_scaling type "yarn" is not supported for Gemma3ForCausalLM/);
   });
 
+  it('parses Phi-3: partial rotary, LongRoPE with its attention factor, a sliding window on every layer; refuses bad factors', () => {
+    const half = 4; // head_dim 16 × 0.5 / 2
+    const phi = { ...base, architectures: ['Phi3ForCausalLM'], partial_rotary_factor: 0.5, max_position_embeddings: 131072, original_max_position_embeddings: 4096, sliding_window: 262144,
+      rope_scaling: { type: 'longrope', short_factor: [1, 1, 1, 1], long_factor: [1, 2, 3, 4] } };
+    const s = parseModelSpec(phi);
+    expect(s).toMatchObject({ headDim: 16, rotaryDim: 8, slidingWindow: 262144, slidingLayers: [true, true], ropeScaling: { ropeType: 'longrope', originalMaxPositionEmbeddings: 4096, longFactor: [1, 2, 3, 4] } });
+    expect((s.ropeScaling as { attentionFactor: number }).attentionFactor).toBeCloseTo(Math.sqrt(1 + Math.log(32) / Math.log(4096)), 12);
+    expect(parseModelSpec({ ...phi, rope_scaling: null, sliding_window: null })).toMatchObject({ rotaryDim: 8, ropeScaling: null, slidingWindow: null });
+    expectCheckpointError(() => parseModelSpec({ ...phi, rope_scaling: { type: 'longrope', short_factor: [1], long_factor: [1, 2, 3, 4] } }), new RegExp(`short_factor must be ${half} positive numbers`));
+    expectCheckpointError(() => parseModelSpec({ ...phi, rope_scaling: { type: 'yarn' } }), /rope_scaling type "yarn" is not supported for Phi3ForCausalLM/);
+  });
+
   it('refuses unsupported architectures, naming what is supported', () => {
-    expectCheckpointError(() => parseModelSpec({ ...base, architectures: ['GPT2LMHeadModel'] }), /GPT2LMHeadModel is not supported; supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM/);
+    expectCheckpointError(() => parseModelSpec({ ...base, architectures: ['GPT2LMHeadModel'] }), /GPT2LMHeadModel is not supported; supported: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, Phi3ForCausalLM/);
     expectCheckpointError(() => parseModelSpec({ ...base, architectures: undefined }), /\(none given\)/);
   });
 

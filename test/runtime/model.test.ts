@@ -208,6 +208,7 @@ describe.each([
   { kind: 'random', flavour: 'llama' as Flavour, headDim: 32, residualScale: 1, peaked: 0, min: { int8: 0.95, int4: 0, nf4: 0 }, maxRel: { int8: 0.05, int4: 0.4, nf4: 0.4 } },
   { kind: 'trained-like Gemma 2', flavour: 'gemma2' as Flavour, headDim: 32, residualScale: 0.3, peaked: 1, min: { int8: 0.95, int4: 0.95, nf4: 0.9 }, maxRel: { int8: 0.03, int4: 0.2, nf4: 0.2 } },
   { kind: 'trained-like Gemma 3', flavour: 'gemma3' as Flavour, headDim: 64, residualScale: 0.3, peaked: 1, min: { int8: 0.95, int4: 0.95, nf4: 0.9 }, maxRel: { int8: 0.03, int4: 0.2, nf4: 0.2 } },
+  { kind: 'trained-like Phi-3', flavour: 'phi3' as Flavour, headDim: 32, residualScale: 0.3, peaked: 1, min: { int8: 0.95, int4: 0.95, nf4: 0.9 }, maxRel: { int8: 0.03, int4: 0.2, nf4: 0.2 } },
   { kind: 'trained-like Qwen3', flavour: 'qwen3' as Flavour, headDim: 64, residualScale: 0.3, peaked: 1, min: { int8: 0.95, int4: 0.95, nf4: 0.9 }, maxRel: { int8: 0.03, int4: 0.2, nf4: 0.2 } },
 ])('quantized formats on a $kind model', ({ kind, flavour, headDim, residualScale, peaked, min, maxRel }) => {
   // Wide enough that quantization blocks are realistic.
