@@ -2,11 +2,11 @@
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { loadPeftAdapter, parsePeftConfig } from '../../src/adapters/peft.js';
+import { loadPeftAdapter, parsePeftConfig, validatePeftAdapter } from '../../src/adapters/peft.js';
 import { AdapterInvalidError } from '../../src/errors.js';
 import { Checkpoint } from '../../src/runtime/checkpoint/checkpoint.js';
 import { writeSafetensors } from '../../src/runtime/checkpoint/writer.js';
-import { makeTinyAdapter, makeTinyModel } from '../helpers/tiny-model.js';
+import { makeTinyAdapter, makeTinyModel, PHI3_MODULES } from '../helpers/tiny-model.js';
 
 const tm = makeTinyModel({ seed: 3 });
 const ckpt = Checkpoint.open(tm.dir);
@@ -57,6 +57,24 @@ describe('honoured fields', () => {
     expect(pattern.weights.factors.get('1.q_proj')!.rank).toBe(4);
     expect(cases[2].lora.get('0.down_proj')!.scale).toBe(3 / 4);
     expect(cases[1].lora.get('0.q_proj')!.scale).toBe(8 / 2);
+  });
+
+  it("loads a fused module's LoRA (Phi-3's qkv_proj, gate_up_proj) as its parts: the same A, B split by rows; validation reads the same", () => {
+    const phi = makeTinyModel({ flavour: 'phi3', seed: 9 });
+    const phiSpec = Checkpoint.open(phi.dir).spec;
+    const a = makeTinyAdapter(phi, { seed: 10, r: 3, targets: PHI3_MODULES });
+    const loaded = loadPeftAdapter(a.dir, phiSpec, { maxRank: 64 });
+    expect(loaded.targets).toEqual(['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']);
+    expect(validatePeftAdapter(a.dir, phiSpec, { maxRank: 64 })).toMatchObject({ targets: loaded.targets, bytes: loaded.bytes });
+    const fused = a.lora.get('1.qkv_proj')!;
+    const q = phiSpec.numHeads * phiSpec.headDim;
+    const kv = phiSpec.numKvHeads * phiSpec.headDim;
+    const r = 3;
+    // k_proj: rows q..q+kv of B; b[j, o] = scale * B[q + o, j], a the same as q's.
+    const k = loaded.weights.factors.get('1.k_proj')!;
+    expect(k.b.length).toBe(kv * r);
+    expect(k.b[2 * kv + 5]).toBeCloseTo(fused.scale * fused.b.data[(q + 5) * r + 2], 6);
+    expect([...k.a]).toEqual([...loaded.weights.factors.get('1.q_proj')!.a]);
   });
 
   it('matches list entries against the end of module names, as PEFT does', () => {
