@@ -18,3 +18,27 @@ export function num(cfg: Json, key: string, file: string, fallback: number): num
   }
   return v;
 }
+
+export interface AttentionShape {
+  hiddenSize: number;
+  numLayers: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+}
+
+/** The sizes every decoder family reads, checked alike; head_dim defaults to hidden_size / heads unless the family has its own default. */
+export function attentionShape(cfg: Json, file: string, defaultHeadDim?: number): AttentionShape {
+  const hiddenSize = int(cfg, 'hidden_size', file);
+  const numLayers = int(cfg, 'num_hidden_layers', file);
+  const numHeads = int(cfg, 'num_attention_heads', file);
+  const numKvHeads = int(cfg, 'num_key_value_heads', file, numHeads);
+  if (numHeads % numKvHeads !== 0) {
+    throw new CheckpointError(`${file}: num_attention_heads (${numHeads}) must be a multiple of num_key_value_heads (${numKvHeads})`);
+  }
+  const headDim = cfg.head_dim == null ? (defaultHeadDim ?? hiddenSize / numHeads) : int(cfg, 'head_dim', file);
+  if (!Number.isInteger(headDim) || headDim % 2 !== 0) {
+    throw new CheckpointError(`${file}: head dimension ${headDim} must be an even integer (hidden_size / num_attention_heads or head_dim)`);
+  }
+  return { hiddenSize, numLayers, numHeads, numKvHeads, headDim };
+}

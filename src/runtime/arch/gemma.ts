@@ -21,10 +21,10 @@ import { CheckpointError } from '../../errors.js';
 import type { Checkpoint } from '../checkpoint/checkpoint.js';
 import { attentionWindow, PROJECTIONS, projectionPath, projectionShape, tokenIds, type ModelSpec, type Projection, type RopeScaling } from '../checkpoint/spec.js';
 import type { GraphBuilder } from '../graph/graph-builder.js';
-import { newKey, newValue, pastKey, pastValue } from '../graph/io.js';
-import { emitLinear, type LinearWeight } from '../graph/linear.js';
-import { int, num, type Json } from './config-fields.js';
+import type { LinearWeight } from '../graph/linear.js';
+import { attentionShape, int, num, type Json } from './config-fields.js';
 import type { ExpectedTensor, Family, LayerContext } from './family.js';
+import { concatRows, emitAttention, emitGatedMlp, normPerHead } from './layer-ops.js';
 
 function layerTensors(l: number) {
   const p = `model.layers.${l}`;
@@ -48,13 +48,8 @@ function parseConfig(cfg: Json, architecture: ModelSpec['architecture'], file: s
   const act = cfg.hidden_activation ?? cfg.hidden_act ?? 'gelu_pytorch_tanh';
   if (act !== 'gelu_pytorch_tanh' && act !== 'gelu_tanh') throw new CheckpointError(`${file}: hidden_activation ${JSON.stringify(act)} is not supported (expected "gelu_pytorch_tanh")`);
   if (cfg.attention_bias === true) throw new CheckpointError(`${file}: attention_bias=true is not supported for ${architecture}`);
-  const hiddenSize = int(cfg, 'hidden_size', file);
-  const numLayers = int(cfg, 'num_hidden_layers', file);
-  const numHeads = int(cfg, 'num_attention_heads', file);
-  const numKvHeads = int(cfg, 'num_key_value_heads', file, numHeads);
-  if (numHeads % numKvHeads !== 0) throw new CheckpointError(`${file}: num_attention_heads (${numHeads}) must be a multiple of num_key_value_heads (${numKvHeads})`);
-  const headDim = int(cfg, 'head_dim', file, 256);
-  if (headDim % 2 !== 0) throw new CheckpointError(`${file}: head_dim ${headDim} must be even`);
+  const shape = attentionShape(cfg, file, 256);
+  const { numLayers, headDim } = shape;
 
   // Which layers slide: layer_types when given, else Gemma 2 every other layer (the first slides), Gemma 3 all but every sixth.
   let slidingLayers: boolean[];
@@ -80,11 +75,7 @@ function parseConfig(cfg: Json, architecture: ModelSpec['architecture'], file: s
 
   return {
     architecture,
-    hiddenSize,
-    numLayers,
-    numHeads,
-    numKvHeads,
-    headDim,
+    ...shape,
     rotaryDim: headDim,
     intermediateSize: int(cfg, 'intermediate_size', file),
     vocabSize: int(cfg, 'vocab_size', file),
@@ -132,16 +123,7 @@ function layerWeights(ckpt: Checkpoint, spec: ModelSpec, l: number): LinearWeigh
   const qDim = spec.numHeads * spec.headDim;
   const kvDim = spec.numKvHeads * spec.headDim;
   const I = spec.intermediateSize;
-  const cat = (names: string[]): Float32Array => {
-    const parts = names.map((n) => ckpt.read(n));
-    const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
-    let off = 0;
-    for (const p of parts) {
-      out.set(p, off);
-      off += p.length;
-    }
-    return out;
-  };
+  const cat = (names: string[]): Float32Array => concatRows(names.map((n) => ckpt.read(n)));
   return [
     { w: cat([t.weight('q_proj'), t.weight('k_proj'), t.weight('v_proj')]), n: qDim + 2 * kvDim, k: spec.hiddenSize },
     { w: ckpt.read(t.weight('o_proj')), n: spec.hiddenSize, k: qDim },
@@ -182,66 +164,24 @@ export const GEMMA_FAMILY: Family = {
 
   emitLayer(ctx: LayerContext, l, [pQkv, pO, pGu, pDown], { x, h }) {
     const { g, ckpt, spec } = ctx;
-    const ft = g.ft;
     const t = layerTensors(l);
     const eps = { float: spec.rmsNormEps };
     const H = spec.hiddenSize;
-    const kvDim = spec.numKvHeads * spec.headDim;
-    const qDim = spec.numHeads * spec.headDim;
-    const I = spec.intermediateSize;
     const window = attentionWindow(spec, l);
     const norm = (y: string, tensor: string, name: string): string => g.op('SimplifiedLayerNormalization', [y, normWeight(g, ckpt, tensor, name, H)], { epsilon: eps, axis: -1 });
 
-    // ---- attention
-    let qkv = emitLinear(g, x, `layers.${l}.qkv`, pQkv);
-    qkv = ctx.scatterAdd(qkv, () => {
-      const xg = ctx.group(x, H);
-      return g.op('Concat', [ctx.delta(xg, l, 'q_proj', H, qDim), ctx.delta(xg, l, 'k_proj', H, kvDim), ctx.delta(xg, l, 'v_proj', H, kvDim)], { axis: 2 });
+    const o = emitAttention(ctx, l, x, pQkv, pO, {
+      headNorm: (y, heads, which) => (spec.qkNorm ? normPerHead(ctx, y, heads, normWeight(g, ckpt, which === 'q' ? t.qNorm : t.kNorm, `layers.${l}.${which}_norm`, spec.headDim)) : y),
+      // Gemma 3: sliding layers rotate with their own base.
+      rotary: ctx.rotary(window !== null),
+      window,
+      attrs: { scale: { float: spec.attentionScale ?? 1 / Math.sqrt(spec.headDim) }, ...(spec.attnLogitSoftcap !== null ? { softcap: { float: spec.attnLogitSoftcap } } : {}) },
     });
-    const [q, k, v] = [g.name('q'), g.name('k'), newValue(l)];
-    g.opMulti('Split', [qkv, g.const64([qDim, kvDim, kvDim])], [q, k, v], { axis: 1 });
-    g.output(v, ft, ['T', kvDim]);
-    const headNorm = (y: string, heads: number, which: 'q' | 'k'): string => {
-      if (!spec.qkNorm) return y;
-      const w = normWeight(g, ckpt, which === 'q' ? t.qNorm : t.kNorm, `layers.${l}.${which}_norm`, spec.headDim);
-      const perHead = g.op('Reshape', [y, g.const64([-1, heads, spec.headDim])]);
-      return g.op('Reshape', [g.op('SimplifiedLayerNormalization', [perHead, w], { epsilon: eps, axis: -1 }), g.const64([-1, heads * spec.headDim])]);
-    };
-    // Gemma 3: sliding layers rotate with their own base.
-    const { cos, sin } = ctx.rotary(window !== null);
-    const rot = (y: string, heads: number): string =>
-      g.op('Squeeze', [g.op('RotaryEmbedding', [g.op('Unsqueeze', [y, g.const64([0])]), ctx.positions, cos, sin], { num_heads: heads, interleaved: 0 }, { domain: 'com.microsoft' }), g.const64([0])]);
-    const qr = rot(headNorm(q, spec.numHeads, 'q'), spec.numHeads);
-    const kr = g.op('Identity', [rot(headNorm(k, spec.numKvHeads, 'k'), spec.numKvHeads)], undefined, { out: newKey(l) });
-    g.output(kr, ft, ['T', kvDim]);
-    const pk = g.input(pastKey(l), ft, ['pool', kvDim]);
-    const pv = g.input(pastValue(l), ft, ['pool', kvDim]);
-    const keys = g.op('Concat', [g.op('Gather', [pk, ctx.kvIndex], { axis: 0 }), g.op('Gather', [kr, ctx.padIndex], { axis: 0 })], { axis: 1 });
-    const values = g.op('Concat', [g.op('Gather', [pv, ctx.kvIndex], { axis: 0 }), g.op('Gather', [v, ctx.padIndex], { axis: 0 })], { axis: 1 });
-    const qPadded = g.op('Gather', [qr, ctx.padIndex], { axis: 0 });
-    const attn = g.op('Attention', [qPadded, keys, values, ctx.mask(window)], {
-      q_num_heads: spec.numHeads,
-      kv_num_heads: spec.numKvHeads,
-      scale: { float: spec.attentionScale ?? 1 / Math.sqrt(spec.headDim) },
-      ...(spec.attnLogitSoftcap !== null ? { softcap: { float: spec.attnLogitSoftcap } } : {}),
-    });
-    const attnPacked = g.op('Gather', [g.op('Reshape', [attn, g.const64([-1, qDim])]), ctx.unpadIndex], { axis: 0 });
-    let o = emitLinear(g, attnPacked, `layers.${l}.o`, pO);
-    o = ctx.scatterAdd(o, () => ctx.delta(ctx.group(attnPacked, qDim), l, 'o_proj', qDim, H));
 
     // ---- MLP, between its own pre- and post-norms
     const [x2, h2] = [g.name('x2'), g.name('h')];
     g.opMulti('SkipSimplifiedLayerNormalization', [norm(o, t.postAttnNorm, `layers.${l}.post_attn_norm`), h, normWeight(g, ckpt, t.preFfNorm, `layers.${l}.pre_ff_norm`, H)], [x2, '', '', h2], { epsilon: eps }, 'com.microsoft');
-    let gu = emitLinear(g, x2, `layers.${l}.gate_up`, pGu);
-    gu = ctx.scatterAdd(gu, () => {
-      const x2g = ctx.group(x2, H);
-      return g.op('Concat', [ctx.delta(x2g, l, 'gate_proj', H, I), ctx.delta(x2g, l, 'up_proj', H, I)], { axis: 2 });
-    });
-    const [gate, up] = [g.name('gate'), g.name('up')];
-    g.opMulti('Split', [gu, g.const64([I, I])], [gate, up], { axis: 1 });
-    const act = g.op('Mul', [geluTanh(g, gate, `layers.${l}`), up]);
-    let down = emitLinear(g, act, `layers.${l}.down`, pDown);
-    down = ctx.scatterAdd(down, () => ctx.delta(ctx.group(act, I), l, 'down_proj', I, H));
+    const down = emitGatedMlp(ctx, l, x2, pGu, pDown, (gate) => geluTanh(g, gate, `layers.${l}`));
 
     const last = l + 1 === spec.numLayers;
     const nextNorm = normWeight(g, ckpt, last ? FINAL_NORM : layerTensors(l + 1).inputNorm, last ? 'final_norm' : `layers.${l + 1}.input_norm`, H);

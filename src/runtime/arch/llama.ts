@@ -16,10 +16,10 @@
 import { CheckpointError } from '../../errors.js';
 import type { Checkpoint } from '../checkpoint/checkpoint.js';
 import { attentionWindow, PROJECTIONS, projectionPath, projectionShape, tokenIds, type Llama3RopeScaling, type ModelSpec, type Projection } from '../checkpoint/spec.js';
-import { newKey, newValue, pastKey, pastValue } from '../graph/io.js';
-import { emitLinear, type LinearWeight } from '../graph/linear.js';
-import { int, num, type Json } from './config-fields.js';
+import type { LinearWeight } from '../graph/linear.js';
+import { attentionShape, int, num, type Json } from './config-fields.js';
 import type { ExpectedTensor, Family } from './family.js';
+import { concatRows, emitAttention, emitGatedMlp, normPerHead } from './layer-ops.js';
 
 /** The tensor names of layer l: the one table checkpoint validation and the graph both read. */
 function layerTensors(l: number) {
@@ -42,16 +42,7 @@ function parseConfig(cfg: Json, architecture: ModelSpec['architecture'], file: s
   if (act !== 'silu') throw new CheckpointError(`${file}: hidden_act ${JSON.stringify(act)} is not supported (expected "silu")`);
   if (cfg.mlp_bias === true) throw new CheckpointError(`${file}: mlp_bias=true is not supported`);
 
-  const hiddenSize = int(cfg, 'hidden_size', file);
-  const numHeads = int(cfg, 'num_attention_heads', file);
-  const numKvHeads = int(cfg, 'num_key_value_heads', file, numHeads);
-  if (numHeads % numKvHeads !== 0) {
-    throw new CheckpointError(`${file}: num_attention_heads (${numHeads}) must be a multiple of num_key_value_heads (${numKvHeads})`);
-  }
-  const headDim = cfg.head_dim == null ? hiddenSize / numHeads : int(cfg, 'head_dim', file);
-  if (!Number.isInteger(headDim) || headDim % 2 !== 0) {
-    throw new CheckpointError(`${file}: head dimension ${headDim} must be an even integer (hidden_size / num_attention_heads or head_dim)`);
-  }
+  const shape = attentionShape(cfg, file);
 
   let ropeScaling: Llama3RopeScaling | null = null;
   const rs = cfg.rope_scaling as Json | null | undefined;
@@ -81,15 +72,11 @@ function parseConfig(cfg: Json, architecture: ModelSpec['architecture'], file: s
   const mwl = cfg.max_window_layers ?? 28; // transformers' Qwen2/Qwen3 default
   if (typeof mwl !== 'number' || !Number.isSafeInteger(mwl) || mwl < 0) throw new CheckpointError(`${file}: max_window_layers must be a non-negative integer, got ${JSON.stringify(cfg.max_window_layers)}`);
   const firstSlidingLayer = mistral ? 0 : mwl;
-  const numLayers = int(cfg, 'num_hidden_layers', file);
 
+  const { numLayers, headDim } = shape;
   return {
     architecture,
-    hiddenSize,
-    numLayers,
-    numHeads,
-    numKvHeads,
-    headDim,
+    ...shape,
     rotaryDim: headDim,
     intermediateSize: int(cfg, 'intermediate_size', file),
     vocabSize: int(cfg, 'vocab_size', file),
@@ -160,62 +147,18 @@ export const LLAMA_FAMILY: Family = {
 
   emitLayer(ctx, l, [pQkv, pO, pGu, pDown], { x, h }) {
     const { g, ckpt, spec } = ctx;
-    const ft = g.ft;
     const t = layerTensors(l);
     const eps = { float: spec.rmsNormEps };
-    const kvDim = spec.numKvHeads * spec.headDim;
-    const qDim = spec.numHeads * spec.headDim;
-    const I = spec.intermediateSize;
-
-    // ---- attention
-    let qkv = emitLinear(g, x, `layers.${l}.qkv`, pQkv);
-    qkv = ctx.scatterAdd(qkv, () => {
-      const xg = ctx.group(x, spec.hiddenSize);
-      return g.op('Concat', [ctx.delta(xg, l, 'q_proj', spec.hiddenSize, qDim), ctx.delta(xg, l, 'k_proj', spec.hiddenSize, kvDim), ctx.delta(xg, l, 'v_proj', spec.hiddenSize, kvDim)], { axis: 2 });
+    const o = emitAttention(ctx, l, x, pQkv, pO, {
+      // Qwen3: RMSNorm over each head's headDim values, with one weight per dimension shared by the heads.
+      headNorm: (y, heads, which) => (spec.qkNorm ? normPerHead(ctx, y, heads, g.floatInit(`layers.${l}.${which}_norm`, [spec.headDim], ckpt.read(which === 'q' ? t.qNorm : t.kNorm))) : y),
+      rotary: ctx.rotary(false),
+      window: attentionWindow(spec, l),
     });
-    const [q, k, v] = [g.name('q'), g.name('k'), newValue(l)];
-    g.opMulti('Split', [qkv, g.const64([qDim, kvDim, kvDim])], [q, k, v], { axis: 1 });
-    g.output(v, ft, ['T', kvDim]);
-    const rot = (x: string, heads: number): string =>
-      g.op('Squeeze', [
-        g.op('RotaryEmbedding', [g.op('Unsqueeze', [x, g.const64([0])]), ctx.positions, ctx.rotary(false).cos, ctx.rotary(false).sin], { num_heads: heads, interleaved: 0, ...(spec.rotaryDim < spec.headDim ? { rotary_embedding_dim: spec.rotaryDim } : {}) }, { domain: 'com.microsoft' }),
-        g.const64([0]),
-      ]);
-    // Qwen3: RMSNorm over each head's headDim values, with one weight per dimension shared by the heads.
-    const headNorm = (x: string, heads: number, which: 'q' | 'k'): string => {
-      if (!spec.qkNorm) return x;
-      const w = g.floatInit(`layers.${l}.${which}_norm`, [spec.headDim], ckpt.read(which === 'q' ? t.qNorm : t.kNorm));
-      const perHead = g.op('Reshape', [x, g.const64([-1, heads, spec.headDim])]);
-      return g.op('Reshape', [g.op('SimplifiedLayerNormalization', [perHead, w], { epsilon: eps, axis: -1 }), g.const64([-1, heads * spec.headDim])]);
-    };
-    const qr = rot(headNorm(q, spec.numHeads, 'q'), spec.numHeads);
-    const kr = g.op('Identity', [rot(headNorm(k, spec.numKvHeads, 'k'), spec.numKvHeads)], undefined, { out: newKey(l) });
-    g.output(kr, ft, ['T', kvDim]);
-
-    const pk = g.input(pastKey(l), ft, ['pool', kvDim]);
-    const pv = g.input(pastValue(l), ft, ['pool', kvDim]);
-    const keys = g.op('Concat', [g.op('Gather', [pk, ctx.kvIndex], { axis: 0 }), g.op('Gather', [kr, ctx.padIndex], { axis: 0 })], { axis: 1 });
-    const values = g.op('Concat', [g.op('Gather', [pv, ctx.kvIndex], { axis: 0 }), g.op('Gather', [v, ctx.padIndex], { axis: 0 })], { axis: 1 });
-    const qPadded = g.op('Gather', [qr, ctx.padIndex], { axis: 0 });
-    const attn = g.op('Attention', [qPadded, keys, values, ctx.mask(attentionWindow(spec, l))], { q_num_heads: spec.numHeads, kv_num_heads: spec.numKvHeads });
-    const attnPacked = g.op('Gather', [g.op('Reshape', [attn, g.const64([-1, qDim])]), ctx.unpadIndex], { axis: 0 });
-    let o = emitLinear(g, attnPacked, `layers.${l}.o`, pO);
-    o = ctx.scatterAdd(o, () => ctx.delta(ctx.group(attnPacked, qDim), l, 'o_proj', qDim, spec.hiddenSize));
-
-    // ---- MLP
     const post = g.floatInit(`layers.${l}.post_norm`, [spec.hiddenSize], ckpt.read(t.postNorm));
     const [x2, h2] = [g.name('x2'), g.name('h')];
     g.opMulti('SkipSimplifiedLayerNormalization', [o, h, post], [x2, '', '', h2], { epsilon: eps }, 'com.microsoft');
-    let gu = emitLinear(g, x2, `layers.${l}.gate_up`, pGu);
-    gu = ctx.scatterAdd(gu, () => {
-      const x2g = ctx.group(x2, spec.hiddenSize);
-      return g.op('Concat', [ctx.delta(x2g, l, 'gate_proj', spec.hiddenSize, I), ctx.delta(x2g, l, 'up_proj', spec.hiddenSize, I)], { axis: 2 });
-    });
-    const [gate, up] = [g.name('gate'), g.name('up')];
-    g.opMulti('Split', [gu, g.const64([I, I])], [gate, up], { axis: 1 });
-    const act = g.op('Mul', [g.op('Mul', [gate, g.op('Sigmoid', [gate])]), up]);
-    let down = emitLinear(g, act, `layers.${l}.down`, pDown);
-    down = ctx.scatterAdd(down, () => ctx.delta(ctx.group(act, I), l, 'down_proj', I, spec.hiddenSize));
+    const down = emitGatedMlp(ctx, l, x2, pGu, pDown, (gate) => g.op('Mul', [gate, g.op('Sigmoid', [gate])]));
 
     // The next layer's input norm (or the final norm) fused with the residual add.
     const last = l + 1 === spec.numLayers;
@@ -225,13 +168,3 @@ export const LLAMA_FAMILY: Family = {
     return { x: xn, h: hn };
   },
 };
-
-function concatRows(parts: Float32Array[]): Float32Array {
-  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.length;
-  }
-  return out;
-}

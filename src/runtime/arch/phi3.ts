@@ -13,7 +13,7 @@ import { CheckpointError } from '../../errors.js';
 import type { Checkpoint } from '../checkpoint/checkpoint.js';
 import { tokenIds, type ModelSpec, type RopeScaling } from '../checkpoint/spec.js';
 import type { LinearWeight } from '../graph/linear.js';
-import { int, num, type Json } from './config-fields.js';
+import { attentionShape, int, num, type Json } from './config-fields.js';
 import type { ExpectedTensor, Family } from './family.js';
 import { LLAMA_FAMILY } from './llama.js';
 
@@ -31,15 +31,11 @@ function parseConfig(cfg: Json, architecture: ModelSpec['architecture'], file: s
   const act = cfg.hidden_act ?? 'silu';
   if (act !== 'silu') throw new CheckpointError(`${file}: hidden_act ${JSON.stringify(act)} is not supported (expected "silu")`);
   if (cfg.attention_bias === true) throw new CheckpointError(`${file}: attention_bias=true is not supported for ${architecture}`);
-  const hiddenSize = int(cfg, 'hidden_size', file);
-  const numLayers = int(cfg, 'num_hidden_layers', file);
-  const numHeads = int(cfg, 'num_attention_heads', file);
-  const numKvHeads = int(cfg, 'num_key_value_heads', file, numHeads);
-  if (numHeads % numKvHeads !== 0) throw new CheckpointError(`${file}: num_attention_heads (${numHeads}) must be a multiple of num_key_value_heads (${numKvHeads})`);
-  const headDim = cfg.head_dim == null ? hiddenSize / numHeads : int(cfg, 'head_dim', file);
+  const shape = attentionShape(cfg, file);
+  const { numLayers, headDim } = shape;
   const partial = cfg.partial_rotary_factor == null ? 1 : num(cfg, 'partial_rotary_factor', file, 1);
   const rotaryDim = Math.floor(headDim * partial);
-  if (!Number.isInteger(headDim) || rotaryDim % 2 !== 0 || partial > 1) throw new CheckpointError(`${file}: the rotary dimension (head_dim ${headDim} × partial_rotary_factor ${partial}) must be an even integer`);
+  if (rotaryDim % 2 !== 0 || partial > 1) throw new CheckpointError(`${file}: the rotary dimension (head_dim ${headDim} × partial_rotary_factor ${partial}) must be an even integer`);
   const maxPositionEmbeddings = int(cfg, 'max_position_embeddings', file, 4096);
   const original = int(cfg, 'original_max_position_embeddings', file, maxPositionEmbeddings);
 
@@ -56,11 +52,7 @@ function parseConfig(cfg: Json, architecture: ModelSpec['architecture'], file: s
 
   return {
     architecture,
-    hiddenSize,
-    numLayers,
-    numHeads,
-    numKvHeads,
-    headDim,
+    ...shape,
     rotaryDim,
     intermediateSize: int(cfg, 'intermediate_size', file),
     vocabSize: int(cfg, 'vocab_size', file),

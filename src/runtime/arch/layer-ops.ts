@@ -1,0 +1,92 @@
+/**
+ * The pieces of a decoder layer that families share, so that each family module says only how its
+ * layer differs: the attention block (fused q|k|v projection with its LoRA deltas, per-head norms,
+ * rotary positions, keys and values from the KV pool, the attention op, o_proj with its LoRA) and
+ * the gated MLP (fused gate|up with LoRA, an activation, down_proj with LoRA).
+ */
+import type { PreparedLinear } from '../graph/linear.js';
+import { emitLinear } from '../graph/linear.js';
+import { newKey, newValue, pastKey, pastValue } from '../graph/io.js';
+import type { LayerContext } from './family.js';
+
+export interface AttentionOptions {
+  /** q or k [T, heads·headDim] → normalized per head (identity when the family has no q/k norms). */
+  headNorm(x: string, heads: number, which: 'q' | 'k'): string;
+  /** The rotary tables this layer uses. */
+  rotary: { cos: string; sin: string };
+  /** Sliding window of this layer (null: whole context). */
+  window: number | null;
+  /** Extra attributes of the Attention op (scale, softcap). */
+  attrs?: Record<string, { float: number }>;
+}
+
+/** x → attention output projected by o_proj, LoRA deltas included ([T, hidden]). */
+export function emitAttention(ctx: LayerContext, l: number, x: string, pQkv: PreparedLinear, pO: PreparedLinear, opts: AttentionOptions): string {
+  const { g, spec } = ctx;
+  const ft = g.ft;
+  const H = spec.hiddenSize;
+  const kvDim = spec.numKvHeads * spec.headDim;
+  const qDim = spec.numHeads * spec.headDim;
+  let qkv = emitLinear(g, x, `layers.${l}.qkv`, pQkv);
+  qkv = ctx.scatterAdd(qkv, () => {
+    const xg = ctx.group(x, H);
+    return g.op('Concat', [ctx.delta(xg, l, 'q_proj', H, qDim), ctx.delta(xg, l, 'k_proj', H, kvDim), ctx.delta(xg, l, 'v_proj', H, kvDim)], { axis: 2 });
+  });
+  const [q, k, v] = [g.name('q'), g.name('k'), newValue(l)];
+  g.opMulti('Split', [qkv, g.const64([qDim, kvDim, kvDim])], [q, k, v], { axis: 1 });
+  g.output(v, ft, ['T', kvDim]);
+  const partial = spec.rotaryDim < spec.headDim ? { rotary_embedding_dim: spec.rotaryDim } : {};
+  const rot = (y: string, heads: number): string =>
+    g.op('Squeeze', [
+      g.op('RotaryEmbedding', [g.op('Unsqueeze', [y, g.const64([0])]), ctx.positions, opts.rotary.cos, opts.rotary.sin], { num_heads: heads, interleaved: 0, ...partial }, { domain: 'com.microsoft' }),
+      g.const64([0]),
+    ]);
+  const qr = rot(opts.headNorm(q, spec.numHeads, 'q'), spec.numHeads);
+  const kr = g.op('Identity', [rot(opts.headNorm(k, spec.numKvHeads, 'k'), spec.numKvHeads)], undefined, { out: newKey(l) });
+  g.output(kr, ft, ['T', kvDim]);
+
+  const pk = g.input(pastKey(l), ft, ['pool', kvDim]);
+  const pv = g.input(pastValue(l), ft, ['pool', kvDim]);
+  const keys = g.op('Concat', [g.op('Gather', [pk, ctx.kvIndex], { axis: 0 }), g.op('Gather', [kr, ctx.padIndex], { axis: 0 })], { axis: 1 });
+  const values = g.op('Concat', [g.op('Gather', [pv, ctx.kvIndex], { axis: 0 }), g.op('Gather', [v, ctx.padIndex], { axis: 0 })], { axis: 1 });
+  const qPadded = g.op('Gather', [qr, ctx.padIndex], { axis: 0 });
+  const attn = g.op('Attention', [qPadded, keys, values, ctx.mask(opts.window)], { q_num_heads: spec.numHeads, kv_num_heads: spec.numKvHeads, ...opts.attrs });
+  const attnPacked = g.op('Gather', [g.op('Reshape', [attn, g.const64([-1, qDim])]), ctx.unpadIndex], { axis: 0 });
+  const o = emitLinear(g, attnPacked, `layers.${l}.o`, pO);
+  return ctx.scatterAdd(o, () => ctx.delta(ctx.group(attnPacked, qDim), l, 'o_proj', qDim, H));
+}
+
+/** x → down(act(gate(x)) · up(x)), LoRA deltas included ([T, hidden]). */
+export function emitGatedMlp(ctx: LayerContext, l: number, x: string, pGu: PreparedLinear, pDown: PreparedLinear, act: (gate: string) => string): string {
+  const { g, spec } = ctx;
+  const H = spec.hiddenSize;
+  const I = spec.intermediateSize;
+  let gu = emitLinear(g, x, `layers.${l}.gate_up`, pGu);
+  gu = ctx.scatterAdd(gu, () => {
+    const xg = ctx.group(x, H);
+    return g.op('Concat', [ctx.delta(xg, l, 'gate_proj', H, I), ctx.delta(xg, l, 'up_proj', H, I)], { axis: 2 });
+  });
+  const [gate, up] = [g.name('gate'), g.name('up')];
+  g.opMulti('Split', [gu, g.const64([I, I])], [gate, up], { axis: 1 });
+  const hidden = g.op('Mul', [act(gate), up]);
+  const down = emitLinear(g, hidden, `layers.${l}.down`, pDown);
+  return ctx.scatterAdd(down, () => ctx.delta(ctx.group(hidden, I), l, 'down_proj', I, H));
+}
+
+/** Per-head RMSNorm of q or k: reshape to [T, heads, headDim], normalize with `weight` [headDim], reshape back. */
+export function normPerHead(ctx: LayerContext, x: string, heads: number, weight: string): string {
+  const { g, spec } = ctx;
+  const perHead = g.op('Reshape', [x, g.const64([-1, heads, spec.headDim])]);
+  return g.op('Reshape', [g.op('SimplifiedLayerNormalization', [perHead, weight], { epsilon: { float: spec.rmsNormEps }, axis: -1 }), g.const64([-1, heads * spec.headDim])]);
+}
+
+/** Row-major matrices stacked (fused weights from separate checkpoint tensors). */
+export function concatRows(parts: Float32Array[]): Float32Array {
+  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
+  let off = 0;
+  for (const p of parts) {
+    out.set(p, off);
+    off += p.length;
+  }
+  return out;
+}
