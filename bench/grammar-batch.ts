@@ -7,15 +7,11 @@
  * Reported: tokens/s of the whole batch and of its unconstrained rows, and the unconstrained rows'
  * inter-token latency — what the masks cost rows that do not use them.
  */
-import { copyFileSync, existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { writeRandomPeftAdapter } from '../src/adapters/random.js';
-import { ensureDemo, qwenTokenizerDir } from '../src/cli/demo.js';
-import { Checkpoint } from '../src/runtime/checkpoint/checkpoint.js';
 import { progressBar } from '../src/util/progress.js';
 import { fmt, quantile, table } from './lib.js';
-import { prepareModel, type BenchContext } from './runtime.js';
-import { startServer, stream } from './server-process.js';
+import type { BenchContext } from './runtime.js';
+import { servedModel, startServer, stream } from './server-process.js';
 
 export interface GrammarBatchCell {
   mix: string;
@@ -30,28 +26,7 @@ export interface GrammarBatchCell {
 const LONG_SCHEMA = { type: 'array', items: { type: 'string', pattern: '^[a-z]{1,8}$' }, minItems: 400 };
 
 export async function grammarBatchBench(ctx: BenchContext): Promise<{ cells: GrammarBatchCell[]; markdown: string }> {
-  let modelDir: string;
-  let name: string;
-  if (ctx.quick) {
-    modelDir = ensureDemo(join(ctx.dir, 'demo'), ctx.log, join(ctx.dir, 'demo', 'adapters')).model;
-    name = 'demo model';
-  } else {
-    const prepared = await prepareModel(ctx);
-    modelDir = prepared.modelDir;
-    name = prepared.name;
-    for (const f of ['tokenizer.json', 'tokenizer_config.json']) if (!existsSync(join(modelDir, f))) copyFileSync(join(qwenTokenizerDir(), f), join(modelDir, f));
-  }
-  const ckpt = Checkpoint.open(modelDir);
-  const spec = ckpt.spec;
-  ckpt.close();
-  const store = join(ctx.dir, 'grammar-store', name.replace(/ /g, '-'));
-  for (let i = 0; i < 8; i++) {
-    const dir = join(store, `a${i}`);
-    if (!existsSync(join(dir, 'adapter_model.safetensors'))) {
-      mkdirSync(dir, { recursive: true });
-      writeRandomPeftAdapter(dir, spec, { rank: 16, seed: 4000 + i });
-    }
-  }
+  const { modelDir, name, store } = await servedModel(ctx, 'grammar-store', 4000);
   const rows = 8;
   const newTokens = ctx.quick ? 16 : 64;
   const rounds = ctx.quick ? 2 : 6;

@@ -9,17 +9,13 @@
  *  - unique: every prompt is new (nothing to reuse), to price the cache for a request it cannot help.
  * Reported: output tokens/s, TTFT p50/p99 and the hit rate (cached / prompt tokens, from usage).
  */
-import { copyFileSync, existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { writeRandomPeftAdapter } from '../src/adapters/random.js';
-import { ensureDemo, qwenTokenizerDir } from '../src/cli/demo.js';
-import { Checkpoint } from '../src/runtime/checkpoint/checkpoint.js';
 import { TextTokenizer } from '../src/runtime/tokenizer.js';
 import { prng } from '../src/util/prng.js';
 import { progressBar } from '../src/util/progress.js';
 import { fmt, quantile, table, zipfPicker } from './lib.js';
-import { prepareModel, type BenchContext } from './runtime.js';
-import { startServer, streamChat, type ChatStreamResult } from './server-process.js';
+import type { BenchContext } from './runtime.js';
+import { servedModel, startServer, streamChat, type ChatStreamResult } from './server-process.js';
 
 export interface PrefixCell {
   workload: string;
@@ -63,30 +59,8 @@ async function pool(concurrency: number, jobs: (() => Promise<void>)[]): Promise
 }
 
 export async function prefixBench(ctx: BenchContext): Promise<{ cells: PrefixCell[]; markdown: string }> {
-  // A model with Qwen3's tokenizer: the bench shape (its vocabulary is Qwen's) or, quick, the demo model.
-  let modelDir: string;
-  let name: string;
-  if (ctx.quick) {
-    modelDir = ensureDemo(join(ctx.dir, 'demo'), ctx.log, join(ctx.dir, 'demo', 'adapters')).model;
-    name = 'demo model';
-  } else {
-    const prepared = await prepareModel(ctx);
-    modelDir = prepared.modelDir;
-    name = prepared.name;
-    for (const f of ['tokenizer.json', 'tokenizer_config.json']) if (!existsSync(join(modelDir, f))) copyFileSync(join(qwenTokenizerDir(), f), join(modelDir, f));
-  }
+  const { modelDir, name, store } = await servedModel(ctx, 'prefix-store', 3000);
   const tok = TextTokenizer.load(modelDir)!;
-  const ckpt = Checkpoint.open(modelDir);
-  const spec = ckpt.spec;
-  ckpt.close();
-  const store = join(ctx.dir, 'prefix-store', name.replace(/ /g, '-'));
-  for (let i = 0; i < 8; i++) {
-    const dir = join(store, `a${i}`);
-    if (!existsSync(join(dir, 'adapter_model.safetensors'))) {
-      mkdirSync(dir, { recursive: true });
-      writeRandomPeftAdapter(dir, spec, { rank: 16, seed: 3000 + i });
-    }
-  }
 
   const concurrency = 8;
   const newTokens = ctx.quick ? 8 : 64;

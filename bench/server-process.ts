@@ -4,8 +4,12 @@
  * token.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { writeRandomPeftAdapter } from '../src/adapters/random.js';
+import { ensureDemo, qwenTokenizerDir } from '../src/cli/demo.js';
+import { Checkpoint } from '../src/runtime/checkpoint/checkpoint.js';
+import { prepareModel, type BenchContext } from './runtime.js';
 
 const CLI = join(import.meta.dirname, '../src/cli/index.ts');
 
@@ -110,4 +114,34 @@ export async function streamChat(url: string, body: Record<string, unknown>): Pr
     out.tokens += n;
   }
   return out;
+}
+
+/**
+ * The model a serving bench runs: the Qwen2.5-0.5B-shaped int4 checkpoint with Qwen3's tokenizer and
+ * chat template (the demo model in quick mode), and a store of 8 rank-16 random adapters a0..a7.
+ */
+export async function servedModel(ctx: BenchContext, storeName: string, adapterSeed: number): Promise<{ modelDir: string; name: string; store: string }> {
+  let modelDir: string;
+  let name: string;
+  if (ctx.quick) {
+    modelDir = ensureDemo(join(ctx.dir, 'demo'), ctx.log, join(ctx.dir, 'demo', 'adapters')).model;
+    name = 'demo model';
+  } else {
+    const prepared = await prepareModel(ctx);
+    modelDir = prepared.modelDir;
+    name = prepared.name;
+    for (const f of ['tokenizer.json', 'tokenizer_config.json']) if (!existsSync(join(modelDir, f))) copyFileSync(join(qwenTokenizerDir(), f), join(modelDir, f));
+  }
+  const ckpt = Checkpoint.open(modelDir);
+  const spec = ckpt.spec;
+  ckpt.close();
+  const store = join(ctx.dir, storeName, name.replace(/ /g, '-'));
+  for (let i = 0; i < 8; i++) {
+    const dir = join(store, `a${i}`);
+    if (!existsSync(join(dir, 'adapter_model.safetensors'))) {
+      mkdirSync(dir, { recursive: true });
+      writeRandomPeftAdapter(dir, spec, { rank: 16, seed: adapterSeed + i });
+    }
+  }
+  return { modelDir, name, store };
 }
