@@ -6,6 +6,7 @@
  * A JSON schema is checked against the keywords XGrammar enforces before it is compiled: a keyword
  * it would ignore is refused, naming it, instead of producing output the schema does not describe.
  */
+import { createHash } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import { LoraplexError } from '../../errors.js';
 import { checkJsonSchema } from './schema-check.js';
@@ -26,8 +27,8 @@ export type GrammarSpec =
   /** Calls of the offered tools in the model's format (see tool-grammar.ts). */
   | ToolGrammarSpec;
 
-/** The cache key of a spec (specs are plain data). */
-export const grammarKey = (spec: GrammarSpec): string => JSON.stringify(spec);
+/** The cache key of a spec (specs are plain data, up to megabytes with many tools): a digest of its JSON. */
+export const grammarKey = (spec: GrammarSpec): string => createHash('sha256').update(JSON.stringify(spec)).digest('base64');
 
 export class GrammarError extends LoraplexError {
   constructor(message: string, param: string) {
