@@ -113,6 +113,8 @@ export class ToolCallParser {
   private inCall = false;
   /** hermes: the whitespace before the open call. */
   private gap = '';
+  /** hermes: where in the open call's text the next closing tag is looked for (earlier ones did not close a call). */
+  private tried = 0;
   /** JSON formats: whether the answer's start has been seen. */
   private decided = false;
   private calls = 0;
@@ -143,9 +145,11 @@ export class ToolCallParser {
     while (true) {
       if (this.inCall) {
         // The first closing tag after which the block is a call (the tag may appear inside an argument string).
-        let close = this.pending.indexOf(HERMES_CLOSE);
+        // Each closing tag is tried once: a block with many tags that never parse costs linear work, not a re-scan per token.
+        let close = this.pending.indexOf(HERMES_CLOSE, this.tried);
         let call: ParsedToolCall | null = null;
         while (close >= 0 && !(call = callOf(parseJson(this.pending.slice(0, close)), this.names))) close = this.pending.indexOf(HERMES_CLOSE, close + 1);
+        this.tried = close >= 0 ? 0 : Math.max(0, this.pending.length - HERMES_CLOSE.length + 1);
         if (close < 0 && end) close = this.pending.indexOf(HERMES_CLOSE);
         if (close < 0) {
           if (!end) return out;
