@@ -63,6 +63,8 @@ export const ERROR_CATALOG = {
   adapter_load_failed: kind(424, 'server_error', 424, 'generation'),
   timeout: server(504, 'timeout'),
   not_ready: kind(503, 'service_unavailable', 503, 'unavailable'),
+  /** The machine is too busy to finish the request's preparation (tokenizing, compiling its grammar) in time; retryable, with Retry-After. */
+  busy: kind(503, 'service_unavailable', 503, 'unavailable'),
   shutting_down: kind(503, 'service_unavailable', 503, 'unavailable'),
   /** The model produced NaN or +Inf logits for a row (its adapter overflows); only that row fails. */
   numerical_error: server(),
@@ -79,13 +81,14 @@ export interface WireError {
   code: ErrorCode;
   message: string;
   param: string | null;
+  retryAfterSeconds?: number;
 }
 
 export class LoraplexError extends Error {
   readonly code: ErrorCode;
   /** The request field the error is about, when there is one (OpenAI's `param`). */
   readonly param: string | null;
-  /** For `overloaded`: when to retry (the HTTP Retry-After header). */
+  /** For `overloaded` and `busy`: when to retry (the HTTP Retry-After header). */
   readonly retryAfterSeconds?: number;
 
   constructor(code: ErrorCode, message: string, opts: { param?: string | null; cause?: unknown; retryAfterSeconds?: number } = {}) {
@@ -105,11 +108,14 @@ export class LoraplexError extends Error {
   }
 
   toWire(): WireError {
-    return { code: this.code, message: this.message, param: this.param };
+    const w: WireError = { code: this.code, message: this.message, param: this.param };
+    if (this.retryAfterSeconds !== undefined) w.retryAfterSeconds = this.retryAfterSeconds;
+    return w;
   }
 
   static fromWire(w: WireError): LoraplexError {
-    return new LoraplexError(isErrorCode(w.code) ? w.code : 'internal_error', w.message, { param: w.param });
+    const retry = typeof w.retryAfterSeconds === 'number' ? { retryAfterSeconds: w.retryAfterSeconds } : {};
+    return new LoraplexError(isErrorCode(w.code) ? w.code : 'internal_error', w.message, { param: w.param, ...retry });
   }
 
   /** Any thrown value as a LoraplexError (unknown errors become internal_error, message kept). */

@@ -6,20 +6,28 @@
  * decoder refuses is a 4xx, never an error mid-stream.
  *
  * A spec the grammar thread has not compiled before is first compiled by a checker thread
- * (grammar-check-worker.ts) within `compileTimeoutMs`: a grammar that takes longer is refused there,
- * and that thread replaced, so one request's grammar can delay the other constrained rows' masks by
- * at most that budget (the grammar thread compiles it again, as fast as the checker did), never
- * stall them. Specs that passed are remembered, so repeats go straight to the grammar thread.
+ * (grammar-check-worker.ts) within `compileTimeoutMs` of that thread's CPU time: a grammar that
+ * needs more is refused there (400), and that thread replaced, so one request's grammar can delay
+ * the other constrained rows' masks by at most that budget (the grammar thread compiles it again, as
+ * fast as the checker did), never stall them. Time the checker spends waiting for a core on a busy
+ * machine does not count; a compile the busy machine cannot finish within the wall-clock limit
+ * fails with a retryable 503. Specs that passed are remembered, so repeats go straight to the
+ * grammar thread.
+ *
+ * Both threads are started with the engine, and `ready()` resolves once each has built its
+ * vocabulary tables and compiled a first grammar, so no user's request pays for that.
  */
 import type { Worker } from 'node:worker_threads';
 import { LRUCache } from 'lru-cache';
 import { LoraplexError, type WireError } from '../errors.js';
 import { GrammarError, grammarKey, type GrammarSpec } from '../runtime/grammar/compiler.js';
+import { WARM_UP_SPECS } from '../runtime/grammar/warm-up.js';
 import { WorkerPool } from '../util/worker-pool.js';
 import { startWorker } from '../util/worker-url.js';
 
-/** How long the checker may take to compile one spec (`--grammar-compile-timeout-ms`). */
+/** CPU time the checker may take to compile one spec (`--grammar-compile-timeout-ms`). */
 export const DEFAULT_GRAMMAR_COMPILE_TIMEOUT_MS = 10_000;
+
 
 /** The request field a spec's compile errors name. */
 const specParam = (spec: GrammarSpec): string => (spec.type === 'json_schema' || spec.type === 'json_object' ? 'schema' : spec.type === 'tool_calls' ? 'tools' : spec.type === 'ebnf' ? 'grammar' : spec.type);
@@ -67,6 +75,7 @@ export class GrammarHost {
   private readonly rows = new Map<number, { unsent: Deferred<MaskReply>[]; untaken: Promise<MaskReply>[] }>();
   private nextQid = 1;
   private failure: LoraplexError | null = null;
+  private readonly started: Deferred<void> = deferred();
 
   constructor(init: GrammarWorkerInit, opts: { compileTimeoutMs?: number } = {}) {
     this.compileTimeoutMs = opts.compileTimeoutMs ?? DEFAULT_GRAMMAR_COMPILE_TIMEOUT_MS;
@@ -80,6 +89,7 @@ export class GrammarHost {
   private onMessage(m: FromGrammarWorker): void {
     switch (m.t) {
       case 'ready':
+        this.started.resolve();
         return;
       case 'fatal':
         this.fail(LoraplexError.fromWire(m.error));
@@ -101,9 +111,24 @@ export class GrammarHost {
 
   private fail(err: LoraplexError): void {
     this.failure = new LoraplexError('engine_failed', `the grammar thread failed: ${err.message}`);
+    this.started.resolve();
     for (const d of this.compiles.values()) d.resolve(this.failure.toWire());
     this.compiles.clear();
     for (const row of this.rows.values()) for (const d of row.unsent.splice(0)) d.resolve({ error: this.failure });
+  }
+
+  /**
+   * Resolves once both threads are ready: the grammar thread has built its tables and compiled the
+   * warm-up specs, and the checker has compiled them too (which also waits for it to start).
+   * Rejects when either cannot start.
+   */
+  async ready(): Promise<void> {
+    await this.started.promise;
+    if (this.failure) throw this.failure;
+    for (const spec of WARM_UP_SPECS) {
+      await this.checker.run<boolean>({ spec }, { budgetMs: 60_000, what: 'warming up the grammar checker', onTimeout: () => new LoraplexError('internal_error', 'the grammar checker did not warm up within 60 s of CPU time') });
+      this.checked.set(grammarKey(spec), true);
+    }
   }
 
   /** Compiles `spec` on the grammar thread; throws the error that refuses it. */
@@ -113,8 +138,9 @@ export class GrammarHost {
     if (!this.checked.has(key)) {
       const param = specParam(spec);
       await this.checker.run<boolean>({ spec }, {
-        timeoutMs: this.compileTimeoutMs,
-        onTimeout: () => new GrammarError(`${param}: compiling this constraint took longer than ${this.compileTimeoutMs} ms (--grammar-compile-timeout-ms); simplify it`, param),
+        budgetMs: this.compileTimeoutMs,
+        what: `compiling the ${param} constraint`,
+        onTimeout: () => new GrammarError(`${param}: compiling this constraint took longer than ${this.compileTimeoutMs} ms of CPU time (--grammar-compile-timeout-ms); simplify it`, param),
         onCrash: (why) => new GrammarError(`${param}: compiling this constraint failed (${why})`, param),
       });
       this.checked.set(key, true);

@@ -38,7 +38,7 @@ export function errorBody(err: LoraplexError, flavor: RouteFlavor): OpenAIErrorB
   return { error: { message: err.message, type: err.type, param: err.param, code: err.code }, message: err.message };
 }
 
-/** Sends `err` as the route's error response (with Retry-After on 429). */
+/** Sends `err` as the route's error response (with Retry-After on 429 and 503 where the error says when). */
 export function sendError(request: FastifyRequest, reply: FastifyReply, err: LoraplexError): FastifyReply {
   const flavor = request.errorFlavor ?? flavorOf(request.url);
   if (err.retryAfterSeconds !== undefined) reply.header('retry-after', String(err.retryAfterSeconds));

@@ -1,17 +1,34 @@
 /**
  * A pool of worker threads for work that must not run on the HTTP event loop or the engine thread
- * (tokenizing, rendering chat templates, validating uploads). Each task has a time budget: a worker
- * that overruns it is terminated (V8 stops it wherever it is, even in an endless loop) and replaced,
- * and the task fails with the caller's error. A worker that dies (out of memory, a crash) fails only
- * its own task. A worker whose heap grew past `recycleHeapBytes` after a task is replaced, so one
- * huge request does not keep its memory for good.
+ * (tokenizing, rendering chat templates, compiling grammars, validating uploads). Each task has two
+ * limits, for two different failures:
  *
- * Protocol (see worker-task.ts): the pool posts {id, task}; the worker answers {id, result} or
- * {id, error: WireError}, plus its heap size.
+ * - a **work budget**, counted in the CPU time of the worker thread running it (read from procfs,
+ *   see thread-cpu.ts): a task that uses more is too expensive, whatever else the machine is doing,
+ *   and fails with the caller's error (a 4xx naming the budget). Time spent waiting for a core, as
+ *   on a machine whose cores are saturated by other work, does not count. Where no thread clock can
+ *   be read the budget is counted in wall time, as a plain timeout.
+ * - a **wall-clock limit**, from submission (queueing included): a task not done by then fails with
+ *   `busy` (503 with Retry-After), retryable, never blaming the input; the machine is too busy.
+ *
+ * Either way the worker is terminated (V8 stops it wherever it is, even in an endless loop) and
+ * replaced. A worker that dies (out of memory, a crash) fails only its own task. A worker whose heap
+ * grew past `recycleHeapBytes` after a task is replaced, so one huge request does not keep its memory
+ * for good.
+ *
+ * Protocol (see worker-task.ts): the worker says {ready, tid} once it takes tasks; the pool posts
+ * {id, task}; the worker answers {id, result} or {id, error: WireError}, plus its heap size.
  */
 import type { Worker, WorkerOptions } from 'node:worker_threads';
 import { LoraplexError, type WireError } from '../errors.js';
+import { threadCpuMs } from './thread-cpu.js';
 import { startWorker } from './worker-url.js';
+
+/** Seconds a client is told to wait before retrying a task the busy machine could not finish. */
+export const BUSY_RETRY_AFTER_SECONDS = 5;
+
+/** The default wall-clock limit of a task with work budget `budgetMs`: a helper thread that gets a tenth of a core still finishes a task within budget. */
+export const defaultWallLimitMs = (budgetMs: number): number => Math.max(60_000, 30 * budgetMs);
 
 export interface WorkerPoolOptions {
   /** Module URL next to which the worker entry file sits, and its base name. */
@@ -25,10 +42,14 @@ export interface WorkerPoolOptions {
 }
 
 export interface TaskOptions {
-  /** Time the task may take once a worker has started it. */
-  timeoutMs: number;
-  /** The error a task that overran its budget fails with. */
+  /** CPU time of its worker thread the task may use (wall time where the thread's clock cannot be read). */
+  budgetMs: number;
+  /** The error a task that overran its budget fails with (the input is too expensive). */
   onTimeout: () => LoraplexError;
+  /** Wall-clock time from submission, queueing included, before the task fails with `busy` (default defaultWallLimitMs(budgetMs)). */
+  wallLimitMs?: number;
+  /** What the task does, for the `busy` error ("tokenizing the prompt"). */
+  what?: string;
   /** The error a task whose worker died fails with (out of memory, typically). */
   onCrash?: (why: string) => LoraplexError;
   transfer?: ArrayBuffer[];
@@ -38,6 +59,13 @@ interface Pending {
   id: number;
   task: unknown;
   opts: TaskOptions;
+  /** performance.now() at submission, and the wall-clock deadline. */
+  submitted: number;
+  deadline: number;
+  /** performance.now() when a worker started it. */
+  started: number;
+  /** CPU clock of the worker running it when it started (ms); null without a clock. */
+  cpuStart: number | null;
   resolve: (v: unknown) => void;
   reject: (e: Error) => void;
 }
@@ -47,11 +75,14 @@ interface Slot {
   busy: Pending | null;
   timer: NodeJS.Timeout | null;
   ready: boolean;
+  /** The worker's kernel thread id, when it has one (Linux): its CPU clock is read through it. */
+  tid: number | null;
 }
 
 interface Reply {
   /** Sent once, when the worker has loaded what it needs and takes tasks. */
   ready?: boolean;
+  tid?: number | null;
   id: number;
   result?: unknown;
   error?: WireError;
@@ -68,6 +99,11 @@ export class WorkerPool {
   private broken: string | null = null;
   /** Workers replaced after a timeout, a crash or heap growth (for tests and metrics). */
   replaced = 0;
+  /** Tasks failed for being too expensive (work budget) and for the machine being too busy (wall limit). */
+  overBudget = 0;
+  tooBusy = 0;
+  /** Tasks waiting for a free worker whose wall limit is checked (one timer for the queue). */
+  private queueTimer: NodeJS.Timeout | null = null;
 
   constructor(opts: WorkerPoolOptions) {
     this.opts = opts;
@@ -87,13 +123,17 @@ export class WorkerPool {
     if (this.closed) return Promise.reject(new LoraplexError('shutting_down', 'the server is shutting down'));
     if (this.broken) return Promise.reject(new LoraplexError('internal_error', `a helper thread cannot start: ${this.broken}`));
     return new Promise<T>((resolve, reject) => {
-      this.queue.push({ id: this.nextId++, task, opts, resolve: resolve as (v: unknown) => void, reject });
+      const submitted = performance.now();
+      const deadline = submitted + (opts.wallLimitMs ?? defaultWallLimitMs(opts.budgetMs));
+      this.queue.push({ id: this.nextId++, task, opts, submitted, deadline, started: 0, cpuStart: null, resolve: resolve as (v: unknown) => void, reject });
       this.dispatch();
+      this.watchQueue();
     });
   }
 
   async close(): Promise<void> {
     this.closed = true;
+    if (this.queueTimer) clearTimeout(this.queueTimer);
     for (const p of this.queue.splice(0)) p.reject(new LoraplexError('shutting_down', 'the server is shutting down'));
     await Promise.all(
       this.slots.map(async (s) => {
@@ -110,7 +150,7 @@ export class WorkerPool {
     worker.unref();
     // A fresh worker loads its data first (a tokenizer can take seconds): no task, and so no
     // task budget, starts before it says it is ready.
-    const slot: Slot = { worker, busy: null, timer: null, ready: false };
+    const slot: Slot = { worker, busy: null, timer: null, ready: false, tid: null };
     worker.on('message', (m: Reply) => this.onReply(slot, m));
     worker.on('error', (err) => this.onExit(slot, err.message));
     worker.on('exit', (code) => this.onExit(slot, `the worker exited (code ${code})`));
@@ -124,7 +164,9 @@ export class WorkerPool {
       const p = this.queue.shift()!;
       slot.busy = p;
       slot.worker.ref();
-      slot.timer = setTimeout(() => this.onTimeout(slot), p.opts.timeoutMs);
+      p.started = performance.now();
+      p.cpuStart = slot.tid === null ? null : threadCpuMs(slot.tid);
+      this.watch(slot, p);
       try {
         slot.worker.postMessage({ id: p.id, task: p.task }, p.opts.transfer ?? []);
       } catch (err) {
@@ -144,9 +186,45 @@ export class WorkerPool {
     return p;
   }
 
+  /**
+   * Checks the running task's limits when the first of them could next be reached: a thread accrues
+   * at most one millisecond of CPU time per millisecond, so the remaining budget is the earliest
+   * wall-clock time it can be used up.
+   */
+  private watch(slot: Slot, p: Pending): void {
+    const now = performance.now();
+    const cpu = p.cpuStart === null ? null : threadCpuMs(slot.tid!);
+    // Without a thread clock (not Linux, or the thread is gone) the budget is counted in wall time.
+    const used = cpu === null || p.cpuStart === null ? now - p.started : cpu - p.cpuStart;
+    if (used >= p.opts.budgetMs) return this.onTimeout(slot);
+    if (now >= p.deadline) return this.onBusy(slot, used);
+    slot.timer = setTimeout(() => {
+      if (slot.busy === p) this.watch(slot, p);
+    }, Math.max(5, Math.min(p.opts.budgetMs - used, p.deadline - now)));
+  }
+
+  /** Fails queued tasks whose wall limit passed before a worker was free. */
+  private watchQueue(): void {
+    if (this.queueTimer || this.queue.length === 0) return;
+    let next = Infinity;
+    for (const p of this.queue) next = Math.min(next, p.deadline);
+    this.queueTimer = setTimeout(() => {
+      this.queueTimer = null;
+      const now = performance.now();
+      for (const p of this.queue.filter((q) => q.deadline <= now)) {
+        this.queue.splice(this.queue.indexOf(p), 1);
+        this.tooBusy++;
+        p.reject(busyError(p, 0));
+      }
+      this.watchQueue();
+    }, Math.max(5, next - performance.now()));
+    this.queueTimer.unref();
+  }
+
   private onReply(slot: Slot, m: Reply): void {
     if (m.ready) {
       slot.ready = true;
+      slot.tid = m.tid ?? null;
       this.dispatch();
       return;
     }
@@ -161,7 +239,16 @@ export class WorkerPool {
   private onTimeout(slot: Slot): void {
     const p = this.settle(slot);
     this.replace(slot);
+    this.overBudget++;
     p?.reject(p.opts.onTimeout());
+    this.dispatch();
+  }
+
+  private onBusy(slot: Slot, used: number): void {
+    const p = this.settle(slot);
+    this.replace(slot);
+    this.tooBusy++;
+    if (p) p.reject(busyError(p, used));
     this.dispatch();
   }
 
@@ -192,4 +279,14 @@ export class WorkerPool {
     slot.worker.on('error', () => {});
     void slot.worker.terminate();
   }
+}
+
+function busyError(p: Pending, usedMs: number): LoraplexError {
+  const waited = ((performance.now() - p.submitted) / 1000).toFixed(1);
+  const what = p.opts.what ?? 'the task';
+  return new LoraplexError(
+    'busy',
+    `the server is too busy to finish ${what} in time: ${waited} s passed and it used ${Math.round(usedMs)} ms of its ${p.opts.budgetMs} ms budget of CPU time; retry later`,
+    { retryAfterSeconds: BUSY_RETRY_AFTER_SECONDS },
+  );
 }

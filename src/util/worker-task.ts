@@ -2,21 +2,21 @@
  * The worker side of worker-pool.ts: answers each {id, task} with {id, result} or {id, error}, and
  * reports its heap size so the pool can recycle a worker that grew.
  */
-import { readlinkSync } from 'node:fs';
 import { setPriority } from 'node:os';
 import { getHeapStatistics } from 'node:v8';
 import { parentPort } from 'node:worker_threads';
 import { toWireError } from '../errors.js';
+import { currentThreadId } from './thread-cpu.js';
 
 export interface TaskResult {
   result: unknown;
   transfer?: ArrayBuffer[];
 }
 
-/** Starts answering tasks; the pool sends none until the worker says it is ready. */
+/** Starts answering tasks; the pool sends none until the worker says it is ready (with its thread id: the pool reads its CPU clock). */
 export function serveTasks(handle: (task: unknown) => TaskResult | Promise<TaskResult>): void {
   const port = parentPort!;
-  port.postMessage({ ready: true });
+  port.postMessage({ ready: true, tid: currentThreadId() });
   port.on('message', async (m: { id: number; task: unknown }) => {
     try {
       const { result, transfer } = await handle(m.task);
@@ -33,9 +33,9 @@ export function serveTasks(handle: (task: unknown) => TaskResult | Promise<TaskR
  * thread id cannot be found, nothing changes.
  */
 export function lowerThreadPriority(nice = 10): boolean {
+  const tid = currentThreadId();
+  if (tid === null) return false;
   try {
-    const tid = Number(readlinkSync('/proc/thread-self').split('/').pop());
-    if (!Number.isSafeInteger(tid) || tid <= 0) return false;
     setPriority(tid, nice);
     return true;
   } catch {

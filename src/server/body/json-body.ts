@@ -12,7 +12,8 @@ import { WorkerPool } from '../../util/worker-pool.js';
 const INLINE_BYTES = 64 * 1024;
 /** No request needs deeper nesting (free-form fields have their own, tighter limit). */
 const MAX_BODY_DEPTH = 64;
-const PARSE_TIMEOUT_MS = 10_000;
+/** CPU time a body may take to parse (a 7.5 MB body takes about a tenth of it). */
+const PARSE_BUDGET_MS = 10_000;
 
 export interface ParseTask {
   bytes: ArrayBuffer;
@@ -49,9 +50,10 @@ export class JsonBodyParser {
       const task: ParseTask = { bytes, route: request.routeOptions.url ?? '', maxDepth: MAX_BODY_DEPTH, limits: this.limits };
       this.pool ??= new WorkerPool({ from: import.meta.url, entry: 'parse-worker', size: 1, resourceLimits: { maxOldGenerationSizeMb: 512 } });
       return this.pool.run(task, {
-        timeoutMs: PARSE_TIMEOUT_MS,
+        budgetMs: PARSE_BUDGET_MS,
+        what: 'parsing the request body',
         transfer: [bytes],
-        onTimeout: () => new LoraplexError('bad_request', `parsing the body took longer than ${PARSE_TIMEOUT_MS} ms`),
+        onTimeout: () => new LoraplexError('bad_request', `parsing the body took longer than ${PARSE_BUDGET_MS} ms of CPU time`),
         onCrash: (why) => new LoraplexError('bad_request', `the body could not be parsed (${why})`),
       });
     });

@@ -1,9 +1,10 @@
 /**
  * Prompt tokenization for the server: a pool of tokenizer threads (TGI's router keeps a pool of
  * tokenizer workers for the same reason) so that rendering a chat template or tokenizing a huge
- * text never runs on the HTTP event loop or the engine thread. Every task has a time budget and a
- * heap limit; a task that overruns either fails with a 4xx naming the budget, and its thread is
- * replaced.
+ * text never runs on the HTTP event loop or the engine thread. Every task has a budget of CPU time
+ * (the tokenizer thread's own, so a busy machine does not use it up) and a heap limit; a task that
+ * overruns either fails with a 4xx naming the budget, and its thread is replaced. A task the busy
+ * machine cannot finish within the pool's wall-clock limit fails with a retryable 503.
  */
 import { LoraplexError } from '../../errors.js';
 import type { ChatMessage } from '../../runtime/chat-template.js';
@@ -13,20 +14,20 @@ import type { ChatPrompt, TokenizeTask, TokenizerInfo, TokenPiece } from './task
 export interface TokenizerPoolOptions {
   modelDir: string;
   workers: number;
-  /** Budget of one task (template rendering + tokenization). */
-  timeoutMs: number;
+  /** CPU-time budget of one task (template rendering + tokenization). */
+  budgetMs: number;
   /** Heap limit of each tokenizer thread. */
   maxHeapMb?: number;
 }
 
 export class TokenizerPool {
   private readonly pool: WorkerPool;
-  private readonly timeoutMs: number;
+  private readonly budgetMs: number;
   private infoValue: TokenizerInfo | null = null;
 
-  private constructor(pool: WorkerPool, timeoutMs: number) {
+  private constructor(pool: WorkerPool, budgetMs: number) {
     this.pool = pool;
-    this.timeoutMs = timeoutMs;
+    this.budgetMs = budgetMs;
   }
 
   static async start(opts: TokenizerPoolOptions): Promise<TokenizerPool> {
@@ -37,11 +38,13 @@ export class TokenizerPool {
       workerData: { modelDir: opts.modelDir },
       resourceLimits: { maxOldGenerationSizeMb: opts.maxHeapMb ?? 1024 },
     });
-    const p = new TokenizerPool(pool, opts.timeoutMs);
-    // Loading a tokenizer can take a while on a busy machine: the first task gets a long budget.
+    const p = new TokenizerPool(pool, opts.budgetMs);
+    // Each thread loads the tokenizer and renders a sample conversation before it takes tasks; the
+    // first task waits for that (it is not counted in its budget).
     p.infoValue = await pool.run<TokenizerInfo>({ kind: 'info' } satisfies TokenizeTask, {
-      timeoutMs: Math.max(60_000, opts.timeoutMs),
-      onTimeout: () => new LoraplexError('checkpoint_invalid', 'the tokenizer did not load within 60 s'),
+      budgetMs: Math.max(60_000, opts.budgetMs),
+      what: 'loading the tokenizer',
+      onTimeout: () => new LoraplexError('checkpoint_invalid', 'the tokenizer did not load within 60 s of CPU time'),
     });
     return p;
   }
@@ -57,8 +60,9 @@ export class TokenizerPool {
 
   private run<T = Int32Array>(task: TokenizeTask, what: string, param: string): Promise<T> {
     return this.pool.run<T>(task, {
-      timeoutMs: this.timeoutMs,
-      onTimeout: () => new LoraplexError('prompt_too_expensive', `${what} took longer than its budget of ${this.timeoutMs} ms (--prompt-timeout-ms)`, { param }),
+      budgetMs: this.budgetMs,
+      what,
+      onTimeout: () => new LoraplexError('prompt_too_expensive', `${what} took longer than its budget of ${this.budgetMs} ms of CPU time (--prompt-timeout-ms)`, { param }),
       onCrash: (why) => new LoraplexError('prompt_too_expensive', `${what} needed more memory than allowed (${why})`, { param }),
     });
   }
@@ -73,24 +77,27 @@ export class TokenizerPool {
 
   decode(ids: number[], skipSpecialTokens: boolean): Promise<string> {
     return this.pool.run<string>({ kind: 'decode', ids, skipSpecialTokens } satisfies TokenizeTask, {
-      timeoutMs: this.timeoutMs,
-      onTimeout: () => new LoraplexError('prompt_too_expensive', `detokenizing took longer than its budget of ${this.timeoutMs} ms`, { param: 'tokens' }),
+      budgetMs: this.budgetMs,
+      what: 'detokenizing',
+      onTimeout: () => new LoraplexError('prompt_too_expensive', `detokenizing took longer than its budget of ${this.budgetMs} ms of CPU time`, { param: 'tokens' }),
     });
   }
 
   pieces(ids: number[]): Promise<TokenPiece[]> {
     return this.pool.run<TokenPiece[]>({ kind: 'pieces', ids } satisfies TokenizeTask, {
-      timeoutMs: this.timeoutMs,
-      onTimeout: () => new LoraplexError('prompt_too_expensive', `splitting the prompt into tokens took longer than its budget of ${this.timeoutMs} ms`, { param: 'inputs' }),
+      budgetMs: this.budgetMs,
+      what: 'splitting the prompt into tokens',
+      onTimeout: () => new LoraplexError('prompt_too_expensive', `splitting the prompt into tokens took longer than its budget of ${this.budgetMs} ms of CPU time`, { param: 'inputs' }),
     });
   }
 
   /** Checks an adapter's own chat template (if it has one): parses and renders within the budget. */
   async checkAdapterTemplate(adapterDir: string): Promise<boolean> {
     return this.pool.run<boolean>({ kind: 'checkTemplate', adapterDir } satisfies TokenizeTask, {
-      timeoutMs: this.timeoutMs,
+      budgetMs: this.budgetMs,
+      what: "checking the adapter's chat template",
       onTimeout: () =>
-        new LoraplexError('adapter_invalid', `tokenizer_config.json: the chat template takes longer than ${this.timeoutMs} ms (--prompt-timeout-ms) to render a short conversation`, { param: 'tokenizer_config' }),
+        new LoraplexError('adapter_invalid', `tokenizer_config.json: the chat template takes longer than ${this.budgetMs} ms of CPU time (--prompt-timeout-ms) to render a short conversation`, { param: 'tokenizer_config' }),
       onCrash: (why) => new LoraplexError('adapter_invalid', `tokenizer_config.json: rendering the chat template failed (${why})`, { param: 'tokenizer_config' }),
     });
   }

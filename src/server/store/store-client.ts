@@ -12,8 +12,10 @@ import { WorkerPool } from '../../util/worker-pool.js';
 import type { TokenizerPool } from '../prompt/tokenizer-pool.js';
 import type { StoreTask, Validated } from './tasks.js';
 
-/** Time to validate one adapter's weights (a large adapter is hundreds of MB), or to scan a big store. */
-const TASK_TIMEOUT_MS = 300_000;
+/** CPU time to validate one adapter's weights (a large adapter is hundreds of MB), or to scan a big store. */
+const TASK_BUDGET_MS = 300_000;
+/** Wall-clock limit of a store task (reading from a slow disk included), beyond it a retryable 503. */
+const TASK_WALL_LIMIT_MS = 900_000;
 
 export class StoreClient {
   private readonly pool: WorkerPool;
@@ -32,8 +34,10 @@ export class StoreClient {
 
   private run<T>(task: StoreTask, what: string): Promise<T> {
     return this.pool.run<T>(task, {
-      timeoutMs: TASK_TIMEOUT_MS,
-      onTimeout: () => new LoraplexError(task.kind === 'validate' ? 'adapter_invalid' : 'internal_error', `${what} took longer than ${TASK_TIMEOUT_MS / 1000} s`, { param: task.kind === 'validate' ? 'adapter_model' : null }),
+      budgetMs: TASK_BUDGET_MS,
+      wallLimitMs: TASK_WALL_LIMIT_MS,
+      what,
+      onTimeout: () => new LoraplexError(task.kind === 'validate' ? 'adapter_invalid' : 'internal_error', `${what} took longer than ${TASK_BUDGET_MS / 1000} s of CPU time`, { param: task.kind === 'validate' ? 'adapter_model' : null }),
       onCrash: (why) => new LoraplexError(task.kind === 'validate' ? 'adapter_invalid' : 'internal_error', `${what} failed: ${why}`, { param: task.kind === 'validate' ? 'adapter_model' : null }),
     });
   }
