@@ -8,6 +8,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { toWireError } from '../errors.js';
 import { GrammarCompiler, grammarVocab, type GrammarState } from '../runtime/grammar/compiler.js';
+import { WARM_UP_SPECS } from '../runtime/grammar/warm-up.js';
 import type { FromGrammarWorker, GrammarWorkerInit, ToGrammarWorker } from './grammar-host.js';
 
 const port = parentPort!;
@@ -59,8 +60,12 @@ async function handle(m: ToGrammarWorker): Promise<void> {
   }
 }
 
+// Ready once the first grammars are compiled (and cached), so no request pays for the first compile.
 let chain: Promise<void> = compiler.then(
-  () => send({ t: 'ready' }),
+  async (c) => {
+    for (const spec of WARM_UP_SPECS) await c.compile(spec);
+    send({ t: 'ready' });
+  },
   (err: unknown) => send({ t: 'fatal', error: toWireError(err) }),
 );
 port.on('message', (m: ToGrammarWorker) => {

@@ -63,6 +63,8 @@ const log = (msg: string): void => send({ t: 'log', msg });
 async function main(): Promise<void> {
   const rt = await openRuntime(init.settings, (done, total, label) => send({ t: 'progress', done, total, label: label ?? '' }), log);
   const loader = new ThreadLoader({ spec: rt.model.spec, maxRank: rt.model.lora.maxRank, strictBase: init.strictBase, slotDtype: rt.model.lora.dtype });
+  const tokenizerFiles = rt.tokenizer ? readTokenizerFiles(init.settings.model) : null;
+  let grammarHost: GrammarHost | null = null;
   const core: EngineCore = new EngineCore({
     model: rt.model,
     tokenizer: rt.tokenizer,
@@ -70,11 +72,20 @@ async function main(): Promise<void> {
     load: loader.load,
     emit: (events) => send({ t: 'events', events }),
     log,
-    grammar: (): GrammarHost => {
-      log('starting the grammar thread (constrained decoding)');
-      return new GrammarHost({ tokenizer: readTokenizerFiles(init.settings.model)!.tokenizer, vocabSize: rt.model.spec.vocabSize, stopIds: [...core.eosIds] }, { compileTimeoutMs: init.engine.grammarCompileTimeoutMs });
-    },
+    // Started below, before the engine says it is ready (so before any request).
+    grammar: tokenizerFiles ? (): GrammarHost => grammarHost! : undefined,
   });
+  // The grammar threads start with the engine and are warm before it says it is ready.
+  if (tokenizerFiles) {
+    log('starting the grammar threads (constrained decoding)');
+    grammarHost = new GrammarHost({ tokenizer: tokenizerFiles.tokenizer, vocabSize: rt.model.spec.vocabSize, stopIds: [...core.eosIds] }, { compileTimeoutMs: init.engine.grammarCompileTimeoutMs });
+    try {
+      await grammarHost.ready();
+    } catch (err) {
+      // The model is still served; constrained requests get this error.
+      log(`constrained decoding is unavailable: ${(err as Error).message}`);
+    }
+  }
   let shuttingDown = false;
   port.on('message', (m: ToWorker) => {
     switch (m.t) {

@@ -17,6 +17,7 @@ import { SAMPLE_CONVERSATIONS, type ChatPrompt, type TokenizeTask, type TokenPie
 const { modelDir } = workerData as { modelDir: string };
 lowerThreadPriority();
 const tokenizer = TextTokenizer.load(modelDir);
+warmUp();
 /** Adapter version directory → its own chat template (null: it has none). */
 const templates = new LRUCache<string, { t: ChatTemplate | null }>({ max: 256 });
 
@@ -24,6 +25,21 @@ function adapterTemplate(dir: string): ChatTemplate | null {
   let hit = templates.get(dir);
   if (!hit) templates.set(dir, (hit = { t: readAdapterChatTemplate(dir) }));
   return hit.t;
+}
+
+/**
+ * Renders and tokenizes a sample conversation before the thread takes tasks (the pool starts no
+ * task's budget before then): parsing the template and the tokenizer's first encodes are paid at
+ * start-up, not by the first request.
+ */
+function warmUp(): void {
+  if (!tokenizer) return;
+  try {
+    const text = tokenizer.chatTemplate?.render(SAMPLE_CONVERSATIONS[0], { addGenerationPrompt: true }) ?? 'Hello, world.';
+    tokenizer.encode(text, false);
+  } catch {
+    // A template that cannot render the sample fails the requests that use it, with their own error.
+  }
 }
 
 function need(): TextTokenizer {
