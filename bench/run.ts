@@ -16,6 +16,7 @@ import { rooflineBench } from './roofline.js';
 import { w8Bench } from './w8.js';
 import { runtimeBench } from './runtime.js';
 import { textBench } from './text.js';
+import { underLoadBench } from './under-load.js';
 
 const { values } = parseArgs({
   options: {
@@ -30,7 +31,7 @@ const ctx = { quick: values.quick!, dir: values.dir!, log: (line: string) => pro
 mkdirSync(ctx.dir, { recursive: true });
 const started = Date.now();
 const machine = `${cpus().length}× ${cpus()[0]?.model ?? 'CPU'}, ${Math.round(totalmem() / 1024 ** 3)} GiB, Node ${process.version}`;
-const only = new Set((values.only ?? 'roofline,runtime,engine,http,w8,prefix,grammar,isolation,text').split(','));
+const only = new Set((values.only ?? 'roofline,runtime,engine,http,w8,prefix,grammar,load,isolation,text').split(','));
 const roofline = only.has('roofline') ? await rooflineBench(ctx) : null;
 const runtime = only.has('runtime') ? await runtimeBench(ctx) : null;
 const engine = only.has('engine') ? await engineBench(ctx) : null;
@@ -39,13 +40,14 @@ const w8 = only.has('w8') ? await w8Bench(ctx) : null;
 const prefix = only.has('prefix') ? await prefixBench(ctx) : null;
 const grammar = only.has('grammar') ? await grammarBench(ctx) : null;
 const grammarBatch = only.has('grammar') ? await grammarBatchBench(ctx) : null;
+const underLoad = only.has('load') ? await underLoadBench(ctx) : null;
 const isolation = only.has('isolation') ? await isolationBench(ctx) : null;
 const text = only.has('text') ? textBench() : null;
-const sections = [roofline?.markdown, runtime?.markdown, engine?.markdown, http?.markdown, w8?.markdown, prefix?.markdown, grammar?.markdown, grammarBatch?.markdown, isolation?.markdown, text?.markdown].filter((s): s is string => !!s);
+const sections = [roofline?.markdown, runtime?.markdown, engine?.markdown, http?.markdown, w8?.markdown, prefix?.markdown, grammar?.markdown, grammarBatch?.markdown, underLoad?.markdown, isolation?.markdown, text?.markdown].filter((s): s is string => !!s);
 const report = [`## loraplex benchmarks${ctx.quick ? ' (quick)' : ''}`, '', `Machine: ${machine}`, '', ...sections.flatMap((s) => [s, '']), `Resident memory at the end: ${Math.round(process.memoryUsage().rss / 1024 ** 2)} MiB. Took ${Math.round((Date.now() - started) / 1000)} s.`].join('\n');
 process.stdout.write(`${report}\n`);
 const out = values.out ?? join(ctx.dir, ctx.quick ? 'results-quick' : 'results');
-writeFileSync(`${out}.json`, JSON.stringify({ machine, quick: ctx.quick, roofline: roofline && { ...roofline, markdown: undefined }, runtime, engine, http: http && { cells: http.cells }, w8: w8?.cells, prefix: prefix?.cells, grammar: grammar && { ...grammar, markdown: undefined }, grammarBatch: grammarBatch?.cells, isolation: isolation && { quiet: isolation.quiet, abused: isolation.abused, abusive: isolation.abusive }, text }, null, 2));
+writeFileSync(`${out}.json`, JSON.stringify({ machine, quick: ctx.quick, roofline: roofline && { ...roofline, markdown: undefined }, runtime, engine, http: http && { cells: http.cells }, w8: w8?.cells, prefix: prefix?.cells, grammar: grammar && { ...grammar, markdown: undefined }, grammarBatch: grammarBatch?.cells, underLoad: underLoad?.result, isolation: isolation && { quiet: isolation.quiet, abused: isolation.abused, abusive: isolation.abusive }, text }, null, 2));
 writeFileSync(`${out}.md`, `${report}\n`);
 if (http) writeFileSync(`${out}.svg`, http.svg);
 process.stderr.write(`wrote ${out}.json, ${out}.md${http ? ` and ${out}.svg` : ''}\n`);

@@ -57,7 +57,8 @@ export function withStoreLock<T>(path: string, fn: () => T, opts: { staleMs?: nu
         } catch {
           /* gone */
         }
-        throw new LoraplexError('conflict', `the adapter store is locked by ${holder}; retry shortly`);
+        // Another process holds the lock (a busy replica, a slow disk): retryable, not the request's fault.
+        throw new LoraplexError('busy', `the adapter store is locked by ${holder}; retry shortly`, { retryAfterSeconds: 2 });
       }
       sleep(5);
     }
