@@ -34,7 +34,7 @@ export const postJson = (base: string, path: string, body: unknown, headers: Rec
   fetch(`${base}${path}`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body) });
 
 /** Waits until the engine has nothing running or waiting; returns its stats. */
-export async function engineIdle(server: RunningServer, ms = 30000): Promise<EngineStats> {
+export async function engineIdle(server: RunningServer, ms = 120_000): Promise<EngineStats> {
   const deadline = Date.now() + ms;
   for (;;) {
     const s = await server.ctx.engine!.stats();
@@ -43,7 +43,7 @@ export async function engineIdle(server: RunningServer, ms = 30000): Promise<Eng
   }
 }
 
-export async function until(cond: () => boolean | Promise<boolean>, ms = 30000): Promise<void> {
+export async function until(cond: () => boolean | Promise<boolean>, ms = 120_000): Promise<void> {
   const end = Date.now() + ms;
   while (!(await cond())) {
     if (Date.now() > end) throw new Error('timed out waiting');

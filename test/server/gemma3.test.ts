@@ -26,7 +26,7 @@ let server: RunningServer;
 beforeAll(async () => {
   server = await startServer(testConfig({ model: tm.dir, adapters: store, port: 0, host: '127.0.0.1', servedModelName: 'gemma3-tiny' }), { logger: false });
   await server.ready;
-}, 120_000);
+}, 600_000);
 afterAll(async () => {
   await server?.close(0);
 });
@@ -46,5 +46,5 @@ describe('Gemma 3 over HTTP', () => {
       expect(r.usage!.prompt_tokens).toBe(prompt.length);
       expect(r.choices[0].message.content).toBe(gemma.decode(referenceGreedy(tm, prompt, lora, 6)));
     }
-  }, 120_000);
+  }, 600_000);
 });

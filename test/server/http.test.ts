@@ -333,7 +333,7 @@ describe('errors and malformed input', () => {
       if (r.text.startsWith('data:')) expect(r.text.trim().endsWith('data: [DONE]')).toBe(true);
       else expect((JSON.parse(r.text) as { usage: { completion_tokens: number } }).usage.completion_tokens).toBe(8);
     }
-    const deadline = Date.now() + 15000;
+    const deadline = Date.now() + 120_000;
     let stats = await server.ctx.engine!.stats();
     while ((stats.running > 0 || stats.waiting > 0 || stats.kvReservedTokens > 0 || stats.kvUsedTokens > 0) && Date.now() < deadline) {
       await new Promise((res) => setTimeout(res, 50));
@@ -349,7 +349,7 @@ describe('errors and malformed input', () => {
     const reader = r.body!.getReader();
     await reader.read();
     await reader.cancel();
-    const deadline = Date.now() + 10000;
+    const deadline = Date.now() + 120_000;
     let stats = await server.ctx.engine!.stats();
     while ((stats.running > 0 || stats.waiting > 0) && Date.now() < deadline) {
       await new Promise((res) => setTimeout(res, 20));

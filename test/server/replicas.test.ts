@@ -43,7 +43,7 @@ async function startReplica(): Promise<Replica> {
 const replicas: Replica[] = [];
 beforeAll(async () => {
   replicas.push(await startReplica(), await startReplica());
-}, 240_000);
+}, 600_000);
 afterAll(() => {
   for (const r of replicas) r.child.kill('SIGKILL');
 });

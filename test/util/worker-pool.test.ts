@@ -101,5 +101,5 @@ describe('on a machine whose cores are saturated', () => {
     // (How long it took is reported, not asserted: it depends on the machine.)
     console.log(`400 ms of CPU under ${hogs.length} hogs took ${Math.round(performance.now() - started)} ms of wall time`);
     expect(p.overBudget).toBe(0);
-  }, 180_000);
+  }, 600_000);
 });
