@@ -105,7 +105,7 @@ describe('tool-call grammars on a real vocabulary', () => {
   let compiler: GrammarCompiler;
   beforeAll(async () => {
     compiler = await GrammarCompiler.create(grammarVocab(JSON.parse(readFileSync(join(tokenizerDir('qwen3'), 'tokenizer.json'), 'utf8')) as Record<string, unknown>, 151936, [EOS]));
-  }, 120_000);
+  }, 600_000);
 
   const parameters: Record<string, object> = {
     get_weather: { type: 'object', properties: { city: { type: 'string', maxLength: 10 }, unit: { enum: ['c', 'f'] } }, required: ['city', 'unit'], additionalProperties: false },
@@ -139,7 +139,7 @@ describe('tool-call grammars on a real vocabulary', () => {
     }
     // Parallel calls do happen in the walks (not only the first call).
     expect(multi).toBeGreaterThan(0);
-  }, 120_000);
+  }, 600_000);
 
   it('a named function (one tool offered) is always that function; "auto" with one call at most allows text first', async () => {
     for (let seed = 1; seed <= 4; seed++) {
@@ -156,7 +156,7 @@ describe('tool-call grammars on a real vocabulary', () => {
     const { content, calls } = parseToolCalls('hermes', NAMES, `I will look it up. <tool_call>${tail}`);
     expect(content).toBe('I will look it up.');
     expect(calls).toHaveLength(1);
-  }, 120_000);
+  }, 600_000);
 
   it('a parameter schema the decoder would not enforce is refused, naming the tool', async () => {
     const bad = { ...spec('hermes', 'required', true), tools: [{ name: 'get_weather', parameters: JSON.stringify(parameters.get_weather) }, { name: 'n', parameters: JSON.stringify({ type: 'object', properties: { k: { type: 'integer', maximum: 5 } } }) }] };

@@ -38,7 +38,7 @@ beforeAll(async () => {
     tokenizer: tok,
     grammar: () => (host = new GrammarHost({ tokenizer: JSON.parse(readFileSync(join(tm.dir, 'tokenizer.json'), 'utf8')) as Record<string, unknown>, vocabSize: tm.cfg.vocabSize, stopIds: [...h.core.eosIds] })),
   });
-}, 120_000);
+}, 600_000);
 afterAll(async () => {
   h?.core.stop();
   await h?.done;
@@ -89,7 +89,7 @@ describe('constrained rows in a mixed batch', () => {
       expect(endOf(events)?.finishReason).toBe('stop');
     }
     for (const p of plain) expect(tokensOf(h.events.get(p.id)!)).toEqual(await aloneGreedy(solo, free, p.adapter, 12));
-  }, 180_000);
+  }, 600_000);
 
   it('a grammar the decoder refuses is an error before anything runs; other rows are unaffected', async () => {
     await expect(h.core.compileGrammar({ type: 'json_schema', schema: JSON.stringify({ type: 'integer', multipleOf: 3 }) })).rejects.toMatchObject({ code: 'invalid_grammar' });
