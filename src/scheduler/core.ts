@@ -187,7 +187,7 @@ export class EngineCore {
     // (Before the job is queued: a grammar that cannot run refuses the request with nothing left behind.)
     const grammar = req.grammar ? this.grammar() : null;
     if (!this.state.append(job)) {
-      throw new LoraplexError('overloaded', `the server is overloaded: ${this.state.waiting} requests are waiting; retry later`);
+      throw new LoraplexError('overloaded', `the server is overloaded: ${this.state.waiting} requests are waiting; retry later`, { retryAfterSeconds: 1 });
     }
     const gen = new Generation(
       prompt,
