@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import addFormats from 'ajv-formats';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { applyTokenMask, GrammarCompiler, grammarVocab, type GrammarSpec } from '../../src/runtime/grammar/compiler.js';
+import { applyTokenMask, GrammarCompiler, grammarVocab, spliceRanges, type GrammarSpec } from '../../src/runtime/grammar/compiler.js';
 import { checkJsonSchema } from '../../src/runtime/grammar/schema-check.js';
 import { xgrammar } from '../../src/runtime/grammar/xgrammar.js';
 import { grammarWalker } from '../helpers/grammar-walk.js';
@@ -55,6 +55,21 @@ describe('JSON-schema keywords', () => {
     ['format duration', { type: 'string', format: 'duration' }, '"P1DT2H"', '"1D"'],
     ['format ipv6', { type: 'string', format: 'ipv6' }, '"::1"', '"1.2"'],
     ['minimum 0 (integer)', { type: 'integer', minimum: 0 }, '0', '-1'],
+    ['minimum (integer)', { type: 'integer', minimum: 5 }, '5', '4'],
+    ['maximum (integer)', { type: 'integer', minimum: 0, maximum: 150 }, '150', '151'],
+    ['maximum (integer, same length)', { type: 'integer', minimum: 0, maximum: 150 }, '99', '159'],
+    ['exclusiveMinimum (integer)', { type: 'integer', exclusiveMinimum: 5 }, '6', '5'],
+    ['exclusiveMaximum (integer)', { type: 'integer', exclusiveMaximum: -5 }, '-6', '-5'],
+    ['zod .int() bounds (±2^53-1)', { type: 'integer', minimum: -9007199254740991, maximum: 9007199254740991 }, '-9007199254740991', '9007199254740992'],
+    ['minimum (number)', { type: 'number', minimum: 0.5 }, '0.5', '0.49'],
+    ['maximum (number)', { type: 'number', minimum: -1.25, maximum: -0.5 }, '-0.5', '-0.4'],
+    ['exclusiveMinimum (number)', { type: 'number', exclusiveMinimum: 0 }, '0.001', '0'],
+    ['exclusiveMaximum (number)', { type: 'number', exclusiveMaximum: 2.5 }, '2.4999', '2.5'],
+    ['bounds (type list)', { type: ['integer', 'null'], minimum: 1, maximum: 10 }, 'null', '11'],
+    ['bounds (integer in a number list)', { type: ['number', 'string'], maximum: 1.5 }, '1.5', '1.6'],
+    ['bounds (nested)', { type: 'object', properties: { a: { type: 'array', items: { type: 'integer', minimum: 1, maximum: 3 } } }, required: ['a'] }, '{"a": [1, 3]}', '{"a": [1, 4]}'],
+    ['bounds ($defs, referenced twice)', { $defs: { p: { type: 'integer', maximum: 9 } }, type: 'array', prefixItems: [{ $ref: '#/$defs/p' }, { $ref: '#/$defs/p' }], items: false }, '[9, 0]', '[9, 10]'],
+    ['bounds with enum (members outside dropped)', { enum: [1, 5, 50, 'x'], maximum: 10 }, '"x"', '50'],
     ['minItems', { type: 'array', items: { type: 'integer' }, minItems: 2 }, '[1, 2]', '[1]'],
     ['maxItems', { type: 'array', items: { type: 'integer' }, maxItems: 1 }, '[1]', '[1, 2]'],
     ['prefixItems', { type: 'array', prefixItems: [{ type: 'integer' }], items: false }, '[1]', '["a"]'],
@@ -73,14 +88,67 @@ describe('JSON-schema keywords', () => {
     expect(await acceptsText(compiler, chars, schema(s), bad)).toBe(false);
   });
 
+  it.each(enforced)('%s: the same through the EBNF route bounded numbers take (XGrammar EBNF printed, then parsed)', async (_name, s, good, bad) => {
+    // A schema with bounds compiles from XGrammar's printed EBNF; printing must not change the grammar.
+    const { $defs, ...v } = s as Record<string, unknown>;
+    const wrapped = { ...($defs === undefined ? {} : { $defs }), type: 'object', properties: { n: { type: 'integer', minimum: 1, maximum: 1 }, v }, required: ['n', 'v'], additionalProperties: false };
+    expect(checkJsonSchema(wrapped).ranges).toHaveLength(1 + checkJsonSchema(s).ranges.length);
+    expect(await acceptsText(compiler, chars, schema(wrapped), `{"n": 1, "v": ${good}}`)).toBe(true);
+    expect(await acceptsText(compiler, chars, schema(wrapped), `{"n": 1, "v": ${bad}}`)).toBe(false);
+  });
+
+  it('XGrammar alone gets integer ranges wrong, which is why bounds are written by numeric-range.ts', async () => {
+    const xg = xgrammar();
+    const raw = await xg.Grammar.fromJSONSchema(JSON.stringify({ type: 'integer', minimum: 0, maximum: 150 }), false, -1, [', ', ': ']);
+    expect(await xg.Testings.isGrammarAcceptString(raw, '159')).toBe(true);
+    raw.dispose();
+    for (const n of ['151', '159', '-1', '1000']) expect(await acceptsText(compiler, chars, schema({ type: 'integer', minimum: 0, maximum: 150 }), n), n).toBe(false);
+  });
+
+  it('numeric bounds are rewritten to placeholders with a secret nonce per schema; ones it cannot place are refused, naming where', async () => {
+    const a = checkJsonSchema({ type: 'object', properties: { n: { type: 'integer', minimum: 1, description: 'd' }, m: { type: ['number', 'null'], maximum: 2 } } });
+    const b = checkJsonSchema({ type: 'integer', minimum: 1 });
+    expect(a.ranges.map((r) => r.at)).toEqual(['#/properties/n', '#/properties/m']);
+    expect(a.schema).toEqual({ type: 'object', properties: { n: { const: a.ranges[0].sentinel }, m: { anyOf: [{ const: a.ranges[1].sentinel }, { type: ['null'] }] } } });
+    expect(a.ranges[0].sentinel).toMatch(/^LPX[0-9a-f]{12}N0$/);
+    expect(b.ranges[0].sentinel).not.toBe(a.ranges[0].sentinel);
+    // The same schema, the same grammar text; a schema holding a placeholder gets another nonce.
+    expect(checkJsonSchema({ type: 'integer', minimum: 1 }).ranges).toEqual(b.ranges);
+    expect(checkJsonSchema({ anyOf: [{ type: 'integer', minimum: 1 }, { const: b.ranges[0].sentinel }] }).ranges[0].sentinel).not.toBe(b.ranges[0].sentinel);
+    expect(checkJsonSchema({ const: 3, minimum: 1 }).ranges).toEqual([]);
+    // A definition nothing references is not written by XGrammar, its placeholder included.
+    const unused = { $defs: { u: { type: 'integer', maximum: 3 } }, type: 'integer', maximum: 5 };
+    expect(await acceptsText(compiler, chars, schema(unused), '5')).toBe(true);
+    // A placeholder written other than once (XGrammar rendering schemas differently) is an internal error, not a grammar.
+    const checked = checkJsonSchema({ type: 'array', prefixItems: [{ type: 'integer', maximum: 1 }] });
+    const literal = `"\\"${checked.ranges[0].sentinel}\\""`;
+    expect(() => spliceRanges('root ::= "[" "]"', checked)).toThrow(expect.objectContaining({ code: 'internal_error' }));
+    expect(() => spliceRanges(`root ::= ${literal} ${literal}`, checked)).toThrow(/2 times instead of once/);
+    expect(spliceRanges(`root ::= "[" ${literal} "]"`, checked)).toContain(`root ::= "[" ${checked.ranges[0].rule} "]"\n${checked.ranges[0].rule} ::= `);
+    const cases: [unknown, string][] = [
+      [{ minimum: 1 }, '#/minimum: numeric bounds are enforced only with "type": "integer" or "number"'],
+      [{ type: 'string', maximum: 1 }, '#/maximum: numeric bounds are enforced only with'],
+      [{ type: 'object', properties: { n: { type: 'integer', minimum: 1, multipleOf: 2 } } }, '#/properties/n/multipleOf: numeric bounds can be combined with "type" and annotations only'],
+      [{ type: ['integer', 'string'], minimum: 1, maxLength: 3 }, '#/maxLength: numeric bounds can be combined'],
+      [{ type: 'integer', minimum: 1, anyOf: [{ maximum: 3 }] }, '#/anyOf: numeric bounds can be combined'],
+      [{ type: 'integer', minimum: 5, maximum: 1 }, '#: no integer satisfies "minimum": 5, "maximum": 1'],
+      [{ type: 'number', exclusiveMinimum: true, minimum: 0 }, "#/exclusiveMinimum: must be a finite number; given true (draft-04's boolean form"],
+      [{ type: 'number', maximum: 1e50 }, '#/maximum: 1e+50 has more than 40 digits'],
+      [{ const: 30, maximum: 10 }, '#: "const" 30 does not satisfy "maximum": 10'],
+      [{ enum: [20, 30], maximum: 10 }, '#: no member of "enum" satisfies "maximum": 10'],
+    ];
+    for (const [s, message] of cases) {
+      expect(() => checkJsonSchema(s), JSON.stringify(s)).toThrow(message);
+      await expect(compiler.compile(schema(s))).rejects.toMatchObject({ code: 'invalid_grammar', param: 'schema' });
+    }
+  });
+
   // Keywords XGrammar 0.1.27 ignores or gets wrong (the invalid instance passes), so they are refused.
   const refused: [string, unknown, string][] = [
     ['format', { type: 'string', format: 'date' }, '"2024-04-31"'],
     ['format', { type: 'string', format: 'date-time' }, '"2024-01-02T21:60:16Z"'],
     ['format', { type: 'string', format: 'time' }, '"06:30:60+21:04"'],
     ['format', { type: 'string', format: 'ipv4' }, '"01.2.3.4"'],
-    ['minimum', { type: 'integer', minimum: 5 }, '4'],
-    ['exclusiveMinimum', { type: 'integer', exclusiveMinimum: 5 }, '5'],
     ['multipleOf', { type: 'integer', multipleOf: 3 }, '4'],
     ['uniqueItems', { type: 'array', items: { type: 'integer' }, uniqueItems: true }, '[1, 1]'],
     ['allOf', { allOf: [{ type: 'integer' }, { type: 'integer' }] }, '1'],
@@ -176,6 +244,18 @@ describe('walks over a real vocabulary', () => {
       additionalProperties: false,
     },
     union: { anyOf: [{ type: 'null' }, { type: 'array', items: { type: 'boolean' }, minItems: 1, maxItems: 4 }] },
+    bounded: {
+      type: 'object',
+      properties: {
+        age: { type: 'integer', minimum: 0, maximum: 120 },
+        score: { type: 'number', minimum: -1.5, maximum: 2.75 },
+        ratio: { type: 'number', exclusiveMinimum: 0, exclusiveMaximum: 1 },
+        id: { type: 'integer', minimum: -9007199254740991, maximum: 9007199254740991 },
+        level: { type: ['integer', 'null'], minimum: 10, maximum: 20 },
+      },
+      required: ['age', 'score', 'ratio', 'id', 'level'],
+      additionalProperties: false,
+    },
   };
 
   it.each(Object.keys(schemas))('random walks on schema %s decode to JSON the schema validates', async (name) => {
@@ -186,6 +266,50 @@ describe('walks over a real vocabulary', () => {
       state.dispose();
       const value = JSON.parse(text) as unknown;
       expect(validate(value), `${text}: ${JSON.stringify(validate.errors)}`).toBe(true);
+    }
+  }, 120_000);
+
+  it('walks through narrow numeric ranges reach the edges and never pass them', async () => {
+    const edges = {
+      type: 'object',
+      properties: {
+        i: { type: 'array', items: { type: 'integer', minimum: 98, maximum: 102 }, minItems: 4, maxItems: 4 },
+        x: { type: 'array', items: { type: 'number', minimum: 0.5, maximum: 0.75 }, minItems: 4, maxItems: 4 },
+        n: { type: 'integer', exclusiveMinimum: -9, exclusiveMaximum: -5 },
+      },
+      required: ['i', 'x', 'n'],
+      additionalProperties: false,
+    };
+    const validate = ajv.compile(edges);
+    const seen = new Set<number>();
+    for (let seed = 1; seed <= 12; seed++) {
+      const state = await compiler.state({ type: 'json_schema', schema: JSON.stringify(edges) });
+      const text = qwen.decode(await walk(state, seed, 200));
+      state.dispose();
+      const value = JSON.parse(text) as { i: number[]; x: number[]; n: number };
+      expect(validate(value), `${text}: ${JSON.stringify(validate.errors)}`).toBe(true);
+      for (const v of value.i) expect(v >= 98 && v <= 102, text).toBe(true);
+      for (const v of value.x) expect(v >= 0.5 && v <= 0.75, text).toBe(true);
+      expect(value.n > -9 && value.n < -5, text).toBe(true);
+      for (const v of [...value.i, value.n]) seen.add(v);
+    }
+    // Random walks write both ends of the integer ranges.
+    for (const v of [98, 102, -8, -6]) expect(seen.has(v), [...seen].join(' ')).toBe(true);
+  }, 120_000);
+
+  it('tool calls with bounded parameters: every walk is a call whose arguments the schema validates', async () => {
+    const params = { type: 'object', properties: { level: { type: 'integer', minimum: 1, maximum: 10 }, gain: { type: 'number', minimum: -1.5, maximum: 2.5 } }, required: ['level', 'gain'], additionalProperties: false };
+    const validate = ajv.compile(params);
+    const spec: GrammarSpec = { type: 'tool_calls', format: 'hermes', tools: [{ name: 'set_volume', parameters: JSON.stringify(params) }], mode: 'required', parallel: false, params: ['tools[0].function.parameters'] };
+    for (let seed = 1; seed <= 6; seed++) {
+      const state = await compiler.state(spec);
+      const text = qwen.decode(await walk(state, seed, 200));
+      state.dispose();
+      const m = /^<tool_call>\n(.*)\n<\/tool_call>$/s.exec(text);
+      expect(m, text).not.toBeNull();
+      const call = JSON.parse(m![1]) as { name: string; arguments: unknown };
+      expect(call.name).toBe('set_volume');
+      expect(validate(call.arguments), `${text}: ${JSON.stringify(validate.errors)}`).toBe(true);
     }
   }, 120_000);
 

@@ -5,13 +5,15 @@
  *
  * A JSON schema is checked against the keywords XGrammar enforces before it is compiled: a keyword
  * it would ignore is refused, naming it, instead of producing output the schema does not describe.
+ * Numeric bounds are enforced by our own rules (numeric-range.ts), spliced into XGrammar's EBNF
+ * for the rest of the schema.
  */
 import { createHash } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import { LoraplexError } from '../../errors.js';
-import { checkJsonSchema } from './schema-check.js';
+import { checkJsonSchema, type CheckedSchema } from './schema-check.js';
 import { toolStructuralTag, type ToolGrammarSpec } from './tool-grammar.js';
-import type { CompiledGrammar, GrammarCompiler as XGrammarCompiler, GrammarMatcher } from '@mlc-ai/web-xgrammar';
+import type { CompiledGrammar, Grammar, GrammarCompiler as XGrammarCompiler, GrammarMatcher } from '@mlc-ai/web-xgrammar';
 import { xgrammar, type XGrammarModule } from './xgrammar.js';
 
 export type GrammarSpec =
@@ -151,8 +153,9 @@ export class GrammarCompiler {
         } catch (err) {
           fail('schema')(err);
         }
-        const checked = JSON.stringify(checkJsonSchema(schema));
-        return this.compiler.compileJSONSchema(checked, false, -1, [', ', ': ']).catch(fail('schema'));
+        const checked = checkJsonSchema(schema);
+        if (checked.ranges.length === 0) return this.compiler.compileJSONSchema(JSON.stringify(checked.schema), false, -1, [', ', ': ']).catch(fail('schema'));
+        return this.compiler.compileGrammar(await this.schemaEbnf(checked, 'schema')).catch(fail('schema'));
       }
       case 'regex':
         return this.compiler.compileStructuralTag({ type: 'structural_tag', format: { type: 'regex', pattern: spec.pattern } }).catch(fail('regex'));
@@ -162,11 +165,46 @@ export class GrammarCompiler {
       case 'ebnf':
         return this.compiler.compileGrammar(spec.grammar).catch(fail('grammar'));
       case 'tool_calls': {
-        const tag = await toolStructuralTag(spec, async (schema) => (await this.xg.Grammar.fromJSONSchema(schema, false, -1, [', ', ': '])).toString());
+        const tag = await toolStructuralTag(spec, (checked) => this.schemaEbnf(checked, 'tools'));
         return this.compiler.compileStructuralTag(tag).catch(fail('tools'));
       }
     }
   }
+
+  /**
+   * XGrammar's EBNF for a checked schema (the grammar compileJSONSchema compiles, with the same
+   * options), each numeric placeholder replaced by its range rule.
+   */
+  private async schemaEbnf(checked: CheckedSchema, param: string): Promise<string> {
+    let grammar: Grammar;
+    try {
+      grammar = await this.xg.Grammar.fromJSONSchema(JSON.stringify(checked.schema), false, -1, [', ', ': ']);
+    } catch (err) {
+      throw new GrammarError(`${param}: ${messageOf(err)}`, param);
+    }
+    try {
+      return spliceRanges(grammar.toString(), checked);
+    } finally {
+      grammar.dispose();
+    }
+  }
+}
+
+/**
+ * Puts each range's rule where XGrammar wrote its placeholder (`{"const": s}` is the EBNF literal
+ * `"\"s\""`) and appends the rules. A placeholder must be written exactly once, or not at all
+ * when it sits in a definition nothing references (XGrammar writes only what is reachable);
+ * anything else means XGrammar renders schemas differently than this was written for.
+ */
+export function spliceRanges(ebnf: string, checked: CheckedSchema): string {
+  for (const r of checked.ranges) {
+    const parts = ebnf.split(`"\\"${r.sentinel}\\""`);
+    const unreferenced = parts.length === 1 && r.inDefinition;
+    if (parts.length !== 2 && !unreferenced)
+      throw new LoraplexError('internal_error', `the grammar of the schema writes the placeholder of the numeric range at ${r.at} ${parts.length - 1} times instead of once; check the @mlc-ai/web-xgrammar version`);
+    ebnf = parts.join(r.rule);
+  }
+  return `${ebnf}\n${checked.ranges.map((r) => r.ebnf).join('\n')}\n`;
 }
 
 function messageOf(err: unknown): string {

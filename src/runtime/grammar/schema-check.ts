@@ -1,17 +1,25 @@
 /**
  * The JSON-schema keywords constrained decoding enforces, checked before a schema is compiled. The
  * list comes from probing XGrammar 0.1.27 (a valid and an invalid instance per keyword, see
- * test/runtime/grammar.test.ts): keywords it ignores or enforces wrongly — numeric bounds other than
- * an integer's `minimum: 0` (even two-sided integer ranges: [0, 150] lets 151..159 through), `multipleOf`, `uniqueItems`, `contains`, `not`, `if`/`then`/`else`,
- * `allOf`, `oneOf`, `dependentRequired`, `patternProperties`, `propertyNames`, most `format`s —
- * are refused with an error naming the keyword and where it is, never silently dropped.
+ * test/runtime/grammar.test.ts): keywords it ignores or enforces wrongly — `multipleOf`,
+ * `uniqueItems`, `contains`, `not`, `if`/`then`/`else`, `allOf`, `oneOf`, `dependentRequired`,
+ * `patternProperties`, `propertyNames`, most `format`s — are refused with an error naming the
+ * keyword and where it is, never silently dropped.
+ *
+ * Numeric bounds (`minimum`, `maximum`, `exclusiveMinimum`, `exclusiveMaximum`) XGrammar gets
+ * wrong too (even two-sided integer ranges: [0, 150] lets 151..159 through), so a bounded number
+ * is replaced by a placeholder `{"const": sentinel}` and its range is returned as our own EBNF
+ * rule (numeric-range.ts), which the compiler puts where XGrammar wrote the placeholder.
  */
+import { createHmac, randomBytes } from 'node:crypto';
 import { LoraplexError } from '../../errors.js';
+import { BOUND_KEYWORDS, boundsRangeEbnf, readBounds, withinBounds } from './numeric-range.js';
 
 /** Keywords that constrain and are enforced. */
 const ENFORCED = new Set([
   'type', 'enum', 'const', 'properties', 'required', 'additionalProperties', 'minProperties', 'maxProperties',
   'items', 'prefixItems', 'minItems', 'maxItems', 'minLength', 'maxLength', 'pattern', 'format', 'anyOf', '$ref', '$defs', 'definitions',
+  ...BOUND_KEYWORDS,
 ]);
 /** Keywords that do not constrain output (annotations). */
 const ANNOTATIONS = new Set(['title', 'description', 'default', 'examples', '$schema', '$id', '$comment', 'deprecated', 'readOnly', 'writeOnly', 'strict']);
@@ -69,6 +77,13 @@ function checkPattern(p: string, at: string): void {
   }
 }
 
+/**
+ * Keys the placeholders' nonce: a digest of the schema under a per-process secret, so no schema
+ * can contain its own placeholders, and one schema always gives the same grammar text (which
+ * XGrammar's compile cache keys by).
+ */
+const NONCE_KEY = randomBytes(32);
+
 const MAX_NODES = 10_000;
 const MAX_DEPTH = 64;
 
@@ -76,11 +91,70 @@ function refuse(message: string): never {
   throw new LoraplexError('invalid_grammar', message, { param: 'schema' });
 }
 
+/** A bounded number in a checked schema: the placeholder's string, and the rule that replaces it. */
+export interface NumericRange {
+  /** The placeholder's const string (ASCII letters and digits); XGrammar writes it as the literal `"\"<sentinel>\""`. */
+  sentinel: string;
+  /** The rule's name. */
+  rule: string;
+  /** The rule (`<rule> ::= …`). */
+  ebnf: string;
+  /** Where the bounds were (`#/properties/age`). */
+  at: string;
+  /** Inside `$defs`/`definitions`: XGrammar writes it only if something references it. */
+  inDefinition: boolean;
+}
+
+export interface CheckedSchema {
+  /** The schema to compile (a copy, rewritten). */
+  schema: unknown;
+  ranges: NumericRange[];
+}
+
+/**
+ * Rewrites a subschema with numeric bounds, in place. With `enum`/`const` the bounds drop the
+ * members outside them (a const outside them is refused). Otherwise the subschema must have a
+ * numeric type and nothing else that constrains: its numeric part becomes a placeholder (a type
+ * list keeps its other types in an anyOf branch), and its range is added to `ranges`.
+ */
+function rewriteBounds(o: Record<string, unknown>, at: string, inDefinition: boolean, ranges: NumericRange[], nonce: string): void {
+  const bounds = readBounds(o, at);
+  const stated = Object.entries(bounds).map(([k, v]) => `"${k}": ${v}`).join(', ');
+  if (o.enum !== undefined || o.const !== undefined) {
+    if (o.const !== undefined && !withinBounds(o.const, bounds)) refuse(`${at}: "const" ${JSON.stringify(o.const)} does not satisfy ${stated}, so nothing does`);
+    if (Array.isArray(o.enum)) {
+      o.enum = o.enum.filter((v) => withinBounds(v, bounds));
+      if ((o.enum as unknown[]).length === 0) refuse(`${at}: no member of "enum" satisfies ${stated}`);
+    }
+    for (const k of BOUND_KEYWORDS) delete o[k];
+    return;
+  }
+  const types = o.type === undefined ? [] : Array.isArray(o.type) ? (o.type as unknown[]) : [o.type];
+  for (const t of types) if (typeof t !== 'string' || !TYPES.has(t)) refuse(`${at}/type: unknown type ${JSON.stringify(t)}`);
+  const kind = types.includes('number') ? 'number' : types.includes('integer') ? 'integer' : null;
+  const keyword = BOUND_KEYWORDS.find((k) => o[k] !== undefined)!;
+  if (kind === null) refuse(`${at}/${keyword}: numeric bounds are enforced only with "type": "integer" or "number" (or a type list holding one)`);
+  // Definitions beside the bounds stay (references elsewhere may point into them).
+  const kept = new Set(['$defs', 'definitions']);
+  for (const k of Object.keys(o))
+    if (k !== 'type' && !kept.has(k) && !ANNOTATIONS.has(k) && !(BOUND_KEYWORDS as readonly string[]).includes(k))
+      refuse(`${at}/${k}: numeric bounds can be combined with "type" and annotations only (constrained decoding writes the bounded number with its own rule); give each type its own anyOf branch`);
+  const i = ranges.length;
+  const range: NumericRange = { sentinel: `LPX${nonce}N${i}`, rule: `lpx_${nonce}_n${i}`, ebnf: '', at, inDefinition };
+  range.ebnf = boundsRangeEbnf(range.rule, kind === 'integer', bounds, at);
+  ranges.push(range);
+  for (const k of Object.keys(o)) if (!kept.has(k)) delete o[k];
+  const others = types.filter((t) => t !== 'integer' && t !== 'number');
+  if (others.length === 0) o.const = range.sentinel;
+  else o.anyOf = [{ const: range.sentinel }, { type: others }];
+}
+
 /**
  * Throws `invalid_grammar` naming the first keyword (and its location) the decoder would not
- * enforce. Returns the schema to compile (a copy).
+ * enforce. Returns the schema to compile (a copy) and its numeric ranges, whose placeholders carry
+ * a nonce no text in the schema can contain.
  */
-export function checkJsonSchema(input: unknown): unknown {
+export function checkJsonSchema(input: unknown): CheckedSchema {
   let nodes = 0;
   const depthOf = (v: unknown, d: number): void => {
     if (d > MAX_DEPTH * 2) refuse(`the schema nests deeper than ${MAX_DEPTH} subschemas`);
@@ -88,11 +162,14 @@ export function checkJsonSchema(input: unknown): unknown {
   };
   depthOf(input, 0);
   const schema = structuredClone(input);
-  const walk = (s: unknown, at: string): void => {
+  const ranges: NumericRange[] = [];
+  const nonce = createHmac('sha256', NONCE_KEY).update(JSON.stringify(input)).digest('hex').slice(0, 12);
+  const walk = (s: unknown, at: string, inDefinition = false): void => {
     if (++nodes > MAX_NODES) refuse(`the schema has more than ${MAX_NODES} subschemas`);
     if (typeof s === 'boolean') return;
     if (s === null || typeof s !== 'object' || Array.isArray(s)) refuse(`${at}: a schema must be an object or a boolean`);
     const o = s as Record<string, unknown>;
+    if (BOUND_KEYWORDS.some((k) => o[k] !== undefined)) rewriteBounds(o, at, inDefinition, ranges, nonce);
     if (typeof o.pattern === 'string') checkPattern(o.pattern, `${at}/pattern`);
     if (o.minLength !== undefined || o.maxLength !== undefined) {
       // Rewritten as a pattern of JSON-safe characters (XGrammar's own length rule lets control characters through).
@@ -107,8 +184,7 @@ export function checkJsonSchema(input: unknown): unknown {
     for (const [k, v] of Object.entries(o)) {
       const here = `${at}/${k}`;
       if (ANNOTATIONS.has(k)) continue;
-      if (k === 'minimum' && v === 0 && o.type === 'integer') continue;
-      if (!ENFORCED.has(k)) refuse(`${here}: the JSON-schema keyword "${k}" is not supported by constrained decoding (it would not be enforced); supported: ${[...ENFORCED].join(', ')} (numeric bounds: only "minimum": 0 on integers)`);
+      if (!ENFORCED.has(k)) refuse(`${here}: the JSON-schema keyword "${k}" is not supported by constrained decoding (it would not be enforced); supported: ${[...ENFORCED].join(', ')}`);
       switch (k) {
         case 'type':
           for (const t of Array.isArray(v) ? v : [v]) if (typeof t !== 'string' || !TYPES.has(t)) refuse(`${here}: unknown type ${JSON.stringify(t)}`);
@@ -120,16 +196,16 @@ export function checkJsonSchema(input: unknown): unknown {
         case '$defs':
         case 'definitions':
           if (v === null || typeof v !== 'object' || Array.isArray(v)) refuse(`${here}: must be an object of schemas`);
-          for (const [name, sub] of Object.entries(v as Record<string, unknown>)) walk(sub, `${here}/${name}`);
+          for (const [name, sub] of Object.entries(v as Record<string, unknown>)) walk(sub, `${here}/${name}`, inDefinition || k !== 'properties');
           break;
         case 'items':
         case 'additionalProperties':
-          walk(v, here);
+          walk(v, here, inDefinition);
           break;
         case 'prefixItems':
         case 'anyOf':
           if (!Array.isArray(v) || v.length === 0) refuse(`${here}: must be a non-empty array of schemas`);
-          (v as unknown[]).forEach((sub, i) => walk(sub, `${here}/${i}`));
+          (v as unknown[]).forEach((sub, i) => walk(sub, `${here}/${i}`, inDefinition));
           break;
         case '$ref':
           if (typeof v !== 'string' || !/^#(\/(\$defs|definitions)\/[^/]+)?$/.test(v)) refuse(`${here}: only local references (#, #/$defs/…, #/definitions/…) are supported`);
@@ -138,5 +214,5 @@ export function checkJsonSchema(input: unknown): unknown {
     }
   };
   walk(schema, '#');
-  return schema;
+  return { schema, ranges };
 }

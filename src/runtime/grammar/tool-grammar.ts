@@ -9,7 +9,7 @@
 import type { StructuralTag, StructuralTagFormat, TagFormat } from '@mlc-ai/web-xgrammar';
 import { LoraplexError } from '../../errors.js';
 import type { ToolCallFormat } from '../tool-calls/format.js';
-import { checkJsonSchema } from './schema-check.js';
+import { checkJsonSchema, type CheckedSchema } from './schema-check.js';
 
 export interface ToolGrammarSpec {
   type: 'tool_calls';
@@ -44,20 +44,21 @@ const LAYOUTS: Record<ToolCallFormat, Layout> = {
   mistral: { begin: (n) => `{"name": ${name(n)}, "arguments": `, end: '}', separator: ', ', trigger: '[TOOL_CALLS]', before: '[TOOL_CALLS][', after: ']' },
 };
 
-function parameterSchema(spec: ToolGrammarSpec, i: number): Record<string, unknown> | boolean {
+function parameterSchema(spec: ToolGrammarSpec, i: number): CheckedSchema {
   const text = spec.tools[i].parameters;
   const param = spec.params[i] ?? `tools[${i}].function.parameters`;
-  if (text === null) return { type: 'object' };
+  if (text === null) return { schema: { type: 'object' }, ranges: [] };
   let schema: unknown;
   try {
     schema = JSON.parse(text);
   } catch (err) {
     throw new LoraplexError('invalid_grammar', `${param}: not valid JSON (${(err as Error).message})`, { param });
   }
+  // The arguments of a call are an object; a schema that leaves the type open gets it.
+  const s = schema as Record<string, unknown> | null;
+  if (s !== null && typeof s === 'object' && !Array.isArray(s) && s.type === undefined && s.anyOf === undefined && s.$ref === undefined) schema = { ...s, type: 'object' };
   try {
-    const checked = checkJsonSchema(schema) as Record<string, unknown>;
-    // The arguments of a call are an object; a schema that leaves the type open gets it.
-    return typeof checked === 'object' && checked.type === undefined && checked.anyOf === undefined && checked.$ref === undefined ? { ...checked, type: 'object' } : checked;
+    return checkJsonSchema(schema);
   } catch (err) {
     throw new LoraplexError('invalid_grammar', `${param}: ${(err as Error).message}`, { param });
   }
@@ -65,13 +66,14 @@ function parameterSchema(spec: ToolGrammarSpec, i: number): Record<string, unkno
 
 /**
  * The structural tag of `spec`. `jsonGrammar` turns a checked schema into EBNF without free
- * whitespace (a structural tag's own JSON-schema content lets a model write whitespace forever).
+ * whitespace (a structural tag's own JSON-schema content lets a model write whitespace forever)
+ * and with its numeric ranges.
  */
-export async function toolStructuralTag(spec: ToolGrammarSpec, jsonGrammar: (schema: string) => Promise<string>): Promise<StructuralTag> {
+export async function toolStructuralTag(spec: ToolGrammarSpec, jsonGrammar: (checked: CheckedSchema) => Promise<string>): Promise<StructuralTag> {
   if (spec.tools.length === 0) throw new LoraplexError('invalid_grammar', 'tools: at least one tool is needed to call one', { param: 'tools' });
   const layout = LAYOUTS[spec.format];
   const schemas: StructuralTagFormat[] = [];
-  for (let i = 0; i < spec.tools.length; i++) schemas.push({ type: 'grammar', grammar: await jsonGrammar(JSON.stringify(parameterSchema(spec, i))) });
+  for (let i = 0; i < spec.tools.length; i++) schemas.push({ type: 'grammar', grammar: await jsonGrammar(parameterSchema(spec, i)) });
   if (spec.mode === 'auto') {
     // One call, after any text: the whole call (Mistral's brackets included) is the tag.
     const tags: TagFormat[] = spec.tools.map((t, i) => ({
