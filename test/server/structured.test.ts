@@ -3,8 +3,9 @@
  * (response_format json_schema / json_object, streamed and not; vLLM's guided_* and
  * structured_outputs as extra body fields; the Responses API's text.format), LangChain's
  * withStructuredOutput, the AI SDK's generateObject, TGI's parameters.grammar — sampled from a
- * random-weight model with Qwen3's real tokenizer, each answer checked by ajv or the regex. Specs
- * the decoder would not enforce are 4xx in the route's shape, naming the keyword.
+ * random-weight model with Qwen3's real tokenizer, each answer checked by ajv or the regex; zod
+ * schemas with bounded integers and numbers through the AI SDK, LangChain and the openai client.
+ * Specs the decoder would not enforce are 4xx in the route's shape, naming the keyword.
  */
 import { join } from 'node:path';
 import { createOpenAI } from '@ai-sdk/openai';
@@ -106,6 +107,67 @@ describe('framework helpers', () => {
   });
 });
 
+describe('bounded numbers', () => {
+  // zod's .int() writes ±(2^53 - 1) bounds, .min()/.max() minimum/maximum, .positive() exclusiveMinimum 0.
+  const Reading = z.object({ age: z.number().int().min(0).max(120), score: z.number().min(-1.5).max(2.75), count: z.number().int(), share: z.number().positive().max(1) });
+  const readingSchema = {
+    type: 'object',
+    properties: {
+      age: { type: 'integer', minimum: 0, maximum: 120 },
+      score: { type: 'number', minimum: -1.5, maximum: 2.75 },
+      count: { type: 'integer', minimum: -9007199254740991, maximum: 9007199254740991 },
+      share: { type: 'number', exclusiveMinimum: 0, maximum: 1 },
+    },
+    required: ['age', 'score', 'count', 'share'],
+    additionalProperties: false,
+  };
+  const validReading = new Ajv2020().compile(readingSchema);
+  // Random weights would write a number's digits for hundreds of tokens; a bias toward the tokens
+  // that end one (',' 11 and '}' 92 in Qwen3's vocabulary) stands in for a trained model. The
+  // grammar alone decides which digits may come.
+  const endNumbers = { 11: 8, 92: 8 };
+  const check = (value: unknown) => {
+    expect(validReading(value), `${JSON.stringify(value)}: ${JSON.stringify(validReading.errors)}`).toBe(true);
+    expect(Reading.safeParse(value).success, JSON.stringify(value)).toBe(true);
+  };
+
+  it("the AI SDK's generateObject with zod .int().min().max() and .min()/.max() numbers", async () => {
+    const openai = createOpenAI({ baseURL: `${base}/v1`, apiKey: 'unused' });
+    for (const model of ['extract', 'tiny']) {
+      for (let seed = 1; seed <= 2; seed++) {
+        const { object } = await generateObject({ model: openai.chat(model), schema: Reading, prompt: 'Reading: age 36, score 1.5.', seed, maxOutputTokens: 200, providerOptions: { openai: { logitBias: endNumbers } } });
+        check(object);
+      }
+    }
+  });
+
+  it("LangChain's withStructuredOutput with the same zod schema", async () => {
+    const llm = new ChatOpenAI({ model: 'extract', apiKey: 'unused', configuration: { baseURL: `${base}/v1` }, maxTokens: 200, temperature: 1, logitBias: endNumbers });
+    for (let i = 0; i < 2; i++) check(await llm.withStructuredOutput(Reading, { method: 'jsonSchema' }).invoke('Reading: age 36, score 1.5.'));
+  });
+
+  it('the official openai client: response_format json_schema with integer and number bounds, under sampling, streamed and not', async () => {
+    for (const model of ['extract', 'tiny']) {
+      for (let seed = 1; seed <= 3; seed++) {
+        const r = await client().chat.completions.create({ model, messages, seed, temperature: 1, max_tokens: 200, logit_bias: endNumbers, response_format: { type: 'json_schema', json_schema: { name: 'reading', schema: readingSchema, strict: true } } });
+        expect(r.choices[0].finish_reason).toBe('stop');
+        check(JSON.parse(r.choices[0].message.content!));
+      }
+    }
+    let streamed = '';
+    const stream = await client().chat.completions.create({ model: 'extract', messages, seed: 4, temperature: 1, max_tokens: 200, logit_bias: endNumbers, stream: true, response_format: { type: 'json_schema', json_schema: { name: 'reading', schema: readingSchema } } });
+    for await (const chunk of stream) streamed += chunk.choices[0]?.delta?.content ?? '';
+    check(JSON.parse(streamed));
+    // A bare bounded integer.
+    const age = new Ajv2020().compile({ type: 'integer', minimum: 0, maximum: 120 });
+    for (let seed = 1; seed <= 4; seed++) {
+      const r = await client().chat.completions.create({ model: 'extract', messages, seed, temperature: 1, max_tokens: 20, response_format: { type: 'json_schema', json_schema: { name: 'age', schema: { type: 'integer', minimum: 0, maximum: 120 } } } });
+      const text = r.choices[0].message.content!;
+      expect(age(JSON.parse(text)), text).toBe(true);
+    }
+  });
+});
+
 describe('TGI parameters.grammar', () => {
   it('json and regex grammars constrain generated_text', async () => {
     const json = (await (await postJson(base, '/generate', { inputs: 'Person:', parameters: { max_new_tokens: 200, do_sample: true, seed: 2, grammar: { type: 'json', value: person } } })).json()) as { generated_text: string };
@@ -118,13 +180,10 @@ describe('TGI parameters.grammar', () => {
 describe('refusals name the problem, in the route shape', () => {
   const chat = (extra: Record<string, unknown>) => postJson(base, '/v1/chat/completions', { model: 'tiny', messages, max_tokens: 20, ...extra });
 
-  it('zod integers (bounded by ±2^53, which the decoder cannot enforce) are refused by name through the AI SDK', async () => {
-    const openai = createOpenAI({ baseURL: `${base}/v1`, apiKey: 'unused' });
-    await expect(generateObject({ model: openai.chat('tiny'), schema: z.object({ n: z.number().int() }), prompt: 'x', maxOutputTokens: 20 })).rejects.toThrow(/"minimum" is not supported/);
-  });
-
   it.each([
     [{ response_format: { type: 'json_schema', json_schema: { name: 'n', schema: { type: 'integer', multipleOf: 3 } } } }, '"multipleOf"', 'schema'],
+    [{ response_format: { type: 'json_schema', json_schema: { name: 'n', schema: { type: 'object', properties: { n: { minimum: 1 } } } } } }, '#/properties/n/minimum: numeric bounds are enforced only with "type"', 'schema'],
+    [{ response_format: { type: 'json_schema', json_schema: { name: 'n', schema: { type: 'integer', minimum: 10, maximum: 1 } } } }, 'no integer satisfies', 'schema'],
     [{ response_format: { type: 'json_schema', json_schema: { name: 'n', schema: { type: 'object', properties: { a: { type: 'string', format: 'bogus' } } } } } }, 'format "bogus"', 'schema'],
     [{ response_format: { type: 'json_schema', json_schema: { name: 'n' } } }, 'json_schema.schema: is required', 'response_format.json_schema.schema'],
     [{ response_format: { type: 'xml' } }, 'must be "text", "json_object" or "json_schema"', 'response_format.type'],

@@ -133,6 +133,26 @@ describe('the official openai client, chat completions', () => {
     expect(next.choices[0].finish_reason).toMatch(/^(length|stop|tool_calls)$/);
   });
 
+  it('bounded integer and number parameters are enforced, in the hermes and the Mistral format', async () => {
+    const volumeParams = { type: 'object', properties: { level: { type: 'integer', minimum: 1, maximum: 10 }, gain: { type: 'number', minimum: -1.5, maximum: 2.5 } }, required: ['level', 'gain'], additionalProperties: false };
+    const validVolume = ajv.compile(volumeParams);
+    const volume: OpenAI.ChatCompletionTool[] = [{ type: 'function', function: { name: 'set_volume', description: 'Set the volume', parameters: volumeParams } }];
+    for (const model of ['agent', 'mistral-agent']) {
+      for (let seed = 1; seed <= 3; seed++) {
+        // Random weights write a number's digits for long; a bias toward ',' (11) and '}' (92) ends them sooner.
+        const r = await client().chat.completions.create({ model, messages, tools: volume, tool_choice: 'required', parallel_tool_calls: false, seed, temperature: 1, max_tokens: 300, logit_bias: { 11: 8, 92: 8 }, logprobs: true });
+        expect(r.choices[0].finish_reason, `${model} ${seed} ${r.choices[0].logprobs!.content!.map((t) => t.token).join('')}`).toBe('tool_calls');
+        const calls = r.choices[0].message.tool_calls!;
+        expect(calls).toHaveLength(1);
+        for (const c of calls) {
+          if (c.type !== 'function') continue;
+          expect(c.function.name).toBe('set_volume');
+          expect(validVolume(JSON.parse(c.function.arguments)), c.function.arguments).toBe(true);
+        }
+      }
+    }
+  });
+
   it('an adapter with its own Mistral-format template gets Mistral-format calls', async () => {
     for (let seed = 1; seed <= 3; seed++) {
       const r = await client().chat.completions.create({ model: 'mistral-agent', messages, tools, tool_choice: 'required', seed, temperature: 1, max_tokens: 300, logprobs: true });
@@ -205,7 +225,8 @@ describe('refusals', () => {
       [{ tools: [tools[0], tools[0]] }, 'tools'],
       [{ tools: [{ type: 'retrieval' }] }, 'tools[0].type'],
       [{ tools, parallel_tool_calls: 'no' }, 'parallel_tool_calls'],
-      [{ tools: [{ type: 'function', function: { name: 'n', parameters: { type: 'object', properties: { k: { type: 'integer', maximum: 5 } } } } }], tool_choice: 'required' }, 'tools[0].function.parameters'],
+      [{ tools: [{ type: 'function', function: { name: 'n', parameters: { type: 'object', properties: { k: { type: 'integer', multipleOf: 5 } } } } }], tool_choice: 'required' }, 'tools[0].function.parameters'],
+      [{ tools: [{ type: 'function', function: { name: 'n', parameters: { type: 'object', properties: { k: { type: 'integer', minimum: 5, maximum: 1 } } } } }], tool_choice: 'required' }, 'tools[0].function.parameters'],
       [{ tools, tool_choice: 'required', response_format: { type: 'json_object' } }, 'response_format'],
       [{ tools, tool_choice: 'required', ignore_eos: true }, 'tool_choice'],
     ];
