@@ -40,8 +40,10 @@ export interface EngineConfig {
   adapterCacheBytes: number;
   /** Reuse the KV of cached prompt prefixes (same weights, same tokens). */
   prefixCache: boolean;
-  /** Budget for compiling one new grammar (default DEFAULT_GRAMMAR_COMPILE_TIMEOUT_MS). */
+  /** CPU-time budget for compiling one new grammar (default DEFAULT_GRAMMAR_COMPILE_TIMEOUT_MS). */
   grammarCompileTimeoutMs?: number;
+  /** Wall-clock limit of that compile, queueing included (the server passes the request deadline): beyond it, 503 busy. */
+  grammarCompileWallLimitMs?: number;
 }
 
 export interface EngineStats {

@@ -68,6 +68,7 @@ export class GrammarHost {
   private readonly worker: Worker;
   private readonly checker: WorkerPool;
   private readonly compileTimeoutMs: number;
+  private readonly wallLimitMs: number | undefined;
   /** Specs the checker compiled in time (their keys). */
   private readonly checked = new LRUCache<string, true>({ max: 1024 });
   private readonly compiles = new Map<number, Deferred<WireError | null>>();
@@ -77,8 +78,9 @@ export class GrammarHost {
   private failure: LoraplexError | null = null;
   private readonly started: Deferred<void> = deferred();
 
-  constructor(init: GrammarWorkerInit, opts: { compileTimeoutMs?: number } = {}) {
+  constructor(init: GrammarWorkerInit, opts: { compileTimeoutMs?: number; wallLimitMs?: number } = {}) {
     this.compileTimeoutMs = opts.compileTimeoutMs ?? DEFAULT_GRAMMAR_COMPILE_TIMEOUT_MS;
+    this.wallLimitMs = opts.wallLimitMs;
     this.checker = new WorkerPool({ from: import.meta.url, entry: 'grammar-check-worker', size: 1, workerData: init });
     this.worker = startWorker(import.meta.url, 'grammar-worker', { workerData: init });
     this.worker.unref();
@@ -139,6 +141,7 @@ export class GrammarHost {
       const param = specParam(spec);
       await this.checker.run<boolean>({ spec }, {
         budgetMs: this.compileTimeoutMs,
+        wallLimitMs: this.wallLimitMs,
         what: `compiling the ${param} constraint`,
         onTimeout: () => new GrammarError(`${param}: compiling this constraint took longer than ${this.compileTimeoutMs} ms of CPU time (--grammar-compile-timeout-ms); simplify it`, param),
         onCrash: (why) => new GrammarError(`${param}: compiling this constraint failed (${why})`, param),

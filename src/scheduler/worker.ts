@@ -78,7 +78,7 @@ async function main(): Promise<void> {
   // The grammar threads start with the engine and are warm before it says it is ready.
   if (tokenizerFiles) {
     log('starting the grammar threads (constrained decoding)');
-    grammarHost = new GrammarHost({ tokenizer: tokenizerFiles.tokenizer, vocabSize: rt.model.spec.vocabSize, stopIds: [...core.eosIds] }, { compileTimeoutMs: init.engine.grammarCompileTimeoutMs });
+    grammarHost = new GrammarHost({ tokenizer: tokenizerFiles.tokenizer, vocabSize: rt.model.spec.vocabSize, stopIds: [...core.eosIds] }, { compileTimeoutMs: init.engine.grammarCompileTimeoutMs, wallLimitMs: init.engine.grammarCompileWallLimitMs });
     try {
       await grammarHost.ready();
     } catch (err) {

@@ -76,7 +76,7 @@ export async function startServer(
   ctx.service = service;
   ctx.onAdapterIdle = () => void service.refreshUnloads();
   const workers = config.tokenizerWorkers || Math.max(1, Math.floor(availableCores().count / 2));
-  const tokenizers = TokenizerPool.start({ modelDir: config.model!, workers, budgetMs: config.promptTimeoutMs! });
+  const tokenizers = TokenizerPool.start({ modelDir: config.model!, workers, budgetMs: config.promptTimeoutMs!, wallLimitMs: config.requestTimeoutMs! });
   tokenizers.catch(() => {});
   const ready = (async () => {
     engine = await Engine.start(
@@ -91,6 +91,7 @@ export async function startServer(
           adapterCacheBytes: config.adapterCacheBytes!,
           prefixCache: config.prefixCache!,
           grammarCompileTimeoutMs: config.grammarCompileTimeoutMs!,
+          grammarCompileWallLimitMs: config.requestTimeoutMs!,
         },
         strictBase: config.strictBase ? baseId : null,
       },

@@ -16,6 +16,8 @@ export interface TokenizerPoolOptions {
   workers: number;
   /** CPU-time budget of one task (template rendering + tokenization). */
   budgetMs: number;
+  /** Wall-clock limit of one task, queueing included (the request's deadline): beyond it, 503 busy. */
+  wallLimitMs?: number;
   /** Heap limit of each tokenizer thread. */
   maxHeapMb?: number;
 }
@@ -23,11 +25,13 @@ export interface TokenizerPoolOptions {
 export class TokenizerPool {
   private readonly pool: WorkerPool;
   private readonly budgetMs: number;
+  private readonly wallLimitMs: number | undefined;
   private infoValue: TokenizerInfo | null = null;
 
-  private constructor(pool: WorkerPool, budgetMs: number) {
+  private constructor(pool: WorkerPool, budgetMs: number, wallLimitMs: number | undefined) {
     this.pool = pool;
     this.budgetMs = budgetMs;
+    this.wallLimitMs = wallLimitMs;
   }
 
   static async start(opts: TokenizerPoolOptions): Promise<TokenizerPool> {
@@ -38,7 +42,7 @@ export class TokenizerPool {
       workerData: { modelDir: opts.modelDir },
       resourceLimits: { maxOldGenerationSizeMb: opts.maxHeapMb ?? 1024 },
     });
-    const p = new TokenizerPool(pool, opts.budgetMs);
+    const p = new TokenizerPool(pool, opts.budgetMs, opts.wallLimitMs);
     // Each thread loads the tokenizer and renders a sample conversation before it takes tasks; the
     // first task waits for that (it is not counted in its budget).
     p.infoValue = await pool.run<TokenizerInfo>({ kind: 'info' } satisfies TokenizeTask, {
@@ -61,6 +65,7 @@ export class TokenizerPool {
   private run<T = Int32Array>(task: TokenizeTask, what: string, param: string): Promise<T> {
     return this.pool.run<T>(task, {
       budgetMs: this.budgetMs,
+      wallLimitMs: this.wallLimitMs,
       what,
       onTimeout: () => new LoraplexError('prompt_too_expensive', `${what} took longer than its budget of ${this.budgetMs} ms of CPU time (--prompt-timeout-ms)`, { param }),
       onCrash: (why) => new LoraplexError('prompt_too_expensive', `${what} needed more memory than allowed (${why})`, { param }),
@@ -78,6 +83,7 @@ export class TokenizerPool {
   decode(ids: number[], skipSpecialTokens: boolean): Promise<string> {
     return this.pool.run<string>({ kind: 'decode', ids, skipSpecialTokens } satisfies TokenizeTask, {
       budgetMs: this.budgetMs,
+      wallLimitMs: this.wallLimitMs,
       what: 'detokenizing',
       onTimeout: () => new LoraplexError('prompt_too_expensive', `detokenizing took longer than its budget of ${this.budgetMs} ms of CPU time`, { param: 'tokens' }),
     });
@@ -86,6 +92,7 @@ export class TokenizerPool {
   pieces(ids: number[]): Promise<TokenPiece[]> {
     return this.pool.run<TokenPiece[]>({ kind: 'pieces', ids } satisfies TokenizeTask, {
       budgetMs: this.budgetMs,
+      wallLimitMs: this.wallLimitMs,
       what: 'splitting the prompt into tokens',
       onTimeout: () => new LoraplexError('prompt_too_expensive', `splitting the prompt into tokens took longer than its budget of ${this.budgetMs} ms of CPU time`, { param: 'inputs' }),
     });
@@ -95,6 +102,7 @@ export class TokenizerPool {
   async checkAdapterTemplate(adapterDir: string): Promise<boolean> {
     return this.pool.run<boolean>({ kind: 'checkTemplate', adapterDir } satisfies TokenizeTask, {
       budgetMs: this.budgetMs,
+      wallLimitMs: this.wallLimitMs,
       what: "checking the adapter's chat template",
       onTimeout: () =>
         new LoraplexError('adapter_invalid', `tokenizer_config.json: the chat template takes longer than ${this.budgetMs} ms of CPU time (--prompt-timeout-ms) to render a short conversation`, { param: 'tokenizer_config' }),
