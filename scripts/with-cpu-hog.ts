@@ -1,10 +1,9 @@
-#!/usr/bin/env node
 /**
  * Runs a command while every core is saturated: one busy-looping process per core, plus one, at the
  * same priority as the command (a serving machine's cores are busy whenever it has traffic). Exits
  * with the command's status; the hogs are stopped however the command ends.
  *
- *   node scripts/with-cpu-hog.mjs [--hogs N] -- COMMAND [ARGS...]
+ *   npx tsx scripts/with-cpu-hog.ts [--hogs N] -- COMMAND [ARGS...]
  */
 import { spawn } from 'node:child_process';
 import { availableParallelism, loadavg } from 'node:os';
@@ -17,12 +16,12 @@ if (args[0] === '--hogs') {
 }
 if (args[0] === '--') args.shift();
 if (args.length === 0 || !Number.isInteger(hogs) || hogs < 0) {
-  console.error('usage: node scripts/with-cpu-hog.mjs [--hogs N] -- COMMAND [ARGS...]');
+  console.error('usage: npx tsx scripts/with-cpu-hog.ts [--hogs N] -- COMMAND [ARGS...]');
   process.exit(2);
 }
 
 const running = Array.from({ length: hogs }, () => spawn(process.execPath, ['-e', 'for (;;) {}'], { stdio: 'ignore' }));
-const stop = () => {
+const stop = (): void => {
   for (const h of running) h.kill('SIGKILL');
 };
 process.on('exit', stop);
