@@ -70,7 +70,7 @@ async function greedy(r: Replica, model: string, n: number): Promise<string> {
 /** Waits until `r` serves `name` at `digest` (null: not at all); returns how long that took (ms). */
 async function propagation(r: Replica, name: string, digest: string | null): Promise<number> {
   const t0 = Date.now();
-  await until(async () => (await digestOn(r, name)) === digest, 20_000);
+  await until(async () => (await digestOn(r, name)) === digest, 120_000);
   return Date.now() - t0;
 }
 
