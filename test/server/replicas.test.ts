@@ -28,7 +28,9 @@ interface Replica {
 async function startReplica(): Promise<Replica> {
   const child = spawn(
     process.execPath,
-    ['--import', 'tsx', CLI, 'serve', '--model', tm.dir, '--adapters', store, '--admin-token', ADMIN, '--port', '0', '--host', '127.0.0.1', '--quant', 'fp32', '--threads', '1', '--cache-dir', cacheDir, '--store-poll-ms', String(POLL_MS), '--served-model-name', 'tiny'],
+    ['--import', 'tsx', CLI, 'serve', '--model', tm.dir, '--adapters', store, '--admin-token', ADMIN, '--port', '0', '--host', '127.0.0.1', '--quant', 'fp32', '--threads', '1', '--cache-dir', cacheDir, '--store-poll-ms', String(POLL_MS), '--served-model-name', 'tiny',
+      // An upload below pauses while another replica starts, which can take minutes on a saturated machine.
+      '--body-timeout-ms', '600000'],
     { env: { ...process.env, LORAPLEX_LOG_LEVEL: 'info' } },
   );
   let out = '';
