@@ -20,6 +20,7 @@ import { AuthError, LoraplexError } from '../errors.js';
 import { VERSION } from '../version.js';
 import { bearerMatches } from './auth.js';
 import type { ServerContext } from './context.js';
+import { clientTimer, type ClientTimer } from './client-timer.js';
 import { installErrorHandling, rawErrorResponse, sendError, type RouteFlavor } from './errors.js';
 import { adminRoutes } from './routes/admin.js';
 import { openaiRoutes } from './routes/openai.js';
@@ -101,18 +102,21 @@ export async function buildApp(ctx: ServerContext, opts: { logger?: Logger | nul
     }
     // The body must arrive in time (the timer stops once it is parsed; uploads are streamed by
     // their handler, which keeps its own no-progress timer).
-    const timer = setTimeout(() => {
-      const socket = request.raw.socket;
-      socket.end(rawErrorResponse(request.url, 'request_timeout', `the request body did not arrive within ${bodyTimeoutMs} ms (--body-timeout-ms)`));
-      socket.destroy();
-    }, bodyTimeoutMs);
-    timer.unref();
-    request.raw.once('end', () => clearTimeout(timer));
-    reply.raw.once('close', () => clearTimeout(timer));
-    (request as unknown as { bodyTimer: NodeJS.Timeout }).bodyTimer = timer;
+    const timer = clientTimer(
+      () => {
+        const socket = request.raw.socket;
+        socket.end(rawErrorResponse(request.url, 'request_timeout', `the request body did not arrive within ${bodyTimeoutMs} ms (--body-timeout-ms)`));
+        socket.destroy();
+      },
+      bodyTimeoutMs,
+      { unref: true },
+    );
+    request.raw.once('end', () => timer.cancel());
+    reply.raw.once('close', () => timer.cancel());
+    (request as unknown as { bodyTimer: ClientTimer }).bodyTimer = timer;
   });
   app.addHook('preValidation', async (request) => {
-    clearTimeout((request as unknown as { bodyTimer?: NodeJS.Timeout }).bodyTimer);
+    (request as unknown as { bodyTimer?: ClientTimer }).bodyTimer?.cancel();
   });
 
   // Request metrics (fastify logs each request with its id; routes set the adapter label).

@@ -14,6 +14,7 @@ import { bearerMatches } from '../auth.js';
 import type { ServerContext } from '../context.js';
 import { rawErrorResponse } from '../errors.js';
 import { AdapterInfo, ErrorBody, LoadLoraRequest, UnloadLoraRequest } from '../schemas.js';
+import { clientTimer } from '../client-timer.js';
 import { archiveKind, extractArchive, newBudget, savePart, UploadTooLargeError } from '../upload.js';
 
 interface NameParams {
@@ -53,7 +54,7 @@ export async function adminRoutes(app: FastifyInstance, ctx: ServerContext): Pro
       socket.end(rawErrorResponse(request.url, 'request_timeout', `the upload made no progress for ${ctx.settings.bodyTimeoutMs} ms (--body-timeout-ms)`));
       socket.destroy();
     };
-    const timer = setTimeout(idle, ctx.settings.bodyTimeoutMs);
+    const timer = clientTimer(idle, ctx.settings.bodyTimeoutMs);
     const progress = (): void => {
       timer.refresh();
     };
@@ -83,7 +84,7 @@ export async function adminRoutes(app: FastifyInstance, ctx: ServerContext): Pro
       // boundary, a truncated part, bad part headers.
       throw new ValidationError(`malformed multipart body: ${(err as Error).message}`, 'file');
     } finally {
-      clearTimeout(timer);
+      timer.cancel();
     }
     if (!seen.has('adapter_config.json') || !seen.has('adapter_model.safetensors')) {
       store.discard(staged);
