@@ -123,7 +123,7 @@ export async function underLoadBench(ctx: BenchContext): Promise<{ result: Under
   };
   const r = result;
   const markdown = [
-    `### New constraints under load (${name}, int4; a W8-like load of ${concurrency} concurrent streams on 8 adapters, ${promptLen}-token prompts → ${newTokens} tokens; chat requests with never-seen tool lists and JSON schemas arriving one at a time; ${rounds} rounds of ${perRound} load requests, A B B A)`,
+    `### New constraints under load (${name}, int4; a W8-like load of ${concurrency} concurrent streams on 8 adapters, ${promptLen}-token prompts → ${newTokens} tokens; chat requests with never-seen tool lists and JSON schemas arriving one at a time; ${rounds} rounds of ${perRound} load requests, ${rounds >= 4 ? 'A B B A' : 'A B'})`,
     '',
     table(
       ['measure', 'value'],
