@@ -25,10 +25,10 @@ import { threadCpuMs } from './thread-cpu.js';
 import { startWorker } from './worker-url.js';
 
 /** Seconds a client is told to wait before retrying a task the busy machine could not finish. */
-export const BUSY_RETRY_AFTER_SECONDS = 5;
+const BUSY_RETRY_AFTER_SECONDS = 5;
 
 /** The default wall-clock limit of a task with work budget `budgetMs`: a helper thread that gets a tenth of a core still finishes a task within budget. */
-export const defaultWallLimitMs = (budgetMs: number): number => Math.max(60_000, 30 * budgetMs);
+const defaultWallLimitMs = (budgetMs: number): number => Math.max(60_000, 30 * budgetMs);
 
 export interface WorkerPoolOptions {
   /** Module URL next to which the worker entry file sits, and its base name. */
@@ -66,6 +66,8 @@ interface Pending {
   started: number;
   /** CPU clock of the worker running it when it started (ms); null without a clock. */
   cpuStart: number | null;
+  /** CPU time it has used, as last read (ms). */
+  cpuUsed: number;
   resolve: (v: unknown) => void;
   reject: (e: Error) => void;
 }
@@ -102,8 +104,9 @@ export class WorkerPool {
   /** Tasks failed for being too expensive (work budget) and for the machine being too busy (wall limit). */
   overBudget = 0;
   tooBusy = 0;
-  /** Tasks waiting for a free worker whose wall limit is checked (one timer for the queue). */
+  /** One timer for the queued tasks' wall limits, set for the earliest of them (at `queueTimerAt`). */
   private queueTimer: NodeJS.Timeout | null = null;
+  private queueTimerAt = Infinity;
 
   constructor(opts: WorkerPoolOptions) {
     this.opts = opts;
@@ -125,9 +128,9 @@ export class WorkerPool {
     return new Promise<T>((resolve, reject) => {
       const submitted = performance.now();
       const deadline = submitted + (opts.wallLimitMs ?? defaultWallLimitMs(opts.budgetMs));
-      this.queue.push({ id: this.nextId++, task, opts, submitted, deadline, started: 0, cpuStart: null, resolve: resolve as (v: unknown) => void, reject });
+      this.queue.push({ id: this.nextId++, task, opts, submitted, deadline, started: 0, cpuStart: null, cpuUsed: 0, resolve: resolve as (v: unknown) => void, reject });
       this.dispatch();
-      this.watchQueue();
+      if (this.queue.length > 0) this.watchQueue(deadline);
     });
   }
 
@@ -193,9 +196,14 @@ export class WorkerPool {
    */
   private watch(slot: Slot, p: Pending): void {
     const now = performance.now();
-    const cpu = p.cpuStart === null ? null : threadCpuMs(slot.tid!);
-    // Without a thread clock (not Linux, or the thread is gone) the budget is counted in wall time.
-    const used = cpu === null || p.cpuStart === null ? now - p.started : cpu - p.cpuStart;
+    // Without a thread clock (not Linux) the budget is counted in wall time. A clock that stops
+    // answering mid-task (the thread is exiting: its exit fails the task) keeps its last reading.
+    if (p.cpuStart === null) p.cpuUsed = now - p.started;
+    else {
+      const cpu = threadCpuMs(slot.tid!);
+      if (cpu !== null) p.cpuUsed = cpu - p.cpuStart;
+    }
+    const used = p.cpuUsed;
     if (used >= p.opts.budgetMs) return this.onTimeout(slot);
     if (now >= p.deadline) return this.onBusy(slot, used);
     slot.timer = setTimeout(() => {
@@ -203,13 +211,14 @@ export class WorkerPool {
     }, Math.max(5, Math.min(p.opts.budgetMs - used, p.deadline - now)));
   }
 
-  /** Fails queued tasks whose wall limit passed before a worker was free. */
-  private watchQueue(): void {
-    if (this.queueTimer || this.queue.length === 0) return;
-    let next = Infinity;
-    for (const p of this.queue) next = Math.min(next, p.deadline);
+  /** Fails queued tasks whose wall limit passed before a worker was free; `next`: the earliest deadline to watch (default: found in the queue). */
+  private watchQueue(next = this.queue.reduce((m, p) => Math.min(m, p.deadline), Infinity)): void {
+    if (next >= this.queueTimerAt) return;
+    if (this.queueTimer) clearTimeout(this.queueTimer);
+    this.queueTimerAt = next;
     this.queueTimer = setTimeout(() => {
       this.queueTimer = null;
+      this.queueTimerAt = Infinity;
       const now = performance.now();
       for (const p of this.queue.filter((q) => q.deadline <= now)) {
         this.queue.splice(this.queue.indexOf(p), 1);

@@ -84,6 +84,23 @@ describe('worker pool budgets', () => {
   });
 });
 
+describe('queued tasks', () => {
+  it('one queued later with a shorter wall-clock limit fails at its own limit, not the earlier task’s', async () => {
+    const p = pool(1);
+    let firstDone = false;
+    const first = p.run({ kind: 'sleep', ms: 8000 }, opts(10_000, 60_000)).finally(() => (firstDone = true));
+    const patient = p.run({ kind: 'spin', ms: 1 }, opts(10_000, 60_000));
+    const hasty = failure(p.run({ kind: 'spin', ms: 1 }, opts(10_000, 300)));
+    const err = await hasty;
+    expect(err.code).toBe('busy');
+    // It failed while the first task still held the only worker (not when it reached a worker).
+    expect(firstDone).toBe(false);
+    expect(p.tooBusy).toBe(1);
+    await expect(first).resolves.toBe(true);
+    await expect(patient).resolves.toBe(true);
+  });
+});
+
 describe('on a machine whose cores are saturated', () => {
   let hogs: ChildProcess[] = [];
   afterEach(() => {
