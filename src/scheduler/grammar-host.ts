@@ -28,7 +28,6 @@ import { startWorker } from '../util/worker-url.js';
 /** CPU time the checker may take to compile one spec (`--grammar-compile-timeout-ms`). */
 export const DEFAULT_GRAMMAR_COMPILE_TIMEOUT_MS = 10_000;
 
-
 /** The request field a spec's compile errors name. */
 const specParam = (spec: GrammarSpec): string => (spec.type === 'json_schema' || spec.type === 'json_object' ? 'schema' : spec.type === 'tool_calls' ? 'tools' : spec.type === 'ebnf' ? 'grammar' : spec.type);
 

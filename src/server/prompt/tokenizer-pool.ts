@@ -81,21 +81,11 @@ export class TokenizerPool {
   }
 
   decode(ids: number[], skipSpecialTokens: boolean): Promise<string> {
-    return this.pool.run<string>({ kind: 'decode', ids, skipSpecialTokens } satisfies TokenizeTask, {
-      budgetMs: this.budgetMs,
-      wallLimitMs: this.wallLimitMs,
-      what: 'detokenizing',
-      onTimeout: () => new LoraplexError('prompt_too_expensive', `detokenizing took longer than its budget of ${this.budgetMs} ms of CPU time`, { param: 'tokens' }),
-    });
+    return this.run<string>({ kind: 'decode', ids, skipSpecialTokens }, 'detokenizing', 'tokens');
   }
 
   pieces(ids: number[]): Promise<TokenPiece[]> {
-    return this.pool.run<TokenPiece[]>({ kind: 'pieces', ids } satisfies TokenizeTask, {
-      budgetMs: this.budgetMs,
-      wallLimitMs: this.wallLimitMs,
-      what: 'splitting the prompt into tokens',
-      onTimeout: () => new LoraplexError('prompt_too_expensive', `splitting the prompt into tokens took longer than its budget of ${this.budgetMs} ms of CPU time`, { param: 'inputs' }),
-    });
+    return this.run<TokenPiece[]>({ kind: 'pieces', ids }, 'splitting the prompt into tokens', 'inputs');
   }
 
   /** Checks an adapter's own chat template (if it has one): parses and renders within the budget. */
