@@ -119,17 +119,14 @@ export class GrammarHost {
   }
 
   /**
-   * Resolves once both threads are ready: the grammar thread has built its tables and compiled the
-   * warm-up specs, and the checker has compiled them too (which also waits for it to start).
-   * Rejects when either cannot start.
+   * Resolves once both threads are ready: each has built its tables and compiled the warm-up specs
+   * (which need no check). Rejects when either cannot start.
    */
   async ready(): Promise<void> {
     await this.started.promise;
     if (this.failure) throw this.failure;
-    for (const spec of WARM_UP_SPECS) {
-      await this.checker.run<boolean>({ spec }, { budgetMs: 60_000, what: 'warming up the grammar checker', onTimeout: () => new LoraplexError('internal_error', 'the grammar checker did not warm up within 60 s of CPU time') });
-      this.checked.set(grammarKey(spec), true);
-    }
+    await this.checker.ready();
+    for (const spec of WARM_UP_SPECS) this.checked.set(grammarKey(spec), true);
   }
 
   /** Compiles `spec` on the grammar thread; throws the error that refuses it. */

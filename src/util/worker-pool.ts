@@ -104,13 +104,23 @@ export class WorkerPool {
   /** Tasks failed for being too expensive (work budget) and for the machine being too busy (wall limit). */
   overBudget = 0;
   tooBusy = 0;
+  /** Settles once every first worker has said it is ready (rejects if one cannot start). */
+  private readonly started: Promise<void>;
+  private onStarted: { resolve(): void; reject(e: Error): void } | null = null;
   /** One timer for the queued tasks' wall limits, set for the earliest of them (at `queueTimerAt`). */
   private queueTimer: NodeJS.Timeout | null = null;
   private queueTimerAt = Infinity;
 
   constructor(opts: WorkerPoolOptions) {
     this.opts = opts;
+    this.started = new Promise<void>((resolve, reject) => (this.onStarted = { resolve, reject }));
+    this.started.catch(() => {});
     for (let i = 0; i < Math.max(1, opts.size); i++) this.slots.push(this.spawn());
+  }
+
+  /** Resolves once every worker has started (loaded what it needs); rejects when one cannot. */
+  ready(): Promise<void> {
+    return this.started;
   }
 
   get size(): number {
@@ -234,6 +244,7 @@ export class WorkerPool {
     if (m.ready) {
       slot.ready = true;
       slot.tid = m.tid ?? null;
+      if (this.slots.every((s) => s.ready)) this.onStarted?.resolve();
       this.dispatch();
       return;
     }
@@ -266,6 +277,7 @@ export class WorkerPool {
     if (!slot.ready) {
       // It died while starting: a replacement would die the same way.
       this.broken = why;
+      this.onStarted?.reject(new LoraplexError('internal_error', `a helper thread cannot start: ${why}`));
       for (const q of this.queue.splice(0)) q.reject(new LoraplexError('internal_error', `a helper thread cannot start: ${why}`));
       return;
     }
