@@ -74,6 +74,9 @@ describe('JSON-schema keywords', () => {
     ['maxItems', { type: 'array', items: { type: 'integer' }, maxItems: 1 }, '[1]', '[1, 2]'],
     ['prefixItems', { type: 'array', prefixItems: [{ type: 'integer' }], items: false }, '[1]', '["a"]'],
     ['required', { type: 'object', properties: { a: { type: 'integer' } }, required: ['a'] }, '{"a": 1}', '{}'],
+    ['required (a name properties does not declare)', { type: 'object', properties: { a: { type: 'integer' } }, required: ['a', 'b'] }, '{"a": 1, "b": [true]}', '{"a": 1}'],
+    ['required (a name only additionalProperties governs)', { type: 'object', additionalProperties: { type: 'integer' }, required: ['b'] }, '{"b": 2}', '{}'],
+    ['required (a name only additionalProperties governs, its schema kept)', { type: 'object', additionalProperties: { type: 'integer' }, required: ['b'] }, '{"b": 2, "c": 3}', '{"b": "x"}'],
     ['additionalProperties: false', { type: 'object', properties: { a: { type: 'integer' } }, additionalProperties: false }, '{"a": 1}', '{"a": 1, "b": 2}'],
     ['additionalProperties (schema)', { type: 'object', additionalProperties: { type: 'integer' } }, '{"b": 2}', '{"b": "x"}'],
     ['minProperties', { type: 'object', additionalProperties: { type: 'integer' }, minProperties: 1 }, '{"b": 2}', '{}'],
@@ -166,6 +169,19 @@ describe('JSON-schema keywords', () => {
     await expect(compiler.compile(schema(s))).rejects.toMatchObject({ code: 'invalid_grammar' });
   });
 
+  it('a required name that properties does not declare is declared with additionalProperties\' schema; with additionalProperties: false it is refused', () => {
+    expect(checkJsonSchema({ type: 'object', properties: { a: { type: 'integer' } }, required: ['a', 'b', '__proto__'] }).schema).toEqual({
+      type: 'object', properties: { a: { type: 'integer' }, b: {}, ['__proto__']: {} }, required: ['a', 'b', '__proto__'],
+    });
+    expect(checkJsonSchema({ type: 'object', additionalProperties: { type: 'string' }, required: ['b'] }).schema).toEqual({
+      type: 'object', additionalProperties: { type: 'string' }, required: ['b'], properties: { b: { type: 'string' } },
+    });
+    expect(checkJsonSchema({ type: 'object', required: [] }).schema).toEqual({ type: 'object', required: [] });
+    const closed = { type: 'object', properties: { user: { type: 'object', properties: { id: { type: 'integer' } }, required: ['id', 'name'], additionalProperties: false } } };
+    expect(() => checkJsonSchema(closed)).toThrow('#/properties/user/required: "name" is required but not declared in "properties", and "additionalProperties": false forbids it');
+    expect(() => checkJsonSchema({ type: 'object', required: 'a' })).toThrow('#/required: must be an array of property names');
+  });
+
   it('refuses unknown formats and types, remote references, malformed schemas, with where they are', async () => {
     expect(() => checkJsonSchema({ type: 'object', properties: { u: { type: 'string', format: 'bogus' } } })).toThrow('#/properties/u/format');
     expect(() => checkJsonSchema({ type: 'strin' })).toThrow('unknown type "strin"');
@@ -243,6 +259,7 @@ describe('walks over a real vocabulary', () => {
       required: ['user', 'id', 'sku'],
       additionalProperties: false,
     },
+    undeclared: { type: 'object', properties: { id: { type: 'integer' } }, additionalProperties: { type: 'boolean' }, required: ['id', 'done'] },
     union: { anyOf: [{ type: 'null' }, { type: 'array', items: { type: 'boolean' }, minItems: 1, maxItems: 4 }] },
     bounded: {
       type: 'object',

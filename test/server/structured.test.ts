@@ -185,6 +185,7 @@ describe('refusals name the problem, in the route shape', () => {
     [{ response_format: { type: 'json_schema', json_schema: { name: 'n', schema: { type: 'object', properties: { n: { minimum: 1 } } } } } }, '#/properties/n/minimum: numeric bounds are enforced only with "type"', 'schema'],
     [{ response_format: { type: 'json_schema', json_schema: { name: 'n', schema: { type: 'integer', minimum: 10, maximum: 1 } } } }, 'no integer satisfies', 'schema'],
     [{ response_format: { type: 'json_schema', json_schema: { name: 'n', schema: { type: 'object', properties: { a: { type: 'string', format: 'bogus' } } } } } }, 'format "bogus"', 'schema'],
+    [{ response_format: { type: 'json_schema', json_schema: { name: 'n', strict: true, schema: { type: 'object', properties: { a: { type: 'string' } }, required: ['a', 'b'], additionalProperties: false } } } }, '#/required: "b" is required but not declared in "properties", and "additionalProperties": false forbids it', 'schema'],
     [{ response_format: { type: 'json_schema', json_schema: { name: 'n' } } }, 'json_schema.schema: is required', 'response_format.json_schema.schema'],
     [{ response_format: { type: 'xml' } }, 'must be "text", "json_object" or "json_schema"', 'response_format.type'],
     [{ response_format: { type: 'json_object' }, guided_regex: 'a+' }, 'only one output constraint', 'guided_regex'],

@@ -10,6 +10,9 @@
  * wrong too (even two-sided integer ranges: [0, 150] lets 151..159 through), so a bounded number
  * is replaced by a placeholder `{"const": sentinel}` and its range is returned as our own EBNF
  * rule (numeric-range.ts), which the compiler puts where XGrammar wrote the placeholder.
+ *
+ * A `required` name that `properties` does not declare XGrammar ignores (the object is written
+ * without it), so such a name is declared before compiling (declareRequired).
  */
 import { createHmac, randomBytes } from 'node:crypto';
 import { LoraplexError } from '../../errors.js';
@@ -150,6 +153,29 @@ function rewriteBounds(o: Record<string, unknown>, at: string, inDefinition: boo
 }
 
 /**
+ * Declares, in place, each name in `required` that `properties` does not: XGrammar writes only
+ * declared properties, so it would leave such a name out. In JSON Schema an undeclared property
+ * is governed by `additionalProperties`, so declaring it with that schema (`{}`, anything, when
+ * absent or true) gives the same schema, and XGrammar then writes it. With
+ * `"additionalProperties": false` no object satisfies the schema, which is refused.
+ */
+function declareRequired(o: Record<string, unknown>, at: string): void {
+  const required = o.required;
+  if (!Array.isArray(required) || required.some((n) => typeof n !== 'string')) refuse(`${at}/required: must be an array of property names`);
+  const props = o.properties ?? {};
+  if (props === null || typeof props !== 'object' || Array.isArray(props)) return; // the walk refuses it, naming it
+  const extra = o.additionalProperties ?? true;
+  for (const name of required as string[]) {
+    if (Object.hasOwn(props, name)) continue;
+    o.properties = props;
+    if (extra === false)
+      refuse(`${at}/required: ${JSON.stringify(name)} is required but not declared in "properties", and "additionalProperties": false forbids it, so no object satisfies the schema; declare it in "properties"`);
+    // defineProperty: a name such as "__proto__" must become a property, not a prototype.
+    Object.defineProperty(props, name, { value: extra === true ? {} : structuredClone(extra), enumerable: true, writable: true, configurable: true });
+  }
+}
+
+/**
  * Throws `invalid_grammar` naming the first keyword (and its location) the decoder would not
  * enforce. Returns the schema to compile (a copy) and its numeric ranges, whose placeholders carry
  * a nonce no text in the schema can contain.
@@ -171,6 +197,7 @@ export function checkJsonSchema(input: unknown): CheckedSchema {
     const o = s as Record<string, unknown>;
     if (BOUND_KEYWORDS.some((k) => o[k] !== undefined)) rewriteBounds(o, at, inDefinition, ranges, nonce);
     if (typeof o.pattern === 'string') checkPattern(o.pattern, `${at}/pattern`);
+    if (o.required !== undefined) declareRequired(o, at);
     if (o.minLength !== undefined || o.maxLength !== undefined) {
       // Rewritten as a pattern of JSON-safe characters (XGrammar's own length rule lets control characters through).
       if (o.pattern !== undefined) refuse(`${at}: "pattern" cannot be combined with "minLength"/"maxLength" by constrained decoding; put the length into the pattern`);
