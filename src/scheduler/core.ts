@@ -185,7 +185,7 @@ export class EngineCore {
     checkContext(prompt.length, maxNew, this.model.maxPositions, this.model.kv.capacity);
     const now = Date.now();
     const adapterKey = req.adapter?.key ?? null;
-    const job: Job = { id: req.id, adapter: adapterKey, promptLen: prompt.length, maxNewTokens: maxNew, arrival: now, deadline: now + req.timeoutMs };
+    const job: Job = { id: req.id, adapter: adapterKey, promptLen: prompt.length, maxNewTokens: maxNew, arrival: now, deadline: now + req.timeoutMs, tenant: req.tenant ?? null };
     // (Before the job is queued: a grammar that cannot run refuses the request with nothing left behind.)
     const grammar = req.grammar ? this.grammar() : null;
     if (!this.state.append(job)) {

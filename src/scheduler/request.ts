@@ -33,6 +33,11 @@ export interface ValidRequest {
   /** Milliseconds from submission to the deadline. */
   timeoutMs: number;
   /**
+   * Who the request belongs to, for the fair share of batch rows: an opaque digest of its API key
+   * (never the key itself). Absent or null: the server has no keys, and rows are shared per adapter.
+   */
+  tenant?: string | null;
+  /**
    * Report each prompt token's logprob (and this many alternatives) as the prompt is read; null =
    * no. Its prefill computes logits for every prompt token, so the server caps the prompt's length.
    */

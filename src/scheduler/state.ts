@@ -19,6 +19,15 @@
  *   so the job is admitted a step later and reuses it (the choices of `n > 1` share their prompt
  *   this way) rather than computing it twice. Reservations stay whole (prompt + look-ahead): a
  *   shared block is counted once per holder, so the cache can always honour them.
+ * - Rows are shared fairly between tenants (a job's API key; without keys, its adapter; see
+ *   `groupOf`). The fair share is the batch's rows divided by the tenants that hold rows or have a
+ *   request ready to run (at least 1). A tenant below its share is admitted first (its oldest ready
+ *   request, wherever it sits in its adapter's queue), and rows are kept free for it: others are
+ *   admitted only into rows beyond those it can use. When no row is free for it, the youngest row of
+ *   the tenant holding the most rows above its share is preempted as above. So a new tenant's
+ *   request starts in the next step that has prefill budget for it, however many rows one tenant
+ *   held; the preempted request resumes when rows free up. Preemption only takes rows from a tenant
+ *   above its share and gives them to one below it, so no two tenants take rows back and forth.
  */
 
 export interface SchedulerConfig {
@@ -44,6 +53,8 @@ export interface Job {
   readonly arrival: number;
   /** Absolute time after which the request is dropped. */
   readonly deadline: number;
+  /** Who the request belongs to, for the fair share of rows: an opaque digest of its API key, or null (no keys). */
+  readonly tenant: string | null;
 }
 
 export type Readiness = 'ready' | 'loading' | 'failed';
@@ -84,6 +95,23 @@ interface Running {
   context: number;
   /** Tokens sampled so far (the last one is not in the cache yet). */
   sampled: number;
+}
+
+/** Rows held and waiting per tenant, for the fair share (see `groupOf`). */
+interface Fairness {
+  /** Rows a tenant may hold before it counts as above its share. */
+  share: number;
+  held: Map<string, number>;
+  /** Requests ready to run now (their adapter is active and loaded), per tenant. */
+  ready: Map<string, number>;
+}
+
+/**
+ * The tenant a job's rows count against: its API key, or, on a server without keys, its adapter
+ * (the base model is one tenant), so that one busy adapter cannot hold every row either.
+ */
+function groupOf(job: Job): string {
+  return job.tenant !== null ? `key:${job.tenant}` : `adapter:${job.adapter ?? ''}`;
 }
 
 interface Active {
@@ -186,6 +214,46 @@ export class SchedulerState {
     return n;
   }
 
+  /** Requests in the queue of `key` (null: the base model) may be admitted now. */
+  private admissible(key: string | null, readiness: (adapter: string) => Readiness): boolean {
+    if (key === null) return true;
+    const a = this.active.get(key);
+    return a !== undefined && !a.draining && readiness(key) === 'ready';
+  }
+
+  private fairness(readiness: (adapter: string) => Readiness): Fairness {
+    const held = new Map<string, number>();
+    const ready = new Map<string, number>();
+    for (const r of this.running.values()) bump(held, groupOf(r.job), 1);
+    for (const [key, q] of this.queues) if (this.admissible(key, readiness)) for (const job of q) bump(ready, groupOf(job), 1);
+    const tenants = new Set([...held.keys(), ...ready.keys()]).size;
+    return { share: Math.max(1, Math.floor(this.cfg.maxBatchSize / Math.max(1, tenants))), held, ready };
+  }
+
+  /**
+   * Preempts the youngest rows of the tenants most above their share until a row is free for every
+   * ready request of a tenant below its share (or no tenant is above its share).
+   */
+  private preemptForShare(f: Fairness, preempted: Preempted[]): void {
+    let short = owedRows(f) - (this.cfg.maxBatchSize - this.running.size);
+    while (short > 0) {
+      let richest: string | null = null;
+      let most = f.share;
+      for (const [g, n] of f.held) {
+        if (n > most) {
+          most = n;
+          richest = g;
+        }
+      }
+      if (richest === null) return;
+      let victim: Running | null = null;
+      for (const v of this.running.values()) if (groupOf(v.job) === richest && (!victim || younger(v.job, victim.job))) victim = v;
+      preempted.push(this.preempt(victim!));
+      f.held.set(richest, most - 1);
+      short--;
+    }
+  }
+
   /** Plans the next step. Mutates the state as if the plan runs (prompt progress, admissions). */
   step(now: number, readiness: (adapter: string) => Readiness, prefix: PrefixProbe = () => 0): { rows: PlannedRow[]; dropped: Dropped[]; preempted: Preempted[] } {
     const dropped = this.dropExpired(now, readiness);
@@ -194,6 +262,8 @@ export class SchedulerState {
     const rows: PlannedRow[] = [];
     const preempted: Preempted[] = [];
     let budget = this.cfg.maxBatchPrefillTokens;
+    // 0. rows for tenants below their fair share (before planning, so no preempted row is planned)
+    this.preemptForShare(this.fairness(readiness), preempted);
     // 1. decode rows (growing their reservation, preempting the youngest when the cache is full),
     //    then prompts in progress, oldest first
     const ordered = [...this.running.values()].sort((a, b) => a.job.arrival - b.job.arrival || a.job.id - b.job.id);
@@ -218,20 +288,31 @@ export class SchedulerState {
         budget -= count;
       }
     }
-    // 2. admissions, oldest head first among the queues allowed to admit
+    // 2. admissions: the oldest ready request of a tenant below its share first; otherwise the
+    //    oldest head among the queues allowed to admit, into rows no tenant below its share can use
+    const fair = this.fairness(readiness);
     const waitingForPrefix = new Set<Job[]>();
     while (budget > 0 && this.running.size < this.cfg.maxBatchSize) {
       let best: Job[] | null = null;
+      let at = 0;
       for (const [key, q] of this.queues) {
-        if (q.length === 0 || waitingForPrefix.has(q)) continue;
-        if (key !== null) {
-          const a = this.active.get(key);
-          if (!a || a.draining || readiness(key) !== 'ready') continue;
+        if (q.length === 0 || waitingForPrefix.has(q) || !this.admissible(key, readiness)) continue;
+        const i = q.findIndex((j) => (fair.held.get(groupOf(j)) ?? 0) < fair.share);
+        if (i >= 0 && (!best || older(q[i], best[at]))) {
+          best = q;
+          at = i;
         }
-        if (!best || q[0].arrival < best[0].arrival || (q[0].arrival === best[0].arrival && q[0].id < best[0].id)) best = q;
+      }
+      if (!best) {
+        if (this.cfg.maxBatchSize - this.running.size <= owedRows(fair)) break;
+        for (const [key, q] of this.queues) {
+          if (q.length === 0 || waitingForPrefix.has(q) || !this.admissible(key, readiness)) continue;
+          if (!best || older(q[0], best[0])) best = q;
+        }
+        at = 0;
       }
       if (!best) break;
-      const job = best[0];
+      const job = best[at];
       const need = this.admissionReservation(job);
       if (this.reserved + need > this.cfg.kvCapacity) break; // wait for rows to finish, oldest first
       const cached = prefix(job);
@@ -242,8 +323,10 @@ export class SchedulerState {
       if (!(Number.isInteger(cached) && cached >= 0 && cached < job.promptLen && cached % this.cfg.kvBlock === 0)) {
         throw new Error(`prefix probe gave ${cached} cached tokens for a ${job.promptLen}-token prompt`);
       }
-      best.shift();
+      best.splice(at, 1);
       this.waitingCount--;
+      bump(fair.held, groupOf(job), 1);
+      bump(fair.ready, groupOf(job), -1);
       this.reserved += need;
       const count = Math.min(budget, job.promptLen - cached);
       const sample = cached + count === job.promptLen;
@@ -264,9 +347,7 @@ export class SchedulerState {
     const delta = target - r.reserved;
     while (this.reserved + delta > this.cfg.kvCapacity) {
       let victim: Running | null = null;
-      for (const v of this.running.values()) {
-        if (!victim || v.job.arrival > victim.job.arrival || (v.job.arrival === victim.job.arrival && v.job.id > victim.job.id)) victim = v;
-      }
+      for (const v of this.running.values()) if (!victim || younger(v.job, victim.job)) victim = v;
       preempted.push(this.preempt(victim!));
       if (victim === r) return false;
     }
@@ -334,4 +415,24 @@ export class SchedulerState {
       this.active.set(key, { since: now, draining: false });
     }
   }
+}
+
+function bump(m: Map<string, number>, key: string, by: number): void {
+  m.set(key, (m.get(key) ?? 0) + by);
+}
+
+/** Rows owed to tenants below their share: as many as they have ready requests, up to the share. */
+function owedRows(f: Fairness): number {
+  let n = 0;
+  for (const [g, waiting] of f.ready) n += Math.min(waiting, Math.max(0, f.share - (f.held.get(g) ?? 0)));
+  return n;
+}
+
+/** Arrived earlier (ids break ties: they are handed out in submission order). */
+function older(a: Job, b: Job): boolean {
+  return a.arrival < b.arrival || (a.arrival === b.arrival && a.id < b.id);
+}
+
+function younger(a: Job, b: Job): boolean {
+  return older(b, a);
 }

@@ -1,6 +1,6 @@
 /** The scheduler state machine, step by step with tiny capacities. */
 import { describe, expect, it } from 'vitest';
-import { SchedulerState, type Job, type PlannedRow, type Readiness, type SchedulerConfig } from '../../src/scheduler/state.js';
+import { SchedulerState, type Job, type PlannedRow, type PrefixProbe, type Readiness, type SchedulerConfig } from '../../src/scheduler/state.js';
 
 const CFG: SchedulerConfig = {
   maxBatchSize: 2,
@@ -15,9 +15,44 @@ const CFG: SchedulerConfig = {
 
 let nextId = 1;
 function job(adapter: string | null, promptLen: number, arrival: number, maxNewTokens = 4, deadline = 1e9): Job {
-  return { id: nextId++, adapter, promptLen, maxNewTokens, arrival, deadline };
+  return { id: nextId++, adapter, promptLen, maxNewTokens, arrival, deadline, tenant: null };
+}
+function keyed(tenant: string, adapter: string | null, promptLen: number, arrival: number, maxNewTokens = 4): Job {
+  return { ...job(adapter, promptLen, arrival, maxNewTokens), tenant };
 }
 const ready = (): Readiness => 'ready';
+
+/**
+ * The engine loop's bookkeeping around the state: each sampled token counts toward its request's
+ * max tokens (across preemptions, by id), and a request that has them all finishes.
+ */
+class Driver {
+  readonly tokens = new Map<number, number>();
+  private readonly want = new Map<number, number>();
+  readonly preempted: number[] = [];
+
+  constructor(readonly s: SchedulerState) {}
+
+  add(...jobs: Job[]): void {
+    for (const j of jobs) {
+      expect(this.s.append(j)).toBe(true);
+      this.want.set(j.id, j.maxNewTokens);
+    }
+  }
+
+  /** One step; returns the ids of the rows it ran. */
+  step(now: number, probe?: PrefixProbe): number[] {
+    const r = this.s.step(now, ready, probe);
+    this.preempted.push(...r.preempted.map((p) => p.job.id));
+    for (const row of r.rows) if (row.sample) this.tokens.set(row.job.id, (this.tokens.get(row.job.id) ?? 0) + 1);
+    for (const row of r.rows) if (this.tokens.get(row.job.id) === this.want.get(row.job.id)) this.s.finish(row.job.id);
+    return r.rows.map((row) => row.job.id);
+  }
+
+  done(id: number): boolean {
+    return this.tokens.get(id) === this.want.get(id) && !this.s.isRunning(id);
+  }
+}
 const summary = (rows: PlannedRow[]): string[] => rows.map((r) => `${r.job.id}:${r.kind}:${r.start}+${r.count}${r.sample ? '*' : ''}`);
 
 describe('SchedulerState', () => {
@@ -145,5 +180,98 @@ describe('SchedulerState', () => {
     expect(summary(rows)).toEqual([`${old.id}:decode:0+1*`]);
     s.finish(old.id);
     expect(summary(s.step(101, ready).rows)).toEqual([`${young.id}:prefill:0+${resumed.promptLen}*`]);
+  });
+
+  describe('fair share of rows', () => {
+    const FAIR: SchedulerConfig = { ...CFG, maxBatchSize: 4, maxBatchPrefillTokens: 100, maxQueued: 20, kvCapacity: 1024 };
+
+    it("a new tenant's request takes a row from the tenant holding them all; the preempted request resumes and completes", () => {
+      const d = new Driver(new SchedulerState(FAIR));
+      // Tenant a: two requests of n = 2 (four rows, the whole batch), 20 tokens each.
+      const a = [0, 0, 1, 1].map((t) => keyed('a', null, 3, t, 20));
+      d.add(...a);
+      expect(d.step(0)).toEqual(a.map((j) => j.id));
+      d.step(1);
+      // Tenant b arrives with a short request: at the next step a's youngest row makes room for it.
+      const b = keyed('b', null, 2, 2, 3);
+      d.add(b);
+      const rows = d.step(2);
+      expect(d.preempted).toEqual([a[3].id]);
+      expect(rows).toContain(b.id);
+      expect(rows).not.toContain(a[3].id);
+      // b runs to its end while a holds the other three rows, and a takes nothing back meanwhile.
+      for (let t = 3; !d.done(b.id); t++) {
+        expect(d.step(t)).not.toContain(a[3].id);
+        expect(t).toBeLessThan(10);
+      }
+      expect(d.tokens.get(a[3].id)).toBe(2);
+      expect(a.slice(0, 3).some((j) => d.done(j.id))).toBe(false);
+      // Then a's preempted request resumes (recomputing its prompt and the 2 tokens it had) and
+      // every one of a's requests ends with exactly its 20 tokens.
+      for (let t = 10; !a.every((j) => d.done(j.id)); t++) {
+        d.step(t);
+        expect(t).toBeLessThan(100);
+      }
+      for (const j of a) expect(d.tokens.get(j.id)).toBe(20);
+      expect(d.preempted).toEqual([a[3].id]);
+    });
+
+    it('without API keys each adapter is a tenant: a busy adapter yields a row to another', () => {
+      const d = new Driver(new SchedulerState(FAIR));
+      const x = [0, 0, 0, 0].map(() => job('x', 2, 0, 20));
+      d.add(...x);
+      d.step(0);
+      const base = job(null, 2, 1, 2);
+      d.add(base);
+      expect(d.step(1)).toContain(base.id);
+      expect(d.preempted).toEqual([x[3].id]);
+    });
+
+    it('takes rows only from tenants above their share, and keeps the rows owed to a tenant below it', () => {
+      const d = new Driver(new SchedulerState(FAIR));
+      const a = [0, 0, 0, 0].map(() => keyed('a', null, 2, 0, 30));
+      d.add(...a);
+      d.step(0);
+      // b asks for three rows; its share is two (4 rows / 2 tenants): two of a's rows go, no more.
+      const b = [1, 1, 1].map(() => keyed('b', null, 2, 1, 30));
+      d.add(...b);
+      // b's second choice waits a step for the first one's prompt (as choices of n > 1 do): the
+      // row freed for it stays free rather than going back to a.
+      const probe: PrefixProbe = (j) => (j.id === b[1].id && !d.s.isRunning(b[0].id) ? 0 : j.id === b[1].id && (d.tokens.get(b[0].id) ?? 0) === 0 ? null : 0);
+      const rows = d.step(1, probe);
+      expect(d.preempted).toEqual([a[3].id, a[2].id]);
+      expect(rows).toContain(b[0].id);
+      expect(rows).not.toContain(b[1].id);
+      expect(rows).not.toContain(a[2].id);
+      expect(rows).not.toContain(a[3].id);
+      expect(d.s.runningCount).toBe(3);
+      // Next step b's second choice takes the kept row; b's third waits (b is at its share), and
+      // nothing more is preempted: a and b hold two rows each.
+      expect(d.step(2, probe)).toContain(b[1].id);
+      for (let t = 3; t < 10; t++) d.step(t, probe);
+      expect(d.preempted).toEqual([a[3].id, a[2].id]);
+      expect(d.s.runningCount).toBe(4);
+      expect(d.s.waiting).toBe(3);
+    });
+
+    it('a tenant above its share keeps its rows while others want no more, and takes free rows nobody below its share can use', () => {
+      const d = new Driver(new SchedulerState(FAIR));
+      const a = [0, 0, 0, 0, 0, 0, 0].map(() => keyed('a', null, 2, 0, 6));
+      d.add(...a);
+      expect(d.step(0)).toHaveLength(4);
+      // b takes one row and wants no more: a keeps three, one above its share of two.
+      const b = keyed('b', null, 2, 1, 30);
+      d.add(b);
+      expect(d.step(1)).toContain(b.id);
+      expect(d.preempted).toEqual([a[3].id]);
+      for (let t = 2; t < 5; t++) d.step(t);
+      expect(d.s.runningCount).toBe(4);
+      // a's three rows end at step 5; at step 6 a's waiting requests take all three free rows.
+      d.step(5);
+      expect(d.s.runningCount).toBe(1);
+      d.step(6);
+      expect(d.s.runningCount).toBe(4);
+      expect(d.preempted).toEqual([a[3].id]);
+    });
   });
 });
