@@ -57,8 +57,10 @@ describe('tool-call parsers', () => {
     ['hermes', 'Let me check.\n\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}\n</tool_call>\n<tool_call>\n{"name": "search", "arguments": {"q": "a \\"quoted\\" </tool_call> text"}}\n</tool_call>\n', 'Let me check.', [weather, search]],
     // Arguments written as a JSON string are accepted.
     ['hermes', '<tool_call>{"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\", \\"unit\\": \\"c\\"}"}</tool_call>', null, [weather]],
-    // A missing closing tag at the end is still a call when its JSON is complete.
-    ['hermes', '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}', null, [weather]],
+    // A block the answer ends without closing is not a call, even when its JSON is complete: content, byte for byte
+    // (the whitespace before a call that did close is its separator, as above).
+    ['hermes', '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}', '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}', []],
+    ['hermes', 'Checking. \n<tool_call>\n{"name": "search", "arguments": {"q": "x"}}\n</tool_call>\n<tool_call>{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}\n', 'Checking.\n<tool_call>{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}\n', [{ name: 'search', arguments: '{"q":"x"}' }]],
     // Not calls: content, unchanged.
     ['hermes', 'Plain answer with a < and <tool text.', 'Plain answer with a < and <tool text.', []],
     ['hermes', 'x <tool_call>{"name": "unknown", "arguments": {}}</tool_call>', 'x <tool_call>{"name": "unknown", "arguments": {}}</tool_call>', []],

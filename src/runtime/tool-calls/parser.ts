@@ -3,8 +3,8 @@
  * complete calls come out. A `hermes` call is emitted as soon as its `</tool_call>` arrives; the
  * JSON formats (`llama3_json`, `mistral`) are a call only when the whole answer is one, so once an
  * answer starts like a call it is held until the end. Whatever does not parse as a call of an
- * offered tool (broken JSON, an unknown name, a missing closing tag) is returned as content,
- * unchanged: nothing the model wrote is lost.
+ * offered tool (broken JSON, an unknown name, a `<tool_call>` the answer ends without closing)
+ * is returned as content, unchanged: nothing the model wrote is lost.
  */
 import type { ToolCallFormat } from './format.js';
 
@@ -153,10 +153,9 @@ export class ToolCallParser {
         if (close < 0 && end) close = this.pending.indexOf(HERMES_CLOSE);
         if (close < 0) {
           if (!end) return out;
-          // No closing tag: a call only if its JSON is complete.
-          const whole = callOf(parseJson(this.pending), this.names);
-          if (whole) this.emitCall(out, whole);
-          else out.content += this.gap + HERMES_OPEN + this.pending;
+          // No closing tag: not a call, even when its JSON is complete (the model stopped before
+          // closing it, or was cut off), so the block is content, byte for byte.
+          out.content += this.gap + HERMES_OPEN + this.pending;
           this.gap = '';
           this.pending = '';
           this.inCall = false;
