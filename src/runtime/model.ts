@@ -97,6 +97,7 @@ export class DecoderModel {
     pad: new Scratch(),
     unpad: new Scratch(),
     kvIdx: new Scratch(),
+    kvNew: new Scratch(),
     pastLen: new Scratch(),
     logitsIdx: new Scratch(),
     writeIdx: new Scratch(),
@@ -176,8 +177,10 @@ export class DecoderModel {
     const B = rows.length;
     if (B === 0) throw new Error('step needs at least one row');
     let T = 0;
-    let S = 0;
-    let P = 0;
+    // At least 2 query slots: a one-row attention product takes a GEMV kernel that rounds
+    // differently, so decode rows would change bits when a prefill joins their step (graph/io.ts).
+    let S = 2;
+    let W = 0;
     let L = 0;
     for (const r of rows) {
       const n = r.tokens.length;
@@ -194,7 +197,7 @@ export class DecoderModel {
       }
       T += n;
       S = Math.max(S, n);
-      P = Math.max(P, r.seq.length);
+      W = Math.max(W, r.seq.length + n);
       L += r.logits === 'all' ? n : r.logits === 'last' ? 1 : 0;
     }
     // Reserve KV space for all rows first, so a full pool fails the step before any state changes.
@@ -208,7 +211,8 @@ export class DecoderModel {
     const pos = this.buf.pos.view(T);
     const pad = this.buf.pad.view(B * S);
     const unpad = this.buf.unpad.view(T);
-    const kvIdx = this.buf.kvIdx.view(B * P);
+    const kvIdx = this.buf.kvIdx.view(B * W);
+    const kvNew = this.buf.kvNew.view(T * 2);
     const pastLen = this.buf.pastLen.view(B);
     const logitsIdx = this.buf.logitsIdx.view(L);
     const writeIdx = this.buf.writeIdx.view(T);
@@ -220,14 +224,16 @@ export class DecoderModel {
       const past = r.seq.length;
       const n = r.tokens.length;
       pastLen[b] = past;
-      kvIdx.set(r.seq.indices.subarray(0, past), b * P);
-      kvIdx.fill(NULL_KV_TOKEN, b * P + past, (b + 1) * P);
+      kvIdx.set(r.seq.indices.subarray(0, past), b * W);
+      kvIdx.fill(NULL_KV_TOKEN, b * W + past, (b + 1) * W);
       if (r.logits !== 'none') logitsRow[b] = li;
       for (let s = 0; s < n; s++, t++) {
         ids[t] = r.tokens[s];
         pos[t] = past + s;
         pad[b * S + s] = t;
         unpad[t] = b * S + s;
+        kvNew[2 * t] = b;
+        kvNew[2 * t + 1] = past + s;
         writeIdx[t] = r.seq.indices[past + s];
         if (r.logits === 'all' || (r.logits === 'last' && s === n - 1)) logitsIdx[li++] = t;
       }
@@ -240,7 +246,8 @@ export class DecoderModel {
       [IO.positionIds]: tensor('int32', pos, [T]),
       [IO.padIndex]: tensor('int32', pad, [B, S]),
       [IO.unpadIndex]: tensor('int32', unpad, [T]),
-      [IO.kvIndex]: tensor('int32', kvIdx, [B, P]),
+      [IO.kvIndex]: tensor('int32', kvIdx, [B, W]),
+      [IO.kvNewSlot]: tensor('int32', kvNew, [T, 2]),
       [IO.pastLen]: tensor('int32', pastLen, [B]),
       [IO.logitsIndex]: tensor('int32', logitsIdx, [L]),
     };

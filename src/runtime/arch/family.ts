@@ -24,9 +24,11 @@ export interface LayerContext {
   positions: string;
   /** The rotary cos/sin tables [maxPositions, headDim / 2]: the model's, or (local) its sliding layers' own base. */
   rotary(local: boolean): { cos: string; sin: string };
-  /** The attention mask [B, 1, S, P + S] for a window (null: causal over the whole context), and the gathers between packed tokens, padded rows and the KV pool. */
+  /** The attention mask [B, 1, S, W] for a window (null: causal over the whole context), and the gathers between packed tokens, padded rows and the KV pool. */
   mask(window: number | null): string;
   kvIndex: string;
+  /** [T, 2] int64 (row, key slot) of each packed token's new key and value. */
+  kvNewSlot: string;
   padIndex: string;
   unpadIndex: string;
   /** [T, d] → [U, n, d]: tokens grouped by adapter slot. */

@@ -47,8 +47,10 @@ export function emitAttention(ctx: LayerContext, l: number, x: string, pQkv: Pre
 
   const pk = g.input(pastKey(l), ft, ['pool', kvDim]);
   const pv = g.input(pastValue(l), ft, ['pool', kvDim]);
-  const keys = g.op('Concat', [g.op('Gather', [pk, ctx.kvIndex], { axis: 0 }), g.op('Gather', [kr, ctx.padIndex], { axis: 0 })], { axis: 1 });
-  const values = g.op('Concat', [g.op('Gather', [pv, ctx.kvIndex], { axis: 0 }), g.op('Gather', [v, ctx.padIndex], { axis: 0 })], { axis: 1 });
+  // [B, W, kvDim] by position: each row's past from the pool, its new keys written after them (so a
+  // key's slot never depends on the other rows' lengths; see graph/io.ts).
+  const keys = g.op('ScatterND', [g.op('Gather', [pk, ctx.kvIndex], { axis: 0 }), ctx.kvNewSlot, kr]);
+  const values = g.op('ScatterND', [g.op('Gather', [pv, ctx.kvIndex], { axis: 0 }), ctx.kvNewSlot, v]);
   const qPadded = g.op('Gather', [qr, ctx.padIndex], { axis: 0 });
   const attn = g.op('Attention', [qPadded, keys, values, ctx.mask(opts.window)], { q_num_heads: spec.numHeads, kv_num_heads: spec.numKvHeads, ...opts.attrs });
   const attnPacked = g.op('Gather', [g.op('Reshape', [attn, g.const64([-1, qDim])]), ctx.unpadIndex], { axis: 0 });

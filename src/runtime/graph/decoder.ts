@@ -8,6 +8,11 @@
  *   Semantics: y[t] += (x[t] @ A[slot[t]]) @ B[slot[t]] for every token whose row has an adapter.
  *   Tokens are gathered into [U, n, in] groups by slot (padded with a zero row), multiplied by the
  *   stacked A [U, in, R] and B [U, R, out] with batched MatMuls, and added back with ScatterND(add).
+ *   Both products are FusedMatMuls whose left operand is read transposed (x·A as (Aᵀ·xᵀ)ᵀ, then
+ *   that times B): onnxruntime's SGEMM then never takes its one-row kernel and blocks K at a fixed
+ *   256, so a token's delta does not depend on how many tokens share its group or on how the
+ *   product is split over threads. (A plain MatMul rounds differently at n = 1, and its K blocking
+ *   follows the output width each thread gets.)
  *   Padding entries add exact zeros whatever the stacks hold (Where, not a multiply), so one slot's
  *   weights can never reach another slot's rows or the base rows.
  *   With no adapter rows U = 0 and every LoRA op runs on empty tensors.
@@ -46,7 +51,8 @@ export async function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: Deco
   const positionIds = g.input(IO.positionIds, 'int32', ['T']);
   const padIndex = g.input(IO.padIndex, 'int32', ['B', 'S']);
   const unpadIndex = g.input(IO.unpadIndex, 'int32', ['T']);
-  const kvIndex = g.input(IO.kvIndex, 'int32', ['B', 'P']);
+  const kvIndex = g.input(IO.kvIndex, 'int32', ['B', 'W']);
+  const kvNewSlot = g.op('Cast', [g.input(IO.kvNewSlot, 'int32', ['T', 2])], { to: 7 });
   const pastLen = g.input(IO.pastLen, 'int32', ['B']);
   const logitsIndex = g.input(IO.logitsIndex, 'int32', ['L']);
   const loraGather = opts.lora ? g.input(IO.loraGather, 'int32', ['U', 'n']) : '';
@@ -78,13 +84,16 @@ export async function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: Deco
     },
     mask: buildMask(g, padIndex, kvIndex, pastLen),
     kvIndex,
+    kvNewSlot,
     padIndex,
     unpadIndex,
     group: (x, d) => g.op('Gather', [withZeroRow(x, d), loraGather], { axis: 0 }),
     delta: (xg: string, l: number, m: Projection, din: number, dout: number) => {
       const a = g.input(loraA(l, m), ft, ['U', din, 'R']);
       const b = g.input(loraB(l, m), ft, ['U', 'R', dout]);
-      return g.op('MatMul', [g.op('MatMul', [xg, a]), b]);
+      // [U, R, n] = Aᵀ·xgᵀ, then [U, n, out] = (that)ᵀ·B: transA on both (see the header).
+      const mid = g.op('FusedMatMul', [a, xg], { transA: 1, transB: 1, alpha: { float: 1 } }, { domain: 'com.microsoft' });
+      return g.op('FusedMatMul', [mid, b], { transA: 1, alpha: { float: 1 } }, { domain: 'com.microsoft' });
     },
     scatterAdd: (y, d) => (opts.lora ? g.op('ScatterND', [y, loraScatterIdx, g.op('Where', [loraReal, d(), zeroDelta])], { reduction: 'add' }) : y),
   };
@@ -139,35 +148,28 @@ function embeddings(g: GraphBuilder, table: Float32Array, spec: ModelSpec, input
 }
 
 /**
- * The attention mask [B, 1, S, P+S], true = attend. Query s of row b sees the row's own past keys
- * (k < past_len[b]) and the new keys up to itself (P <= k <= P + s). Padded queries see a superset
- * that is never empty, so no softmax row is all masked; their outputs are dropped by unpad_index.
+ * The attention mask [B, 1, S, W], true = attend. Key slot j of row b holds the key at position j,
+ * so query s (at position past_len[b] + s) sees slots j <= past_len[b] + s. Padded queries see a
+ * superset that is never empty (slot 0), so no softmax row is all masked; their outputs are dropped
+ * by unpad_index.
  */
 function buildMask(g: GraphBuilder, padIndex: string, kvIndex: string, pastLen: string): (window: number | null) => string {
-  const P = g.op('Shape', [kvIndex], { start: 1, end: 2 });
+  const W = g.op('Shape', [kvIndex], { start: 1, end: 2 });
   const S = g.op('Shape', [padIndex], { start: 1, end: 2 });
   const zero = g.int64Scalar('i64_zero', 0);
   const one = g.int64Scalar('i64_one', 1);
   const scalar = (t: string): string => g.op('Squeeze', [t, g.const64([0])]);
-  const kpos = g.op('Range', [zero, scalar(g.op('Add', [P, S])), one]);
-  const qpos = g.op('Range', [zero, scalar(S), one]);
   const shape4 = (t: string, dims: number[]): string => g.op('Reshape', [t, g.const64(dims)]);
-  const past = g.op('Less', [shape4(kpos, [1, 1, 1, -1]), shape4(g.op('Cast', [pastLen], { to: 7 }), [-1, 1, 1, 1])]);
-  const rel = g.op('Sub', [kpos, P]);
-  const isNew = shape4(g.op('GreaterOrEqual', [rel, zero]), [1, 1, 1, -1]);
-  const causal = g.op('LessOrEqual', [shape4(rel, [1, 1, 1, -1]), shape4(qpos, [1, 1, -1, 1])]);
-  const full = g.op('Or', [past, g.op('And', [isNew, causal])]);
-  // A sliding window of W: query at absolute position q sees keys at positions > q - W (itself and
-  // the W - 1 before it). Past key k is at position k, new key k at past_len + k - P, query s at past_len + s.
+  const keyAt = shape4(g.op('Range', [zero, scalar(W), one]), [1, 1, 1, -1]);
+  // [B, 1, S, 1] absolute position of each query
+  const queryAt = g.op('Add', [shape4(g.op('Cast', [pastLen], { to: 7 }), [-1, 1, 1, 1]), shape4(g.op('Range', [zero, scalar(S), one]), [1, 1, -1, 1])]);
+  const full = g.op('LessOrEqual', [keyAt, queryAt]);
+  // A sliding window of W: a query at position q sees keys at positions > q - W (itself and the W - 1 before it).
   const windowed = new Map<number, string>();
   return (window) => {
     if (window === null) return full;
     let m = windowed.get(window);
     if (!m) {
-      const pl = shape4(g.op('Cast', [pastLen], { to: 7 }), [-1, 1, 1, 1]);
-      const k4 = shape4(kpos, [1, 1, 1, -1]);
-      const keyAt = g.op('Where', [g.op('Less', [k4, P]), k4, g.op('Add', [pl, shape4(rel, [1, 1, 1, -1])])]);
-      const queryAt = g.op('Add', [pl, shape4(qpos, [1, 1, -1, 1])]);
       const inWindow = g.op('Greater', [keyAt, g.op('Sub', [queryAt, g.int64Scalar(`i64_window_${window}`, window)])]);
       windowed.set(window, (m = g.op('And', [full, inWindow])));
     }

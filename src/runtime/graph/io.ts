@@ -3,8 +3,14 @@
  * builder and the runtime that feeds it. All index inputs are int32.
  *
  * A step packs the new tokens of B rows into T tokens (row-major: row 0's tokens, then row 1's, ...).
- * Attention runs on a padded [B, S] view (S = the longest row's new tokens) against each row's past
- * keys, gathered from a token pool by index; P = the longest past in the step.
+ * Attention runs on a padded [B, S] view (S = the longest row's new tokens, at least 2) against
+ * each row's keys laid out by position: [B, W] slots, slot j holding the key at position j (the
+ * row's past from the token pool, then this step's keys), W = the longest row in the step.
+ *
+ * Batch invariance: a row's logits do not depend on the other rows of its step, bit for bit. Its
+ * keys sit at the same slots whatever W is (padding only follows them), and S >= 2 keeps the
+ * attention products off onnxruntime's one-row GEMV kernel, which rounds differently from the tiled
+ * kernel a longer step takes.
  */
 
 export const IO = {
@@ -12,12 +18,17 @@ export const IO = {
   inputIds: 'input_ids',
   /** [T] absolute position of each token (rotary) */
   positionIds: 'position_ids',
-  /** [B, S] packed token index for each padded slot (padding: one of the row's own tokens; it is masked) */
+  /** [B, S] packed token index for each padded query slot (padding: one of the row's own tokens; its output is dropped) */
   padIndex: 'pad_index',
   /** [T] index b*S + s of each packed token in the padded view */
   unpadIndex: 'unpad_index',
-  /** [B, P] pool index of each past token of each row (padding: the pool's null block, all zeros; it is masked) */
+  /**
+   * [B, W] pool index of the key at each position of each row: its past tokens, then the null block
+   * (all zeros; masked where no key of this step overwrites it).
+   */
   kvIndex: 'kv_index',
+  /** [T, 2] (row, position) of each packed token: the key slot its new key and value go to. */
+  kvNewSlot: 'kv_new_slot',
   /** [B] number of past tokens of each row */
   pastLen: 'past_len',
   /** [L] packed tokens whose logits are computed */

@@ -8,7 +8,9 @@
  * not compile (there is no fallthrough to a default).
  *   fp32:  MatMul(x, Wᵀ [K, N])
  *   int8/int4: com.microsoft MatMulNBits, block 32, accuracy_level 4 (int8 activations: the fast CPU path)
- *   nf4:   com.microsoft MatMulBnb4 (what QLoRA trains against; much slower on CPU)
+ *   nf4:   com.microsoft MatMulBnb4 (what QLoRA trains against; much slower on CPU), fed at least
+ *          2 rows: it dequantizes and runs a plain SGEMM, whose one-row kernel rounds differently,
+ *          so a lone token would get other bits than the same token in a larger step
  */
 import type { GraphBuilder } from './graph-builder.js';
 import { BLOCK, quantizeNBits, quantizeNf4, type NBitsWeight, type Nf4Weight, type WeightFormat } from './quant.js';
@@ -69,7 +71,11 @@ export const WEIGHT_FORMAT_TABLE: { [F in WeightFormat]: WeightFormatImpl<F> } =
     emit: (g, x, name, { n, k, q }, bias) => {
       const packed = g.init(`${name}.nf4`, 'uint8', [q.packed.length], q.packed);
       const absmax = g.floatInit(`${name}.absmax`, [q.absmax.length], q.absmax);
-      return withBias(g, g.op('MatMulBnb4', [x, packed, absmax], { K: k, N: n, block_size: BLOCK, quant_type: 1 }, { domain: 'com.microsoft' }), bias);
+      // [T + 1, k]: one zero row more, sliced off again, so the SGEMM never sees a single row.
+      const padded = g.op('Concat', [x, g.floatInit(`${name}.pad_row`, [1, k], new Float32Array(k))], { axis: 0 });
+      const y = g.op('MatMulBnb4', [padded, packed, absmax], { K: k, N: n, block_size: BLOCK, quant_type: 1 }, { domain: 'com.microsoft' });
+      const rows = g.op('Shape', [x], { start: 0, end: 1 });
+      return withBias(g, g.op('Slice', [y, g.const64([0]), rows, g.const64([0])]), bias);
     },
     buffers: ({ q }) => [q.packed.buffer, q.absmax.buffer],
   },
