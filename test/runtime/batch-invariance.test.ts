@@ -2,7 +2,8 @@
  * A row's answer does not depend on the other rows of its steps: a greedy probe run alone and run
  * amid other traffic (other adapters and the base model, prompts of other lengths joining and
  * leaving, decode rows with longer and shorter pasts, the probe at different places in the batch)
- * gets the same tokens and the same logits, bit for bit, in every weight format.
+ * gets the same tokens and the same logits, bit for bit, in every weight format. Nor does the way
+ * its prompt is cut into chunks (which the scheduler chooses from a prefill budget all rows share).
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import type { WeightFormat } from '../../src/runtime/graph/quant.js';
@@ -121,4 +122,26 @@ describe('batch invariance', () => {
       }
     });
   }
+
+  it('a prompt prefilled in one step or in chunks of any size gets the same logits, bit for bit', async () => {
+    const model = await loadTiny(tm, { weights: 'int4' }, { adapterSlots: 4, kvCacheTokens: 2048 });
+    open.push(model);
+    loadAdapter(model, adapters[0]);
+    const prompt = Array.from({ length: 37 }, (_, i) => (i * 13) % 128);
+    const prefill = async (cuts: number[]): Promise<Uint32Array> => {
+      const seq = model.newSequence();
+      let out = null;
+      for (let i = 0; i + 1 < cuts.length; i++) out = await model.step([{ seq, tokens: prompt.slice(cuts[i], cuts[i + 1]), slot: 0, logits: 'last' }]);
+      model.freeSequence(seq);
+      return new Uint32Array(logitsOf(out!, 0).slice().buffer);
+    };
+    const whole = await prefill([0, 37]);
+    for (const cuts of [
+      [0, 5, 6, 30, 37],
+      [0, 36, 37],
+      [0, 1, 2, 3, 20, 37],
+    ]) {
+      expect(Array.from(await prefill(cuts)), `chunks at ${cuts.join(', ')}`).toEqual(Array.from(whole));
+    }
+  });
 });
