@@ -69,6 +69,8 @@ export const ERROR_CATALOG = {
   /** The model produced NaN or +Inf logits for a row (its adapter overflows); only that row fails. */
   numerical_error: server(),
   engine_failed: server(),
+  /** The disk under the adapter store is full or over quota (ENOSPC, EDQUOT): the machine's fault, not the upload's. */
+  storage_full: server(507, 'storage'),
   internal_error: server(500, 'internal'),
   checkpoint_invalid: server(500, 'internal'),
   runtime_config_invalid: server(500, 'internal'),
@@ -188,6 +190,22 @@ export class AuthError extends LoraplexError {
 export class ConflictError extends LoraplexError {
   constructor(message: string, param: string | null = null) {
     super('conflict', message, { param });
+  }
+}
+
+/** Errno codes of a full disk or an exhausted quota. */
+const DISK_FULL = new Set(['ENOSPC', 'EDQUOT']);
+
+/** The adapter store's disk is full or over quota while writing: a 507, never the input's fault. */
+export class StorageFullError extends LoraplexError {
+  constructor(what: string, errno: string, cause?: unknown) {
+    super('storage_full', `the adapter store's disk is full (${errno}) while writing ${what}; free space on the store's volume (--adapters) and retry`, { cause });
+  }
+
+  /** `err` as a StorageFullError when it is a full disk or quota (by its errno code); otherwise null. */
+  static of(err: unknown, what: string): StorageFullError | null {
+    const code = (err as { code?: unknown } | null)?.code;
+    return typeof code === 'string' && DISK_FULL.has(code) ? new StorageFullError(what, code, err) : null;
   }
 }
 

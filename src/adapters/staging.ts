@@ -9,6 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
+import { StorageFullError } from '../errors.js';
 
 const HOST = hostname().replace(/[^A-Za-z0-9.-]/g, '_');
 const START = randomBytes(4).toString('hex');
@@ -25,7 +26,11 @@ export class StagingArea {
   /** A fresh, empty directory for one incoming adapter. */
   stage(): string {
     const dir = join(this.dir, `${HOST}-${process.pid}-${START}-${randomBytes(6).toString('hex')}`);
-    mkdirSync(dir, { recursive: true });
+    try {
+      mkdirSync(dir, { recursive: true });
+    } catch (err) {
+      throw StorageFullError.of(err, 'a staging directory') ?? err;
+    }
     return dir;
   }
 

@@ -12,7 +12,7 @@ import { finished } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
 import tar from 'tar-stream';
 import yauzl from 'yauzl';
-import { LoraplexError, ValidationError } from '../errors.js';
+import { LoraplexError, StorageFullError, ValidationError } from '../errors.js';
 
 /** Files an adapter directory may hold. */
 export const ADAPTER_FILES = new Set(['adapter_config.json', 'adapter_model.safetensors', 'tokenizer_config.json', 'tokenizer.json', 'special_tokens_map.json', 'README.md']);
@@ -27,9 +27,14 @@ export class UploadTooLargeError extends LoraplexError {
   }
 }
 
-/** Any failure while reading an upload is the upload's fault (4xx), unless it already says what it is. */
+/**
+ * Any failure while reading an upload is the upload's fault (4xx), unless it already says what it
+ * is, or the disk it is written to is full (507: the server's fault).
+ */
 function asUploadError(err: unknown, what: string): LoraplexError {
   if (err instanceof LoraplexError) return err;
+  const full = StorageFullError.of(err, what);
+  if (full) return full;
   return new ValidationError(`${what}: ${(err as Error)?.message ?? String(err)}`, 'file');
 }
 

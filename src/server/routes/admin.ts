@@ -36,7 +36,7 @@ export async function adminRoutes(app: FastifyInstance, ctx: ServerContext): Pro
   app.addHook('onRequest', async (request) => {
     if (!bearerMatches(request.headers.authorization, [token])) throw new AuthError('admin routes need Authorization: Bearer <admin token>');
   });
-  const errors = { 400: ErrorBody, 401: ErrorBody, 404: ErrorBody, 409: ErrorBody, 413: ErrorBody, 422: ErrorBody, 503: ErrorBody };
+  const errors = { 400: ErrorBody, 401: ErrorBody, 404: ErrorBody, 409: ErrorBody, 413: ErrorBody, 422: ErrorBody, 503: ErrorBody, 507: ErrorBody };
 
   /** Streams a multipart upload into a fresh staging directory; returns it and the `name` field. */
   async function receive(request: FastifyRequest): Promise<{ staged: string; name: string | null }> {

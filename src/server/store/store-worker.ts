@@ -8,6 +8,7 @@ import { workerData } from 'node:worker_threads';
 import { adapterDigest } from '../../adapters/digest.js';
 import { inspectPeftAdapter, validatePeftAdapter, type LoadOptions } from '../../adapters/peft.js';
 import { AdapterStore, type StoreOptions } from '../../adapters/store.js';
+import { StorageFullError } from '../../errors.js';
 import type { ModelSpec } from '../../runtime/checkpoint/spec.js';
 import { lowerThreadPriority, serveTasks } from '../../util/worker-task.js';
 import type { StoreTask, Validated } from './tasks.js';
@@ -23,6 +24,15 @@ function need(): AdapterStore {
 
 serveTasks((task) => {
   const t = task as StoreTask;
+  try {
+    return run(t);
+  } catch (err) {
+    // A full disk while publishing, removing or collecting is the machine's fault (507), not the request's.
+    throw StorageFullError.of(err, t.kind === 'publish' ? `the adapter ${t.name} into the store` : 'the adapter store') ?? err;
+  }
+});
+
+function run(t: StoreTask): { result: unknown } {
   switch (t.kind) {
     case 'validate': {
       const info = t.full ? validatePeftAdapter(t.dir, spec, load) : inspectPeftAdapter(t.dir, spec, load);
@@ -38,4 +48,4 @@ serveTasks((task) => {
     case 'collect':
       return { result: need().collect(new Set(t.inUse)) };
   }
-});
+}
