@@ -43,6 +43,7 @@ export const KNOBS = {
   adapters: knob({ key: 'adapters', flag: '--adapters <dir>', env: 'LORAPLEX_ADAPTERS', kind: 'string', doc: 'adapter store: one sub-directory per adapter (PEFT files); uploads land here' }),
   adapterCacheBytes: knob({ key: 'adapterCacheBytes', flag: '--adapter-cache-bytes <size>', env: 'LORAPLEX_ADAPTER_CACHE_BYTES', kind: 'bytes', default: 2 * 1024 ** 3, min: 0, doc: 'host memory for loaded adapters (LRU), e.g. 2GiB or 512MB' }),
   maxBatchSize: knob({ key: 'maxBatchSize', flag: '--max-batch-size <rows>', env: 'LORAPLEX_MAX_BATCH_SIZE', kind: 'int', default: 32, min: 1, doc: 'sequences in one forward step' }),
+  maxRowsPerRequest: knob({ key: 'maxRowsPerRequest', flag: '--max-rows-per-request <n>', env: 'LORAPLEX_MAX_ROWS_PER_REQUEST', kind: 'int', default: 16, min: 1, doc: "sequences one request may ask for: each choice of n (or best_of, times the prompts of /v1/completions) is a batch row; beyond it: 400 naming n or best_of. Rows are also shared fairly at run time: each API key (without keys, each adapter) is owed --max-batch-size divided by the keys with work, and a key below its share takes rows from the one most above it (see docs/operations.md)" }),
   maxBatchPrefillTokens: knob({ key: 'maxBatchPrefillTokens', flag: '--max-batch-prefill-tokens <n>', env: 'LORAPLEX_MAX_BATCH_PREFILL_TOKENS', kind: 'int', default: 512, min: 1, doc: 'prompt tokens processed in one step, beside the decoding rows (longer prompts are chunked): bounds how long a step can delay every running stream' }),
   maxQueuedRequests: knob({ key: 'maxQueuedRequests', flag: '--max-queued-requests <n>', env: 'LORAPLEX_MAX_QUEUED_REQUESTS', kind: 'int', default: 256, min: 1, doc: 'waiting requests beyond which new ones are refused with 429' }),
   adapterCycleMs: knob({ key: 'adapterCycleMs', flag: '--adapter-cycle-ms <ms>', env: 'LORAPLEX_ADAPTER_CYCLE_MS', kind: 'int', default: 2000, min: 1, doc: 'time slice after which waiting adapters get their turn over the running ones' }),
@@ -89,6 +90,7 @@ export interface Config {
   readonly adapters?: string;
   readonly adapterCacheBytes: number;
   readonly maxBatchSize: number;
+  readonly maxRowsPerRequest: number;
   readonly maxBatchPrefillTokens: number;
   readonly maxQueuedRequests: number;
   readonly adapterCycleMs: number;

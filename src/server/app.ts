@@ -38,6 +38,8 @@ declare module 'fastify' {
     adapterLabel: string;
     /** The error shape a route chose for this request (otherwise decided by its URL). */
     errorFlavor: RouteFlavor | null;
+    /** Whose request this is, for the fair share of batch rows: a digest of its API key (null: the server has no keys). */
+    tenant: string | null;
   }
 }
 
@@ -79,6 +81,7 @@ export async function buildApp(ctx: ServerContext, opts: { logger?: Logger | nul
   ctx.bodies.install(app, MAX_JSON_BODY);
   app.decorateRequest('adapterLabel', '');
   app.decorateRequest('errorFlavor', null);
+  app.decorateRequest('tenant', null);
   await app.register(swagger, {
     openapi: {
       openapi: '3.0.3',

@@ -31,6 +31,8 @@ export interface ServerSettings {
   strictBase: boolean;
   loraRoots: string[];
   maxBatchSize: number;
+  /** Batch rows (choices) one request may ask for. */
+  maxRowsPerRequest: number;
   maxBatchPrefillTokens: number;
   maxQueuedRequests: number;
   adapterCycleMs: number;
@@ -148,7 +150,8 @@ export function startGeneration(ctx: ServerContext, req: Omit<ValidRequest, 'id'
   ctx.track(digests, 1);
   let handle;
   try {
-    handle = engine.submit(req, (e) => {
+    // The request's tenant (its API key's digest) shares batch rows fairly with the others.
+    handle = engine.submit({ ...req, tenant: ticket.tenant }, (e) => {
       if (!open) return;
       switch (e.t) {
         case 'running':

@@ -41,6 +41,7 @@ export function serverSettings(c: Partial<Config>): ServerSettings {
     strictBase: c.strictBase ?? false,
     loraRoots: c.loraRoots ?? [],
     maxBatchSize: c.maxBatchSize!,
+    maxRowsPerRequest: c.maxRowsPerRequest!,
     maxBatchPrefillTokens: c.maxBatchPrefillTokens!,
     maxQueuedRequests: c.maxQueuedRequests!,
     adapterCycleMs: c.adapterCycleMs!,

@@ -18,6 +18,7 @@ import { clientGone, generate, startGeneration, type GenerationResult, type Serv
 import { sendError } from '../errors.js';
 import { checkShape } from '../prompt/limits.js';
 import { checkFields, declaredFields } from '../fields.js';
+import { checkRows } from '../admission.js';
 import { chatMessages, chatPrompt, promptIds, responseId, sampling, stopStrings, truncatePrompt, utf8Bytes, validRequest, type PromptSource } from '../requests.js';
 import { resolveAdapter, type Resolved } from '../resolve.js';
 import { ChatCompletionRequest, ChatCompletionResponse, CompletionRequest, CompletionResponse, ErrorBody, ModelCard, ModelList } from '../schemas.js';
@@ -258,8 +259,8 @@ function completionLogprobs(tokens: TokenEngineEvent[], offset0: number): Record
  * Admission, then the prompts' token ids, then one engine request per choice. The ticket is closed
  * on every path; a client that left while its prompts were tokenized is never submitted.
  */
-async function admitted<T>(ctx: ServerContext, choices: number, gone: AbortSignal, work: (ticket: Ticket) => Promise<T>): Promise<T> {
-  const ticket = ctx.admission.enter(choices);
+async function admitted<T>(ctx: ServerContext, request: FastifyRequest, choices: number, gone: AbortSignal, work: (ticket: Ticket) => Promise<T>): Promise<T> {
+  const ticket = ctx.admission.enter(choices, request.tenant);
   try {
     if (gone.aborted) throw droppedEarly(ctx);
     return await work(ticket);
@@ -289,6 +290,7 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
       checkFields(body, CHAT_FIELDS, request.log);
       const grammar = requestGrammar(body);
       const n = body.n ?? 1;
+      checkRows(n, ctx.settings.maxRowsPerRequest, 'n', `n=${n}`);
       if (body.tools != null) checkShape(body.tools, 'tools');
       const toolReq = toolRequest(body.tools, body.tool_choice, body.parallel_tool_calls, 'chat');
       if (body.chat_template_kwargs != null) checkShape(body.chat_template_kwargs, 'chat_template_kwargs');
@@ -302,7 +304,7 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
       stopStrings(body.stop);
       // tool_choice "none": the model is not offered the tools at all.
       const prompt: PromptSource = { kind: 'chat', messages, tools: toolReq?.templateTools ?? null, addGenerationPrompt: body.add_generation_prompt ?? true, templateKwargs: body.chat_template_kwargs ?? null };
-      return admitted(ctx, n, gone, async (ticket) => {
+      return admitted(ctx, request, n, gone, async (ticket) => {
         const chat = await chatPrompt(ctx, prompt, resolved);
         const ids = truncatePrompt(chat.ids, body.truncate_prompt_tokens);
         const format = toolReq ? toolCallFormat(ctx.settings.toolCallParser, chat.toolCallFormat) : null;
@@ -355,6 +357,8 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
           : typeof p[0] === 'number'
             ? [{ kind: 'ids', ids: p as number[], param: 'prompt' }]
             : (p as (string | number[])[]).map((x, i) => (typeof x === 'string' ? { kind: 'text' as const, text: x, param: `prompt[${i}]` } : { kind: 'ids' as const, ids: x, param: `prompt[${i}]` }));
+      const per = bestOf > n ? `best_of=${bestOf}` : `n=${n}`;
+      checkRows(sources.length * bestOf, ctx.settings.maxRowsPerRequest, bestOf > n ? 'best_of' : 'n', sources.length > 1 ? `${sources.length} prompts × ${per}` : per);
       if (sources.length * bestOf > 64) throw new ValidationError(`at most 64 choices per request; given ${sources.length} prompts × ${bestOf > n ? `best_of=${bestOf}` : `n=${n}`}`, bestOf > n ? 'best_of' : 'n');
       const echo = body.echo === true;
       if (echo && sources.some((x) => x.kind !== 'text')) throw new UnsupportedError('echo is supported for text prompts only', 'echo');
@@ -367,7 +371,7 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
       const s = sampling(body, engine.info.vocabSize, bestOf > n ? (logprobs ?? 0) : logprobs);
       stopStrings(body.stop);
       const grammar = requestGrammar(body);
-      return admitted(ctx, sources.length * bestOf, gone, async (ticket) => {
+      return admitted(ctx, request, sources.length * bestOf, gone, async (ticket) => {
         const ids = (await Promise.all(sources.map((src) => promptIds(ctx, src, resolved)))).map((x) => truncatePrompt(x, body.truncate_prompt_tokens));
         const choices = ids.flatMap((pi, i) => Array.from({ length: bestOf }, (_, c) => ({ index: i * bestOf + c, req: validRequest(ctx, pi, body, resolved, s, c, { grammar }), promptTokens: c === 0 ? pi.length : 0 })));
         if (grammar) await engine.compileGrammar(grammar);

@@ -107,7 +107,7 @@ export function responsesRoutes(app: FastifyInstance, ctx: ServerContext): void 
       if (Array.isArray(body.input)) checkShape(body.input, 'input');
       const messages = chatMessages(inputMessages(body));
       const s = sampling({ temperature: body.temperature, top_p: body.top_p }, engine.info.vocabSize, null);
-      const ticket = ctx.admission.enter(1);
+      const ticket = ctx.admission.enter(1, request.tenant);
       try {
         const chat = await chatPrompt(ctx, { kind: 'chat', messages, tools: toolReq?.templateTools ?? null, addGenerationPrompt: true, templateKwargs: null }, resolved);
         const ids = chat.ids;

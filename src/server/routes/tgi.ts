@@ -12,6 +12,7 @@ import { VERSION } from '../../version.js';
 import { clientGone, generate, startGeneration, type GenerationResult, type ServerContext } from '../context.js';
 import { sendError } from '../errors.js';
 import { checkFields, declaredFields } from '../fields.js';
+import { checkRows } from '../admission.js';
 import { promptIds, sampling, stopStrings, truncatePrompt, validRequest } from '../requests.js';
 import { resolveAdapter } from '../resolve.js';
 import { GenerateRequest, GenerateResponse, TgiErrorBody, TgiParameters } from '../schemas.js';
@@ -74,7 +75,8 @@ export function tgiRoutes(app: FastifyInstance, ctx: ServerContext): void {
       withLogprobs ? topN : null,
     );
     stopStrings(p.stop ?? null, 'parameters.stop');
-    const ticket = ctx.admission.enter(bestOf);
+    checkRows(bestOf, ctx.settings.maxRowsPerRequest, 'parameters.best_of', `parameters.best_of=${bestOf}`);
+    const ticket = ctx.admission.enter(bestOf, request.tenant);
     try {
       const ids = truncatePrompt(await promptIds(ctx, { kind: 'text', text: body.inputs, param: 'inputs' }, resolved), p.truncate);
       if (gone.aborted) {
