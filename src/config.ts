@@ -51,6 +51,8 @@ export const KNOBS = {
   requestTimeoutMs: knob({ key: 'requestTimeoutMs', flag: '--request-timeout-ms <ms>', env: 'LORAPLEX_REQUEST_TIMEOUT_MS', kind: 'int', default: 600000, min: 1, doc: 'deadline for one request, queueing included' }),
   promptTimeoutMs: knob({ key: 'promptTimeoutMs', flag: '--prompt-timeout-ms <ms>', env: 'LORAPLEX_PROMPT_TIMEOUT_MS', kind: 'int', default: 2000, min: 1, doc: "CPU time a request's chat template rendering and prompt tokenization may use, counted on the tokenizer thread, so a busy machine does not use it up (beyond it: 400; not finished within --request-timeout-ms because the machine is busy: 503 with Retry-After)" }),
   grammarCompileTimeoutMs: knob({ key: 'grammarCompileTimeoutMs', flag: '--grammar-compile-timeout-ms <ms>', env: 'LORAPLEX_GRAMMAR_COMPILE_TIMEOUT_MS', kind: 'int', default: 10000, min: 1, doc: "CPU time compiling a new response_format schema, regex, grammar or tool-call grammar may use, counted on the thread that compiles it, so a busy machine does not use it up (beyond it: 400; not finished within --request-timeout-ms because the machine is busy: 503 with Retry-After); it is compiled first on a thread of its own, so a grammar that takes longer never delays other requests' constrained rows" }),
+  grammarMaskTimeoutMs: knob({ key: 'grammarMaskTimeoutMs', flag: '--grammar-mask-timeout-ms <ms>', env: 'LORAPLEX_GRAMMAR_MASK_TIMEOUT_MS', kind: 'int', default: 200, min: 1, doc: "CPU time a constraint may use to compute the set of tokens allowed next, per token: a new constraint's first masks are probed before it is accepted (beyond it: 400), and a running row whose mask needs more fails alone (its stream ends with invalid_grammar) while the others go on; rows whose mask is late sit out a step instead of holding back the batch" }),
+  grammarMemoryMb: knob({ key: 'grammarMemoryMb', flag: '--grammar-memory-mb <MiB>', env: 'LORAPLEX_GRAMMAR_MEMORY_MB', kind: 'int', default: 1024, min: 64, doc: 'memory the grammar thread may hold for compiled grammars and constrained rows (WebAssembly memory never shrinks): beyond it the thread is replaced by a fresh one and its rows move there' }),
   toolCallParser: knob({ key: 'toolCallParser', flag: '--tool-call-parser <format>', env: 'LORAPLEX_TOOL_CALL_PARSER', kind: 'string', default: 'auto', choices: ['auto', ...TOOL_CALL_FORMATS], doc: 'how the model writes tool calls: hermes (<tool_call> blocks: Hermes, Qwen2.5, Qwen3), llama3_json (Llama 3.1+ JSON), mistral ([TOOL_CALLS]); auto = read from the chat template in use (the adapter\'s or the model\'s), and a request with tools is refused when it shows none' }),
   tokenizerWorkers: knob({ key: 'tokenizerWorkers', flag: '--tokenizer-workers <n>', env: 'LORAPLEX_TOKENIZER_WORKERS', kind: 'int', default: 0, min: 0, doc: 'threads that tokenize prompts and render chat templates (0 = half the cores, at least 1)' }),
   storePollMs: knob({ key: 'storePollMs', flag: '--store-poll-ms <ms>', env: 'LORAPLEX_STORE_POLL_MS', kind: 'int', default: 2000, min: 0, doc: 'how often the adapter store is rescanned for adapters added, replaced or deleted by other replicas (0 = at start only)' }),
@@ -115,6 +117,8 @@ export interface Config {
   readonly logPrompts: boolean;
   readonly toolCallParser: string;
   readonly grammarCompileTimeoutMs: number;
+  readonly grammarMaskTimeoutMs: number;
+  readonly grammarMemoryMb: number;
 }
 
 // Every knob is a Config field and every Config field a knob.

@@ -24,7 +24,7 @@ import type { LoraWeights } from '../runtime/lora-stacks.js';
 import type { DecoderModel, StepRow } from '../runtime/model.js';
 import { Sampler } from '../runtime/sampling.js';
 import type { TextTokenizer } from '../runtime/tokenizer.js';
-import type { GrammarHost, MaskReply } from './grammar-host.js';
+import type { GrammarHost, GrammarHostStats, MaskReply } from './grammar-host.js';
 import type { AdapterSpec, EngineEvent, ValidRequest } from './request.js';
 import { SchedulerState, type Dropped, type Job, type PlannedRow } from './state.js';
 
@@ -44,6 +44,10 @@ export interface EngineConfig {
   grammarCompileTimeoutMs?: number;
   /** Wall-clock limit of that compile, queueing included (the server passes the request deadline): beyond it, 503 busy. */
   grammarCompileWallLimitMs?: number;
+  /** CPU-time budget for one constrained row's next mask (default DEFAULT_GRAMMAR_MASK_TIMEOUT_MS). */
+  grammarMaskTimeoutMs?: number;
+  /** XGrammar memory of the grammar thread beyond which it is replaced (default DEFAULT_GRAMMAR_MEMORY_MB). */
+  grammarMemoryMb?: number;
 }
 
 export interface EngineStats {
@@ -78,7 +82,21 @@ export interface EngineStats {
   runningAdapters: string[];
   waitingAdapters: string[];
   maxLora: number;
+  /** Grammar thread: replacements, rows failed for their grammar's cost, XGrammar memory, failed for good. */
+  grammar: GrammarHostStats | null;
+  /** Constrained rows that sat out a step because their mask was late. */
+  grammarLateMasks: number;
 }
+
+/** A constrained row whose mask was late: its logits wait for the mask, and the row sits out the plan. */
+interface Parked {
+  row: PlannedRow;
+  logits: Float32Array;
+  reply: MaskReply | null;
+}
+
+/** How long a step waits for masks still being computed when its forward pass ends: a quarter of the pass, within bounds. */
+const maskGraceMs = (forwardMs: number): number => Math.min(50, Math.max(2, forwardMs / 4));
 
 interface Live {
   req: ValidRequest;
@@ -113,6 +131,8 @@ export class EngineCore {
   private readonly prefixCache: boolean;
   private readonly startGrammar: (() => GrammarHost) | null;
   private grammarHost: GrammarHost | null = null;
+  private readonly parked = new Map<number, Parked>();
+  private grammarLateMasks = 0;
   /** Hashes of prompt blocks that running prefills are computing (rebuilt every step). */
   private readonly pending = new Set<string>();
   private prefixQueryTokens = 0;
@@ -216,9 +236,9 @@ export class EngineCore {
   }
 
   /** Compiles a grammar on the grammar thread (cached); throws `invalid_grammar` naming what it refuses. */
-  compileGrammar(spec: GrammarSpec): Promise<void> {
+  compileGrammar(spec: GrammarSpec, owner: string | null = null): Promise<void> {
     try {
-      return this.grammar().compile(spec);
+      return this.grammar().compile(spec, owner);
     } catch (err) {
       return Promise.reject(err);
     }
@@ -354,6 +374,8 @@ export class EngineCore {
   /** One scheduling step; false when there was nothing to run. */
   async tick(): Promise<boolean> {
     for (const key of this.state.wantedAdapters()) if (this.cache.readiness(key) === 'absent') this.kickLoad(key);
+    const events: EngineEvent[] = [];
+    const unparked = this.sampleParked(events);
     this.collectPending();
     const { rows: planned, dropped, preempted } = this.state.step(
       Date.now(),
@@ -363,13 +385,12 @@ export class EngineCore {
       },
       (job) => this.probePrefix(job),
     );
-    const events: EngineEvent[] = [];
     for (const d of dropped) events.push(this.retire(d));
     for (const p of preempted) this.suspend(p.resumed);
     const rows = this.placeAdapters(planned, events);
     if (rows.length === 0) {
       if (events.length > 0) this.emit(events);
-      return planned.length > 0;
+      return planned.length > 0 || unparked > 0;
     }
     this.lastBatchRows = rows.length;
     this.steps++;
@@ -387,7 +408,8 @@ export class EngineCore {
       t1 = performance.now();
       this.forwardSeconds += (t1 - t0) / 1000;
       for (const row of rows) this.publishBlocks(this.live.get(row.job.id)!);
-      const masks = await this.grammarReplies(rows);
+      const replies = this.takeReplies(rows);
+      const constrained: [PlannedRow, Float32Array][] = [];
       let r = 0;
       for (const row of rows) {
         const live = this.live.get(row.job.id)!;
@@ -395,8 +417,20 @@ export class EngineCore {
         const all = row.kind === 'prefill' && live.req.promptLogprobs !== null && row.start + row.count <= live.req.promptIds.length;
         if (all) this.promptLogprobs(live, row, out.logits, out.logitsRow[r], out.vocabSize, events);
         const at = out.logitsRow[r] + (all ? row.count - 1 : 0);
-        if (row.sample) this.sampleRow(row, out.logits.subarray(at * out.vocabSize, (at + 1) * out.vocabSize), events, masks.get(row.job.id));
+        const logits = out.logits.subarray(at * out.vocabSize, (at + 1) * out.vocabSize);
+        if (row.sample && replies.has(row.job.id)) constrained.push([row, logits]);
+        else if (row.sample) this.sampleRow(row, logits, events);
         r++;
+      }
+      if (constrained.length > 0) {
+        // Unconstrained rows never wait for masks: their tokens go out first.
+        if (events.length > 0) this.emit(events.splice(0));
+        await this.maskGrace([...replies.values()], t1 - t0);
+        for (const [row, logits] of constrained) {
+          const pending = replies.get(row.job.id)!;
+          if (pending.reply) this.sampleRow(row, logits, events, pending.reply);
+          else this.park(row, logits, pending.promise);
+        }
       }
     } catch (err) {
       this.log(`step failed: ${(err as Error).stack ?? String(err)}`);
@@ -412,15 +446,58 @@ export class EngineCore {
     return true;
   }
 
-  /** The token masks of the constrained rows that sample in this step (computed during the forward pass). */
-  private async grammarReplies(rows: PlannedRow[]): Promise<Map<number, MaskReply>> {
-    const out = new Map<number, MaskReply>();
+  // ---- constrained rows' masks
+
+  /** The mask replies of the constrained rows that sample in this step (usually computed during the forward pass), by row. */
+  private takeReplies(rows: PlannedRow[]): Map<number, { promise: Promise<MaskReply>; reply: MaskReply | null }> {
+    const out = new Map<number, { promise: Promise<MaskReply>; reply: MaskReply | null }>();
     const host = this.grammarHost;
     if (!host) return out;
-    const waiting = rows.filter((row) => row.sample && host.has(row.job.id));
-    const replies = await Promise.all(waiting.map((row) => host.next(row.job.id)));
-    waiting.forEach((row, i) => out.set(row.job.id, replies[i]));
+    for (const row of rows) {
+      if (!row.sample || !host.has(row.job.id)) continue;
+      const pending = { promise: host.next(row.job.id), reply: null as MaskReply | null };
+      void pending.promise.then((reply) => (pending.reply = reply));
+      out.set(row.job.id, pending);
+    }
     return out;
+  }
+
+  /** Waits for the masks still being computed, at most a short grace after the forward pass. */
+  private async maskGrace(pending: { promise: Promise<MaskReply> }[], forwardMs: number): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const grace = new Promise<void>((resolve) => (timer = setTimeout(resolve, maskGraceMs(forwardMs))));
+    await Promise.race([Promise.all(pending.map((p) => p.promise)), grace]);
+    clearTimeout(timer);
+  }
+
+  /**
+   * A constrained row whose mask is late sits out the next steps (so its grammar never holds back
+   * the other rows) and samples from these logits when the mask arrives. A mask that never comes in
+   * time fails the row: the grammar host bounds each mask's CPU time.
+   */
+  private park(row: PlannedRow, logits: Float32Array, reply: Promise<MaskReply>): void {
+    const id = row.job.id;
+    const parked: Parked = { row, logits: logits.slice(), reply: null };
+    this.parked.set(id, parked);
+    this.state.hold(id);
+    this.grammarLateMasks++;
+    void reply.then((r) => {
+      parked.reply = r;
+      this.wake();
+    });
+  }
+
+  /** Samples the parked rows whose masks have arrived; they rejoin the plan. */
+  private sampleParked(events: EngineEvent[]): number {
+    let n = 0;
+    for (const [id, parked] of this.parked) {
+      if (!parked.reply) continue;
+      this.parked.delete(id);
+      this.state.unhold(id);
+      if (this.live.has(id)) this.sampleRow(parked.row, parked.logits, events, parked.reply);
+      n++;
+    }
+    return n;
   }
 
   /** Samples one row's next token; a row whose logits are not finite fails alone. */
@@ -574,6 +651,7 @@ export class EngineCore {
 
   private release(live: Live): void {
     this.live.delete(live.job.id);
+    this.parked.delete(live.job.id);
     this.grammarHost?.close(live.job.id);
     this.state.finish(live.job.id);
     if (live.seq) {
@@ -632,6 +710,8 @@ export class EngineCore {
       runningAdapters: [...running].sort(),
       waitingAdapters: [...waiting].sort(),
       maxLora: this.model.lora.capacity,
+      grammar: this.grammarHost?.stats() ?? null,
+      grammarLateMasks: this.grammarLateMasks,
     };
   }
 }

@@ -104,9 +104,13 @@ export class Engine {
     return this.ask({ t: 'stats', qid: 0 }) as Promise<EngineStats>;
   }
 
-  /** Compiles a grammar on the engine's grammar thread; rejects with `invalid_grammar` naming what it refuses. */
-  compileGrammar(spec: GrammarSpec): Promise<void> {
-    return this.ask({ t: 'grammar', qid: 0, spec }) as Promise<void>;
+  /**
+   * Compiles a grammar on the engine's grammar thread; rejects with `invalid_grammar` naming what it
+   * refuses. `owner`: who asks (the request's tenant), so one owner's new grammars are checked one at
+   * a time.
+   */
+  compileGrammar(spec: GrammarSpec, owner: string | null = null): Promise<void> {
+    return this.ask({ t: 'grammar', qid: 0, spec, owner }) as Promise<void>;
   }
 
   preload(spec: AdapterSpec): Promise<void> {

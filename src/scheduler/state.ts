@@ -125,6 +125,8 @@ export class SchedulerState {
   private readonly running = new Map<number, Running>();
   private readonly active = new Map<string, Active>();
   private readonly cancelled = new Set<number>();
+  /** Running rows that sit out the plan until the engine has sampled their last token (its grammar mask was late). */
+  private readonly holds = new Set<number>();
   private waitingCount = 0;
   private reserved = 0;
 
@@ -173,6 +175,19 @@ export class SchedulerState {
     this.cancelled.add(id);
   }
 
+  /**
+   * The row's last planned token is not sampled yet (its grammar mask is late): it is left out of
+   * the plan, and never preempted, until `unhold` (preempting it would resume it with a token it
+   * does not have).
+   */
+  hold(id: number): void {
+    if (this.running.has(id)) this.holds.add(id);
+  }
+
+  unhold(id: number): void {
+    this.holds.delete(id);
+  }
+
   isRunning(id: number): boolean {
     return this.running.has(id);
   }
@@ -184,6 +199,7 @@ export class SchedulerState {
     this.running.delete(id);
     this.reserved -= r.reserved;
     this.cancelled.delete(id);
+    this.holds.delete(id);
   }
 
   /** Adapters whose weights the loop should have ready: the active ones, then those next in line. */
@@ -247,8 +263,9 @@ export class SchedulerState {
       }
       if (richest === null) return;
       let victim: Running | null = null;
-      for (const v of this.running.values()) if (groupOf(v.job) === richest && (!victim || younger(v.job, victim.job))) victim = v;
-      preempted.push(this.preempt(victim!));
+      for (const v of this.running.values()) if (groupOf(v.job) === richest && !this.holds.has(v.job.id) && (!victim || younger(v.job, victim.job))) victim = v;
+      if (!victim) return;
+      preempted.push(this.preempt(victim));
       f.held.set(richest, most - 1);
       short--;
     }
@@ -266,7 +283,7 @@ export class SchedulerState {
     this.preemptForShare(this.fairness(readiness), preempted);
     // 1. decode rows (growing their reservation, preempting the youngest when the cache is full),
     //    then prompts in progress, oldest first
-    const ordered = [...this.running.values()].sort((a, b) => a.job.arrival - b.job.arrival || a.job.id - b.job.id);
+    const ordered = [...this.running.values()].filter((r) => !this.holds.has(r.job.id)).sort((a, b) => a.job.arrival - b.job.arrival || a.job.id - b.job.id);
     // Growth first (it may preempt younger rows), then the plan, so no preempted row is planned.
     for (const r of ordered) {
       if (r.prefilled >= r.job.promptLen && this.running.has(r.job.id)) this.grow(r, r.context + 1, preempted);
@@ -347,7 +364,7 @@ export class SchedulerState {
     const delta = target - r.reserved;
     while (this.reserved + delta > this.cfg.kvCapacity) {
       let victim: Running | null = null;
-      for (const v of this.running.values()) if (!victim || younger(v.job, victim.job)) victim = v;
+      for (const v of this.running.values()) if ((v === r || !this.holds.has(v.job.id)) && (!victim || younger(v.job, victim.job))) victim = v;
       preempted.push(this.preempt(victim!));
       if (victim === r) return false;
     }

@@ -26,7 +26,7 @@ export type ToWorker =
   | { t: 'cancel'; id: number }
   | { t: 'stats'; qid: number }
   | { t: 'preload'; qid: number; spec: AdapterSpec }
-  | { t: 'grammar'; qid: number; spec: GrammarSpec }
+  | { t: 'grammar'; qid: number; spec: GrammarSpec; owner: string | null }
   | { t: 'unload'; qid: number; key: string }
   | { t: 'shutdown' };
 
@@ -78,7 +78,13 @@ async function main(): Promise<void> {
   // The grammar threads start with the engine and are warm before it says it is ready.
   if (tokenizerFiles) {
     log('starting the grammar threads (constrained decoding)');
-    grammarHost = new GrammarHost({ tokenizer: tokenizerFiles.tokenizer, vocabSize: rt.model.spec.vocabSize, stopIds: [...core.eosIds] }, { compileTimeoutMs: init.engine.grammarCompileTimeoutMs, wallLimitMs: init.engine.grammarCompileWallLimitMs });
+    grammarHost = new GrammarHost({ tokenizer: tokenizerFiles.tokenizer, vocabSize: rt.model.spec.vocabSize, stopIds: [...core.eosIds] }, {
+      compileTimeoutMs: init.engine.grammarCompileTimeoutMs,
+      wallLimitMs: init.engine.grammarCompileWallLimitMs,
+      maskTimeoutMs: init.engine.grammarMaskTimeoutMs,
+      memoryLimitBytes: init.engine.grammarMemoryMb === undefined ? undefined : init.engine.grammarMemoryMb * 2 ** 20,
+      onReplace: (why) => log(`grammar thread replaced: ${why}`),
+    });
     try {
       await grammarHost.ready();
     } catch (err) {
@@ -105,7 +111,7 @@ async function main(): Promise<void> {
         );
         break;
       case 'grammar':
-        core.compileGrammar(m.spec).then(
+        core.compileGrammar(m.spec, m.owner).then(
           () => send({ t: 'reply', qid: m.qid, result: true }),
           (err: unknown) => send({ t: 'reply', qid: m.qid, error: toWireError(err) }),
         );

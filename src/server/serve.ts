@@ -93,6 +93,8 @@ export async function startServer(
           prefixCache: config.prefixCache!,
           grammarCompileTimeoutMs: config.grammarCompileTimeoutMs!,
           grammarCompileWallLimitMs: config.requestTimeoutMs!,
+          grammarMaskTimeoutMs: config.grammarMaskTimeoutMs!,
+          grammarMemoryMb: config.grammarMemoryMb!,
         },
         strictBase: config.strictBase ? baseId : null,
       },

@@ -13,16 +13,20 @@ export interface TaskResult {
   transfer?: ArrayBuffer[];
 }
 
-/** Starts answering tasks; the pool sends none until the worker says it is ready (with its thread id: the pool reads its CPU clock). */
-export function serveTasks(handle: (task: unknown) => TaskResult | Promise<TaskResult>): void {
+/**
+ * Starts answering tasks; the pool sends none until the worker says it is ready (with its thread id:
+ * the pool reads its CPU clock). `memoryBytes`: memory the thread holds outside V8's heap (e.g.
+ * WebAssembly memory), counted with the heap for recycling.
+ */
+export function serveTasks(handle: (task: unknown) => TaskResult | Promise<TaskResult>, memoryBytes: () => number = () => 0): void {
   const port = parentPort!;
   port.postMessage({ ready: true, tid: currentThreadId() });
   port.on('message', async (m: { id: number; task: unknown }) => {
     try {
       const { result, transfer } = await handle(m.task);
-      port.postMessage({ id: m.id, result, heapBytes: getHeapStatistics().used_heap_size }, transfer ?? []);
+      port.postMessage({ id: m.id, result, heapBytes: getHeapStatistics().used_heap_size + memoryBytes() }, transfer ?? []);
     } catch (err) {
-      port.postMessage({ id: m.id, error: toWireError(err), heapBytes: getHeapStatistics().used_heap_size });
+      port.postMessage({ id: m.id, error: toWireError(err), heapBytes: getHeapStatistics().used_heap_size + memoryBytes() });
     }
   });
 }

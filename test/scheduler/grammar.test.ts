@@ -36,7 +36,8 @@ beforeAll(async () => {
   solo = await loadTiny(tm, {}, { adapterSlots: 1 });
   h = startEngine(model, CONFIG, {
     tokenizer: tok,
-    grammar: () => (host = new GrammarHost({ tokenizer: JSON.parse(readFileSync(join(tm.dir, 'tokenizer.json'), 'utf8')) as Record<string, unknown>, vocabSize: tm.cfg.vocabSize, stopIds: [...h.core.eosIds] })),
+    // (No per-mask limit here: the slow-mask test below needs a row whose masks are slow but allowed.)
+    grammar: () => (host = new GrammarHost({ tokenizer: JSON.parse(readFileSync(join(tm.dir, 'tokenizer.json'), 'utf8')) as Record<string, unknown>, vocabSize: tm.cfg.vocabSize, stopIds: [...h.core.eosIds] }, { maskTimeoutMs: 600_000 })),
   });
 }, 600_000);
 afterAll(async () => {
@@ -109,6 +110,23 @@ describe('constrained rows in a mixed batch', () => {
     expect(h.core.stats().running).toBe(0);
     expect(host!.has(950)).toBe(false);
   });
+
+  it('a row whose masks are slow never holds back the others: they sample at once, it sits out steps until its mask is ready', async () => {
+    // Each mask of this grammar costs more than the last (over a second by the 11th token).
+    const growing = { type: 'ebnf' as const, grammar: 'root ::= (e)+\ne ::= e2 | e2 e2 | e2 e2 e2\ne2 ::= [a-z]* | [a-m]* [n-z]*' };
+    const free = tok.encode('Once upon a time', false);
+    const late = h.core.stats().grammarLateMasks;
+    h.core.submit(greedyRequest(970, tok.encode('spell', false), null, 10, { grammar: growing }));
+    h.core.submit(greedyRequest(971, free, single(0), 40));
+    await h.ended([971]);
+    // Waiting for every mask, the victim would have gone at the slow row's pace: 10 tokens each by then.
+    expect(tokensOf(h.events.get(970) ?? []).length).toBeLessThan(10);
+    expect(tokensOf(h.events.get(971)!)).toEqual(await aloneGreedy(solo, free, single(0), 40));
+    await h.ended([970], 300_000);
+    expect(h.events.get(970)!.find((e) => e.t === 'error')).toBeUndefined();
+    expect(tok.decode(tokensOf(h.events.get(970)!).filter((t) => !h.core.eosIds.has(t)))).toMatch(/^[a-z]+$/);
+    expect(h.core.stats().grammarLateMasks).toBeGreaterThan(late);
+  }, 600_000);
 
   it('an engine that cannot run grammars refuses the request alone and keeps serving', async () => {
     const bare = startEngine(solo, CONFIG);

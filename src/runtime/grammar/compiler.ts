@@ -14,7 +14,7 @@ import { LoraplexError } from '../../errors.js';
 import { checkJsonSchema, type CheckedSchema } from './schema-check.js';
 import { toolStructuralTag, type ToolGrammarSpec } from './tool-grammar.js';
 import type { CompiledGrammar, Grammar, GrammarCompiler as XGrammarCompiler, GrammarMatcher } from '@mlc-ai/web-xgrammar';
-import { xgrammar, type XGrammarModule } from './xgrammar.js';
+import { isXGrammarAbort, xgrammar, xgrammarFatalMessage, type XGrammarModule } from './xgrammar.js';
 
 export type GrammarSpec =
   /** Any JSON object (OpenAI's `json_object`). */
@@ -115,10 +115,15 @@ export class GrammarCompiler {
     this.cache = new LRUCache({ max: cacheSize, dispose: (p) => void p.then((c) => c.dispose(), () => {}) });
   }
 
+  /**
+   * `cacheSize`: compiled grammars kept (least recently used first out; each is freed when it
+   * leaves and no matcher uses it). XGrammar's own compile cache is off: it has no bound, and a
+   * stream of distinct schemas would grow it until the WebAssembly memory is exhausted.
+   */
   static async create(vocab: GrammarVocab, cacheSize = 64): Promise<GrammarCompiler> {
     const xg = xgrammar();
     const info = await xg.TokenizerInfo.createTokenizerInfo(vocab.tokens, vocab.vocabType, false, vocab.tokens.length, vocab.stopIds);
-    const compiler = await xg.GrammarCompiler.createGrammarCompiler(info, true);
+    const compiler = await xg.GrammarCompiler.createGrammarCompiler(info, false);
     return new GrammarCompiler(xg, compiler, cacheSize);
   }
 
@@ -207,8 +212,10 @@ export function spliceRanges(ebnf: string, checked: CheckedSchema): string {
   return `${ebnf}\n${checked.ranges.map((r) => r.ebnf).join('\n')}\n`;
 }
 
-function messageOf(err: unknown): string {
-  const m = err instanceof Error ? err.message : String(err);
+/** An XGrammar error as users should read it: an abort says what XGrammar printed before it. */
+export function messageOf(err: unknown): string {
+  let m = err instanceof Error ? err.message : String(err);
+  if (isXGrammarAbort(err)) m = `XGrammar aborted: ${xgrammarFatalMessage() ?? 'it ran out of memory or hit an internal limit'}`;
   return m.replace(/\s+/g, ' ').slice(0, 500);
 }
 

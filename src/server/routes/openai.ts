@@ -312,7 +312,7 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
         if (callGrammar && grammar) throw new LoraplexError('invalid_grammar', 'response_format (or a guided_* field) cannot be combined with tool_choice "required", a named function or parallel_tool_calls: false: each constrains the whole answer', { param: 'response_format' });
         const constraint = grammar ?? callGrammar;
         const choices = Array.from({ length: n }, (_, i) => ({ index: i, req: validRequest(ctx, ids, body, resolved, s, i, { grammar: constraint, grammarParam: callGrammar ? 'tool_choice' : undefined }), promptTokens: i === 0 ? ids.length : 0 }));
-        if (constraint) await engine.compileGrammar(constraint);
+        if (constraint) await engine.compileGrammar(constraint, request.tenant);
         if (gone.aborted) throw droppedEarly(ctx);
         const calls = toolReq && format ? new ChatToolCalls(format, toolReq.names) : null;
         const lp = (e: TokenEngineEvent) => (logprobs !== null && !e.special ? chatLogprobs([e]) : null);
@@ -374,7 +374,7 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
       return admitted(ctx, request, sources.length * bestOf, gone, async (ticket) => {
         const ids = (await Promise.all(sources.map((src) => promptIds(ctx, src, resolved)))).map((x) => truncatePrompt(x, body.truncate_prompt_tokens));
         const choices = ids.flatMap((pi, i) => Array.from({ length: bestOf }, (_, c) => ({ index: i * bestOf + c, req: validRequest(ctx, pi, body, resolved, s, c, { grammar }), promptTokens: c === 0 ? pi.length : 0 })));
-        if (grammar) await engine.compileGrammar(grammar);
+        if (grammar) await engine.compileGrammar(grammar, request.tenant);
         if (gone.aborted) throw droppedEarly(ctx);
         const select = bestOf > n ? (results: GenerationResult[]) => pickBest(results, bestOf, n) : undefined;
         const sent = new Set<number>();

@@ -6,7 +6,7 @@ import type { ServerContext } from '../context.js';
 export async function opsRoutes(app: FastifyInstance, ctx: ServerContext): Promise<void> {
   app.get(
     '/health',
-    { schema: { tags: ['ops'], summary: 'Ready when the model is loaded and the adapter store scanned (503 before, while draining, or if the engine stopped)', response: { 200: Type.Object({ status: Type.String() }), 503: Type.Object({ status: Type.String() }) } } },
+    { schema: { tags: ['ops'], summary: 'Ready when the model is loaded and the adapter store scanned (503 before, while draining, if the engine stopped, or if constrained decoding cannot run)', response: { 200: Type.Object({ status: Type.String() }), 503: Type.Object({ status: Type.String() }) } } },
     async (_request, reply) => {
       if (ctx.draining) {
         reply.code(503);
@@ -19,6 +19,12 @@ export async function opsRoutes(app: FastifyInstance, ctx: ServerContext): Promi
       if (!ctx.engine.alive) {
         reply.code(503);
         return { status: 'stopped' };
+      }
+      // A grammar thread that cannot even be started leaves constrained decoding refused: the
+      // replica is not fit to serve (the grammar thread replaces itself after any other failure).
+      if ((await ctx.engine.stats()).grammar?.failed) {
+        reply.code(503);
+        return { status: 'grammar_failed' };
       }
       return { status: 'ok' };
     },

@@ -120,7 +120,7 @@ export function responsesRoutes(app: FastifyInstance, ctx: ServerContext): void 
         if (callGrammar && grammar) throw new LoraplexError('invalid_grammar', 'text.format cannot be combined with tool_choice "required", a named function or parallel_tool_calls: false: each constrains the whole answer', { param: 'text.format' });
         const constraint = grammar ?? callGrammar;
         const req = validRequest(ctx, ids, { max_tokens: body.max_output_tokens ?? null }, resolved, s, 0, { grammar: constraint, grammarParam: callGrammar ? 'tool_choice' : 'text.format' });
-        if (constraint) await engine.compileGrammar(constraint);
+        if (constraint) await engine.compileGrammar(constraint, request.tenant);
         const names = toolReq?.names ?? [];
         const id = `resp_${responseId('').slice(1)}`;
         const msgId = `msg_${responseId('').slice(1)}`;

@@ -87,7 +87,7 @@ export function tgiRoutes(app: FastifyInstance, ctx: ServerContext): void {
       const reqs = Array.from({ length: bestOf }, (_, i) =>
         validRequest(ctx, ids, { max_tokens: p.max_new_tokens ?? 20, stop: p.stop ?? null }, resolved, s, i, { promptLogprobs: prefill ? topN : null, grammar, grammarParam }),
       );
-      if (grammar) await engine.compileGrammar(grammar);
+      if (grammar) await engine.compileGrammar(grammar, request.tenant);
       return { reqs, resolved, ticket, details: p.details === true, prefill, topN, fullText: p.return_full_text === true, seed: p.seed ?? null };
     } catch (err) {
       ticket.close();
