@@ -67,6 +67,7 @@ export const KNOBS = {
   loraRoots: knob({ key: 'loraRoots', flag: '--lora-roots <dirs>', env: 'LORAPLEX_LORA_ROOTS', kind: 'list', doc: 'comma-separated directories /v1/load_lora_adapter may read adapters from' }),
   headersTimeoutMs: knob({ key: 'headersTimeoutMs', flag: '--headers-timeout-ms <ms>', env: 'LORAPLEX_HEADERS_TIMEOUT_MS', kind: 'int', default: 10000, min: 1, doc: "time a client has to send a request's headers (beyond it: 408, connection closed)" }),
   bodyTimeoutMs: knob({ key: 'bodyTimeoutMs', flag: '--body-timeout-ms <ms>', env: 'LORAPLEX_BODY_TIMEOUT_MS', kind: 'int', default: 30000, min: 1, doc: 'time a client has to send a JSON body; for uploads, the longest pause without progress (beyond it: 408)' }),
+  streamStallMs: knob({ key: 'streamStallMs', flag: '--stream-stall-ms <ms>', env: 'LORAPLEX_STREAM_STALL_MS', kind: 'int', default: 30000, min: 1, doc: 'how long a streaming client may leave more than 256 KiB of its stream unread (its socket not draining) before the connection is closed and the request cancelled, freeing its batch rows' }),
   shutdownGraceMs: knob({ key: 'shutdownGraceMs', flag: '--shutdown-grace-ms <ms>', env: 'LORAPLEX_SHUTDOWN_GRACE_MS', kind: 'int', default: 30000, min: 0, doc: 'on SIGTERM, how long running requests may finish (health answers 503 meanwhile) before they are cancelled' }),
   maxUploadBytes: knob({ key: 'maxUploadBytes', flag: '--max-upload-bytes <size>', env: 'LORAPLEX_MAX_UPLOAD_BYTES', kind: 'bytes', default: 1024 ** 3, min: 1, doc: 'largest adapter upload' }),
   logLevel: knob({ key: 'logLevel', flag: '--log-level <level>', env: 'LORAPLEX_LOG_LEVEL', kind: 'string', default: 'info', choices: ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'], doc: 'log level' }),
@@ -111,6 +112,7 @@ export interface Config {
   readonly loraRoots?: string[];
   readonly headersTimeoutMs: number;
   readonly bodyTimeoutMs: number;
+  readonly streamStallMs: number;
   readonly shutdownGraceMs: number;
   readonly maxUploadBytes: number;
   readonly logLevel: string;

@@ -48,6 +48,7 @@ export function serverSettings(c: Partial<Config>): ServerSettings {
     storeDir: c.adapters ?? null,
     headersTimeoutMs: c.headersTimeoutMs!,
     bodyTimeoutMs: c.bodyTimeoutMs!,
+    streamStallMs: c.streamStallMs!,
   };
 }
 

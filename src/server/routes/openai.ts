@@ -184,7 +184,7 @@ async function run(
     gone.addEventListener('abort', onGone, { once: true });
     const open = (): SseStream => {
       if (!sse) {
-        sse = new SseStream(reply);
+        sse = new SseStream(reply, ctx.settings.streamStallMs);
         for (const c of choices) if (shape.first) sse.send(chunk([shape.first(c.index)]));
       }
       return sse;

@@ -185,7 +185,7 @@ export function responsesRoutes(app: FastifyInstance, ctx: ServerContext): void 
           };
           const open = (): void => {
             if (sse) return;
-            sse = new SseStream(reply);
+            sse = new SseStream(reply, ctx.settings.streamStallMs);
             emit('response.created', { response: { ...base, status: 'in_progress', incomplete_details: null, output: [], usage: null } });
             emit('response.in_progress', { response: { ...base, status: 'in_progress', incomplete_details: null, output: [], usage: null } });
             // Without tools the answer is one message, opened at once; with tools it opens on its first text.

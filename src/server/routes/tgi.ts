@@ -156,7 +156,7 @@ export function tgiRoutes(app: FastifyInstance, ctx: ServerContext): void {
         });
         pending = null;
       };
-      const open = (): SseStream => (sse ??= new SseStream(reply));
+      const open = (): SseStream => (sse ??= new SseStream(reply, ctx.settings.streamStallMs));
       const onError = (err: LoraplexError): void => {
         if (done) return;
         if (!sse) sendError(request, reply, err);
