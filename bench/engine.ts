@@ -73,7 +73,7 @@ export async function serve(model: DecoderModel, loader: ThreadLoader, config: E
   const t0 = performance.now();
   work.forEach((w, i) => {
     submitted.set(i + 1, performance.now());
-    core.submit({ id: i + 1, promptIds: Int32Array.from(w.prompt), adapter: w.adapter, sampling: GREEDY, stop: { maxNewTokens: w.maxNewTokens, stopStrings: [], stopTokenIds: [], ignoreEos: true, minTokens: 0 }, promptLogprobs: null, timeoutMs: 3_600_000, grammar: null });
+    core.submit({ id: i + 1, promptIds: Int32Array.from(w.prompt), adapter: w.adapter, sampling: GREEDY, stop: { maxNewTokens: w.maxNewTokens, stopStrings: [], stopTokenIds: [], ignoreEos: true, minTokens: 0 }, promptLogprobs: null, timeoutMs: 3_600_000, grammar: null, cachePartition: '' });
   });
   await all;
   if (errors.length > 0) throw new Error(errors.join('; '));

@@ -7,10 +7,10 @@ import { writeOrCheck } from './generated.js';
 import { KNOBS, type Knob } from '../src/config.js';
 
 const groups: [string, string[]][] = [
-  ['Model and runtime', ['model', 'quant', 'activations', 'device', 'allowCpuFallback', 'threads', 'ortProfile', 'cacheDir', 'maxContext', 'kvCacheTokens', 'prefixCache', 'maxLoraRank', 'maxActiveAdapters']],
+  ['Model and runtime', ['model', 'quant', 'activations', 'device', 'allowCpuFallback', 'threads', 'ortProfile', 'cacheDir', 'maxContext', 'kvCacheTokens', 'prefixCache', 'prefixCacheScope', 'maxLoraRank', 'maxActiveAdapters']],
   ['Adapters and scheduling', ['adapters', 'adapterCacheBytes', 'maxBatchSize', 'maxRowsPerRequest', 'maxBatchPrefillTokens', 'maxQueuedRequests', 'adapterCycleMs', 'requestTimeoutMs', 'storePollMs', 'storeGraceMs', 'strictBase']],
   ['Request validation', ['promptTimeoutMs', 'tokenizerWorkers', 'grammarCompileTimeoutMs', 'grammarMaskTimeoutMs', 'grammarMemoryMb', 'toolCallParser']],
-  ['HTTP server', ['host', 'port', 'servedModelName', 'adminToken', 'apiKeys', 'loraRoots', 'maxUploadBytes', 'headersTimeoutMs', 'bodyTimeoutMs', 'streamStallMs', 'shutdownGraceMs', 'logLevel', 'logPrompts']],
+  ['HTTP server', ['host', 'port', 'servedModelName', 'adminToken', 'apiKeys', 'metricsKey', 'metricsAdapterLabels', 'loraRoots', 'maxUploadBytes', 'headersTimeoutMs', 'bodyTimeoutMs', 'streamStallMs', 'shutdownGraceMs', 'logLevel', 'logPrompts']],
 ];
 
 const all = new Set(Object.keys(KNOBS));

@@ -48,6 +48,7 @@ export const KNOBS = {
   maxQueuedRequests: knob({ key: 'maxQueuedRequests', flag: '--max-queued-requests <n>', env: 'LORAPLEX_MAX_QUEUED_REQUESTS', kind: 'int', default: 256, min: 1, doc: 'waiting requests beyond which new ones are refused with 429' }),
   adapterCycleMs: knob({ key: 'adapterCycleMs', flag: '--adapter-cycle-ms <ms>', env: 'LORAPLEX_ADAPTER_CYCLE_MS', kind: 'int', default: 2000, min: 1, doc: 'time slice after which waiting adapters get their turn over the running ones' }),
   prefixCache: knob({ key: 'prefixCache', flag: '--no-prefix-cache', env: 'LORAPLEX_PREFIX_CACHE', kind: 'bool', default: true, doc: "reuse the KV cache of prompt prefixes seen before (same adapter version, same tokens): a repeated system prompt or conversation history is computed once; cached blocks yield to running requests' need for room" }),
+  prefixCacheScope: knob({ key: 'prefixCacheScope', flag: '--prefix-cache-scope <scope>', env: 'LORAPLEX_PREFIX_CACHE_SCOPE', kind: 'string', default: 'key', choices: ['key', 'global'], doc: "who may share cached prompt prefixes when --api-key is set: key = only requests with the same API key (a hit is visible in cached_tokens and in the time to the first token, so shared blocks would tell one key what another key's prompts hold); global = all keys (more hits; only when the keys' holders may see each other's prompts). cache_salt partitions further either way" }),
   requestTimeoutMs: knob({ key: 'requestTimeoutMs', flag: '--request-timeout-ms <ms>', env: 'LORAPLEX_REQUEST_TIMEOUT_MS', kind: 'int', default: 600000, min: 1, doc: 'deadline for one request, queueing included' }),
   promptTimeoutMs: knob({ key: 'promptTimeoutMs', flag: '--prompt-timeout-ms <ms>', env: 'LORAPLEX_PROMPT_TIMEOUT_MS', kind: 'int', default: 2000, min: 1, doc: "CPU time a request's chat template rendering and prompt tokenization may use, counted on the tokenizer thread, so a busy machine does not use it up (beyond it: 400; not finished within --request-timeout-ms because the machine is busy: 503 with Retry-After)" }),
   grammarCompileTimeoutMs: knob({ key: 'grammarCompileTimeoutMs', flag: '--grammar-compile-timeout-ms <ms>', env: 'LORAPLEX_GRAMMAR_COMPILE_TIMEOUT_MS', kind: 'int', default: 10000, min: 1, doc: "CPU time compiling a new response_format schema, regex, grammar or tool-call grammar may use, counted on the thread that compiles it, so a busy machine does not use it up (beyond it: 400; not finished within --request-timeout-ms because the machine is busy: 503 with Retry-After); it is compiled first on a thread of its own, so a grammar that takes longer never delays other requests' constrained rows" }),
@@ -64,6 +65,8 @@ export const KNOBS = {
   servedModelName: knob({ key: 'servedModelName', flag: '--served-model-name <id>', env: 'LORAPLEX_SERVED_MODEL_NAME', kind: 'string', doc: "the base model's id in the API (default: the model directory's name)" }),
   adminToken: knob({ key: 'adminToken', flag: '--admin-token <token>', env: 'LORAPLEX_ADMIN_TOKEN', kind: 'string', doc: 'bearer token for the admin routes; without it they are off' }),
   apiKeys: knob({ key: 'apiKeys', flag: '--api-key <keys>', env: 'LORAPLEX_API_KEY', kind: 'list', doc: 'comma-separated API keys required on the inference routes (none = open)' }),
+  metricsKey: knob({ key: 'metricsKey', flag: '--metrics-key <token>', env: 'LORAPLEX_METRICS_KEY', kind: 'string', doc: 'bearer token for GET /metrics (then the API keys do not open it); without it, /metrics takes the API keys, and is open when there are none' }),
+  metricsAdapterLabels: knob({ key: 'metricsAdapterLabels', flag: '--metrics-adapter-labels <n>', env: 'LORAPLEX_METRICS_ADAPTER_LABELS', kind: 'int', default: 100, min: 1, doc: 'distinct adapter label values in /metrics (adapter names, merges as their sorted names); requests for further ones are counted under adapter="_other"' }),
   loraRoots: knob({ key: 'loraRoots', flag: '--lora-roots <dirs>', env: 'LORAPLEX_LORA_ROOTS', kind: 'list', doc: 'comma-separated directories /v1/load_lora_adapter may read adapters from' }),
   headersTimeoutMs: knob({ key: 'headersTimeoutMs', flag: '--headers-timeout-ms <ms>', env: 'LORAPLEX_HEADERS_TIMEOUT_MS', kind: 'int', default: 10000, min: 1, doc: "time a client has to send a request's headers (beyond it: 408, connection closed)" }),
   bodyTimeoutMs: knob({ key: 'bodyTimeoutMs', flag: '--body-timeout-ms <ms>', env: 'LORAPLEX_BODY_TIMEOUT_MS', kind: 'int', default: 30000, min: 1, doc: 'time a client has to send a JSON body; for uploads, the longest pause without progress (beyond it: 408)' }),
@@ -98,6 +101,7 @@ export interface Config {
   readonly maxQueuedRequests: number;
   readonly adapterCycleMs: number;
   readonly prefixCache: boolean;
+  readonly prefixCacheScope: 'key' | 'global';
   readonly requestTimeoutMs: number;
   readonly promptTimeoutMs: number;
   readonly tokenizerWorkers: number;
@@ -109,6 +113,8 @@ export interface Config {
   readonly servedModelName?: string;
   readonly adminToken?: string;
   readonly apiKeys?: string[];
+  readonly metricsKey?: string;
+  readonly metricsAdapterLabels: number;
   readonly loraRoots?: string[];
   readonly headersTimeoutMs: number;
   readonly bodyTimeoutMs: number;

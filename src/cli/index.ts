@@ -112,7 +112,7 @@ addKnobs(
   program
     .command('config')
     .description('print the configuration that serve would run with (flags > environment > defaults) as JSON, and exit')
-    .option('--show-secrets', 'print the admin token and API keys instead of masking them'),
+    .option('--show-secrets', 'print the admin token, API keys and metrics key instead of masking them'),
   SERVE_KEYS,
 ).action((opts: { showSecrets?: boolean }, cmd: Command) => {
   const config = resolveConfig(SERVE_KEYS, knobFlags(cmd, SERVE_KEYS), process.env) as Record<string, unknown>;
@@ -122,7 +122,7 @@ addKnobs(
 
 function maskSecrets(c: Record<string, unknown>): Record<string, unknown> {
   const mask = (v: unknown): unknown => (v === undefined ? undefined : Array.isArray(v) ? v.map(() => '***') : '***');
-  return { adminToken: mask(c.adminToken), apiKeys: mask(c.apiKeys) };
+  return { adminToken: mask(c.adminToken), apiKeys: mask(c.apiKeys), metricsKey: mask(c.metricsKey) };
 }
 
 program.parseAsync(process.argv).catch(fail);

@@ -1,9 +1,11 @@
 /**
  * The identity of a sequence's full KV blocks, for prefix caching: block i's hash covers the
  * weights that computed the K/V (an adapter version's content digest, a merge recipe of digests, or
- * the base model) and every token up to the end of block i. Two sequences share block i's hash only
- * if the same weights read the same first 16·(i+1) tokens — the only case where their K/V for those
- * positions is the same. Blocks are added in order as their tokens become known.
+ * the base model), the cache partition, and every token up to the end of block i. Two sequences
+ * share block i's hash only if the same weights read the same first 16·(i+1) tokens — the only case
+ * where their K/V for those positions is the same — and they are in the same partition. Partitions
+ * keep tenants from learning each other's prompts through cache hits (the server derives one from
+ * the API key and `cache_salt`; '' = shared). Blocks are added in order as their tokens become known.
  */
 import { createHash } from 'node:crypto';
 import { KV_BLOCK } from './kv-cache.js';
@@ -13,13 +15,18 @@ export const BASE_WEIGHTS = 'base';
 
 export class PrefixChain {
   readonly weights: string;
+  readonly partition: string;
   private readonly hashes: string[] = [];
   private readonly blockTokens: Int32Array[] = [];
   private readonly seed: string;
 
-  constructor(weights: string) {
+  constructor(weights: string, partition = '') {
     this.weights = weights;
-    this.seed = createHash('sha256').update('loraplex-kv-prefix\0').update(weights).digest('base64');
+    this.partition = partition;
+    const seed = createHash('sha256').update('loraplex-kv-prefix\0').update(weights);
+    // (Weights keys hold no NUL, so "weights\0partition" is unambiguous; the shared partition keeps the old seed.)
+    if (partition !== '') seed.update('\0').update(partition);
+    this.seed = seed.digest('base64');
   }
 
   /** Blocks hashed so far. */

@@ -217,7 +217,7 @@ export class EngineCore {
       { maxNewTokens: maxNew, eosIds: this.eosIds, stopTokenIds: new Set(req.stop.stopTokenIds), stopStrings: req.stop.stopStrings, ignoreEos: req.stop.ignoreEos, minTokens: req.stop.minTokens },
       this.tokenizer,
     );
-    const chain = this.prefixCache ? new PrefixChain(adapterKey ?? BASE_WEIGHTS) : null;
+    const chain = this.prefixCache ? new PrefixChain(adapterKey ?? BASE_WEIGHTS, req.cachePartition) : null;
     this.live.set(req.id, { req, job, gen, seq: null, adapterKey, announced: false, chain, published: 0, cachedTokens: null });
     if (grammar && req.grammar) grammar.open(req.id, req.grammar);
     if (req.adapter) {

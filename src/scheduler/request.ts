@@ -44,6 +44,11 @@ export interface ValidRequest {
   promptLogprobs: number | null;
   /** Constrain the output to this grammar (compiled beforehand with the engine's compileGrammar); null = free text. */
   grammar: GrammarSpec | null;
+  /**
+   * Prefix-cache partition: only requests with the same partition share cached KV blocks ('' = the
+   * shared one). An opaque digest (of the API key and cache_salt), never a key itself.
+   */
+  cachePartition: string;
 }
 
 /** A token with its logprob and its text (for logprobs responses). */

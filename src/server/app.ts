@@ -1,7 +1,8 @@
 /**
  * buildApp: the fastify application, separate from listening (tests use app.inject). Routes are
  * grouped by area: OpenAI and LoRAX/TGI inference (optional API keys), admin (only with an admin
- * token), ops (/health, /metrics), and the OpenAPI document and docs page.
+ * token), ops (/health, and /metrics behind --metrics-key or the API keys when either is set), and
+ * the OpenAPI document and docs page.
  *
  * Slow clients are bounded: headers must arrive within --headers-timeout-ms and a JSON body within
  * --body-timeout-ms (uploads: no --body-timeout-ms without progress), else 408 and the connection
@@ -18,7 +19,8 @@ import type { Logger } from 'pino';
 import { MAX_NAME_LENGTH } from '../adapters/names.js';
 import { AuthError, LoraplexError } from '../errors.js';
 import { VERSION } from '../version.js';
-import { bearerMatches } from './auth.js';
+import { bearerMatches, bearerToken } from './auth.js';
+import { tenantOf } from './cache-partition.js';
 import type { ServerContext } from './context.js';
 import { clientTimer, type ClientTimer } from './client-timer.js';
 import { installErrorHandling, rawErrorResponse, sendError, type RouteFlavor } from './errors.js';
@@ -38,6 +40,8 @@ declare module 'fastify' {
     adapterLabel: string;
     /** The error shape a route chose for this request (otherwise decided by its URL). */
     errorFlavor: RouteFlavor | null;
+    /** Whose prefix-cache partition the request is in: a digest of its API key, or '' (shared). */
+    cacheTenant: string;
     /** Whose request this is, for the fair share of batch rows: a digest of its API key (null: the server has no keys). */
     tenant: string | null;
   }
@@ -81,6 +85,7 @@ export async function buildApp(ctx: ServerContext, opts: { logger?: Logger | nul
   ctx.bodies.install(app, MAX_JSON_BODY);
   app.decorateRequest('adapterLabel', '');
   app.decorateRequest('errorFlavor', null);
+  app.decorateRequest('cacheTenant', '');
   app.decorateRequest('tenant', null);
   await app.register(swagger, {
     openapi: {
@@ -126,8 +131,7 @@ export async function buildApp(ctx: ServerContext, opts: { logger?: Logger | nul
   app.addHook('onResponse', async (request, reply) => {
     const route = request.routeOptions.url ?? 'unknown';
     if (OPS_ROUTES.has(route)) return;
-    ctx.metrics.requests.inc({ route, status: String(reply.statusCode), adapter: request.adapterLabel });
-    ctx.metrics.latency.observe({ route }, reply.elapsedTime / 1000);
+    ctx.metrics.request(route, reply.statusCode, request.adapterLabel, reply.elapsedTime / 1000);
   });
 
   await app.register(async (inference) => {
@@ -142,8 +146,11 @@ export async function buildApp(ctx: ServerContext, opts: { logger?: Logger | nul
       if (typeof model === 'string' && /^https?:\/\//.test(model)) request.errorFlavor = 'tgi';
     });
     if (ctx.settings.apiKeys.length > 0) {
+      const perKey = ctx.settings.prefixCacheScope === 'key';
       inference.addHook('onRequest', async (request) => {
         if (!bearerMatches(request.headers.authorization, ctx.settings.apiKeys)) throw new AuthError('missing or invalid API key: send Authorization: Bearer <key>');
+        // Each key its own prefix cache: no key learns from cache hits what another key's prompts hold.
+        if (perKey) request.cacheTenant = tenantOf(bearerToken(request.headers.authorization)!);
       });
     }
     openaiRoutes(inference, ctx);

@@ -7,10 +7,16 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 
 const digest = (s: string): Buffer => createHash('sha256').update(s, 'utf8').digest();
 
-export function bearerMatches(header: string | undefined, tokens: readonly string[]): boolean {
+/** The token of an `Authorization: Bearer <token>` header, or null. */
+export function bearerToken(header: string | undefined): string | null {
   const m = /^Bearer\s+(.+)$/i.exec(header ?? '');
-  if (!m) return false;
-  const given = digest(m[1].trim());
+  return m ? m[1].trim() : null;
+}
+
+export function bearerMatches(header: string | undefined, tokens: readonly string[]): boolean {
+  const token = bearerToken(header);
+  if (token === null) return false;
+  const given = digest(token);
   let ok = false;
   // Every token is compared, whichever matches.
   for (const t of tokens) ok = timingSafeEqual(digest(t), given) || ok;

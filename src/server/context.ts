@@ -23,6 +23,10 @@ import type { TokenizerPool } from './prompt/tokenizer-pool.js';
 export interface ServerSettings {
   adminToken: string | null;
   apiKeys: string[];
+  /** Who shares cached prompt prefixes when there are API keys: requests with the same key, or all. */
+  prefixCacheScope: 'key' | 'global';
+  /** The bearer token of GET /metrics (null: the API keys; open when there are none). */
+  metricsKey: string | null;
   maxUploadBytes: number;
   logPrompts: boolean;
   /** A tool-call format, or 'auto' (the chat template's). */

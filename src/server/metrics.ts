@@ -3,27 +3,37 @@
  * time-to-first-token histograms, tokens, queue depth, running rows, batch size, adapter cache
  * counters, prefix-cache queries and hits (in tokens, as vLLM counts them), and `lora_requests_info` as vLLM exports it (the Kubernetes Gateway API inference
  * extension routes on it). Engine-side numbers are read from the engine on each scrape.
+ *
+ * Label sets are bounded, since every new label value is a series kept until restart: the adapter
+ * label takes at most `maxAdapterLabels` values (first come; requests for others count under
+ * `_other`, which no adapter name can be), besides `base` and '' (not resolved).
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { EngineStats } from '../scheduler/core.js';
+
+/** The adapter label of requests for adapters beyond the cap (adapter names start with a letter or digit). */
+export const OTHER_ADAPTERS = '_other';
 
 const LATENCY_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
 
 export class Metrics {
   readonly registry = new Registry();
-  readonly requests: Counter<'route' | 'status' | 'adapter'>;
-  readonly latency: Histogram<'route'>;
+  private readonly requests: Counter<'route' | 'status' | 'adapter'>;
+  private readonly latency: Histogram<'route'>;
   readonly ttft: Histogram<'route'>;
   readonly interTokenLatency: Histogram;
-  readonly promptTokens: Counter<'adapter'>;
-  readonly generatedTokens: Counter<'adapter'>;
+  private readonly promptTokens: Counter<'adapter'>;
+  private readonly generatedTokens: Counter<'adapter'>;
+  private readonly maxAdapterLabels: number;
+  private readonly adapterLabels = new Set<string>();
   private readonly cacheCounters: Record<'hits' | 'misses' | 'loads' | 'loadFailures' | 'evictions', Counter>;
   private readonly prefixCounters: Record<'prefixCacheQueryTokens' | 'prefixCacheHitTokens', Counter>;
   private readonly last: Record<string, number> = {};
   private readonly engineGauges: Record<'queue' | 'running' | 'batch' | 'kv' | 'cacheBytes' | 'slotLoads' | 'preemptions' | 'cachedBlocks' | 'idleBlocks', Gauge>;
   private readonly loraInfo: Gauge<'running_lora_adapters' | 'waiting_lora_adapters' | 'max_lora'>;
 
-  constructor() {
+  constructor(maxAdapterLabels = 100) {
+    this.maxAdapterLabels = maxAdapterLabels;
     const r = this.registry;
     collectDefaultMetrics({ register: r, prefix: 'loraplex_process_' });
     this.requests = new Counter({ name: 'loraplex_requests_total', help: 'Requests by route, HTTP status and adapter', labelNames: ['route', 'status', 'adapter'], registers: [r] });
@@ -60,6 +70,25 @@ export class Metrics {
       labelNames: ['running_lora_adapters', 'waiting_lora_adapters', 'max_lora'],
       registers: [r],
     });
+  }
+
+  /** One answered request: `adapter` is its adapter label ('base', a name, sorted names joined by '+', or '' if not resolved). */
+  request(route: string, status: number, adapter: string, seconds: number): void {
+    this.requests.inc({ route, status: String(status), adapter: this.adapterLabel(adapter) });
+    this.latency.observe({ route }, seconds);
+  }
+
+  tokens(adapter: string, prompt: number, generated: number): void {
+    const label = this.adapterLabel(adapter);
+    this.promptTokens.inc({ adapter: label }, prompt);
+    this.generatedTokens.inc({ adapter: label }, generated);
+  }
+
+  private adapterLabel(label: string): string {
+    if (label === '' || label === 'base' || this.adapterLabels.has(label)) return label;
+    if (this.adapterLabels.size >= this.maxAdapterLabels) return OTHER_ADAPTERS;
+    this.adapterLabels.add(label);
+    return label;
   }
 
   /** Copies the engine's numbers into the metrics (before each scrape). */

@@ -98,15 +98,18 @@ export async function chatPrompt(ctx: ServerContext, source: Extract<PromptSourc
   return chat;
 }
 
-/** One choice of a request, ready for the engine. */
+/**
+ * One choice of a request, ready for the engine. `cachePartition` (from cachePartition(): the API
+ * key's tenant and cache_salt) has no default, so no route can forget it and share by accident.
+ */
 export function validRequest(
   ctx: ServerContext,
   ids: Int32Array,
   body: CommonFields,
   adapter: Resolved,
   s: SamplingParams,
-  choice = 0,
-  opts: { promptLogprobs?: number | null; minTokensParam?: string; grammar?: GrammarSpec | null; grammarParam?: string } = {},
+  choice: number,
+  opts: { cachePartition: string; promptLogprobs?: number | null; minTokensParam?: string; grammar?: GrammarSpec | null; grammarParam?: string },
 ): Omit<ValidRequest, 'id'> {
   const { maxPositions, kvCapacity, vocabSize } = ctx.requireEngine().info;
   const given = body.max_completion_tokens ?? body.max_tokens ?? null;
@@ -136,6 +139,7 @@ export function validRequest(
     sampling: s.seed !== null && choice > 0 ? { ...s, seed: (s.seed + choice) >>> 0 } : s,
     stop,
     timeoutMs: ctx.settings.requestTimeoutMs,
+    cachePartition: opts.cachePartition,
   };
 }
 

@@ -26,7 +26,7 @@ export interface Resolved {
   digests: string[];
   /** The id to echo back in responses. */
   model: string;
-  /** The adapter label of metrics and logs: 'base', a name, or names joined by '+'. */
+  /** The adapter label of metrics and logs: 'base', a name, or a merge's names sorted and joined by '+'. */
   label: string;
 }
 
@@ -54,8 +54,12 @@ export function resolveAdapter(
       return { ...source(r), weight: merged.weights[i] };
     });
     if (new Set(merged.ids).size !== merged.ids.length) throw new ValidationError('merged_adapters.ids lists an adapter twice', 'merged_adapters.ids');
-    const name = merged.ids.map((id, i) => `${id}*${merged.weights[i]}`).join('+');
-    return { spec: { kind: 'merge', key: mergeKey(parts), name, parts }, names: merged.ids, digests: parts.map((p) => p.key), model: req.model ?? baseId, label: merged.ids.join('+') };
+    // Σ wᵢ·ΔWᵢ does not depend on the order of the parts: one order (the key's) for the weights
+    // computed, and one name and one metrics label for every ordering of the same recipe.
+    parts.sort((a, b) => a.key.localeCompare(b.key));
+    const names = [...merged.ids].sort();
+    const name = [...parts].sort((a, b) => (a.name < b.name ? -1 : 1)).map((p) => `${p.name}*${p.weight}`).join('+');
+    return { spec: { kind: 'merge', key: mergeKey(parts), name, parts }, names, digests: parts.map((p) => p.key), model: req.model ?? baseId, label: names.join('+') };
   }
   // A model given as a URL is this server's own address (TGI clients, e.g. @huggingface/inference,
   // send their endpoint URL as the model): it means the base model, or `adapter_id` if given. No

@@ -34,6 +34,19 @@ export const MergedAdapters = Type.Object(
   { description: "LoRAX-style weighted combination of adapters: Σ wᵢ·ΔWᵢ, served as one adapter of rank Σ rᵢ" },
 );
 
+/** Longest cache_salt accepted (vLLM suggests 43 characters: 256 random bits in base64). */
+export const MAX_CACHE_SALT_LENGTH = 256;
+
+const CacheSalt = Type.Optional(
+  Nullable(
+    Type.String({
+      minLength: 1,
+      maxLength: MAX_CACHE_SALT_LENGTH,
+      description: "vLLM: only requests with the same cache_salt (and, with API keys, the same key) share cached prompt prefixes; keep it secret and long enough that it cannot be guessed",
+    }),
+  ),
+);
+
 /** Sampling fields shared by chat and completions (OpenAI names, plus vLLM/TGI extras). */
 const SamplingFields = {
   max_tokens: Type.Optional(Nullable(Type.Integer({ minimum: 1 }))),
@@ -48,6 +61,7 @@ const SamplingFields = {
   frequency_penalty: Type.Optional(Nullable(Type.Number({ minimum: -2, maximum: 2 }))),
   logit_bias: Type.Optional(Nullable(Type.Record(Type.String(), Type.Number({ minimum: -100, maximum: 100 })))),
   user: Type.Optional(Type.String({ description: 'an end-user id; written to the request log' })),
+  cache_salt: CacheSalt,
   min_tokens: Type.Optional(Nullable(Type.Integer({ minimum: 0, description: "vLLM: tokens to generate before EOS, stop_token_ids or stop strings may end the answer" }))),
   truncate_prompt_tokens: Type.Optional(Nullable(Type.Integer({ minimum: 1, description: 'vLLM: keep only the last N prompt tokens' }))),
   top_k: Type.Optional(Nullable(Type.Integer({ minimum: -1 }))),
@@ -211,6 +225,7 @@ export const TgiParameters = Type.Object(
     watermark: Type.Optional(Nullable(Type.Boolean({ description: 'not supported: refused when true' }))),
     grammar: Type.Optional(Nullable(Type.Any({ description: '{"type": "json", "value": <JSON schema>} or {"type": "regex", "value": <pattern>}: the output is constrained to it' }))),
     response_format: Type.Optional(Nullable(Type.Any({ description: 'LoRAX: {"type": "json_object", "schema": <JSON schema>} (or OpenAI\'s shapes)' }))),
+    cache_salt: CacheSalt,
   },
   { additionalProperties: true },
 );
@@ -287,6 +302,7 @@ export const ResponsesRequest = Type.Object(
     truncation: Type.Optional(Nullable(Type.String({ description: '"disabled" (default); "auto" is refused' }))),
     metadata: Type.Optional(Nullable(Type.Record(Type.String(), Type.String(), { description: 'returned with the response' }))),
     user: Type.Optional(Type.String({ description: 'an end-user id; written to the request log' })),
+    cache_salt: CacheSalt,
     include: Type.Optional(Nullable(Type.Array(Type.String(), { description: 'nothing extra can be included: refused unless empty' }))),
   },
   { $id: 'ResponsesRequest', additionalProperties: true },

@@ -34,6 +34,8 @@ export function serverSettings(c: Partial<Config>): ServerSettings {
   return {
     adminToken: c.adminToken ?? null,
     apiKeys: c.apiKeys ?? [],
+    prefixCacheScope: c.prefixCacheScope ?? 'key',
+    metricsKey: c.metricsKey ?? null,
     maxUploadBytes: c.maxUploadBytes!,
     logPrompts: c.logPrompts ?? false,
     toolCallParser: (c.toolCallParser ?? 'auto') as ServerSettings['toolCallParser'],
@@ -60,7 +62,7 @@ export async function startServer(
   const ctx = new ServerContext({
     registry: new AdapterRegistry(),
     staging: config.adapters ? new StagingArea(config.adapters) : null,
-    metrics: new Metrics(),
+    metrics: new Metrics(config.metricsAdapterLabels),
     baseId,
     settings: serverSettings(config),
   });

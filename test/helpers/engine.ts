@@ -66,6 +66,7 @@ export function greedyRequest(id: number, prompt: ArrayLike<number>, adapter: Ad
     promptLogprobs: null,
     timeoutMs: 60000,
     grammar: null,
+    cachePartition: '',
     ...extra,
   };
 }

@@ -99,7 +99,7 @@ describe('churn', () => {
     const send = (s: Sent): void => {
       const id = next++;
       sent.set(id, s);
-      core.submit({ id, promptIds: Int32Array.from(prompts[s.prompt]), adapter: s.adapter, sampling: GREEDY, stop: { maxNewTokens: s.n, stopStrings: [], stopTokenIds: [], ignoreEos: true, minTokens: 0 }, promptLogprobs: null, timeoutMs: 600_000, grammar: null });
+      core.submit({ id, promptIds: Int32Array.from(prompts[s.prompt]), adapter: s.adapter, sampling: GREEDY, stop: { maxNewTokens: s.n, stopStrings: [], stopTokenIds: [], ignoreEos: true, minTokens: 0 }, promptLogprobs: null, timeoutMs: 600_000, grammar: null, cachePartition: '' });
       if (s.cancelAt === 0) core.cancel(id);
     };
     const submitOne = (): void => {

@@ -28,6 +28,7 @@ const request = (ids: number[], maxNewTokens = 8, adapter: ValidRequest['adapter
   stop: { maxNewTokens, stopStrings: [], stopTokenIds: [], ignoreEos: true, minTokens: 0 }, promptLogprobs: null,
   timeoutMs: 60000,
   grammar: null,
+  cachePartition: '',
 });
 
 describe('Engine (worker thread)', () => {

@@ -1,7 +1,7 @@
 /**
  * No field is silently ignored: every property of every request schema has a probe here, and each
  * probe shows that setting the field changes the answer (text, logprobs, usage, the stream, the
- * request log) or that the request is refused with a 4xx naming the field. A schema property
+ * request log, the engine's prefix-cache hits) or that the request is refused with a 4xx naming the field. A schema property
  * without a probe fails the test. Unknown fields are accepted and logged.
  */
 import { Writable } from 'node:stream';
@@ -46,7 +46,12 @@ type Probe =
   /** Setting the field is refused with a 4xx naming it. */
   | { refused: Record<string, unknown>; with?: Record<string, unknown> }
   /** Setting the field writes it to the request log. */
-  | { logged: Record<string, unknown>; text: string };
+  | { logged: Record<string, unknown>; text: string }
+  /** With the field set, a repeat of a long prompt (`prompt`: top-level fields) is not served from the prefix cache. */
+  | { salted: Record<string, unknown>; prompt: Record<string, unknown> };
+
+/** A prompt of several KV blocks for the prefix-cache probes, one per route. */
+const longText = (tag: string): string => `Probe ${tag}: ${'the quick brown fox jumps over the lazy dog. '.repeat(5)}`;
 
 const sampled = { temperature: 1.5, seed: 7, max_tokens: 8 };
 const withLogprobs = { logprobs: true, top_logprobs: 2, max_tokens: 4 };
@@ -92,6 +97,7 @@ const chatProbes: Record<string, Probe> = {
   structured_outputs: { changes: { structured_outputs: { choice: ['zq'] } } },
   add_generation_prompt: { changes: { add_generation_prompt: false } },
   chat_template_kwargs: { changes: { chat_template_kwargs: { enable_thinking: false } } },
+  cache_salt: { salted: { cache_salt: 'probe-salt' }, prompt: { messages: [{ role: 'user', content: longText('chat') }] } },
 };
 
 const completionProbes: Record<string, Probe> = {
@@ -107,6 +113,7 @@ const completionProbes: Record<string, Probe> = {
   echo: { changes: { echo: true } },
   suffix: { refused: { suffix: 'the end' } },
   best_of: { changes: { best_of: 3 }, with: sampled },
+  cache_salt: { salted: { cache_salt: 'probe-salt' }, prompt: { prompt: longText('completions') } },
 };
 
 const tgiProbes: Record<string, Probe> = {
@@ -132,6 +139,7 @@ const tgiProbes: Record<string, Probe> = {
   watermark: { refused: { watermark: true } },
   grammar: { changes: { grammar: { type: 'regex', value: 'zq+' } } },
   response_format: { changes: { response_format: { type: 'json_object', schema: { enum: ['zq'] } } } },
+  cache_salt: { salted: { cache_salt: 'probe-salt' }, prompt: { inputs: longText('generate') } },
 };
 
 const responsesProbes: Record<string, Probe> = {
@@ -153,6 +161,7 @@ const responsesProbes: Record<string, Probe> = {
   metadata: { changes: { metadata: { tenant: 'probe' } } },
   user: { logged: { user: 'probe-user-2' }, text: '"user":"probe-user-2"' },
   include: { refused: { include: ['reasoning.encrypted_content'] } },
+  cache_salt: { salted: { cache_salt: 'probe-salt' }, prompt: { input: longText('responses') } },
 };
 
 interface Route {
@@ -199,6 +208,19 @@ describe('every field of every request schema is honoured or refused', () => {
           const got = await answer(r.path, wrap({ ...base, ...probe.logged }));
           expect(got.status).toBe(200);
           expect(logs.join('')).toContain(probe.text);
+          return;
+        }
+        if ('salted' in probe) {
+          const hits = async (): Promise<number> => (await server.ctx.engine!.stats()).prefixCacheHitTokens;
+          const plain = { ...wrap(base), ...probe.prompt };
+          expect((await answer(r.path, plain)).status).toBe(200);
+          const cold = await hits();
+          expect((await answer(r.path, plain)).status).toBe(200);
+          const warm = await hits();
+          expect(warm).toBeGreaterThan(cold);
+          const got = await answer(r.path, { ...wrap({ ...base, ...probe.salted }), ...probe.prompt });
+          expect(got.status, got.text).toBe(200);
+          expect(await hits()).toBe(warm);
           return;
         }
         const before = await answer(r.path, wrap(base));

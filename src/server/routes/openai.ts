@@ -18,6 +18,7 @@ import { clientGone, generate, startGeneration, type GenerationResult, type Serv
 import { sendError } from '../errors.js';
 import { checkShape } from '../prompt/limits.js';
 import { checkFields, declaredFields } from '../fields.js';
+import { cachePartition } from '../cache-partition.js';
 import { checkRows } from '../admission.js';
 import { chatMessages, chatPrompt, promptIds, responseId, sampling, stopStrings, truncatePrompt, utf8Bytes, validRequest, type PromptSource } from '../requests.js';
 import { resolveAdapter, type Resolved } from '../resolve.js';
@@ -96,8 +97,7 @@ async function run(
   const promptTokens = choices.reduce((n, c) => n + c.promptTokens, 0);
   /** Token counters and the generation log line (text only with --log-prompts). */
   const record = (completion: number, texts: string[], stream: boolean): void => {
-    ctx.metrics.promptTokens.inc({ adapter: adapterLabel }, promptTokens);
-    ctx.metrics.generatedTokens.inc({ adapter: adapterLabel }, completion);
+    ctx.metrics.tokens(adapterLabel, promptTokens, completion);
     request.log.info(
       {
         adapter: adapterLabel,
@@ -298,6 +298,7 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
         throw new LoraplexError('context_length_exceeded', `${body.messages.length} messages cannot fit the context length of ${engine.info.maxPositions} tokens`, { param: 'messages' });
       }
       const messages = chatMessages(body.messages as Parameters<typeof chatMessages>[0]);
+      const partition = cachePartition(request.cacheTenant, body.cache_salt);
       if (body.top_logprobs != null && !body.logprobs) throw new ValidationError('top_logprobs needs logprobs: true', 'top_logprobs');
       const logprobs = body.logprobs ? (body.top_logprobs ?? 0) : null;
       const s = sampling(body, engine.info.vocabSize, logprobs);
@@ -311,7 +312,7 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
         const callGrammar = toolReq && format ? toolGrammar(toolReq, format) : null;
         if (callGrammar && grammar) throw new LoraplexError('invalid_grammar', 'response_format (or a guided_* field) cannot be combined with tool_choice "required", a named function or parallel_tool_calls: false: each constrains the whole answer', { param: 'response_format' });
         const constraint = grammar ?? callGrammar;
-        const choices = Array.from({ length: n }, (_, i) => ({ index: i, req: validRequest(ctx, ids, body, resolved, s, i, { grammar: constraint, grammarParam: callGrammar ? 'tool_choice' : undefined }), promptTokens: i === 0 ? ids.length : 0 }));
+        const choices = Array.from({ length: n }, (_, i) => ({ index: i, req: validRequest(ctx, ids, body, resolved, s, i, { cachePartition: partition, grammar: constraint, grammarParam: callGrammar ? 'tool_choice' : undefined }), promptTokens: i === 0 ? ids.length : 0 }));
         if (constraint) await engine.compileGrammar(constraint, request.tenant);
         if (gone.aborted) throw droppedEarly(ctx);
         const calls = toolReq && format ? new ChatToolCalls(format, toolReq.names) : null;
@@ -371,9 +372,10 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
       const s = sampling(body, engine.info.vocabSize, bestOf > n ? (logprobs ?? 0) : logprobs);
       stopStrings(body.stop);
       const grammar = requestGrammar(body);
+      const partition = cachePartition(request.cacheTenant, body.cache_salt);
       return admitted(ctx, request, sources.length * bestOf, gone, async (ticket) => {
         const ids = (await Promise.all(sources.map((src) => promptIds(ctx, src, resolved)))).map((x) => truncatePrompt(x, body.truncate_prompt_tokens));
-        const choices = ids.flatMap((pi, i) => Array.from({ length: bestOf }, (_, c) => ({ index: i * bestOf + c, req: validRequest(ctx, pi, body, resolved, s, c, { grammar }), promptTokens: c === 0 ? pi.length : 0 })));
+        const choices = ids.flatMap((pi, i) => Array.from({ length: bestOf }, (_, c) => ({ index: i * bestOf + c, req: validRequest(ctx, pi, body, resolved, s, c, { cachePartition: partition, grammar }), promptTokens: c === 0 ? pi.length : 0 })));
         if (grammar) await engine.compileGrammar(grammar, request.tenant);
         if (gone.aborted) throw droppedEarly(ctx);
         const select = bestOf > n ? (results: GenerationResult[]) => pickBest(results, bestOf, n) : undefined;

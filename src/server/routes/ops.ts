@@ -1,6 +1,12 @@
-/** GET /health (503 until the model is ready) and GET /metrics (Prometheus). */
-import type { FastifyInstance } from 'fastify';
+/**
+ * GET /health (503 until the model is ready) and GET /metrics (Prometheus). /metrics shows every
+ * tenant's traffic (adapter names, activity, prefix-cache hits), so once keys are set it takes
+ * one: --metrics-key if given, else any API key.
+ */
+import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { Type } from 'typebox';
+import { AuthError } from '../../errors.js';
+import { bearerMatches } from '../auth.js';
 import type { ServerContext } from '../context.js';
 
 export async function opsRoutes(app: FastifyInstance, ctx: ServerContext): Promise<void> {
@@ -29,7 +35,13 @@ export async function opsRoutes(app: FastifyInstance, ctx: ServerContext): Promi
       return { status: 'ok' };
     },
   );
-  app.get('/metrics', { schema: { tags: ['ops'], summary: 'Prometheus metrics' } }, async (_request, reply) => {
+  const { metricsKey, apiKeys } = ctx.settings;
+  const tokens = metricsKey !== null ? [metricsKey] : apiKeys;
+  const authorize = async (request: FastifyRequest): Promise<void> => {
+    if (!bearerMatches(request.headers.authorization, tokens)) throw new AuthError(`missing or invalid key for /metrics: send Authorization: Bearer <key> (${metricsKey !== null ? 'the --metrics-key' : 'an API key'})`);
+  };
+  const summary = 'Prometheus metrics (Bearer --metrics-key, else an API key, when either is set)';
+  app.get('/metrics', { schema: { tags: ['ops'], summary }, ...(tokens.length > 0 ? { onRequest: authorize } : {}) }, async (_request, reply) => {
     if (ctx.engine) ctx.metrics.refresh(await ctx.engine.stats());
     reply.type(ctx.metrics.registry.contentType);
     return ctx.metrics.registry.metrics();

@@ -16,6 +16,7 @@ import { sendError } from '../errors.js';
 import { checkFields, declaredFields } from '../fields.js';
 import { checkShape } from '../prompt/limits.js';
 import { chatMessages, chatPrompt, responseId, sampling, validRequest } from '../requests.js';
+import { cachePartition } from '../cache-partition.js';
 import { parseToolCalls, ToolCallParser, type ParsedToolCall } from '../../runtime/tool-calls/parser.js';
 import { toolCallFormat, toolCallId, toolGrammar, toolRequest } from '../tool-fields.js';
 import { resolveAdapter } from '../resolve.js';
@@ -119,7 +120,7 @@ export function responsesRoutes(app: FastifyInstance, ctx: ServerContext): void 
         const callGrammar = toolReq && format ? toolGrammar(toolReq, format) : null;
         if (callGrammar && grammar) throw new LoraplexError('invalid_grammar', 'text.format cannot be combined with tool_choice "required", a named function or parallel_tool_calls: false: each constrains the whole answer', { param: 'text.format' });
         const constraint = grammar ?? callGrammar;
-        const req = validRequest(ctx, ids, { max_tokens: body.max_output_tokens ?? null }, resolved, s, 0, { grammar: constraint, grammarParam: callGrammar ? 'tool_choice' : 'text.format' });
+        const req = validRequest(ctx, ids, { max_tokens: body.max_output_tokens ?? null }, resolved, s, 0, { cachePartition: cachePartition(request.cacheTenant, body.cache_salt), grammar: constraint, grammarParam: callGrammar ? 'tool_choice' : 'text.format' });
         if (constraint) await engine.compileGrammar(constraint, request.tenant);
         const names = toolReq?.names ?? [];
         const id = `resp_${responseId('').slice(1)}`;

@@ -12,6 +12,7 @@ import { VERSION } from '../../version.js';
 import { clientGone, generate, startGeneration, type GenerationResult, type ServerContext } from '../context.js';
 import { sendError } from '../errors.js';
 import { checkFields, declaredFields } from '../fields.js';
+import { cachePartition } from '../cache-partition.js';
 import { checkRows } from '../admission.js';
 import { promptIds, sampling, stopStrings, truncatePrompt, validRequest } from '../requests.js';
 import { resolveAdapter } from '../resolve.js';
@@ -84,8 +85,9 @@ export function tgiRoutes(app: FastifyInstance, ctx: ServerContext): void {
         throw new LoraplexError('cancelled', 'the client closed the connection');
       }
       const prefill = p.decoder_input_details === true;
+      const partition = cachePartition(request.cacheTenant, p.cache_salt);
       const reqs = Array.from({ length: bestOf }, (_, i) =>
-        validRequest(ctx, ids, { max_tokens: p.max_new_tokens ?? 20, stop: p.stop ?? null }, resolved, s, i, { promptLogprobs: prefill ? topN : null, grammar, grammarParam }),
+        validRequest(ctx, ids, { max_tokens: p.max_new_tokens ?? 20, stop: p.stop ?? null }, resolved, s, i, { cachePartition: partition, promptLogprobs: prefill ? topN : null, grammar, grammarParam }),
       );
       if (grammar) await engine.compileGrammar(grammar, request.tenant);
       return { reqs, resolved, ticket, details: p.details === true, prefill, topN, fullText: p.return_full_text === true, seed: p.seed ?? null };
