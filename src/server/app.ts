@@ -149,8 +149,11 @@ export async function buildApp(ctx: ServerContext, opts: { logger?: Logger | nul
       const perKey = ctx.settings.prefixCacheScope === 'key';
       inference.addHook('onRequest', async (request) => {
         if (!bearerMatches(request.headers.authorization, ctx.settings.apiKeys)) throw new AuthError('missing or invalid API key: send Authorization: Bearer <key>');
+        // Batch rows are shared fairly between keys (the scheduler's fair share), and grammar checks
+        // run one at a time per key.
+        request.tenant = tenantOf(bearerToken(request.headers.authorization)!);
         // Each key its own prefix cache: no key learns from cache hits what another key's prompts hold.
-        if (perKey) request.cacheTenant = tenantOf(bearerToken(request.headers.authorization)!);
+        if (perKey) request.cacheTenant = request.tenant;
       });
     }
     openaiRoutes(inference, ctx);
