@@ -30,6 +30,7 @@ export class Metrics {
   private readonly prefixCounters: Record<'prefixCacheQueryTokens' | 'prefixCacheHitTokens', Counter>;
   private readonly last: Record<string, number> = {};
   private readonly engineGauges: Record<'queue' | 'running' | 'batch' | 'kv' | 'cacheBytes' | 'slotLoads' | 'preemptions' | 'cachedBlocks' | 'idleBlocks', Gauge>;
+  private readonly grammarGauges: Record<'replacements' | 'rowsFailed' | 'memoryBytes' | 'lateMasks', Gauge>;
   private readonly loraInfo: Gauge<'running_lora_adapters' | 'waiting_lora_adapters' | 'max_lora'>;
 
   constructor(maxAdapterLabels = 100) {
@@ -64,6 +65,12 @@ export class Metrics {
     const cachedBlocks = new Gauge({ name: 'loraplex_prefix_cache_blocks', help: 'KV blocks (16 tokens each) in the prefix cache, held by requests or idle', registers: [r] });
     const idleBlocks = new Gauge({ name: 'loraplex_prefix_cache_idle_blocks', help: 'Prefix-cache blocks no request holds (reclaimed first when the KV cache needs room)', registers: [r] });
     this.engineGauges = { queue, running, batch, kv, cacheBytes, slotLoads, preemptions, cachedBlocks, idleBlocks };
+    this.grammarGauges = {
+      replacements: new Gauge({ name: 'loraplex_grammar_thread_replacements', help: 'Grammar threads replaced since start (a row over --grammar-mask-timeout-ms, XGrammar aborting, or memory past --grammar-memory-mb)', registers: [r] }),
+      rowsFailed: new Gauge({ name: 'loraplex_grammar_rows_failed', help: 'Constrained rows failed since start because their grammar needed too much CPU per token or made XGrammar abort', registers: [r] }),
+      memoryBytes: new Gauge({ name: 'loraplex_grammar_memory_bytes', help: "XGrammar's memory on the grammar thread", registers: [r] }),
+      lateMasks: new Gauge({ name: 'loraplex_grammar_late_masks', help: 'Times a constrained row sat out a step because its mask was not ready (other rows did not wait for it)', registers: [r] }),
+    };
     this.loraInfo = new Gauge({
       name: 'lora_requests_info',
       help: 'Running and waiting LoRA adapters (vLLM-compatible; value = scrape time)',
@@ -103,6 +110,12 @@ export class Metrics {
     g.preemptions.set(s.preemptions);
     g.cachedBlocks.set(s.kvCachedBlocks);
     g.idleBlocks.set(s.kvIdleBlocks);
+    if (s.grammar) {
+      this.grammarGauges.replacements.set(s.grammar.replacements);
+      this.grammarGauges.rowsFailed.set(s.grammar.rowsFailed);
+      this.grammarGauges.memoryBytes.set(s.grammar.memoryBytes);
+    }
+    this.grammarGauges.lateMasks.set(s.grammarLateMasks);
     for (const k of Object.keys(this.prefixCounters) as (keyof typeof this.prefixCounters)[]) {
       const delta = s[k] - (this.last[k] ?? 0);
       if (delta > 0) this.prefixCounters[k].inc(delta);

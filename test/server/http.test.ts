@@ -374,6 +374,7 @@ describe('ops', () => {
       'loraplex_adapter_cache_hits_total',
       'loraplex_adapter_loads_total',
       'loraplex_adapter_cache_evictions_total',
+      'loraplex_grammar_late_masks',
     ]) {
       expect(text).toContain(name);
     }
