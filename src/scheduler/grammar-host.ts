@@ -130,6 +130,8 @@ interface Thread {
   headSince: number | null;
   /** Wall clock at the same moment (where no thread clock can be read). */
   headSinceWall: number;
+  /** XGrammar's memory once the thread was ready (its vocabulary tables and warm-up grammars). */
+  baselineBytes: number;
 }
 
 export class GrammarHost {
@@ -179,7 +181,7 @@ export class GrammarHost {
   private startThread(): Thread {
     const worker = startWorker(import.meta.url, 'grammar-worker', { workerData: this.init });
     worker.unref();
-    const thread: Thread = { worker, tid: null, ready: false, dead: false, work: [], headSince: null, headSinceWall: 0 };
+    const thread: Thread = { worker, tid: null, ready: false, dead: false, work: [], headSince: null, headSinceWall: 0, baselineBytes: 0 };
     worker.on('message', (m: FromGrammarWorker) => this.onMessage(thread, m));
     worker.on('error', (err) => this.onCrash(thread, LoraplexError.from(err).message));
     worker.on('exit', (code) => this.onCrash(thread, `it exited (code ${code})`));
@@ -192,6 +194,7 @@ export class GrammarHost {
       case 'ready':
         thread.ready = true;
         thread.tid = m.tid;
+        thread.baselineBytes = m.memoryBytes;
         this.memoryBytes = m.memoryBytes;
         this.started.resolve();
         this.startHead(thread);
@@ -216,7 +219,9 @@ export class GrammarHost {
 
   private afterReply(thread: Thread, memoryBytes: number): void {
     this.memoryBytes = memoryBytes;
-    if (memoryBytes > this.memoryLimitBytes) {
+    // A limit near what a fresh thread needs would replace it over and over: it is never taken
+    // below 128 MiB more than that.
+    if (memoryBytes > Math.max(this.memoryLimitBytes, thread.baselineBytes + 128 * 2 ** 20)) {
       this.replace(thread, `its XGrammar memory reached ${Math.round(memoryBytes / 2 ** 20)} MiB (--grammar-memory-mb ${Math.round(this.memoryLimitBytes / 2 ** 20)})`, null);
       return;
     }

@@ -108,6 +108,23 @@ describe('the grammar thread replaces itself', () => {
   }, 300_000);
 });
 
+describe('the memory limit', () => {
+  it('a limit below what a fresh grammar thread needs does not replace it over and over', async () => {
+    const host = new GrammarHost({ tokenizer, vocabSize: VOCAB_SIZE, stopIds: [EOS] }, { memoryLimitBytes: 1 });
+    try {
+      await host.ready();
+      host.open(1, WORDS);
+      const ref = await reference.state(WORDS);
+      await follow(host, 1, ref, [letter(10), letter(11), letter(12)]);
+      ref.dispose();
+      host.close(1);
+      expect(host.stats().replacements).toBe(0);
+    } finally {
+      await host.terminate();
+    }
+  }, 120_000);
+});
+
 describe('the checker', () => {
   let host: GrammarHost;
   beforeAll(async () => {
