@@ -82,6 +82,9 @@ describe('JSON-schema keywords', () => {
     ['minProperties', { type: 'object', additionalProperties: { type: 'integer' }, minProperties: 1 }, '{"b": 2}', '{}'],
     ['maxProperties', { type: 'object', additionalProperties: { type: 'integer' }, maxProperties: 1 }, '{"b": 2}', '{"b": 2, "c": 3}'],
     ['anyOf', { anyOf: [{ type: 'integer' }, { type: 'boolean' }] }, 'true', '"a"'],
+    ['type beside enum (members of other types dropped)', { type: 'string', enum: [1, 'a'] }, '"a"', '1'],
+    ['type list beside enum', { type: ['integer', 'null'], enum: ['x', 2, null] }, 'null', '"x"'],
+    ['type beside const', { type: 'integer', const: 3 }, '3', '4'],
     ['$ref / $defs', { $defs: { n: { type: 'integer' } }, $ref: '#/$defs/n' }, '1', '"a"'],
     ['$ref (recursive)', { $defs: { t: { type: 'object', properties: { c: { type: 'array', items: { $ref: '#/$defs/t' } } }, required: ['c'] } }, $ref: '#/$defs/t' }, '{"c": [{"c": []}]}', '{"c": [{}]}'],
   ];
@@ -180,6 +183,29 @@ describe('JSON-schema keywords', () => {
     const closed = { type: 'object', properties: { user: { type: 'object', properties: { id: { type: 'integer' } }, required: ['id', 'name'], additionalProperties: false } } };
     expect(() => checkJsonSchema(closed)).toThrow('#/properties/user/required: "name" is required but not declared in "properties", and "additionalProperties": false forbids it');
     expect(() => checkJsonSchema({ type: 'object', required: 'a' })).toThrow('#/required: must be an array of property names');
+  });
+
+  it('keywords beside enum, const, anyOf or $ref (which XGrammar ignores) are applied or refused, naming them', async () => {
+    // What XGrammar alone does with them: the keyword beside is ignored.
+    const xg = xgrammar();
+    const info = await xg.TokenizerInfo.createTokenizerInfo([...chars, '</s>'], 'raw', false, chars.length + 1, [chars.length]);
+    const raw = await xg.GrammarCompiler.createGrammarCompiler(info, false);
+    const ignored = async (s: unknown, text: string): Promise<boolean> => {
+      const m = await xg.GrammarMatcher.createGrammarMatcher(await raw.compileJSONSchema(JSON.stringify(s), false, -1, [', ', ': ']));
+      return [...text].every((ch) => m.acceptToken(chars.indexOf(ch))) && m.acceptToken(chars.length);
+    };
+    expect(await ignored({ type: 'string', enum: [1, 'a'] }, '1')).toBe(true);
+    expect(await ignored({ type: 'object', properties: { a: { type: 'integer' } }, anyOf: [{ type: 'object' }] }, '{"a": "x"}')).toBe(true);
+    // Here: type beside enum/const is applied; anything else beside them is refused.
+    expect(checkJsonSchema({ type: 'string', enum: [1, 'a'] }).schema).toEqual({ type: 'string', enum: ['a'] });
+    expect(() => checkJsonSchema({ type: 'integer', const: 'x' })).toThrow('#: "const" "x" is not of "type" "integer"');
+    expect(() => checkJsonSchema({ type: 'boolean', enum: [1, 'a'] })).toThrow('no member of "enum" is of "type" "boolean"');
+    expect(() => checkJsonSchema({ type: 'string', enum: ['a', 'abc'], minLength: 2 })).toThrow('#/minLength: beside "enum" constrained decoding enforces only "type"');
+    expect(() => checkJsonSchema({ type: 'object', properties: { a: { type: 'integer' } }, anyOf: [{ type: 'object' }] })).toThrow(/#\/(type|properties): beside "anyOf" constrained decoding ignores/);
+    expect(() => checkJsonSchema({ $defs: { n: { type: 'integer' } }, properties: { a: { $ref: '#/$defs/n', maximum: 3 } } })).toThrow();
+    expect(() => checkJsonSchema({ $defs: { n: { type: 'object' } }, properties: { a: { $ref: '#/$defs/n', required: ['x'] } } })).toThrow('#/properties/a/required: beside "$ref" constrained decoding ignores "required"');
+    // Annotations beside them are fine (Pydantic writes descriptions and defaults beside $ref and anyOf).
+    checkJsonSchema({ $defs: { c: { type: 'string', enum: ['r', 'g'], title: 'Color' } }, properties: { c: { $ref: '#/$defs/c', description: 'd', default: 'r' }, o: { anyOf: [{ type: 'string' }, { type: 'null' }], default: null, title: 'O' } } });
   });
 
   it('refuses unknown formats and types, remote references, malformed schemas, with where they are', async () => {

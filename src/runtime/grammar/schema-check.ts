@@ -13,6 +13,11 @@
  *
  * A `required` name that `properties` does not declare XGrammar ignores (the object is written
  * without it), so such a name is declared before compiling (declareRequired).
+ *
+ * Beside `enum`, `const`, `anyOf` or `$ref`, XGrammar ignores every other keyword of the same
+ * subschema (`{"type": "string", "enum": [1, "a"]}` lets 1 through), so `type` beside `enum` or
+ * `const` is applied here (members of other types dropped) and any other constraining keyword
+ * there is refused (checkSiblings).
  */
 import { createHmac, randomBytes } from 'node:crypto';
 import { LoraplexError } from '../../errors.js';
@@ -152,6 +157,57 @@ function rewriteBounds(o: Record<string, unknown>, at: string, inDefinition: boo
   else o.anyOf = [{ const: range.sentinel }, { type: others }];
 }
 
+/** Whether `v` is an instance of the JSON-schema type `t`. */
+function isOfType(v: unknown, t: unknown): boolean {
+  switch (t) {
+    case 'integer':
+      return Number.isInteger(v);
+    case 'number':
+      return typeof v === 'number';
+    case 'string':
+    case 'boolean':
+      return typeof v === t;
+    case 'null':
+      return v === null;
+    case 'array':
+      return Array.isArray(v);
+    case 'object':
+      return v !== null && typeof v === 'object' && !Array.isArray(v);
+    default:
+      return false;
+  }
+}
+
+/**
+ * Applies or refuses, in place, the keywords beside `enum`/`const`/`anyOf`/`$ref` (which XGrammar
+ * would ignore): `type` beside `enum` drops the members of other types (beside `const`, a const of
+ * another type is refused); any other constraining keyword there is refused, naming it.
+ */
+function checkSiblings(o: Record<string, unknown>, at: string): void {
+  const constrains = (k: string): boolean => !ANNOTATIONS.has(k) && k !== '$defs' && k !== 'definitions';
+  const values = o.enum !== undefined ? 'enum' : o.const !== undefined ? 'const' : null;
+  if (values !== null) {
+    for (const k of Object.keys(o))
+      if (constrains(k) && k !== values && k !== 'type')
+        refuse(`${at}/${k}: beside "${values}" constrained decoding enforces only "type" ("${k}" would be ignored); list only the values that satisfy it`);
+    if (o.type === undefined) return;
+    const types = Array.isArray(o.type) ? (o.type as unknown[]) : [o.type];
+    for (const t of types) if (typeof t !== 'string' || !TYPES.has(t)) refuse(`${at}/type: unknown type ${JSON.stringify(t)}`);
+    const fits = (v: unknown): boolean => types.some((t) => isOfType(v, t));
+    if (values === 'const' && !fits(o.const)) refuse(`${at}: "const" ${JSON.stringify(o.const)} is not of "type" ${JSON.stringify(o.type)}, so nothing satisfies the schema`);
+    if (values === 'enum' && Array.isArray(o.enum)) {
+      o.enum = o.enum.filter(fits);
+      if ((o.enum as unknown[]).length === 0) refuse(`${at}: no member of "enum" is of "type" ${JSON.stringify(o.type)}, so nothing satisfies the schema`);
+    }
+    return;
+  }
+  for (const key of ['anyOf', '$ref'])
+    if (o[key] !== undefined)
+      for (const k of Object.keys(o))
+        if (constrains(k) && k !== key)
+          refuse(`${at}/${k}: beside "${key}" constrained decoding ignores "${k}"; move it into ${key === 'anyOf' ? 'each anyOf branch' : 'the referenced schema'}`);
+}
+
 /**
  * Declares, in place, each name in `required` that `properties` does not: XGrammar writes only
  * declared properties, so it would leave such a name out. In JSON Schema an undeclared property
@@ -196,6 +252,7 @@ export function checkJsonSchema(input: unknown): CheckedSchema {
     if (s === null || typeof s !== 'object' || Array.isArray(s)) refuse(`${at}: a schema must be an object or a boolean`);
     const o = s as Record<string, unknown>;
     if (BOUND_KEYWORDS.some((k) => o[k] !== undefined)) rewriteBounds(o, at, inDefinition, ranges, nonce);
+    checkSiblings(o, at);
     if (typeof o.pattern === 'string') checkPattern(o.pattern, `${at}/pattern`);
     if (o.required !== undefined) declareRequired(o, at);
     if (o.minLength !== undefined || o.maxLength !== undefined) {
