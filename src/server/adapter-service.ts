@@ -162,18 +162,31 @@ export class AdapterService {
     }
   }
 
-  /** vLLM's load_lora_adapter: registers an adapter directory under one of the configured roots. */
+  /**
+   * vLLM's load_lora_adapter: registers an adapter directory under one of the configured roots.
+   * Loading a name again from the same directory with the same files is a no-op that succeeds, so an
+   * orchestrator's retry (AIBrix lists /v1/models, then loads) cannot fail on its own earlier load.
+   */
   async registerPath(name: string, path: string): Promise<AdapterRecord> {
+    const remote = /^([a-z][a-z0-9+.-]*):\/\//i.exec(path);
+    if (remote) {
+      throw new ValidationError(
+        `lora_path ${JSON.stringify(path)} is a remote URI (${remote[1]}://): loraplex reads adapters only from directories on disk under --lora-roots; download it there first, or upload it through POST /admin/adapters`,
+        'lora_path',
+      );
+    }
     const roots = this.ctx.settings.loraRoots;
     if (roots.length === 0) throw new ValidationError('loading adapters from paths is off: configure --lora-roots', 'lora_path');
-    if (!isAbsolute(path) || !existsSync(path)) throw new ValidationError(`lora_path ${JSON.stringify(path)} must be an existing absolute path`, 'lora_path');
+    if (!isAbsolute(path)) throw new ValidationError(`lora_path ${JSON.stringify(path)} must be an absolute path to a directory on disk (Hugging Face Hub ids are not downloaded)`, 'lora_path');
+    if (!existsSync(path)) throw new ValidationError(`lora_path ${JSON.stringify(path)} must be an existing absolute path`, 'lora_path');
     const real = realpathSync(path);
     const inside = roots.some((root) => {
       const rel = relative(realpathSync(resolve(root)), real);
       return rel !== '' && !rel.startsWith('..') && !isAbsolute(rel);
     });
     if (!inside) throw new ValidationError(`lora_path ${JSON.stringify(path)} is not under a configured root (--lora-roots)`, 'lora_path');
-    if (this.ctx.registry.get(name)) throw new ConflictError(`adapter ${name} already exists`, 'lora_name');
+    const existing = this.ctx.registry.get(name);
+    if (existing && (existing.source !== 'path' || existing.dir !== real)) throw new ConflictError(`adapter ${name} already exists`, 'lora_name');
     if (name === this.ctx.baseId) throw new ConflictError(`${name} is the base model's id`, 'lora_name');
     let v;
     try {
@@ -181,6 +194,12 @@ export class AdapterService {
     } catch (err) {
       if (err instanceof LoraplexError && err.code === 'adapter_invalid') throw err;
       throw new ValidationError(`lora_path: ${(err as Error).message}`, 'lora_path');
+    }
+    // Looked up again: another load of this name may have finished while this one validated.
+    const current = this.ctx.registry.get(name);
+    if (current) {
+      if (current.source === 'path' && current.dir === real && current.digest === v.digest) return current;
+      throw new ConflictError(`adapter ${name} is already loaded from another path or with other files; unload it first`, 'lora_name');
     }
     return this.ctx.registry.register({ name, digest: v.digest, dir: real, info: v.info, source: 'path', createdAt: Date.now() });
   }
