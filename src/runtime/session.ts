@@ -74,7 +74,7 @@ export class Session {
         const msg =
           `execution provider ${opts.device} is not usable here: ${why}` +
           (backends ? ` (this onnxruntime-node build offers: ${backends})` : '') +
-          (opts.device === 'cuda' ? '; install onnxruntime-node with ONNXRUNTIME_NODE_INSTALL=cuda12 on a machine with CUDA 12 and cuDNN 9' : '');
+          (opts.device === 'cuda' ? '; install onnxruntime-node with ONNXRUNTIME_NODE_INSTALL=cuda12 on a machine with CUDA 13 and cuDNN 9 (ldd libonnxruntime_providers_cuda.so names any library missing)' : '');
         if (!opts.allowCpuFallback) throw new RuntimeConfigError(`${msg}; pass --allow-cpu-fallback to run on the CPU instead`);
         opts.log?.(`${msg}; falling back to cpu as allowed`);
       }
