@@ -67,6 +67,8 @@ export const KNOBS = {
   apiKeys: knob({ key: 'apiKeys', flag: '--api-key <keys>', env: 'LORAPLEX_API_KEY', kind: 'list', doc: 'comma-separated API keys required on the inference routes (none = open)' }),
   metricsKey: knob({ key: 'metricsKey', flag: '--metrics-key <token>', env: 'LORAPLEX_METRICS_KEY', kind: 'string', doc: 'bearer token for GET /metrics (then the API keys do not open it); without it, /metrics takes the API keys, and is open when there are none' }),
   metricsAdapterLabels: knob({ key: 'metricsAdapterLabels', flag: '--metrics-adapter-labels <n>', env: 'LORAPLEX_METRICS_ADAPTER_LABELS', kind: 'int', default: 100, min: 1, doc: 'distinct adapter label values in /metrics (adapter names, merges as their sorted names); requests for further ones are counted under adapter="_other"' }),
+  metricsVllmNames: knob({ key: 'metricsVllmNames', flag: '--metrics-vllm-names', env: 'LORAPLEX_METRICS_VLLM_NAMES', kind: 'bool', default: false, doc: "also export the endpoint picker's gauges under vLLM's names (vllm:num_requests_waiting, vllm:num_requests_running, vllm:kv_cache_usage_perc, vllm:lora_requests_info, vllm:cache_config_info), so the Gateway API inference extension's built-in vLLM engine config reads loraplex unchanged" }),
+  metricsPort: knob({ key: 'metricsPort', flag: '--metrics-port <n>', env: 'LORAPLEX_METRICS_PORT', kind: 'int', min: 0, doc: 'also serve GET /metrics and GET /health on this port, on --host, without any key (for in-cluster scrapers: the endpoint picker, Prometheus); keep the port reachable only inside the cluster. Unset = off' }),
   loraRoots: knob({ key: 'loraRoots', flag: '--lora-roots <dirs>', env: 'LORAPLEX_LORA_ROOTS', kind: 'list', doc: 'comma-separated directories /v1/load_lora_adapter may read adapters from' }),
   headersTimeoutMs: knob({ key: 'headersTimeoutMs', flag: '--headers-timeout-ms <ms>', env: 'LORAPLEX_HEADERS_TIMEOUT_MS', kind: 'int', default: 10000, min: 1, doc: "time a client has to send a request's headers (beyond it: 408, connection closed)" }),
   bodyTimeoutMs: knob({ key: 'bodyTimeoutMs', flag: '--body-timeout-ms <ms>', env: 'LORAPLEX_BODY_TIMEOUT_MS', kind: 'int', default: 30000, min: 1, doc: 'time a client has to send a JSON body; for uploads, the longest pause without progress (beyond it: 408)' }),
@@ -115,6 +117,8 @@ export interface Config {
   readonly apiKeys?: string[];
   readonly metricsKey?: string;
   readonly metricsAdapterLabels: number;
+  readonly metricsVllmNames: boolean;
+  readonly metricsPort?: number;
   readonly loraRoots?: string[];
   readonly headersTimeoutMs: number;
   readonly bodyTimeoutMs: number;

@@ -81,7 +81,14 @@ export interface EngineStats {
   /** Adapter names with running rows / with waiting requests. */
   runningAdapters: string[];
   waitingAdapters: string[];
+  /** Distinct adapters one batch can hold (the graph's adapter slots). */
   maxLora: number;
+  /** Adapter names resident in the host cache, in graph slots, and in slots pinned by running rows. */
+  cachedAdapters: string[];
+  slotAdapters: string[];
+  pinnedAdapters: string[];
+  /** Tokens per KV block; kvCapacity / kvBlockSize blocks in all. */
+  kvBlockSize: number;
   /** Grammar thread: replacements, rows failed for their grammar's cost, XGrammar memory, failed for good. */
   grammar: GrammarHostStats | null;
   /** Constrained rows that sat out a step because their mask was late. */
@@ -710,6 +717,10 @@ export class EngineCore {
       runningAdapters: [...running].sort(),
       waitingAdapters: [...waiting].sort(),
       maxLora: this.model.lora.capacity,
+      cachedAdapters: [...new Set(this.cache.cachedKeys().map(names))].sort(),
+      slotAdapters: [...new Set(this.slots.occupants().map(names))].sort(),
+      pinnedAdapters: [...new Set(this.slots.occupants().filter((k) => this.slots.isPinned(k)).map(names))].sort(),
+      kvBlockSize: KV_BLOCK,
       grammar: this.grammarHost?.stats() ?? null,
       grammarLateMasks: this.grammarLateMasks,
     };

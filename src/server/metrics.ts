@@ -1,8 +1,10 @@
 /**
  * Prometheus metrics (prom-client, own registry): requests by route/status/adapter, latency and
  * time-to-first-token histograms, tokens, queue depth, running rows, batch size, adapter cache
- * counters, prefix-cache queries and hits (in tokens, as vLLM counts them), and `lora_requests_info` as vLLM exports it (the Kubernetes Gateway API inference
- * extension routes on it). Engine-side numbers are read from the engine on each scrape.
+ * counters, prefix-cache queries and hits (in tokens, as vLLM counts them), the model-server
+ * protocol the Gateway API inference extension's endpoint picker routes on (metrics-protocol.ts),
+ * and adapter residency (host cache, graph slots, pinned). Engine-side numbers are read from the
+ * engine on each scrape.
  *
  * Label sets are bounded, since every new label value is a series kept until restart: the adapter
  * label takes at most `maxAdapterLabels` values (first come; requests for others count under
@@ -10,6 +12,7 @@
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { EngineStats } from '../scheduler/core.js';
+import { LORAPLEX_PROTOCOL_NAMES, ProtocolGauges, VLLM_PROTOCOL_NAMES } from './metrics-protocol.js';
 
 /** The adapter label of requests for adapters beyond the cap (adapter names start with a letter or digit). */
 export const OTHER_ADAPTERS = '_other';
@@ -29,11 +32,13 @@ export class Metrics {
   private readonly cacheCounters: Record<'hits' | 'misses' | 'loads' | 'loadFailures' | 'evictions', Counter>;
   private readonly prefixCounters: Record<'prefixCacheQueryTokens' | 'prefixCacheHitTokens', Counter>;
   private readonly last: Record<string, number> = {};
-  private readonly engineGauges: Record<'queue' | 'running' | 'batch' | 'kv' | 'cacheBytes' | 'slotLoads' | 'preemptions' | 'cachedBlocks' | 'idleBlocks', Gauge>;
+  private readonly engineGauges: Record<'batch' | 'cacheBytes' | 'slotLoads' | 'preemptions' | 'cachedBlocks' | 'idleBlocks', Gauge>;
   private readonly grammarGauges: Record<'replacements' | 'rowsFailed' | 'memoryBytes' | 'lateMasks', Gauge>;
-  private readonly loraInfo: Gauge<'running_lora_adapters' | 'waiting_lora_adapters' | 'max_lora'>;
+  private readonly protocol: ProtocolGauges[];
+  private readonly residency: Gauge<'adapter' | 'location'>;
 
-  constructor(maxAdapterLabels = 100) {
+  /** `vllmNames`: export the endpoint picker's protocol gauges also under vLLM's names. */
+  constructor(maxAdapterLabels = 100, opts: { vllmNames?: boolean } = {}) {
     this.maxAdapterLabels = maxAdapterLabels;
     const r = this.registry;
     collectDefaultMetrics({ register: r, prefix: 'loraplex_process_' });
@@ -55,26 +60,25 @@ export class Metrics {
       prefixCacheQueryTokens: counter('loraplex_prefix_cache_queries_total', 'Prompt tokens looked up in the prefix cache when requests were admitted'),
       prefixCacheHitTokens: counter('loraplex_prefix_cache_hits_total', 'Prompt tokens found in the prefix cache (not computed)'),
     };
-    const queue = new Gauge({ name: 'loraplex_queue_depth', help: 'Requests waiting to be scheduled', registers: [r] });
-    const running = new Gauge({ name: 'loraplex_running_requests', help: 'Requests running (holding a batch row)', registers: [r] });
     const batch = new Gauge({ name: 'loraplex_batch_size', help: 'Rows in the last forward step', registers: [r] });
-    const kv = new Gauge({ name: 'loraplex_kv_cache_usage_ratio', help: 'Share of the KV cache reserved by running requests', registers: [r] });
     const cacheBytes = new Gauge({ name: 'loraplex_adapter_cache_bytes', help: 'Bytes of adapters in the host cache', registers: [r] });
     const slotLoads = new Gauge({ name: 'loraplex_adapter_slot_loads', help: 'Adapters written into graph slots since start', registers: [r] });
     const preemptions = new Gauge({ name: 'loraplex_preemptions', help: 'Requests taken out of the batch to free KV cache since start (resumed by recomputation)', registers: [r] });
     const cachedBlocks = new Gauge({ name: 'loraplex_prefix_cache_blocks', help: 'KV blocks (16 tokens each) in the prefix cache, held by requests or idle', registers: [r] });
     const idleBlocks = new Gauge({ name: 'loraplex_prefix_cache_idle_blocks', help: 'Prefix-cache blocks no request holds (reclaimed first when the KV cache needs room)', registers: [r] });
-    this.engineGauges = { queue, running, batch, kv, cacheBytes, slotLoads, preemptions, cachedBlocks, idleBlocks };
+    this.engineGauges = { batch, cacheBytes, slotLoads, preemptions, cachedBlocks, idleBlocks };
     this.grammarGauges = {
       replacements: new Gauge({ name: 'loraplex_grammar_thread_replacements', help: 'Grammar threads replaced since start (a row over --grammar-mask-timeout-ms, XGrammar aborting, or memory past --grammar-memory-mb)', registers: [r] }),
       rowsFailed: new Gauge({ name: 'loraplex_grammar_rows_failed', help: 'Constrained rows failed since start because their grammar needed too much CPU per token or made XGrammar abort', registers: [r] }),
       memoryBytes: new Gauge({ name: 'loraplex_grammar_memory_bytes', help: "XGrammar's memory on the grammar thread", registers: [r] }),
       lateMasks: new Gauge({ name: 'loraplex_grammar_late_masks', help: 'Times a constrained row sat out a step because its mask was not ready (other rows did not wait for it)', registers: [r] }),
     };
-    this.loraInfo = new Gauge({
-      name: 'lora_requests_info',
-      help: 'Running and waiting LoRA adapters (vLLM-compatible; value = scrape time)',
-      labelNames: ['running_lora_adapters', 'waiting_lora_adapters', 'max_lora'],
+    this.protocol = [new ProtocolGauges(LORAPLEX_PROTOCOL_NAMES, r)];
+    if (opts.vllmNames) this.protocol.push(new ProtocolGauges(VLLM_PROTOCOL_NAMES, r));
+    this.residency = new Gauge({
+      name: 'loraplex_adapter_residency',
+      help: `Adapters resident by location (host_cache, slot: in a graph slot, pinned: in a slot and used by running rows); value = adapters (1, or how many have no label of their own under adapter="${OTHER_ADAPTERS}")`,
+      labelNames: ['adapter', 'location'],
       registers: [r],
     });
   }
@@ -101,10 +105,7 @@ export class Metrics {
   /** Copies the engine's numbers into the metrics (before each scrape). */
   refresh(s: EngineStats): void {
     const g = this.engineGauges;
-    g.queue.set(s.waiting);
-    g.running.set(s.running);
     g.batch.set(s.lastBatchRows);
-    g.kv.set(s.kvCapacity > 0 ? s.kvReservedTokens / s.kvCapacity : 0);
     g.cacheBytes.set(s.cache.bytes);
     g.slotLoads.set(s.slotLoads);
     g.preemptions.set(s.preemptions);
@@ -126,10 +127,13 @@ export class Metrics {
       if (delta > 0) this.cacheCounters[k].inc(delta);
       this.last[k] = s.cache[k];
     }
-    this.loraInfo.reset();
-    this.loraInfo.set(
-      { running_lora_adapters: s.runningAdapters.join(','), waiting_lora_adapters: s.waitingAdapters.join(','), max_lora: String(s.maxLora) },
-      Date.now() / 1000,
-    );
+    const now = Date.now();
+    for (const p of this.protocol) p.set(s, now);
+    this.residency.reset();
+    const locations = { host_cache: s.cachedAdapters, slot: s.slotAdapters, pinned: s.pinnedAdapters };
+    for (const [location, names] of Object.entries(locations)) {
+      // Bounded like the request labels: adapters beyond the cap are counted under _other.
+      for (const name of names) this.residency.inc({ adapter: this.adapterLabel(name), location });
+    }
   }
 }

@@ -13,6 +13,7 @@ import type { RuntimeSettings } from '../runtime/open.js';
 import { Engine } from '../scheduler/engine.js';
 import { AdapterService } from './adapter-service.js';
 import { buildApp } from './app.js';
+import { buildMetricsApp } from './routes/ops.js';
 import { ServerContext, type ServerSettings } from './context.js';
 import { Metrics } from './metrics.js';
 import { StoreClient } from './store/store-client.js';
@@ -24,6 +25,8 @@ export interface RunningServer {
   app: FastifyInstance;
   ctx: ServerContext;
   url: string;
+  /** The --metrics-port listener's URL ('' when off). */
+  metricsUrl: string;
   /** Resolves once the model is loaded and adapters are discovered. */
   ready: Promise<void>;
   /** Drains (up to `graceMs`, default --shutdown-grace-ms), then stops. */
@@ -62,7 +65,7 @@ export async function startServer(
   const ctx = new ServerContext({
     registry: new AdapterRegistry(),
     staging: config.adapters ? new StagingArea(config.adapters) : null,
-    metrics: new Metrics(config.metricsAdapterLabels),
+    metrics: new Metrics(config.metricsAdapterLabels, { vllmNames: config.metricsVllmNames ?? false }),
     baseId,
     settings: serverSettings(config),
   });
@@ -74,6 +77,16 @@ export async function startServer(
   if (opts.listen !== false) {
     url = await app.listen({ host: config.host ?? '127.0.0.1', port: config.port ?? 8080 });
     app.log.info(`listening on ${url} (health: ${url}/health, docs: ${url}/docs)`);
+  }
+  // Keyless /metrics and /health for in-cluster scrapers; the port must not be exposed outside.
+  const metricsApp = config.metricsPort !== undefined && opts.listen !== false ? await buildMetricsApp(ctx) : null;
+  let metricsUrl = '';
+  if (metricsApp) {
+    metricsUrl = await metricsApp.listen({ host: config.host ?? '127.0.0.1', port: config.metricsPort! }).catch(async (err: Error) => {
+      await app.close();
+      throw err;
+    });
+    app.log.info(`metrics listener on ${metricsUrl} (GET /metrics, GET /health; no keys)`);
   }
   let engine: Engine | null = null;
   const service = new AdapterService(ctx, { info: (m) => app.log.info(m), warn: (m) => app.log.warn(m) });
@@ -133,6 +146,7 @@ export async function startServer(
       while (ctx.openRequests > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 25));
       await (engine as Engine | null)?.close(Math.max(0, until - Date.now()));
       await app.close();
+      await metricsApp?.close();
       service.stop();
       await ctx.storeClient?.close();
       await ctx.bodies.close();
@@ -140,7 +154,7 @@ export async function startServer(
     })();
     return closing;
   };
-  return { app, ctx, url, ready, close };
+  return { app, ctx, url, metricsUrl, ready, close };
 }
 
 /** Runs until SIGTERM/SIGINT, then shuts down gracefully. */

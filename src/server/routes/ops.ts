@@ -1,15 +1,17 @@
 /**
  * GET /health (503 until the model is ready) and GET /metrics (Prometheus). /metrics shows every
  * tenant's traffic (adapter names, activity, prefix-cache hits), so once keys are set it takes
- * one: --metrics-key if given, else any API key.
+ * one: --metrics-key if given, else any API key. With --metrics-port, a second listener serves only
+ * these two routes, without keys, for in-cluster scrapers (the endpoint picker, Prometheus).
  */
-import type { FastifyInstance, FastifyRequest } from 'fastify';
+import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify';
 import { Type } from 'typebox';
 import { AuthError } from '../../errors.js';
 import { bearerMatches } from '../auth.js';
 import type { ServerContext } from '../context.js';
 
-export async function opsRoutes(app: FastifyInstance, ctx: ServerContext): Promise<void> {
+/** `open`: /metrics takes no key (the metrics listener). */
+export async function opsRoutes(app: FastifyInstance, ctx: ServerContext, opts: { open?: boolean } = {}): Promise<void> {
   app.get(
     '/health',
     { schema: { tags: ['ops'], summary: 'Ready when the model is loaded and the adapter store scanned (503 before, while draining, if the engine stopped, or if constrained decoding cannot run)', response: { 200: Type.Object({ status: Type.String() }), 503: Type.Object({ status: Type.String() }) } } },
@@ -36,7 +38,7 @@ export async function opsRoutes(app: FastifyInstance, ctx: ServerContext): Promi
     },
   );
   const { metricsKey, apiKeys } = ctx.settings;
-  const tokens = metricsKey !== null ? [metricsKey] : apiKeys;
+  const tokens = opts.open ? [] : metricsKey !== null ? [metricsKey] : apiKeys;
   const authorize = async (request: FastifyRequest): Promise<void> => {
     if (!bearerMatches(request.headers.authorization, tokens)) throw new AuthError(`missing or invalid key for /metrics: send Authorization: Bearer <key> (${metricsKey !== null ? 'the --metrics-key' : 'an API key'})`);
   };
@@ -46,4 +48,11 @@ export async function opsRoutes(app: FastifyInstance, ctx: ServerContext): Promi
     reply.type(ctx.metrics.registry.contentType);
     return ctx.metrics.registry.metrics();
   });
+}
+
+/** The --metrics-port application: GET /metrics and GET /health only, no keys, no request logs. */
+export async function buildMetricsApp(ctx: ServerContext): Promise<FastifyInstance> {
+  const app = Fastify({ logger: false });
+  await app.register(async (ops) => opsRoutes(ops, ctx, { open: true }));
+  return app;
 }
