@@ -240,11 +240,13 @@ describe('Helm chart', () => {
     });
   });
 
-  it('refuses several replicas on a ReadWriteOnce store not pinned to one node, and a ServiceMonitor without the metrics port', () => {
+  it('refuses what cannot work: several replicas on a ReadWriteOnce store not pinned to one node, a scraper without the keyless metrics port', () => {
     expect(() => render(helm, null, ['--set', 'adapterStore.accessMode=ReadWriteOnce', '--set', 'replicaCount=2'])).toThrow(/ReadWriteOnce: only pods on one node/);
     expect(() => render(helm, null, ['--set', 'adapterStore.accessMode=ReadWriteOncePod', '--set', 'replicaCount=2'])).toThrow(/ReadWriteOncePod allows one pod/);
     expect(() => render(helm, null, ['--set', 'serviceMonitor.enabled=true', '--set', 'server.metricsPort=null'])).toThrow(/needs server.metricsPort/);
     expect(() => render(helm, null, ['--set', 'server.flags.port=1'])).toThrow(/sets --port from its own values/);
+    // The endpoint picker scrapes without a key: with keys, only the keyless metrics port serves it.
+    expect(() => render(helm, null, ['--set', 'inferencePool.enabled=true', '--set', 'server.metricsPort=null', '--set', 'auth.apiKeys={k}'])).toThrow(/needs server.metricsPort/);
     const rwop = render(helm, null, ['--set', 'adapterStore.accessMode=ReadWriteOncePod', '--set', 'replicaCount=1']);
     expect(one(rwop, 'Deployment').spec.strategy.type).toBe('Recreate');
   });

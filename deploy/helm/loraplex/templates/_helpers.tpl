@@ -109,6 +109,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if and .Values.serviceMonitor.enabled (not .Values.server.metricsPort) }}
 {{- fail "serviceMonitor.enabled needs server.metricsPort (the keyless metrics listener it scrapes)" }}
 {{- end }}
+{{- if and .Values.inferencePool.enabled (not .Values.server.metricsPort) (or .Values.auth.existingSecret .Values.auth.apiKeys .Values.auth.metricsKey) }}
+{{- fail "inferencePool.enabled with API keys or a metrics key needs server.metricsPort: the endpoint picker scrapes /metrics without a key" }}
+{{- end }}
 {{- if and .Values.server.metricsPort (eq (int .Values.server.metricsPort) (int .Values.server.port)) }}
 {{- fail "server.metricsPort must differ from server.port" }}
 {{- end }}
