@@ -5,6 +5,7 @@
  * the real commander options, and once by the real CLI (`loraplex config`).
  */
 import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { Command, Option } from 'commander';
@@ -17,6 +18,19 @@ import { CHART_DIR, ensureTool, template, valueSets } from '../../scripts/helm-t
 type Manifest = Record<string, any>;
 
 const KEYS = Object.keys(KNOBS) as KnobKey[];
+/** The environment the image sets (docker/Dockerfile's last stage): the chart's args and env must win over it. */
+const IMAGE_ENV: Record<string, string> = (() => {
+  const text = readFileSync(join(import.meta.dirname, '../../docker/Dockerfile'), 'utf8').replace(/\\\n/g, ' ');
+  const lastStage = text.slice(text.lastIndexOf('\nFROM '));
+  const out: Record<string, string> = {};
+  for (const line of lastStage.split('\n').filter((l) => l.startsWith('ENV '))) {
+    for (const pair of line.slice(4).trim().split(/\s+/)) {
+      const eq = pair.indexOf('=');
+      if (eq > 0) out[pair.slice(0, eq)] = pair.slice(eq + 1);
+    }
+  }
+  return out;
+})();
 const FLAG_NAMES = new Map(KEYS.map((key) => [(KNOBS[key] as Knob).flag.split(' ')[0], key]));
 const ENV_NAMES = new Set(KEYS.map((key) => (KNOBS[key] as Knob).env));
 
@@ -58,8 +72,9 @@ describe('Helm chart', () => {
     for (const values of sets) rendered.set(label(values), render(helm, values));
   });
 
-  it('has value sets to check: the defaults and ci/*.yaml', () => {
+  it('has value sets to check: the defaults and ci/*.yaml; and the image environment the pods start from', () => {
     expect(sets.length).toBeGreaterThanOrEqual(5);
+    expect(IMAGE_ENV).toMatchObject({ LORAPLEX_ADAPTERS: '/adapters', LORAPLEX_CACHE_DIR: '/cache' });
   });
 
   describe.each(sets.map(label))('%s', (name) => {
@@ -70,7 +85,7 @@ describe('Helm chart', () => {
     /** The Secret's values by key, as the pod would read them (the created Secret, or stand-ins for an existing one). */
     const env = (): Record<string, string> => {
       const secret = maybe(ms(), 'Secret');
-      const out: Record<string, string> = {};
+      const out: Record<string, string> = { ...IMAGE_ENV };
       for (const e of container().env ?? []) {
         if (e.value !== undefined) out[e.name] = String(e.value);
         const ref = e.valueFrom?.secretKeyRef;
@@ -153,6 +168,12 @@ describe('Helm chart', () => {
         expect(volumes.map((v) => v.name)).toContain(m!.name);
         return volumes.find((v) => v.name === m!.name)!;
       };
+      // Each volume has exactly one source (`emptyDir:` rendered empty would be null: no source).
+      for (const v of volumes) {
+        const sources = Object.entries(v).filter(([k]) => k !== 'name');
+        expect(sources, v.name).toHaveLength(1);
+        expect(sources[0][1], v.name).not.toBeNull();
+      }
       mountAt(c.cacheDir!);
       mountAt(c.model!);
       if (c.adapters !== undefined) {
