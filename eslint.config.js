@@ -28,7 +28,7 @@ const layerRule = (layer, forbidden) => ({
 });
 
 export default tseslint.config(
-  { ignores: ['dist/', 'node_modules/', 'openapi/', 'coverage/', 'scratch/'] },
+  { ignores: ['dist/', 'node_modules/', 'openapi/', 'coverage/', 'scratch/', '.cache/'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {
