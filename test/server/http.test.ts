@@ -362,6 +362,17 @@ describe('errors and malformed input', () => {
 });
 
 describe('ops', () => {
+  it('advertises a keep-alive timeout well below the one it enforces, so a client never reuses a connection the server is closing', async () => {
+    const res = await fetch(`${base}/health`);
+    await res.text();
+    const advertised = Number(/timeout=(\d+)/.exec(res.headers.get('keep-alive') ?? '')?.[1]);
+    const enforced = server.app.server.keepAliveTimeout / 1000;
+    // Clients (undici, proxies) keep an idle connection until just before the advertised timeout;
+    // on a busy machine their timer fires late, so the margin must cover a stalled event loop.
+    expect(enforced - advertised).toBeGreaterThanOrEqual(10);
+    expect(advertised).toBeGreaterThanOrEqual(30);
+  });
+
   it('/metrics exports requests, latency, tokens, cache counters and lora_requests_info', async () => {
     const text = await (await fetch(`${base}/metrics`)).text();
     for (const name of [
