@@ -4,7 +4,7 @@
  *   a. adapter affinity (consistent hashing on the body's "model") keeps adapters in the replicas'
  *      host caches: a higher hit rate than round robin on a zipf mix over 64 adapters;
  *   b. a rolling restart (SIGTERM, one replica at a time) under steady load fails no request;
- *   c. kill -9 of a replica under load fails only requests sent before the kill; HAProxy marks it
+ *   c. kill -9 of a replica under load fails only requests sent before it died; HAProxy marks it
  *      DOWN and its adapters are served by the others;
  *   d. an adapter uploaded and then replaced through the proxy is served, in its latest version, by
  *      every replica (the propagation delay is printed).
@@ -133,7 +133,7 @@ describe.skipIf(!HAVE_HAPROXY)('replicas behind HAProxy', () => {
     expect(affinity.hitRate).toBeGreaterThan(rr.hitRate);
   });
 
-  it('c: kill -9 of a replica under load fails only requests sent before the kill; the others take its adapters over', async () => {
+  it('c: kill -9 of a replica under load fails only requests sent before it died; the others take its adapters over', async () => {
     const load = steadyLoad(lb.affinityUrl, { concurrency: 6, pick: zipfAdapters(ADAPTERS, 13), body: { prompt: [8, 9, 10], max_tokens: 24, temperature: 0, ignore_eos: true } });
     const victim = replicas[1];
     // Until the victim has answered a few requests (so some of the mix's adapters are its own).
