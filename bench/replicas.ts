@@ -7,7 +7,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { createConnection, createServer } from 'node:net';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { writeRandomPeftAdapter } from '../src/adapters/random.js';
 import { Checkpoint } from '../src/runtime/checkpoint/checkpoint.js';
 import { prng } from '../src/util/prng.js';
@@ -161,10 +161,11 @@ export interface Haproxy {
 export async function startHaproxy(dir: string, servers: { name: string; port: number }[]): Promise<Haproxy> {
   mkdirSync(dir, { recursive: true });
   const [affinityPort, roundRobinPort] = [await freePort(), await freePort()];
-  const socket = join(dir, 'haproxy.sock');
+  // Absolute: HAProxy reads a relative path as a host name.
+  const socket = resolve(dir, 'haproxy.sock');
   const cfg = join(dir, 'haproxy.cfg');
   writeFileSync(cfg, haproxyConfig({ affinityPort, roundRobinPort, socket, servers }));
-  const check = spawnSync('haproxy', ['-c', '-q', '-f', cfg], { encoding: 'utf8' });
+  const check = spawnSync('haproxy', ['-c', '-f', cfg], { encoding: 'utf8' });
   if (check.status !== 0) throw new Error(`haproxy -c refused the config: ${check.stdout}${check.stderr}`);
   const child = spawn('haproxy', ['-db', '-f', cfg], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
