@@ -191,14 +191,24 @@ export function haproxyCommand(socket: string, command: string): Promise<string>
   });
 }
 
-/** Each server's status in `backend` as HAProxy's stats say it ("UP", "DOWN", "UP 1/2", "DOWN 1/2", "MAINT", ...). */
-export async function serverStatus(socket: string, backend: string): Promise<Record<string, string>> {
+/** HAProxy's `show stat`: one record per proxy and server, keyed by the CSV's column names (pxname, svname, status, wretr, wredis, ...). */
+export async function haproxyStats(socket: string): Promise<Record<string, string>[]> {
   const csv = (await haproxyCommand(socket, 'show stat')).trim().split('\n');
   const header = csv[0].replace(/^# /, '').split(',');
-  const [px, sv, st] = ['pxname', 'svname', 'status'].map((h) => header.indexOf(h));
+  return csv.slice(1).map((l) => Object.fromEntries(l.split(',').map((v, i) => [header[i], v])));
+}
+
+/** Each server's status in `backend` as HAProxy's stats say it ("UP", "DOWN", "UP 1/2", "DOWN 1/2", "MAINT", ...). */
+export async function serverStatus(socket: string, backend: string): Promise<Record<string, string>> {
   const out: Record<string, string> = {};
-  for (const row of csv.slice(1).map((l) => l.split(','))) if (row[px] === backend && row[sv] !== 'BACKEND' && row[sv] !== 'FRONTEND') out[row[sv]] = row[st];
+  for (const row of await haproxyStats(socket)) if (row.pxname === backend && row.svname !== 'BACKEND' && row.svname !== 'FRONTEND') out[row.svname] = row.status;
   return out;
+}
+
+/** Requests `backend` has retried and redispatched so far (HAProxy's wretr and wredis). */
+export async function retryCounters(socket: string, backend: string): Promise<{ retries: number; redispatches: number }> {
+  const row = (await haproxyStats(socket)).find((r) => r.pxname === backend && r.svname === 'BACKEND');
+  return { retries: Number(row?.wretr ?? 0), redispatches: Number(row?.wredis ?? 0) };
 }
 
 /** Waits until HAProxy reports `server` exactly `status` ("UP" or "DOWN") in every backend. */

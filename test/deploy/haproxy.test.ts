@@ -20,6 +20,7 @@ import {
   haproxyVersion,
   killAll,
   measureMix,
+  retryCounters,
   serverStatus,
   startHaproxy,
   startReplica,
@@ -119,7 +120,8 @@ describe.skipIf(!HAVE_HAPROXY)('replicas behind HAProxy', () => {
     }
     const outcomes = await load.stop();
     const failed = outcomes.filter((x) => x.status !== 200);
-    log(`rolling restart: ${outcomes.length} requests, ${failed.length} failed${failed.length ? `: ${failed.slice(0, 5).map((f) => `${f.status} ${f.error}`).join('; ')}` : ''}`);
+    const retried = await retryCounters(lb.socket, AFFINITY_BACKEND);
+    log(`rolling restart: ${outcomes.length} requests, ${failed.length} failed${failed.length ? `: ${failed.slice(0, 5).map((f) => `${f.status} ${f.error}`).join('; ')}` : ''}; HAProxy retried ${retried.retries}, redispatched ${retried.redispatches} so far`);
     expect(failed).toEqual([]);
     expect(outcomes.length).toBeGreaterThan(10);
   });
