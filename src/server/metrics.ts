@@ -129,11 +129,14 @@ export class Metrics {
     }
     const now = Date.now();
     for (const p of this.protocol) p.set(s, now);
+    // Adapters with requests in flight get their label now (their requests will claim it anyway).
+    for (const name of [...s.runningAdapters, ...s.waitingAdapters]) this.adapterLabel(name);
     this.residency.reset();
     const locations = { host_cache: s.cachedAdapters, slot: s.slotAdapters, pinned: s.pinnedAdapters };
     for (const [location, names] of Object.entries(locations)) {
-      // Bounded like the request labels: adapters beyond the cap are counted under _other.
-      for (const name of names) this.residency.inc({ adapter: this.adapterLabel(name), location });
+      // Bounded like the request labels, and without taking their places: an adapter that has no
+      // label from a request (a merge's parts, one beyond the cap) is counted under _other.
+      for (const name of names) this.residency.inc({ adapter: this.adapterLabels.has(name) || name === 'base' ? name : OTHER_ADAPTERS, location });
     }
   }
 }
