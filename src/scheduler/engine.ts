@@ -26,6 +26,7 @@ export class Engine {
   private nextQid = 1;
   private closing: Promise<void> | null = null;
   private exited = false;
+  private recent: { at: number; stats: Promise<EngineStats> } | null = null;
 
   private constructor(worker: Worker, info: EngineInfo) {
     this.worker = worker;
@@ -102,6 +103,16 @@ export class Engine {
 
   stats(): Promise<EngineStats> {
     return this.ask({ t: 'stats', qid: 0 }) as Promise<EngineStats>;
+  }
+
+  /**
+   * Stats at most `maxAgeMs` old, one ask shared by every caller meanwhile: for callers anyone can
+   * reach as often as they like (health checks), so they cannot keep the engine thread answering.
+   */
+  recentStats(maxAgeMs: number): Promise<EngineStats> {
+    const now = performance.now();
+    if (this.recent === null || now - this.recent.at > maxAgeMs) this.recent = { at: now, stats: this.stats() };
+    return this.recent.stats;
   }
 
   /**

@@ -10,6 +10,9 @@ import { AuthError } from '../../errors.js';
 import { bearerMatches } from '../auth.js';
 import type { ServerContext } from '../context.js';
 
+/** How old the engine stats /health reads may be. */
+const HEALTH_STATS_MS = 250;
+
 /** `open`: /metrics takes no key (the metrics listener). */
 export async function opsRoutes(app: FastifyInstance, ctx: ServerContext, opts: { open?: boolean } = {}): Promise<void> {
   app.get(
@@ -30,7 +33,8 @@ export async function opsRoutes(app: FastifyInstance, ctx: ServerContext, opts: 
       }
       // A grammar thread that cannot even be started leaves constrained decoding refused: the
       // replica is not fit to serve (the grammar thread replaces itself after any other failure).
-      if ((await ctx.engine.stats()).grammar?.failed) {
+      // (Stats shared between health checks for HEALTH_STATS_MS: /health takes no key.)
+      if ((await ctx.engine.recentStats(HEALTH_STATS_MS)).grammar?.failed) {
         reply.code(503);
         return { status: 'grammar_failed' };
       }
