@@ -14,8 +14,8 @@ import { WARM_UP_SPECS } from '../runtime/grammar/warm-up.js';
 import { xgrammarAborted, xgrammarMemoryBytes } from '../runtime/grammar/xgrammar.js';
 import { prng } from '../util/prng.js';
 import { currentThreadId, threadCpuMs } from '../util/thread-cpu.js';
-import { lowerThreadPriority, serveTasks } from '../util/worker-task.js';
-import { DEFAULT_GRAMMAR_MASK_TIMEOUT_MS, GRAMMAR_PROBE_STEPS, specParam, type GrammarWorkerInit } from './grammar-host.js';
+import { lowerThreadPriority, serve } from '../util/worker-task.js';
+import { DEFAULT_GRAMMAR_MASK_TIMEOUT_MS, GRAMMAR_PROBE_STEPS, specParam, type GrammarCheckTasks, type GrammarWorkerInit } from './grammar-host.js';
 
 const init = workerData as GrammarWorkerInit;
 const maskTimeoutMs = init.maskTimeoutMs ?? DEFAULT_GRAMMAR_MASK_TIMEOUT_MS;
@@ -61,9 +61,13 @@ async function probe(spec: GrammarSpec, state: GrammarState): Promise<void> {
   }
 }
 
-serveTasks(async (task) => {
-  const spec = (task as { spec: GrammarSpec }).spec;
-  await probe(spec, await compiler.state(spec));
-  return { result: true };
+serve<GrammarCheckTasks>(
+  {
+    check: async ({ spec }) => {
+      await probe(spec, await compiler.state(spec));
+      return true;
+    },
+  },
   // XGrammar that aborted cannot be used again: reported as unbounded memory, so the pool replaces this thread.
-}, () => (xgrammarAborted() ? Number.POSITIVE_INFINITY : xgrammarMemoryBytes()));
+  () => (xgrammarAborted() ? Number.POSITIVE_INFINITY : xgrammarMemoryBytes()),
+);

@@ -50,6 +50,11 @@ const CHECKERS = 2;
 /** The request field a spec's errors name. */
 export const specParam = (spec: GrammarSpec): string => (spec.type === 'json_schema' || spec.type === 'json_object' ? 'schema' : spec.type === 'tool_calls' ? 'tools' : spec.type === 'ebnf' ? 'grammar' : spec.type);
 
+/** The checker threads' task map (see worker-protocol.ts): a spec passes (true) or its refusal is thrown. */
+export interface GrammarCheckTasks {
+  check: { arg: { spec: GrammarSpec }; result: boolean };
+}
+
 export interface GrammarWorkerInit {
   tokenizer: Record<string, unknown>;
   vocabSize: number;
@@ -137,7 +142,7 @@ interface Thread {
 export class GrammarHost {
   private readonly init: GrammarWorkerInit;
   private thread!: Thread;
-  private readonly checker: WorkerPool;
+  private readonly checker: WorkerPool<GrammarCheckTasks>;
   private readonly compileTimeoutMs: number;
   private readonly maskTimeoutMs: number;
   private readonly wallLimitMs: number | undefined;
@@ -166,7 +171,7 @@ export class GrammarHost {
     this.wallLimitMs = opts.wallLimitMs;
     this.memoryLimitBytes = opts.memoryLimitBytes ?? DEFAULT_GRAMMAR_MEMORY_MB * 2 ** 20;
     this.onReplace = opts.onReplace ?? (() => {});
-    this.checker = new WorkerPool({
+    this.checker = new WorkerPool<GrammarCheckTasks>({
       from: import.meta.url,
       entry: 'grammar-check-worker',
       size: CHECKERS,
@@ -402,7 +407,7 @@ export class GrammarHost {
       const param = specParam(spec);
       this.checks++;
       try {
-        await this.checker.run<boolean>({ spec }, {
+        await this.checker.run('check', { spec }, {
           budgetMs: this.compileTimeoutMs,
           wallLimitMs: this.wallLimitMs,
           what: `compiling the ${param} constraint`,

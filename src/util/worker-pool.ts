@@ -12,16 +12,18 @@
  *   `busy` (503 with Retry-After), retryable, never blaming the input; the machine is too busy.
  *
  * Either way the worker is terminated (V8 stops it wherever it is, even in an endless loop) and
- * replaced. A worker that dies (out of memory, a crash) fails only its own task. A worker whose heap
- * grew past `recycleHeapBytes` after a task is replaced, so one huge request does not keep its memory
- * for good.
+ * replaced. A worker that dies (out of memory, process.exit, an uncaught error) fails only its own
+ * task; tasks queued behind it run on its replacement. A worker whose memory grew past
+ * `recycleHeapBytes` after a task is replaced, so one huge request does not keep its memory for good.
  *
- * Protocol (see worker-task.ts): the worker says {ready, tid} once it takes tasks; the pool posts
- * {id, task}; the worker answers {id, result} or {id, error: WireError}, plus its heap size.
+ * Tasks are typed by a task map (worker-protocol.ts): `run(kind, arg)` takes that kind's argument
+ * and resolves to its result; the worker serves the same map with `serve` (worker-task.ts). Errors
+ * cross as WireError and come back as LoraplexError with their code.
  */
 import type { Worker, WorkerOptions } from 'node:worker_threads';
-import { LoraplexError, type WireError } from '../errors.js';
+import { LoraplexError } from '../errors.js';
 import { threadCpuMs } from './thread-cpu.js';
+import type { TaskKind, TaskMap, TaskMessage, WorkerMessage } from './worker-protocol.js';
 import { startWorker } from './worker-url.js';
 
 /** Seconds a client is told to wait before retrying a task the busy machine could not finish. */
@@ -37,7 +39,7 @@ export interface WorkerPoolOptions {
   size: number;
   workerData?: unknown;
   resourceLimits?: WorkerOptions['resourceLimits'];
-  /** Replace a worker whose V8 heap exceeds this after a task (default 256 MiB). */
+  /** Replace a worker whose memory (V8 heap and what its worker reports outside it) exceeds this after a task (default 256 MiB). */
   recycleHeapBytes?: number;
 }
 
@@ -50,14 +52,15 @@ export interface TaskOptions {
   wallLimitMs?: number;
   /** What the task does, for the `busy` error ("tokenizing the prompt"). */
   what?: string;
-  /** The error a task whose worker died fails with (out of memory, typically). */
+  /** The error a task whose worker died fails with (out of memory, typically); default internal_error naming the task and why. */
   onCrash?: (why: string) => LoraplexError;
   transfer?: ArrayBuffer[];
 }
 
 interface Pending {
   id: number;
-  task: unknown;
+  kind: string;
+  arg: unknown;
   opts: TaskOptions;
   /** performance.now() at submission, and the wall-clock deadline. */
   submitted: number;
@@ -81,17 +84,8 @@ interface Slot {
   tid: number | null;
 }
 
-interface Reply {
-  /** Sent once, when the worker has loaded what it needs and takes tasks. */
-  ready?: boolean;
-  tid?: number | null;
-  id: number;
-  result?: unknown;
-  error?: WireError;
-  heapBytes?: number;
-}
-
-export class WorkerPool {
+/** A pool of workers that serve the task map `Tasks` (see worker-protocol.ts). */
+export class WorkerPool<Tasks extends TaskMap<Tasks>> {
   private readonly opts: WorkerPoolOptions;
   private readonly slots: Slot[] = [];
   private readonly queue: Pending[] = [];
@@ -132,13 +126,14 @@ export class WorkerPool {
     return this.queue.length;
   }
 
-  run<T>(task: unknown, opts: TaskOptions): Promise<T> {
+  /** Runs task `kind` with `arg` on the first free worker; resolves to its result, rejects with a LoraplexError. */
+  run<K extends TaskKind<Tasks>>(kind: K, arg: Tasks[K]['arg'], opts: TaskOptions): Promise<Tasks[K]['result']> {
     if (this.closed) return Promise.reject(new LoraplexError('shutting_down', 'the server is shutting down'));
     if (this.broken) return Promise.reject(new LoraplexError('internal_error', `a helper thread cannot start: ${this.broken}`));
-    return new Promise<T>((resolve, reject) => {
+    return new Promise<Tasks[K]['result']>((resolve, reject) => {
       const submitted = performance.now();
       const deadline = submitted + (opts.wallLimitMs ?? defaultWallLimitMs(opts.budgetMs));
-      this.queue.push({ id: this.nextId++, task, opts, submitted, deadline, started: 0, cpuStart: null, cpuUsed: 0, resolve: resolve as (v: unknown) => void, reject });
+      this.queue.push({ id: this.nextId++, kind, arg, opts, submitted, deadline, started: 0, cpuStart: null, cpuUsed: 0, resolve: resolve as (v: unknown) => void, reject });
       this.dispatch();
       if (this.queue.length > 0) this.watchQueue(deadline);
     });
@@ -164,8 +159,8 @@ export class WorkerPool {
     // A fresh worker loads its data first (a tokenizer can take seconds): no task, and so no
     // task budget, starts before it says it is ready.
     const slot: Slot = { worker, busy: null, timer: null, ready: false, tid: null };
-    worker.on('message', (m: Reply) => this.onReply(slot, m));
-    worker.on('error', (err) => this.onExit(slot, err.message));
+    worker.on('message', (m: WorkerMessage) => this.onReply(slot, m));
+    worker.on('error', (err) => this.onExit(slot, `uncaught error: ${err.message}`));
     worker.on('exit', (code) => this.onExit(slot, `the worker exited (code ${code})`));
     return slot;
   }
@@ -181,7 +176,7 @@ export class WorkerPool {
       p.cpuStart = slot.tid === null ? null : threadCpuMs(slot.tid);
       this.watch(slot, p);
       try {
-        slot.worker.postMessage({ id: p.id, task: p.task }, p.opts.transfer ?? []);
+        slot.worker.postMessage({ id: p.id, kind: p.kind, arg: p.arg } satisfies TaskMessage, p.opts.transfer ?? []);
       } catch (err) {
         // The task could not be handed over (it cannot be cloned): only this task fails.
         this.settle(slot);
@@ -240,19 +235,19 @@ export class WorkerPool {
     this.queueTimer.unref();
   }
 
-  private onReply(slot: Slot, m: Reply): void {
-    if (m.ready) {
+  private onReply(slot: Slot, m: WorkerMessage): void {
+    if ('ready' in m) {
       slot.ready = true;
-      slot.tid = m.tid ?? null;
+      slot.tid = m.tid;
       if (this.slots.every((s) => s.ready)) this.onStarted?.resolve();
       this.dispatch();
       return;
     }
     if (!slot.busy || slot.busy.id !== m.id) return;
     const p = this.settle(slot)!;
-    if (m.error) p.reject(LoraplexError.fromWire(m.error));
+    if ('error' in m) p.reject(LoraplexError.fromWire(m.error));
     else p.resolve(m.result);
-    if ((m.heapBytes ?? 0) > (this.opts.recycleHeapBytes ?? 256 * 1024 * 1024)) this.replace(slot);
+    if (m.memoryBytes > (this.opts.recycleHeapBytes ?? 256 * 1024 * 1024)) this.replace(slot);
     this.dispatch();
   }
 
@@ -283,7 +278,7 @@ export class WorkerPool {
     }
     const p = this.settle(slot);
     this.replace(slot);
-    p?.reject(p.opts.onCrash?.(why) ?? new LoraplexError('internal_error', `a helper thread failed: ${why}`));
+    p?.reject(p.opts.onCrash?.(why) ?? new LoraplexError('internal_error', `a helper thread died while ${p.opts.what ?? `running task "${p.kind}"`}: ${why}`));
     this.dispatch();
   }
 

@@ -23,6 +23,11 @@ export interface ParseTask {
   limits: PromptLimits | null;
 }
 
+/** The body thread's task map (see worker-protocol.ts): the parsed body. */
+export interface ParseTasks {
+  parse: { arg: ParseTask; result: unknown };
+}
+
 export interface PromptLimits {
   maxPositions: number;
   maxTokenBytes: number;
@@ -30,7 +35,7 @@ export interface PromptLimits {
 
 export class JsonBodyParser {
   /** Started with the first large body. */
-  private pool: WorkerPool | null = null;
+  private pool: WorkerPool<ParseTasks> | null = null;
   /** Set once the model and its tokenizer are known. */
   limits: PromptLimits | null = null;
 
@@ -48,8 +53,8 @@ export class JsonBodyParser {
       const bytes = new ArrayBuffer(body.length);
       new Uint8Array(bytes).set(body);
       const task: ParseTask = { bytes, route: request.routeOptions.url ?? '', maxDepth: MAX_BODY_DEPTH, limits: this.limits };
-      this.pool ??= new WorkerPool({ from: import.meta.url, entry: 'parse-worker', size: 1, resourceLimits: { maxOldGenerationSizeMb: 512 } });
-      return this.pool.run(task, {
+      this.pool ??= new WorkerPool<ParseTasks>({ from: import.meta.url, entry: 'parse-worker', size: 1, resourceLimits: { maxOldGenerationSizeMb: 512 } });
+      return this.pool.run('parse', task, {
         budgetMs: PARSE_BUDGET_MS,
         what: 'parsing the request body',
         transfer: [bytes],

@@ -4,14 +4,15 @@
  * the context.
  */
 import { LoraplexError } from '../../errors.js';
-import { lowerThreadPriority, serveTasks } from '../../util/worker-task.js';
+import { lowerThreadPriority, serve } from '../../util/worker-task.js';
 import { checkBodyPrompts } from '../prompt/limits.js';
-import type { ParseTask } from './json-body.js';
+import type { ParseTask, ParseTasks } from './json-body.js';
 
 lowerThreadPriority();
 
-serveTasks((task) => {
-  const t = task as ParseTask;
+serve<ParseTasks>({ parse });
+
+function parse(t: ParseTask): unknown {
   let value: unknown;
   try {
     value = JSON.parse(Buffer.from(t.bytes).toString('utf8'));
@@ -26,5 +27,5 @@ serveTasks((task) => {
     for (const c of Array.isArray(v) ? v : Object.values(v)) if (c !== null && typeof c === 'object') stack.push([c, depth + 1]);
   }
   if (t.limits) checkBodyPrompts(t.route, value, t.limits.maxPositions, t.limits.maxTokenBytes);
-  return { result: value };
-});
+  return value;
+}

@@ -2,26 +2,29 @@
 import type { ChatMessage } from '../../runtime/chat-template.js';
 import type { ToolCallFormat } from '../../runtime/tool-calls/format.js';
 
-export type TokenizeTask =
+export interface ChatTask {
+  messages: ChatMessage[];
+  tools: unknown[] | null;
+  addGenerationPrompt: boolean;
+  /** Extra template variables (vLLM's chat_template_kwargs). */
+  templateKwargs: Record<string, unknown> | null;
+  /** The adapter version's directory, whose own template wins; null = the base model's. */
+  adapterDir: string | null;
+}
+
+/** The tokenizer thread's task map (see worker-protocol.ts). */
+export interface TokenizerTasks {
   /** What the main thread needs to know about the tokenizer (see TokenizerInfo). */
-  | { kind: 'info' }
-  | { kind: 'text'; text: string; addSpecialTokens: boolean }
-  | {
-      kind: 'chat';
-      messages: ChatMessage[];
-      tools: unknown[] | null;
-      addGenerationPrompt: boolean;
-      /** Extra template variables (vLLM's chat_template_kwargs). */
-      templateKwargs: Record<string, unknown> | null;
-      /** The adapter version's directory, whose own template wins; null = the base model's. */
-      adapterDir: string | null;
-    }
-  /** An uploaded adapter's template: it must parse and render a sample conversation within the budget. */
-  | { kind: 'checkTemplate'; adapterDir: string }
+  info: { arg: null; result: TokenizerInfo };
+  text: { arg: { text: string; addSpecialTokens: boolean }; result: Int32Array };
+  chat: { arg: ChatTask; result: ChatPrompt };
+  /** An uploaded adapter's template: it must parse and render a sample conversation within the budget (false: it has none). */
+  checkTemplate: { arg: { adapterDir: string }; result: boolean };
   /** Token ids → text. */
-  | { kind: 'decode'; ids: number[]; skipSpecialTokens: boolean }
+  decode: { arg: { ids: number[]; skipSpecialTokens: boolean }; result: string };
   /** Each token's own text and its [start, stop) in the decoded text (TGI's /tokenize, vLLM's token_strs). */
-  | { kind: 'pieces'; ids: number[] };
+  pieces: { arg: { ids: number[] }; result: TokenPiece[] };
+}
 
 export interface TokenPiece {
   id: number;

@@ -10,9 +10,9 @@ import { chatTemplateFor, readAdapterChatTemplate } from '../../adapters/peft.js
 import { LoraplexError } from '../../errors.js';
 import type { ChatTemplate } from '../../runtime/chat-template.js';
 import { TextTokenizer } from '../../runtime/tokenizer.js';
-import { lowerThreadPriority, serveTasks } from '../../util/worker-task.js';
+import { lowerThreadPriority, serve, transferring } from '../../util/worker-task.js';
 import { IncrementalDetokenizer } from '../../runtime/detokenizer.js';
-import { SAMPLE_CONVERSATIONS, type ChatPrompt, type TokenizeTask, type TokenPiece } from './tasks.js';
+import { SAMPLE_CONVERSATIONS, type TokenizerTasks, type TokenPiece } from './tasks.js';
 
 const { modelDir } = workerData as { modelDir: string };
 lowerThreadPriority();
@@ -47,56 +47,50 @@ function need(): TextTokenizer {
   return tokenizer;
 }
 
-function ids(values: number[]): { result: Int32Array; transfer: ArrayBuffer[] } {
+function ids(values: number[]) {
   const out = Int32Array.from(values);
-  return { result: out, transfer: [out.buffer as ArrayBuffer] };
+  return transferring(out, [out.buffer as ArrayBuffer]);
 }
 
-serveTasks((task) => {
-  const t = task as TokenizeTask;
-  switch (t.kind) {
-    case 'info':
-      return { result: { hasTokenizer: tokenizer !== null, hasChatTemplate: tokenizer?.chatTemplate != null, maxTokenBytes: tokenizer?.maxTokenBytes ?? 1 } };
-    case 'text':
-      return ids(need().encode(t.text, t.addSpecialTokens));
-    case 'chat': {
-      const tok = need();
-      const template = chatTemplateFor(tok, t.adapterDir, adapterTemplate);
-      if (!template) {
-        throw new LoraplexError('no_chat_template', 'this model has no chat template (tokenizer_config.json chat_template); use the completions API', { param: 'messages' });
-      }
-      const text = template.render(t.messages, { addGenerationPrompt: t.addGenerationPrompt, tools: t.tools, extra: t.templateKwargs });
-      const out = Int32Array.from(tok.encode(text, false));
-      return { result: { ids: out, toolCallFormat: template.toolCallFormat() } satisfies ChatPrompt, transfer: [out.buffer as ArrayBuffer] };
+serve<TokenizerTasks>({
+  info: () => ({ hasTokenizer: tokenizer !== null, hasChatTemplate: tokenizer?.chatTemplate != null, maxTokenBytes: tokenizer?.maxTokenBytes ?? 1 }),
+  text: (t) => ids(need().encode(t.text, t.addSpecialTokens)),
+  chat: (t) => {
+    const tok = need();
+    const template = chatTemplateFor(tok, t.adapterDir, adapterTemplate);
+    if (!template) {
+      throw new LoraplexError('no_chat_template', 'this model has no chat template (tokenizer_config.json chat_template); use the completions API', { param: 'messages' });
     }
-    case 'decode':
-      return { result: need().decode(t.ids, t.skipSpecialTokens) };
-    case 'pieces': {
-      const tok = need();
-      const detok = new IncrementalDetokenizer(tok);
-      const out: TokenPiece[] = [];
-      let at = 0;
-      for (const id of t.ids) {
-        const piece = detok.push(id);
-        out.push({ id, text: tok.decode([id], false), start: at, stop: at + piece.length });
-        at += piece.length;
-      }
-      return { result: out };
+    const text = template.render(t.messages, { addGenerationPrompt: t.addGenerationPrompt, tools: t.tools, extra: t.templateKwargs });
+    const out = Int32Array.from(tok.encode(text, false));
+    return transferring({ ids: out, toolCallFormat: template.toolCallFormat() }, [out.buffer as ArrayBuffer]);
+  },
+  decode: (t) => need().decode(t.ids, t.skipSpecialTokens),
+  pieces: (t) => {
+    const tok = need();
+    const detok = new IncrementalDetokenizer(tok);
+    const out: TokenPiece[] = [];
+    let at = 0;
+    for (const id of t.ids) {
+      const piece = detok.push(id);
+      out.push({ id, text: tok.decode([id], false), start: at, stop: at + piece.length });
+      at += piece.length;
     }
-    case 'checkTemplate': {
-      // Parses the adapter's template, then renders sample conversations: it must render one.
-      const template = readAdapterChatTemplate(t.adapterDir);
-      if (!template) return { result: false };
-      let last: unknown = null;
-      for (const messages of SAMPLE_CONVERSATIONS) {
-        try {
-          template.render(messages, { addGenerationPrompt: true });
-          return { result: true };
-        } catch (err) {
-          last = err;
-        }
+    return out;
+  },
+  checkTemplate: (t) => {
+    // Parses the adapter's template, then renders sample conversations: it must render one.
+    const template = readAdapterChatTemplate(t.adapterDir);
+    if (!template) return false;
+    let last: unknown = null;
+    for (const messages of SAMPLE_CONVERSATIONS) {
+      try {
+        template.render(messages, { addGenerationPrompt: true });
+        return true;
+      } catch (err) {
+        last = err;
       }
-      throw new LoraplexError('adapter_invalid', `tokenizer_config.json: the chat template renders none of the sample conversations: ${(last as Error).message}`, { param: 'tokenizer_config' });
     }
-  }
+    throw new LoraplexError('adapter_invalid', `tokenizer_config.json: the chat template renders none of the sample conversations: ${(last as Error).message}`, { param: 'tokenizer_config' });
+  },
 });

@@ -7,9 +7,8 @@
  * machine cannot finish within the pool's wall-clock limit fails with a retryable 503.
  */
 import { LoraplexError } from '../../errors.js';
-import type { ChatMessage } from '../../runtime/chat-template.js';
 import { WorkerPool } from '../../util/worker-pool.js';
-import type { ChatPrompt, TokenizeTask, TokenizerInfo, TokenPiece } from './tasks.js';
+import type { ChatPrompt, ChatTask, TokenizerInfo, TokenizerTasks, TokenPiece } from './tasks.js';
 
 export interface TokenizerPoolOptions {
   modelDir: string;
@@ -23,19 +22,19 @@ export interface TokenizerPoolOptions {
 }
 
 export class TokenizerPool {
-  private readonly pool: WorkerPool;
+  private readonly pool: WorkerPool<TokenizerTasks>;
   private readonly budgetMs: number;
   private readonly wallLimitMs: number | undefined;
   private infoValue: TokenizerInfo | null = null;
 
-  private constructor(pool: WorkerPool, budgetMs: number, wallLimitMs: number | undefined) {
+  private constructor(pool: WorkerPool<TokenizerTasks>, budgetMs: number, wallLimitMs: number | undefined) {
     this.pool = pool;
     this.budgetMs = budgetMs;
     this.wallLimitMs = wallLimitMs;
   }
 
   static async start(opts: TokenizerPoolOptions): Promise<TokenizerPool> {
-    const pool = new WorkerPool({
+    const pool = new WorkerPool<TokenizerTasks>({
       from: import.meta.url,
       entry: 'tokenize-worker',
       size: opts.workers,
@@ -45,7 +44,7 @@ export class TokenizerPool {
     const p = new TokenizerPool(pool, opts.budgetMs, opts.wallLimitMs);
     // Each thread loads the tokenizer and renders a sample conversation before it takes tasks; the
     // first task waits for that (it is not counted in its budget).
-    p.infoValue = await pool.run<TokenizerInfo>({ kind: 'info' } satisfies TokenizeTask, {
+    p.infoValue = await pool.run('info', null, {
       budgetMs: Math.max(60_000, opts.budgetMs),
       what: 'loading the tokenizer',
       onTimeout: () => new LoraplexError('checkpoint_invalid', 'the tokenizer did not load within 60 s of CPU time'),
@@ -62,8 +61,8 @@ export class TokenizerPool {
     return this.pool.replaced;
   }
 
-  private run<T = Int32Array>(task: TokenizeTask, what: string, param: string): Promise<T> {
-    return this.pool.run<T>(task, {
+  private run<K extends 'text' | 'chat' | 'decode' | 'pieces'>(kind: K, arg: TokenizerTasks[K]['arg'], what: string, param: string): Promise<TokenizerTasks[K]['result']> {
+    return this.pool.run(kind, arg, {
       budgetMs: this.budgetMs,
       wallLimitMs: this.wallLimitMs,
       what,
@@ -73,24 +72,24 @@ export class TokenizerPool {
   }
 
   encodeText(text: string, addSpecialTokens: boolean, param = 'prompt'): Promise<Int32Array> {
-    return this.run({ kind: 'text', text, addSpecialTokens }, 'tokenizing the prompt', param);
+    return this.run('text', { text, addSpecialTokens }, 'tokenizing the prompt', param);
   }
 
-  encodeChat(chat: { messages: ChatMessage[]; tools: unknown[] | null; addGenerationPrompt: boolean; templateKwargs: Record<string, unknown> | null; adapterDir: string | null }): Promise<ChatPrompt> {
-    return this.run<ChatPrompt>({ kind: 'chat', ...chat }, 'rendering the chat template and tokenizing the messages', 'messages');
+  encodeChat(chat: ChatTask): Promise<ChatPrompt> {
+    return this.run('chat', chat, 'rendering the chat template and tokenizing the messages', 'messages');
   }
 
   decode(ids: number[], skipSpecialTokens: boolean): Promise<string> {
-    return this.run<string>({ kind: 'decode', ids, skipSpecialTokens }, 'detokenizing', 'tokens');
+    return this.run('decode', { ids, skipSpecialTokens }, 'detokenizing', 'tokens');
   }
 
   pieces(ids: number[]): Promise<TokenPiece[]> {
-    return this.run<TokenPiece[]>({ kind: 'pieces', ids }, 'splitting the prompt into tokens', 'inputs');
+    return this.run('pieces', { ids }, 'splitting the prompt into tokens', 'inputs');
   }
 
   /** Checks an adapter's own chat template (if it has one): parses and renders within the budget. */
   async checkAdapterTemplate(adapterDir: string): Promise<boolean> {
-    return this.pool.run<boolean>({ kind: 'checkTemplate', adapterDir } satisfies TokenizeTask, {
+    return this.pool.run('checkTemplate', { adapterDir }, {
       budgetMs: this.budgetMs,
       wallLimitMs: this.wallLimitMs,
       what: "checking the adapter's chat template",

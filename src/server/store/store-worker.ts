@@ -10,8 +10,8 @@ import { inspectPeftAdapter, validatePeftAdapter, type LoadOptions } from '../..
 import { AdapterStore, type StoreOptions } from '../../adapters/store.js';
 import { StorageFullError } from '../../errors.js';
 import type { ModelSpec } from '../../runtime/checkpoint/spec.js';
-import { lowerThreadPriority, serveTasks } from '../../util/worker-task.js';
-import type { StoreTask, Validated } from './tasks.js';
+import { lowerThreadPriority, serve } from '../../util/worker-task.js';
+import type { StoreTasks } from './tasks.js';
 
 const { spec, load, root, store: storeOptions } = workerData as { spec: ModelSpec; load: LoadOptions; root: string | null; store: StoreOptions };
 lowerThreadPriority();
@@ -22,30 +22,23 @@ function need(): AdapterStore {
   return store;
 }
 
-serveTasks((task) => {
-  const t = task as StoreTask;
+/** Runs a store task; a full disk (while publishing, removing or collecting) is the machine's fault (507), not the request's. */
+function writing<R>(what: string, change: () => R): R {
   try {
-    return run(t);
+    return change();
   } catch (err) {
-    // A full disk while publishing, removing or collecting is the machine's fault (507), not the request's.
-    throw StorageFullError.of(err, t.kind === 'publish' ? `the adapter ${t.name} into the store` : 'the adapter store') ?? err;
-  }
-});
-
-function run(t: StoreTask): { result: unknown } {
-  switch (t.kind) {
-    case 'validate': {
-      const info = t.full ? validatePeftAdapter(t.dir, spec, load) : inspectPeftAdapter(t.dir, spec, load);
-      return { result: { info, digest: adapterDigest(t.dir) } satisfies Validated };
-    }
-    case 'scan':
-      return { result: need().scan() };
-    case 'publish':
-      return { result: need().publish(t.staged, t.name, t.digest, t.mode) };
-    case 'unpublish':
-      need().unpublish(t.name, t.digest);
-      return { result: true };
-    case 'collect':
-      return { result: need().collect(new Set(t.inUse)) };
+    throw StorageFullError.of(err, what) ?? err;
   }
 }
+
+serve<StoreTasks>({
+  validate: ({ dir, full }) =>
+    writing('the adapter store', () => {
+      const info = full ? validatePeftAdapter(dir, spec, load) : inspectPeftAdapter(dir, spec, load);
+      return { info, digest: adapterDigest(dir) };
+    }),
+  scan: () => writing('the adapter store', () => need().scan()),
+  publish: (t) => writing(`the adapter ${t.name} into the store`, () => need().publish(t.staged, t.name, t.digest, t.mode)),
+  unpublish: (t) => writing('the adapter store', () => need().unpublish(t.name, t.digest)),
+  collect: (t) => writing('the adapter store', () => need().collect(new Set(t.inUse))),
+});
