@@ -116,22 +116,22 @@ describe('config.json → model spec', () => {
       tie_word_embeddings: true,
       rope_scaling: { rope_type: 'llama3', factor: 32, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 },
     });
-    expect(s).toMatchObject({ numKvHeads: 2, headDim: 32, ropeTheta: 500000, rmsNormEps: 1e-5, tieWordEmbeddings: true, attentionBias: false });
+    expect(s).toMatchObject({ family: 'llama', numKvHeads: 2, headDim: 32, ropeTheta: 500000, rmsNormEps: 1e-5, tieWordEmbeddings: true, attentionBias: false });
     expect(s.ropeScaling).toEqual({ ropeType: 'llama3', factor: 32, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 8192 });
-    expect(parseModelSpec({ ...base, architectures: ['Qwen2ForCausalLM'] }).attentionBias).toBe(true);
+    expect(parseModelSpec({ ...base, architectures: ['Qwen2ForCausalLM'] })).toMatchObject({ attentionBias: true });
     expect(parseModelSpec(base).headDim).toBe(16);
   });
 
   it('parses Qwen3: q/k norms, its own head_dim, a bias only when attention_bias says so', () => {
     const s = parseModelSpec({ ...base, architectures: ['Qwen3ForCausalLM'], head_dim: 32 });
     expect(s).toMatchObject({ architecture: 'Qwen3ForCausalLM', headDim: 32, qkNorm: true, attentionBias: false });
-    expect(parseModelSpec({ ...base, architectures: ['Qwen3ForCausalLM'], attention_bias: true }).attentionBias).toBe(true);
-    expect(parseModelSpec({ ...base, architectures: ['Qwen2ForCausalLM'] }).qkNorm).toBe(false);
+    expect(parseModelSpec({ ...base, architectures: ['Qwen3ForCausalLM'], attention_bias: true })).toMatchObject({ attentionBias: true });
+    expect(parseModelSpec({ ...base, architectures: ['Qwen2ForCausalLM'] })).toMatchObject({ qkNorm: false });
   });
 
   it("parses Gemma 2 and 3: defaults of their sliding pattern, caps, scalar, RoPE bases; refuses what they cannot run", () => {
     const g2 = parseModelSpec({ ...base, architectures: ['Gemma2ForCausalLM'], num_hidden_layers: 4, head_dim: 16 });
-    expect(g2).toMatchObject({ slidingWindow: 4096, slidingLayers: [true, false, true, false], attnLogitSoftcap: 50, finalLogitSoftcap: 30, attentionScale: 1 / 4, tieWordEmbeddings: true, qkNorm: false, localRopeTheta: null, ropeTheta: 10000 });
+    expect(g2).toMatchObject({ family: 'gemma', slidingWindow: 4096, slidingLayers: [true, false, true, false], attnLogitSoftcap: 50, finalLogitSoftcap: 30, attentionScale: 1 / 4, tieWordEmbeddings: true, qkNorm: false, localRopeTheta: null, ropeTheta: 10000 });
     const g3 = parseModelSpec({ ...base, architectures: ['Gemma3ForCausalLM'], num_hidden_layers: 12, head_dim: 16, query_pre_attn_scalar: 64, sliding_window: 512, rope_scaling: { rope_type: 'linear', factor: 8 } });
     expect(g3.slidingLayers.map(Number).join('')).toBe('111110111110');
     expect(g3).toMatchObject({ slidingWindow: 512, attnLogitSoftcap: null, finalLogitSoftcap: null, attentionScale: 1 / 8, qkNorm: true, localRopeTheta: 10000, ropeTheta: 1000000, ropeScaling: { ropeType: 'linear', factor: 8 } });
@@ -146,11 +146,20 @@ describe('config.json → model spec', () => {
     const phi = { ...base, architectures: ['Phi3ForCausalLM'], partial_rotary_factor: 0.5, max_position_embeddings: 131072, original_max_position_embeddings: 4096, sliding_window: 262144,
       rope_scaling: { type: 'longrope', short_factor: [1, 1, 1, 1], long_factor: [1, 2, 3, 4] } };
     const s = parseModelSpec(phi);
-    expect(s).toMatchObject({ headDim: 16, rotaryDim: 8, slidingWindow: 262144, slidingLayers: [true, true], ropeScaling: { ropeType: 'longrope', originalMaxPositionEmbeddings: 4096, longFactor: [1, 2, 3, 4] } });
+    expect(s).toMatchObject({ family: 'phi3', headDim: 16, rotaryDim: 8, slidingWindow: 262144, slidingLayers: [true, true], ropeScaling: { ropeType: 'longrope', originalMaxPositionEmbeddings: 4096, longFactor: [1, 2, 3, 4] } });
     expect((s.ropeScaling as { attentionFactor: number }).attentionFactor).toBeCloseTo(Math.sqrt(1 + Math.log(32) / Math.log(4096)), 12);
     expect(parseModelSpec({ ...phi, rope_scaling: null, sliding_window: null })).toMatchObject({ rotaryDim: 8, ropeScaling: null, slidingWindow: null });
     expectCheckpointError(() => parseModelSpec({ ...phi, rope_scaling: { type: 'longrope', short_factor: [1], long_factor: [1, 2, 3, 4] } }), new RegExp(`short_factor must be ${half} positive numbers`));
     expectCheckpointError(() => parseModelSpec({ ...phi, rope_scaling: { type: 'yarn' } }), /rope_scaling type "yarn" is not supported for Phi3ForCausalLM/);
+  });
+
+  it("carries only its own family's fields: none set to null for the families that lack them", () => {
+    const fields = (cfg: Record<string, unknown>): string[] => Object.keys(parseModelSpec(cfg)).sort();
+    const shared = ['architecture', 'bosTokenId', 'eosTokenIds', 'family', 'headDim', 'hiddenSize', 'intermediateSize', 'maxPositionEmbeddings', 'numHeads', 'numKvHeads', 'numLayers', 'rmsNormEps', 'ropeScaling', 'ropeTheta', 'rotaryDim', 'slidingLayers', 'slidingWindow', 'tieWordEmbeddings', 'vocabSize'];
+    const plus = (...own: string[]): string[] => [...shared, ...own].sort();
+    expect(fields(base)).toEqual(plus('attentionBias', 'qkNorm'));
+    expect(fields({ ...base, architectures: ['Gemma2ForCausalLM'] })).toEqual(plus('attentionScale', 'attnLogitSoftcap', 'finalLogitSoftcap', 'localRopeTheta', 'qkNorm'));
+    expect(fields({ ...base, architectures: ['Phi3ForCausalLM'] })).toEqual(plus());
   });
 
   it('refuses unsupported architectures, naming what is supported', () => {

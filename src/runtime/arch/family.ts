@@ -1,28 +1,38 @@
 /**
  * What a model family (an architecture, or a few that share their math) provides to the rest of
- * the runtime: config.json parsing, the table of tensors its graph reads (which checkpoint
- * validation checks before anything is built), its layers' linear weights and the ONNX ops of one
- * layer. The decoder driver (graph/decoder.ts) owns what every family shares: the step's inputs,
- * the attention mask, the rotary tables, the multi-LoRA plumbing, the embedding lookup and the head.
+ * the runtime: the architectures it serves, config.json parsing into its own spec (the shared
+ * fields of checkpoint/spec.ts plus its own), the table of tensors its graph reads (which
+ * checkpoint validation checks before anything is built), its layers' linear weights and the ONNX
+ * ops of one layer. The decoder driver (graph/decoder.ts) owns what every family shares: the
+ * step's inputs, the attention mask, the rotary tables, the multi-LoRA plumbing, the embedding
+ * lookup and the head.
+ *
+ * Families read tensors through `TensorReader`, not the checkpoint class, so that the checkpoint
+ * reader may depend on the family table and nothing here depends back on it.
  */
-import type { Checkpoint } from '../checkpoint/checkpoint.js';
 import type { ModelSpec, Projection } from '../checkpoint/spec.js';
 import type { GraphBuilder } from '../graph/graph-builder.js';
 import type { LinearWeight, PreparedLinear } from '../graph/linear.js';
+import type { Rope } from './rope.js';
 
 export interface ExpectedTensor {
   name: string;
   shape: number[];
 }
 
+/** A checkpoint's tensors by name, as float32 (checkpoint/checkpoint.ts's Checkpoint is one). */
+export interface TensorReader {
+  read(name: string): Float32Array;
+}
+
 /** The driver's per-step values and LoRA helpers, as a layer emitter uses them. */
-export interface LayerContext {
+export interface LayerContext<S extends ModelSpec = ModelSpec> {
   g: GraphBuilder;
-  ckpt: Checkpoint;
-  spec: ModelSpec;
+  ckpt: TensorReader;
+  spec: S;
   /** [1, T] int64 positions. */
   positions: string;
-  /** The rotary cos/sin tables [maxPositions, headDim / 2]: the model's, or (local) its sliding layers' own base. */
+  /** The rotary cos/sin tables [maxPositions, rotaryDim / 2]: the model's, or (local) its sliding layers' own (Family.slidingRope). */
   rotary(local: boolean): { cos: string; sin: string };
   /** The attention mask [B, 1, S, W] for a window (null: causal over the whole context), and the gathers between packed tokens, padded rows and the KV pool. */
   mask(window: number | null): string;
@@ -45,18 +55,29 @@ export interface LayerState {
   h: string;
 }
 
-export interface Family {
+/**
+ * A family over its spec S. Methods (not function-valued fields) on purpose: the table in
+ * families.ts holds every family as a Family of the union of their specs, and pairs each spec with
+ * the family that parsed it.
+ */
+export interface Family<S extends ModelSpec> {
+  /** config.json `architectures[0]` values this family serves. */
+  architectures: readonly S['architecture'][];
   /** config.json → spec; `architecture` is one this family serves. Refuses what it cannot run, naming it. */
-  parseConfig(cfg: Record<string, unknown>, architecture: ModelSpec['architecture'], file: string): ModelSpec;
+  parseConfig(cfg: Record<string, unknown>, architecture: S['architecture'], file: string): S;
   /** Every tensor the graph reads, with its shape. */
-  tensors(spec: ModelSpec): ExpectedTensor[];
+  tensors(spec: S): ExpectedTensor[];
   /** The embedding table's and the head's tensor names (the head may be the embedding, tied). */
   embedTensor: string;
-  headTensor(spec: ModelSpec): string;
+  headTensor(spec: S): string;
   /** Layer l's linear weights, in the order emitLayer receives them prepared. */
-  layerWeights(ckpt: Checkpoint, spec: ModelSpec, l: number): LinearWeight[];
+  layerWeights(ckpt: TensorReader, spec: S, l: number): LinearWeight[];
   /** The embeddings → the first layer's state. */
-  firstLayerInput(ctx: LayerContext, embeddings: string): LayerState;
+  firstLayerInput(ctx: LayerContext<S>, embeddings: string): LayerState;
   /** One layer; after the last one, `x` is the final norm's output (what the head multiplies). */
-  emitLayer(ctx: LayerContext, l: number, weights: PreparedLinear[], state: LayerState): LayerState;
+  emitLayer(ctx: LayerContext<S>, l: number, weights: PreparedLinear[], state: LayerState): LayerState;
+  /** The rotary parameters of the sliding-window layers when they differ from the model's (absent or null: the model's). */
+  slidingRope?(spec: S): Rope | null;
+  /** Logits = cap · tanh(logits / cap) after the head, when the family caps them (absent or null: no cap). */
+  finalLogitSoftcap?(spec: S): number | null;
 }

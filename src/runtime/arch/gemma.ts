@@ -18,13 +18,31 @@
  *   x = norm_pre_ff(h); h = h + norm_post_ff(down(gelu_tanh(gate) · up) (+LoRA))
  */
 import { CheckpointError } from '../../errors.js';
-import type { Checkpoint } from '../checkpoint/checkpoint.js';
-import { attentionWindow, PROJECTIONS, projectionPath, projectionShape, tokenIds, type ModelSpec, type Projection, type RopeScaling } from '../checkpoint/spec.js';
+import { attentionWindow, PROJECTIONS, projectionPath, projectionShape, tokenIds, type ModelSpec, type Projection } from '../checkpoint/spec.js';
 import type { GraphBuilder } from '../graph/graph-builder.js';
 import type { LinearWeight } from '../graph/linear.js';
 import { attentionShape, int, num, type Json } from './config-fields.js';
-import type { ExpectedTensor, Family, LayerContext } from './family.js';
+import type { ExpectedTensor, Family, LayerContext, TensorReader } from './family.js';
 import { concatRows, emitAttention, emitGatedMlp, normPerHead } from './layer-ops.js';
+import type { LinearRopeScaling } from './rope.js';
+
+export const GEMMA_ARCHITECTURES = ['Gemma2ForCausalLM', 'Gemma3ForCausalLM'] as const;
+
+export interface GemmaSpec extends ModelSpec {
+  family: 'gemma';
+  architecture: (typeof GEMMA_ARCHITECTURES)[number];
+  /** Gemma 3's global layers: positions divided by a factor. */
+  ropeScaling: LinearRopeScaling | null;
+  /** Gemma 3: the RoPE base of the sliding-window layers, which use no scaling (null: ropeTheta everywhere). */
+  localRopeTheta: number | null;
+  /** Gemma 3: each head of q and k is normalized ((1 + w) RMSNorm, weight [headDim]) before RoPE. */
+  qkNorm: boolean;
+  /** Multiplier of q·k: query_pre_attn_scalar^-0.5. */
+  attentionScale: number;
+  /** Gemma 2: scores = cap·tanh(scores / cap) before the softmax, and logits likewise (null: no cap). */
+  attnLogitSoftcap: number | null;
+  finalLogitSoftcap: number | null;
+}
 
 function layerTensors(l: number) {
   const p = `model.layers.${l}`;
@@ -43,7 +61,7 @@ const FINAL_NORM = 'model.norm.weight';
 
 const optionalNum = (cfg: Json, key: string, file: string, fallback: number | null): number | null => (cfg[key] === null || (cfg[key] === undefined && fallback === null) ? null : num(cfg, key, file, fallback ?? 0));
 
-function parseConfig(cfg: Json, architecture: ModelSpec['architecture'], file: string): ModelSpec {
+function parseConfig(cfg: Json, architecture: GemmaSpec['architecture'], file: string): GemmaSpec {
   const gemma3 = architecture === 'Gemma3ForCausalLM';
   const act = cfg.hidden_activation ?? cfg.hidden_act ?? 'gelu_pytorch_tanh';
   if (act !== 'gelu_pytorch_tanh' && act !== 'gelu_tanh') throw new CheckpointError(`${file}: hidden_activation ${JSON.stringify(act)} is not supported (expected "gelu_pytorch_tanh")`);
@@ -65,7 +83,7 @@ function parseConfig(cfg: Json, architecture: ModelSpec['architecture'], file: s
   }
   const slidingWindow = cfg.sliding_window === null ? null : int(cfg, 'sliding_window', file, 4096);
 
-  let ropeScaling: RopeScaling | null = null;
+  let ropeScaling: LinearRopeScaling | null = null;
   const rs = cfg.rope_scaling as Json | null | undefined;
   if (rs != null) {
     const type = rs.rope_type ?? rs.type;
@@ -74,6 +92,7 @@ function parseConfig(cfg: Json, architecture: ModelSpec['architecture'], file: s
   }
 
   return {
+    family: 'gemma',
     architecture,
     ...shape,
     rotaryDim: headDim,
@@ -85,7 +104,6 @@ function parseConfig(cfg: Json, architecture: ModelSpec['architecture'], file: s
     rmsNormEps: num(cfg, 'rms_norm_eps', file, 1e-6),
     // Gemma ties its head to the embedding unless told otherwise.
     tieWordEmbeddings: cfg.tie_word_embeddings !== false,
-    attentionBias: false,
     qkNorm: gemma3,
     maxPositionEmbeddings: int(cfg, 'max_position_embeddings', file, 8192),
     slidingWindow,
@@ -98,7 +116,7 @@ function parseConfig(cfg: Json, architecture: ModelSpec['architecture'], file: s
   };
 }
 
-function tensors(spec: ModelSpec): ExpectedTensor[] {
+function tensors(spec: GemmaSpec): ExpectedTensor[] {
   const H = spec.hiddenSize;
   const out: ExpectedTensor[] = [{ name: EMBED, shape: [spec.vocabSize, H] }];
   for (let l = 0; l < spec.numLayers; l++) {
@@ -118,7 +136,7 @@ function tensors(spec: ModelSpec): ExpectedTensor[] {
   return out;
 }
 
-function layerWeights(ckpt: Checkpoint, spec: ModelSpec, l: number): LinearWeight[] {
+function layerWeights(ckpt: TensorReader, spec: GemmaSpec, l: number): LinearWeight[] {
   const t = layerTensors(l);
   const qDim = spec.numHeads * spec.headDim;
   const kvDim = spec.numKvHeads * spec.headDim;
@@ -133,7 +151,7 @@ function layerWeights(ckpt: Checkpoint, spec: ModelSpec, l: number): LinearWeigh
 }
 
 /** A Gemma RMSNorm weight: the checkpoint stores w, the norm multiplies by 1 + w. */
-function normWeight(g: GraphBuilder, ckpt: Checkpoint, tensor: string, name: string, dim: number): string {
+function normWeight(g: GraphBuilder, ckpt: TensorReader, tensor: string, name: string, dim: number): string {
   const w = ckpt.read(tensor);
   const onePlus = new Float32Array(w.length);
   for (let i = 0; i < w.length; i++) onePlus[i] = 1 + w[i];
@@ -148,7 +166,8 @@ function geluTanh(g: GraphBuilder, x: string, prefix: string): string {
   return g.op('Mul', [g.op('Mul', [x, c('gelu_half', 0.5)]), g.op('Add', [g.op('Tanh', [inner]), c('gelu_one', 1)])]);
 }
 
-export const GEMMA_FAMILY: Family = {
+export const GEMMA_FAMILY: Family<GemmaSpec> = {
+  architectures: GEMMA_ARCHITECTURES,
   parseConfig,
   tensors,
   layerWeights,
@@ -162,7 +181,7 @@ export const GEMMA_FAMILY: Family = {
     return { x: g.op('SimplifiedLayerNormalization', [h, w], { epsilon: { float: spec.rmsNormEps }, axis: -1 }), h };
   },
 
-  emitLayer(ctx: LayerContext, l, [pQkv, pO, pGu, pDown], { x, h }) {
+  emitLayer(ctx: LayerContext<GemmaSpec>, l, [pQkv, pO, pGu, pDown], { x, h }) {
     const { g, ckpt, spec } = ctx;
     const t = layerTensors(l);
     const eps = { float: spec.rmsNormEps };
@@ -175,7 +194,7 @@ export const GEMMA_FAMILY: Family = {
       // Gemma 3: sliding layers rotate with their own base.
       rotary: ctx.rotary(window !== null),
       window,
-      attrs: { scale: { float: spec.attentionScale ?? 1 / Math.sqrt(spec.headDim) }, ...(spec.attnLogitSoftcap !== null ? { softcap: { float: spec.attnLogitSoftcap } } : {}) },
+      attrs: { scale: { float: spec.attentionScale }, ...(spec.attnLogitSoftcap !== null ? { softcap: { float: spec.attnLogitSoftcap } } : {}) },
     });
 
     // ---- MLP, between its own pre- and post-norms
@@ -189,4 +208,8 @@ export const GEMMA_FAMILY: Family = {
     g.opMulti('SkipSimplifiedLayerNormalization', [norm(down, t.postFfNorm, `layers.${l}.post_ff_norm`), h2, nextNorm], [xn, '', '', hn], { epsilon: eps }, 'com.microsoft');
     return { x: xn, h: hn };
   },
+
+  // Gemma 3's sliding layers rotate with their own base and no scaling.
+  slidingRope: (spec) => (spec.localRopeTheta === null ? null : { ropeTheta: spec.localRopeTheta, rotaryDim: spec.rotaryDim, ropeScaling: null }),
+  finalLogitSoftcap: (spec) => spec.finalLogitSoftcap,
 };

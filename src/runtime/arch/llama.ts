@@ -14,12 +14,24 @@
  * and the next layer's (or the final) RMSNorm fused with the residual add.
  */
 import { CheckpointError } from '../../errors.js';
-import type { Checkpoint } from '../checkpoint/checkpoint.js';
-import { attentionWindow, PROJECTIONS, projectionPath, projectionShape, tokenIds, type Llama3RopeScaling, type ModelSpec, type Projection } from '../checkpoint/spec.js';
+import { attentionWindow, PROJECTIONS, projectionPath, projectionShape, tokenIds, type ModelSpec, type Projection } from '../checkpoint/spec.js';
 import type { LinearWeight } from '../graph/linear.js';
 import { attentionShape, int, num, type Json } from './config-fields.js';
-import type { ExpectedTensor, Family } from './family.js';
+import type { ExpectedTensor, Family, TensorReader } from './family.js';
 import { concatRows, emitAttention, emitGatedMlp, normPerHead } from './layer-ops.js';
+import type { Llama3RopeScaling } from './rope.js';
+
+export const LLAMA_ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM', 'Qwen3ForCausalLM'] as const;
+
+export interface LlamaSpec extends ModelSpec {
+  family: 'llama';
+  architecture: (typeof LLAMA_ARCHITECTURES)[number];
+  ropeScaling: Llama3RopeScaling | null;
+  /** q/k/v projections carry a bias (always for Qwen2, `attention_bias` for Llama and Qwen3). */
+  attentionBias: boolean;
+  /** Qwen3: each head of q and k is RMS-normalized (`q_norm`, `k_norm`, weight [headDim]) before RoPE. */
+  qkNorm: boolean;
+}
 
 /** The tensor names of layer l: the one table checkpoint validation and the graph both read. */
 function layerTensors(l: number) {
@@ -33,11 +45,12 @@ function layerTensors(l: number) {
     bias: (proj: Projection) => `${p}.${projectionPath(proj)}.bias`,
   };
 }
+const EMBED = 'model.embed_tokens.weight';
 const FINAL_NORM = 'model.norm.weight';
 
 const QKV: readonly Projection[] = ['q_proj', 'k_proj', 'v_proj'];
 
-function parseConfig(cfg: Json, architecture: ModelSpec['architecture'], file: string): ModelSpec {
+function parseConfig(cfg: Json, architecture: LlamaSpec['architecture'], file: string): LlamaSpec {
   const act = cfg.hidden_act ?? 'silu';
   if (act !== 'silu') throw new CheckpointError(`${file}: hidden_act ${JSON.stringify(act)} is not supported (expected "silu")`);
   if (cfg.mlp_bias === true) throw new CheckpointError(`${file}: mlp_bias=true is not supported`);
@@ -75,6 +88,7 @@ function parseConfig(cfg: Json, architecture: ModelSpec['architecture'], file: s
 
   const { numLayers, headDim } = shape;
   return {
+    family: 'llama',
     architecture,
     ...shape,
     rotaryDim: headDim,
@@ -87,19 +101,15 @@ function parseConfig(cfg: Json, architecture: ModelSpec['architecture'], file: s
     attentionBias: architecture === 'Qwen2ForCausalLM' || cfg.attention_bias === true,
     qkNorm: architecture === 'Qwen3ForCausalLM',
     maxPositionEmbeddings: int(cfg, 'max_position_embeddings', file, 4096),
-    localRopeTheta: null,
     slidingWindow,
     slidingLayers: Array.from({ length: numLayers }, (_, l) => slidingWindow !== null && l >= firstSlidingLayer),
-    attentionScale: null,
-    attnLogitSoftcap: null,
-    finalLogitSoftcap: null,
     bosTokenId: typeof cfg.bos_token_id === 'number' ? cfg.bos_token_id : null,
     eosTokenIds: tokenIds(cfg.eos_token_id),
   };
 }
 
-function tensors(spec: ModelSpec): ExpectedTensor[] {
-  const out: ExpectedTensor[] = [{ name: LLAMA_FAMILY.embedTensor, shape: [spec.vocabSize, spec.hiddenSize] }];
+function tensors(spec: LlamaSpec): ExpectedTensor[] {
+  const out: ExpectedTensor[] = [{ name: EMBED, shape: [spec.vocabSize, spec.hiddenSize] }];
   for (let l = 0; l < spec.numLayers; l++) {
     const t = layerTensors(l);
     out.push({ name: t.inputNorm, shape: [spec.hiddenSize] });
@@ -120,7 +130,7 @@ function tensors(spec: ModelSpec): ExpectedTensor[] {
 }
 
 /** Fused q|k|v, o, fused gate|up, down. */
-function layerWeights(ckpt: Checkpoint, spec: ModelSpec, l: number): LinearWeight[] {
+function layerWeights(ckpt: TensorReader, spec: LlamaSpec, l: number): LinearWeight[] {
   const t = layerTensors(l);
   const qDim = spec.numHeads * spec.headDim;
   const kvDim = spec.numKvHeads * spec.headDim;
@@ -133,38 +143,49 @@ function layerWeights(ckpt: Checkpoint, spec: ModelSpec, l: number): LinearWeigh
   ];
 }
 
-export const LLAMA_FAMILY: Family = {
+/**
+ * The Llama layer over any spec whose layer it is (Phi-3 shares it): embedding, head, and the
+ * layer's ops; `qkNorm` says whether q and k are normalized per head (Qwen3).
+ */
+export function llamaLayers<S extends ModelSpec>(qkNorm: (spec: S) => boolean): Pick<Family<S>, 'embedTensor' | 'headTensor' | 'firstLayerInput' | 'emitLayer'> {
+  return {
+    embedTensor: EMBED,
+    headTensor: (spec) => (spec.tieWordEmbeddings ? EMBED : 'lm_head.weight'),
+
+    firstLayerInput({ g, ckpt, spec }, h) {
+      const w = g.floatInit('layers.0.input_norm', [spec.hiddenSize], ckpt.read(layerTensors(0).inputNorm));
+      return { x: g.op('SimplifiedLayerNormalization', [h, w], { epsilon: { float: spec.rmsNormEps }, axis: -1 }), h };
+    },
+
+    emitLayer(ctx, l, [pQkv, pO, pGu, pDown], { x, h }) {
+      const { g, ckpt, spec } = ctx;
+      const t = layerTensors(l);
+      const eps = { float: spec.rmsNormEps };
+      const o = emitAttention(ctx, l, x, pQkv, pO, {
+        // Qwen3: RMSNorm over each head's headDim values, with one weight per dimension shared by the heads.
+        headNorm: (y, heads, which) => (qkNorm(spec) ? normPerHead(ctx, y, heads, g.floatInit(`layers.${l}.${which}_norm`, [spec.headDim], ckpt.read(which === 'q' ? t.qNorm : t.kNorm))) : y),
+        rotary: ctx.rotary(false),
+        window: attentionWindow(spec, l),
+      });
+      const post = g.floatInit(`layers.${l}.post_norm`, [spec.hiddenSize], ckpt.read(t.postNorm));
+      const [x2, h2] = [g.name('x2'), g.name('h')];
+      g.opMulti('SkipSimplifiedLayerNormalization', [o, h, post], [x2, '', '', h2], { epsilon: eps }, 'com.microsoft');
+      const down = emitGatedMlp(ctx, l, x2, pGu, pDown, (gate) => g.op('Mul', [gate, g.op('Sigmoid', [gate])]));
+
+      // The next layer's input norm (or the final norm) fused with the residual add.
+      const last = l + 1 === spec.numLayers;
+      const nextNorm = g.floatInit(last ? 'final_norm' : `layers.${l + 1}.input_norm`, [spec.hiddenSize], ckpt.read(last ? FINAL_NORM : layerTensors(l + 1).inputNorm));
+      const [xn, hn] = [g.name('x'), g.name('h')];
+      g.opMulti('SkipSimplifiedLayerNormalization', [down, h2, nextNorm], [xn, '', '', hn], { epsilon: eps }, 'com.microsoft');
+      return { x: xn, h: hn };
+    },
+  };
+}
+
+export const LLAMA_FAMILY: Family<LlamaSpec> = {
+  architectures: LLAMA_ARCHITECTURES,
   parseConfig,
   tensors,
   layerWeights,
-  embedTensor: 'model.embed_tokens.weight',
-  headTensor: (spec) => (spec.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight'),
-
-  firstLayerInput({ g, ckpt, spec }, h) {
-    const w = g.floatInit('layers.0.input_norm', [spec.hiddenSize], ckpt.read(layerTensors(0).inputNorm));
-    return { x: g.op('SimplifiedLayerNormalization', [h, w], { epsilon: { float: spec.rmsNormEps }, axis: -1 }), h };
-  },
-
-  emitLayer(ctx, l, [pQkv, pO, pGu, pDown], { x, h }) {
-    const { g, ckpt, spec } = ctx;
-    const t = layerTensors(l);
-    const eps = { float: spec.rmsNormEps };
-    const o = emitAttention(ctx, l, x, pQkv, pO, {
-      // Qwen3: RMSNorm over each head's headDim values, with one weight per dimension shared by the heads.
-      headNorm: (y, heads, which) => (spec.qkNorm ? normPerHead(ctx, y, heads, g.floatInit(`layers.${l}.${which}_norm`, [spec.headDim], ckpt.read(which === 'q' ? t.qNorm : t.kNorm))) : y),
-      rotary: ctx.rotary(false),
-      window: attentionWindow(spec, l),
-    });
-    const post = g.floatInit(`layers.${l}.post_norm`, [spec.hiddenSize], ckpt.read(t.postNorm));
-    const [x2, h2] = [g.name('x2'), g.name('h')];
-    g.opMulti('SkipSimplifiedLayerNormalization', [o, h, post], [x2, '', '', h2], { epsilon: eps }, 'com.microsoft');
-    const down = emitGatedMlp(ctx, l, x2, pGu, pDown, (gate) => g.op('Mul', [gate, g.op('Sigmoid', [gate])]));
-
-    // The next layer's input norm (or the final norm) fused with the residual add.
-    const last = l + 1 === spec.numLayers;
-    const nextNorm = g.floatInit(last ? 'final_norm' : `layers.${l + 1}.input_norm`, [spec.hiddenSize], ckpt.read(last ? FINAL_NORM : layerTensors(l + 1).inputNorm));
-    const [xn, hn] = [g.name('x'), g.name('h')];
-    g.opMulti('SkipSimplifiedLayerNormalization', [down, h2, nextNorm], [xn, '', '', hn], { epsilon: eps }, 'com.microsoft');
-    return { x: xn, h: hn };
-  },
+  ...llamaLayers<LlamaSpec>((spec) => spec.qkNorm),
 };

@@ -10,12 +10,21 @@
  * longer; a prompt within the original context gets the same answer either way).
  */
 import { CheckpointError } from '../../errors.js';
-import type { Checkpoint } from '../checkpoint/checkpoint.js';
-import { tokenIds, type ModelSpec, type RopeScaling } from '../checkpoint/spec.js';
+import { tokenIds, type ModelSpec } from '../checkpoint/spec.js';
 import type { LinearWeight } from '../graph/linear.js';
 import { attentionShape, int, num, type Json } from './config-fields.js';
-import type { ExpectedTensor, Family } from './family.js';
-import { LLAMA_FAMILY } from './llama.js';
+import type { ExpectedTensor, Family, TensorReader } from './family.js';
+import { llamaLayers } from './llama.js';
+import type { LongRopeScaling } from './rope.js';
+
+export const PHI3_ARCHITECTURES = ['Phi3ForCausalLM'] as const;
+
+/** Phi-3's fields are the shared ones; its own is the LongRoPE scaling. */
+export interface Phi3Spec extends ModelSpec {
+  family: 'phi3';
+  architecture: (typeof PHI3_ARCHITECTURES)[number];
+  ropeScaling: LongRopeScaling | null;
+}
 
 const layer = (l: number) => `model.layers.${l}`;
 
@@ -27,7 +36,7 @@ function factors(rs: Json, key: string, half: number, file: string): number[] {
   return v as number[];
 }
 
-function parseConfig(cfg: Json, architecture: ModelSpec['architecture'], file: string): ModelSpec {
+function parseConfig(cfg: Json, architecture: Phi3Spec['architecture'], file: string): Phi3Spec {
   const act = cfg.hidden_act ?? 'silu';
   if (act !== 'silu') throw new CheckpointError(`${file}: hidden_act ${JSON.stringify(act)} is not supported (expected "silu")`);
   if (cfg.attention_bias === true) throw new CheckpointError(`${file}: attention_bias=true is not supported for ${architecture}`);
@@ -39,7 +48,7 @@ function parseConfig(cfg: Json, architecture: ModelSpec['architecture'], file: s
   const maxPositionEmbeddings = int(cfg, 'max_position_embeddings', file, 4096);
   const original = int(cfg, 'original_max_position_embeddings', file, maxPositionEmbeddings);
 
-  let ropeScaling: RopeScaling | null = null;
+  let ropeScaling: LongRopeScaling | null = null;
   const rs = cfg.rope_scaling as Json | null | undefined;
   if (rs != null) {
     const type = rs.rope_type ?? rs.type;
@@ -51,6 +60,7 @@ function parseConfig(cfg: Json, architecture: ModelSpec['architecture'], file: s
   const slidingWindow = cfg.sliding_window == null ? null : int(cfg, 'sliding_window', file);
 
   return {
+    family: 'phi3',
     architecture,
     ...shape,
     rotaryDim,
@@ -58,23 +68,17 @@ function parseConfig(cfg: Json, architecture: ModelSpec['architecture'], file: s
     vocabSize: int(cfg, 'vocab_size', file),
     ropeTheta: num(cfg, 'rope_theta', file, 10000),
     ropeScaling,
-    localRopeTheta: null,
     rmsNormEps: num(cfg, 'rms_norm_eps', file, 1e-5),
     tieWordEmbeddings: cfg.tie_word_embeddings === true,
-    attentionBias: false,
-    qkNorm: false,
     maxPositionEmbeddings,
     slidingWindow,
     slidingLayers: Array.from({ length: numLayers }, () => slidingWindow !== null),
-    attentionScale: null,
-    attnLogitSoftcap: null,
-    finalLogitSoftcap: null,
     bosTokenId: typeof cfg.bos_token_id === 'number' ? cfg.bos_token_id : null,
     eosTokenIds: tokenIds(cfg.eos_token_id),
   };
 }
 
-function tensors(spec: ModelSpec): ExpectedTensor[] {
+function tensors(spec: Phi3Spec): ExpectedTensor[] {
   const H = spec.hiddenSize;
   const qkv = (spec.numHeads + 2 * spec.numKvHeads) * spec.headDim;
   const out: ExpectedTensor[] = [{ name: 'model.embed_tokens.weight', shape: [spec.vocabSize, H] }];
@@ -94,7 +98,7 @@ function tensors(spec: ModelSpec): ExpectedTensor[] {
   return out;
 }
 
-function layerWeights(ckpt: Checkpoint, spec: ModelSpec, l: number): LinearWeight[] {
+function layerWeights(ckpt: TensorReader, spec: Phi3Spec, l: number): LinearWeight[] {
   const p = layer(l);
   const qDim = spec.numHeads * spec.headDim;
   return [
@@ -105,9 +109,10 @@ function layerWeights(ckpt: Checkpoint, spec: ModelSpec, l: number): LinearWeigh
   ];
 }
 
-export const PHI3_FAMILY: Family = {
-  ...LLAMA_FAMILY,
+export const PHI3_FAMILY: Family<Phi3Spec> = {
+  architectures: PHI3_ARCHITECTURES,
   parseConfig,
   tensors,
   layerWeights,
+  ...llamaLayers<Phi3Spec>(() => false),
 };

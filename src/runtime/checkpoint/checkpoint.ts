@@ -9,14 +9,11 @@ import { createReadStream, existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { CheckpointError } from '../../errors.js';
 import { SafetensorsFile } from './safetensors.js';
-import { familyOf, parseModelSpec } from '../arch/families.js';
-import type { ExpectedTensor } from '../arch/family.js';
-import { tokenIds, type ModelSpec } from './spec.js';
-
-/** Every tensor the decoder reads, with the shape it must have (the model family's table). */
-export function expectedTensors(spec: ModelSpec): ExpectedTensor[] {
-  return familyOf(spec.architecture).tensors(spec);
-}
+// One way only: the family table parses config.json and lists the tensors; nothing under arch/
+// imports this file (families read tensors through arch/family.ts's TensorReader).
+import { expectedTensors, parseModelSpec, type FamilySpec } from '../arch/families.js';
+import type { ExpectedTensor, TensorReader } from '../arch/family.js';
+import { tokenIds } from './spec.js';
 
 function readJson(path: string): Record<string, unknown> {
   let text: string;
@@ -34,15 +31,15 @@ function readJson(path: string): Record<string, unknown> {
   }
 }
 
-export class Checkpoint {
+export class Checkpoint implements TensorReader {
   readonly dir: string;
-  readonly spec: ModelSpec;
+  readonly spec: FamilySpec;
   /** Every safetensors file of the checkpoint, in a stable order. */
   readonly files: readonly string[];
   private readonly open = new Map<string, SafetensorsFile>();
   private readonly location = new Map<string, SafetensorsFile>();
 
-  private constructor(dir: string, spec: ModelSpec, files: string[]) {
+  private constructor(dir: string, spec: FamilySpec, files: string[]) {
     this.dir = dir;
     this.spec = spec;
     this.files = files;

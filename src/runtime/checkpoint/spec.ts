@@ -1,41 +1,13 @@
 /**
- * The typed model spec every layer reads (config.json parsed by the model's family, see
- * arch/families.ts), the supported architectures, and the projections' shapes and module paths.
+ * What every model family's spec shares (config.json parsed by the model's family: arch/families.ts
+ * holds the table and the full, per-family spec), and the projections' shapes and module paths.
+ * Nothing here knows a family: the fields a family alone has live in its module (arch/*.ts).
  */
-
-export const SUPPORTED_ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM', 'Qwen3ForCausalLM', 'Gemma2ForCausalLM', 'Gemma3ForCausalLM', 'Phi3ForCausalLM'] as const;
-export type Architecture = (typeof SUPPORTED_ARCHITECTURES)[number];
-
-export interface Llama3RopeScaling {
-  ropeType: 'llama3';
-  factor: number;
-  lowFreqFactor: number;
-  highFreqFactor: number;
-  originalMaxPositionEmbeddings: number;
-}
-
-/** Position indices divided by `factor` (Gemma 3's global layers). */
-export interface LinearRopeScaling {
-  ropeType: 'linear';
-  factor: number;
-}
-
-/**
- * Phi-3's LongRoPE (`longrope`, formerly `su`): per-frequency divisors, `shortFactor` for positions
- * within the original context and `longFactor` beyond it, and cos/sin scaled by `attentionFactor`.
- */
-export interface LongRopeScaling {
-  ropeType: 'longrope';
-  shortFactor: number[];
-  longFactor: number[];
-  originalMaxPositionEmbeddings: number;
-  attentionFactor: number;
-}
-
-export type RopeScaling = Llama3RopeScaling | LinearRopeScaling | LongRopeScaling;
+import type { RopeScaling } from '../arch/rope.js';
 
 export interface ModelSpec {
-  architecture: Architecture;
+  /** config.json `architectures[0]`, one that a family serves (arch/families.ts). */
+  architecture: string;
   hiddenSize: number;
   numLayers: number;
   numHeads: number;
@@ -46,24 +18,14 @@ export interface ModelSpec {
   intermediateSize: number;
   vocabSize: number;
   ropeTheta: number;
+  /** The scalings a family accepts are its own (its spec narrows this). */
   ropeScaling: RopeScaling | null;
-  /** Gemma 3: the RoPE base of the sliding-window layers, which use no scaling (null: ropeTheta everywhere). */
-  localRopeTheta: number | null;
   rmsNormEps: number;
   tieWordEmbeddings: boolean;
-  /** q/k/v projections carry a bias (always for Qwen2, `attention_bias` for Llama and Qwen3). */
-  attentionBias: boolean;
-  /** Qwen3: each head of q and k is RMS-normalized (`q_norm`, `k_norm`, weight [headDim]) before RoPE. */
-  qkNorm: boolean;
   maxPositionEmbeddings: number;
   /** Sliding-window attention: a query sees itself and the `slidingWindow - 1` keys before it, on the layers marked in `slidingLayers`. */
   slidingWindow: number | null;
   slidingLayers: boolean[];
-  /** Multiplier of q·k (null: 1/√headDim; Gemma: query_pre_attn_scalar^-0.5). */
-  attentionScale: number | null;
-  /** Gemma 2: scores = cap·tanh(scores / cap) before the softmax, and logits likewise. */
-  attnLogitSoftcap: number | null;
-  finalLogitSoftcap: number | null;
   bosTokenId: number | null;
   eosTokenIds: number[];
 }
@@ -112,35 +74,6 @@ export function tokenIds(v: unknown): number[] {
   if (typeof v === 'number') return [v];
   if (Array.isArray(v)) return v.filter((x): x is number => typeof x === 'number');
   return [];
-}
-
-/** Rotary inverse frequencies [headDim/2], with Llama 3 scaling applied when configured. */
-export function ropeInvFreq(spec: ModelSpec, local = false, long = false): Float64Array {
-  const half = spec.rotaryDim / 2;
-  const inv = new Float64Array(half);
-  const base = local && spec.localRopeTheta !== null ? spec.localRopeTheta : spec.ropeTheta;
-  for (let i = 0; i < half; i++) inv[i] = 1 / Math.pow(base, (2 * i) / spec.rotaryDim);
-  const s = local && spec.localRopeTheta !== null ? null : spec.ropeScaling;
-  if (s?.ropeType === 'longrope') {
-    const f = long ? s.longFactor : s.shortFactor;
-    for (let i = 0; i < half; i++) inv[i] /= f[i];
-  } else if (s?.ropeType === 'linear') {
-    for (let i = 0; i < half; i++) inv[i] /= s.factor;
-  } else if (s) {
-    const lowWavelen = s.originalMaxPositionEmbeddings / s.lowFreqFactor;
-    const highWavelen = s.originalMaxPositionEmbeddings / s.highFreqFactor;
-    for (let i = 0; i < half; i++) {
-      const wavelen = (2 * Math.PI) / inv[i];
-      if (wavelen < highWavelen) continue;
-      if (wavelen > lowWavelen) {
-        inv[i] /= s.factor;
-      } else {
-        const smooth = (s.originalMaxPositionEmbeddings / wavelen - s.lowFreqFactor) / (s.highFreqFactor - s.lowFreqFactor);
-        inv[i] = ((1 - smooth) * inv[i]) / s.factor + smooth * inv[i];
-      }
-    }
-  }
-  return inv;
 }
 
 /** Layer l's sliding window, or null when it attends over the whole context. */

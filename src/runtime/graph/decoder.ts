@@ -17,10 +17,11 @@
  *   weights can never reach another slot's rows or the base rows.
  *   With no adapter rows U = 0 and every LoRA op runs on empty tensors.
  */
-import { familyOf } from '../arch/families.js';
+import { familyOf, type FamilySpec } from '../arch/families.js';
 import type { LayerContext } from '../arch/family.js';
+import { rotaryTable, type Rope } from '../arch/rope.js';
 import type { Checkpoint } from '../checkpoint/checkpoint.js';
-import { ropeInvFreq, type ModelSpec, type Projection } from '../checkpoint/spec.js';
+import type { ModelSpec, Projection } from '../checkpoint/spec.js';
 import type { GraphBuilder } from './graph-builder.js';
 import { IO, loraA, loraB } from './io.js';
 import { emitLinear, type PreparedLinear } from './linear.js';
@@ -40,7 +41,7 @@ export type ProgressFn = (done: number, total: number, label: string) => void;
 
 export async function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: DecoderOptions, progress: ProgressFn, preparer: Preparer): Promise<void> {
   const spec = ckpt.spec;
-  const family = familyOf(spec.architecture);
+  const family = familyOf(spec);
   const ft = g.ft;
   const total = 2 + spec.numLayers;
   let done = 0;
@@ -72,14 +73,15 @@ export async function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: Deco
   };
   const zeroDelta = opts.lora ? g.floatInit('lora_zero', [1], new Float32Array(1)) : '';
   const tables = new Map<boolean, { cos: string; sin: string }>();
-  const ctx: LayerContext = {
+  const ctx: LayerContext<FamilySpec> = {
     g,
     ckpt,
     spec,
     positions: g.op('Unsqueeze', [g.op('Cast', [positionIds], { to: 7 }), g.const64([0])]), // [1, T] int64
     rotary: (local) => {
-      const kind = local && spec.localRopeTheta !== null;
-      if (!tables.has(kind)) tables.set(kind, rotaryTables(g, spec, opts.maxPositions, kind));
+      const own = local ? (family.slidingRope?.(spec) ?? null) : null;
+      const kind = own !== null;
+      if (!tables.has(kind)) tables.set(kind, rotaryTables(g, own ?? spec, opts.maxPositions, kind));
       return tables.get(kind)!;
     },
     mask: buildMask(g, padIndex, kvIndex, pastLen),
@@ -129,7 +131,8 @@ export async function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: Deco
   const last = g.op('Gather', [state.x, logitsIndex], { axis: 0 });
   let logits = emitLinear(g, last, 'lm_head', await (head ?? startHead()));
   if (ft !== 'float') logits = g.op('Cast', [logits], { to: 1 });
-  if (spec.finalLogitSoftcap !== null) logits = softcap(g, logits, spec.finalLogitSoftcap, 'final_softcap');
+  const cap = family.finalLogitSoftcap?.(spec) ?? null;
+  if (cap !== null) logits = softcap(g, logits, cap, 'final_softcap');
   g.op('Identity', [logits], undefined, { out: IO.logits });
   g.output(IO.logits, 'float', ['L', spec.vocabSize]);
   tick('lm_head');
@@ -177,23 +180,8 @@ function buildMask(g: GraphBuilder, padIndex: string, kvIndex: string, pastLen: 
   };
 }
 
-function rotaryTables(g: GraphBuilder, spec: ModelSpec, maxPositions: number, local: boolean): { cos: string; sin: string } {
-  const inv = ropeInvFreq(spec, local);
-  // LongRoPE: positions past the original context use the long factors; cos/sin carry its attention factor.
-  const s = local ? null : spec.ropeScaling;
-  const long = s?.ropeType === 'longrope' ? { from: s.originalMaxPositionEmbeddings, inv: ropeInvFreq(spec, false, true), scale: s.attentionFactor } : null;
-  const half = inv.length;
-  const cos = new Float32Array(maxPositions * half);
-  const sin = new Float32Array(maxPositions * half);
-  for (let pos = 0; pos < maxPositions; pos++) {
-    const f = long && pos >= long.from ? long.inv : inv;
-    const scale = long?.scale ?? 1;
-    for (let i = 0; i < half; i++) {
-      const angle = pos * f[i];
-      cos[pos * half + i] = Math.cos(angle) * scale;
-      sin[pos * half + i] = Math.sin(angle) * scale;
-    }
-  }
+function rotaryTables(g: GraphBuilder, rope: Rope, maxPositions: number, local: boolean): { cos: string; sin: string } {
+  const { cos, sin, half } = rotaryTable(rope, maxPositions);
   const tag = local ? '_local' : '';
   return { cos: g.floatInit(`rope_cos${tag}`, [maxPositions, half], cos), sin: g.floatInit(`rope_sin${tag}`, [maxPositions, half], sin) };
 }
