@@ -1,18 +1,15 @@
-/** The adapter loading thread (see loader.ts). */
-import { parentPort, workerData } from 'node:worker_threads';
-import { toWireError } from '../errors.js';
-import { loadAdapterSync, type LoaderOptions } from './loader.js';
-import type { AdapterSpec } from './spec.js';
+/** The adapter loading thread (see loader.ts): factors go back transferred, not copied. */
+import { workerData } from 'node:worker_threads';
+import { serve, transferring } from '../util/worker-task.js';
+import { loadAdapterSync, type LoaderOptions, type LoaderTasks } from './loader.js';
 
 const opts = workerData as LoaderOptions;
 
-parentPort!.on('message', (m: { id: number; spec: AdapterSpec }) => {
-  try {
-    const weights = loadAdapterSync(m.spec, opts);
+serve<LoaderTasks>({
+  load: (spec) => {
+    const weights = loadAdapterSync(spec, opts);
     const transfer: ArrayBuffer[] = [];
     for (const f of weights.factors.values()) transfer.push(f.a.buffer as ArrayBuffer, f.b.buffer as ArrayBuffer);
-    parentPort!.postMessage({ id: m.id, weights }, transfer);
-  } catch (err) {
-    parentPort!.postMessage({ id: m.id, error: toWireError(err) });
-  }
+    return transferring(weights, transfer);
+  },
 });

@@ -4,11 +4,10 @@
  * comes back with its buffers transferred, not copied. Every factor is checked finite in the slot
  * dtype before it leaves the loader; the slots check again as they take it.
  */
-import type { Worker } from 'node:worker_threads';
-import { LoraplexError, type WireError } from '../errors.js';
+import { LoraplexError } from '../errors.js';
 import type { ModelSpec } from '../runtime/checkpoint/spec.js';
 import { checkLoraWeights, type LoraWeights, type SlotDtype } from '../runtime/lora-stacks.js';
-import { startWorker } from '../util/worker-url.js';
+import { WorkerPool } from '../util/worker-pool.js';
 import { mergeLoraWeights } from './merge.js';
 import { loadPeftAdapter } from './peft.js';
 import { adapterDigest } from './digest.js';
@@ -40,39 +39,38 @@ export function loadAdapterSync(spec: AdapterSpec, opts: LoaderOptions): LoraWei
   return merged;
 }
 
-/** A loader backed by one helper thread. */
+/** The loader thread's task map (see worker-protocol.ts). */
+export interface LoaderTasks {
+  load: { arg: AdapterSpec; result: LoraWeights };
+}
+
+/** CPU time one load may take (reading and transposing a large adapter, or merging several). */
+const LOAD_BUDGET_MS = 300_000;
+/** Wall-clock limit of one load, queueing and a slow disk included: beyond it, a retryable 503 busy. */
+const LOAD_WALL_LIMIT_MS = 900_000;
+
+/**
+ * A loader backed by one helper thread (a WorkerPool of one): loads run one at a time; one that
+ * overruns its budget, or kills its thread, fails with `adapter_load_failed` and the thread is
+ * replaced; the loader's own errors (adapter_invalid, adapter_load_failed) keep their codes.
+ */
 export class ThreadLoader {
-  private readonly worker: Worker;
-  private nextId = 1;
-  private readonly pending = new Map<number, { resolve: (w: LoraWeights) => void; reject: (e: Error) => void }>();
+  private readonly pool: WorkerPool<LoaderTasks>;
 
   constructor(opts: LoaderOptions) {
-    this.worker = startWorker(import.meta.url, 'loader-worker', { workerData: opts });
-    this.worker.unref();
-    this.worker.on('message', (m: { id: number; weights?: LoraWeights; error?: WireError }) => {
-      const p = this.pending.get(m.id);
-      if (!p) return;
-      this.pending.delete(m.id);
-      if (m.weights) p.resolve(m.weights);
-      else p.reject(LoraplexError.fromWire(m.error!));
-    });
-    this.worker.on('error', (err) => {
-      for (const p of this.pending.values()) p.reject(err);
-      this.pending.clear();
-    });
+    this.pool = new WorkerPool<LoaderTasks>({ from: import.meta.url, entry: 'loader-worker', size: 1, workerData: opts });
   }
 
   load: AdapterLoader = (spec) =>
-    new Promise((resolve, reject) => {
-      const id = this.nextId++;
-      this.pending.set(id, { resolve, reject });
-      this.worker.ref();
-      this.worker.postMessage({ id, spec });
-    }).finally(() => {
-      if (this.pending.size === 0) this.worker.unref();
-    }) as Promise<LoraWeights>;
+    this.pool.run('load', spec, {
+      budgetMs: LOAD_BUDGET_MS,
+      wallLimitMs: LOAD_WALL_LIMIT_MS,
+      what: `loading adapter ${spec.name}`,
+      onTimeout: () => new LoraplexError('adapter_load_failed', `loading adapter ${spec.name} took longer than ${LOAD_BUDGET_MS / 1000} s of CPU time`),
+      onCrash: (why) => new LoraplexError('adapter_load_failed', `loading adapter ${spec.name} failed: the loader thread died (${why})`),
+    });
 
-  async close(): Promise<void> {
-    await this.worker.terminate();
+  close(): Promise<void> {
+    return this.pool.close();
   }
 }
