@@ -4,8 +4,8 @@
  * cost more than it saves.
  */
 import { availableParallelism } from 'node:os';
-import type { Worker } from 'node:worker_threads';
-import { startWorker } from '../../util/worker-url.js';
+import { LoraplexError } from '../../errors.js';
+import { WorkerPool } from '../../util/worker-pool.js';
 import { prepareLinear, type LinearWeight, type PreparedLinear } from './linear.js';
 import type { WeightFormat } from './quant.js';
 
@@ -24,48 +24,42 @@ function owned(a: Float32Array): Float32Array {
   return a.byteOffset === 0 && a.buffer.byteLength === a.byteLength && a.buffer instanceof ArrayBuffer ? a : a.slice();
 }
 
-export class ThreadPreparer implements Preparer {
-  private readonly workers: Worker[] = [];
-  private readonly idle: Worker[] = [];
-  private readonly waiting: (() => void)[] = [];
-
-  constructor(threads = availableParallelism()) {
-    for (let i = 0; i < Math.max(1, threads); i++) {
-      const w = startWorker(import.meta.url, 'prepare-worker');
-      this.workers.push(w);
-      this.idle.push(w);
-    }
-  }
-
-  async prepare(weight: LinearWeight, format: WeightFormat): Promise<PreparedLinear> {
-    while (this.idle.length === 0) await new Promise<void>((r) => this.waiting.push(r));
-    const worker = this.idle.pop()!;
-    try {
-      const w = owned(weight.w);
-      const bias = weight.bias ? owned(weight.bias) : null;
-      return await new Promise<PreparedLinear>((resolve, reject) => {
-        const onMessage = (m: { prepared?: PreparedLinear; error?: string }): void => {
-          worker.off('error', onError);
-          if (m.prepared) resolve(m.prepared);
-          else reject(new Error(m.error));
-        };
-        const onError = (err: Error): void => {
-          worker.off('message', onMessage);
-          reject(err);
-        };
-        worker.once('message', onMessage);
-        worker.once('error', onError);
-        const transfer = [w.buffer as ArrayBuffer, ...(bias && bias.buffer !== w.buffer ? [bias.buffer as ArrayBuffer] : [])];
-        worker.postMessage({ weight: { ...weight, w, bias }, format }, transfer);
-      });
-    } finally {
-      this.idle.push(worker);
-      this.waiting.shift()?.();
-    }
-  }
-
-  async close(): Promise<void> {
-    await Promise.all(this.workers.map((w) => w.terminate()));
-  }
+/** The preparing threads' task map (see worker-protocol.ts). */
+export interface PrepareTasks {
+  prepare: { arg: { weight: LinearWeight; format: WeightFormat }; result: PreparedLinear };
 }
 
+/** CPU time one weight may take to prepare (the largest take seconds): beyond it, something is wrong. */
+const PREPARE_BUDGET_MS = 600_000;
+/** Wall-clock limit of one weight, queueing behind the others included (a build on a busy machine is slow, not wrong). */
+const PREPARE_WALL_LIMIT_MS = 4 * 3_600_000;
+
+/**
+ * Prepares weights on a WorkerPool, one thread per core: a thread that dies fails its weight (the
+ * build fails) and is replaced; errors keep their codes.
+ */
+export class ThreadPreparer implements Preparer {
+  private readonly pool: WorkerPool<PrepareTasks>;
+
+  constructor(threads = availableParallelism()) {
+    this.pool = new WorkerPool<PrepareTasks>({ from: import.meta.url, entry: 'prepare-worker', size: Math.max(1, threads) });
+  }
+
+  prepare(weight: LinearWeight, format: WeightFormat): Promise<PreparedLinear> {
+    const w = owned(weight.w);
+    const bias = weight.bias ? owned(weight.bias) : null;
+    const transfer = [w.buffer as ArrayBuffer, ...(bias && bias.buffer !== w.buffer ? [bias.buffer as ArrayBuffer] : [])];
+    const what = `preparing a [${weight.n} x ${weight.k}] weight as ${format}`;
+    return this.pool.run('prepare', { weight: { ...weight, w, bias }, format }, {
+      budgetMs: PREPARE_BUDGET_MS,
+      wallLimitMs: PREPARE_WALL_LIMIT_MS,
+      what,
+      transfer,
+      onTimeout: () => new LoraplexError('internal_error', `${what} took longer than ${PREPARE_BUDGET_MS / 1000} s of CPU time`),
+    });
+  }
+
+  close(): Promise<void> {
+    return this.pool.close();
+  }
+}
