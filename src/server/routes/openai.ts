@@ -8,30 +8,27 @@
  * connection is watched from the first moment, so a client that leaves at any point frees its rows.
  */
 import { requestGrammar } from '../grammar-fields.js';
-import { toolCallFormat, toolGrammar, toolRequest } from '../tool-fields.js';
+import { toolRequest } from '../tool-fields.js';
 import { ChatToolCalls } from '../tool-calls.js';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { LoraplexError, ModelNotFoundError, UnsupportedError, ValidationError } from '../../errors.js';
-import type { ValidRequest } from '../../scheduler/request.js';
+import type { TokenEngineEvent } from '../../scheduler/request.js';
 import type { Ticket } from '../admission.js';
-import { clientGone, generate, startGeneration, type GenerationResult, type ServerContext } from '../context.js';
-import { sendError } from '../errors.js';
+import { checkRows } from '../admission.js';
+import { answerConstraint } from '../answer-constraint.js';
+import type { GenerationResult, ServerContext } from '../context.js';
 import { checkShape } from '../prompt/limits.js';
 import { checkFields, declaredFields } from '../fields.js';
 import { cachePartition } from '../cache-partition.js';
-import { checkRows } from '../admission.js';
 import { chatMessages, chatPrompt, promptIds, responseId, sampling, stopStrings, truncatePrompt, utf8Bytes, validRequest, type PromptSource } from '../requests.js';
-import { resolveAdapter, type Resolved } from '../resolve.js';
+import type { Resolved } from '../resolve.js';
 import { ChatCompletionRequest, ChatCompletionResponse, CompletionRequest, CompletionResponse, ErrorBody, ModelCard, ModelList } from '../schemas.js';
+import { admitted, begin, runGeneration, type Choice, type Protocol, type Usage } from '../streaming.js';
 import { Type } from 'typebox';
-import { SseStream } from '../sse.js';
-import type { TokenEngineEvent } from '../../scheduler/request.js';
 
-interface Choice {
+/** A choice and its index on the wire (with best_of, the index among the sampled sequences). */
+interface IndexedChoice extends Choice {
   index: number;
-  req: Omit<ValidRequest, 'id'>;
-  /** Prompt tokens are counted once per prompt, on its first choice. */
-  promptTokens: number;
 }
 
 /** How one API shapes its chunks and final response. */
@@ -45,9 +42,9 @@ interface Shape {
   full(index: number, r: GenerationResult): Record<string, unknown>;
 }
 
-/** OpenAI's usage; `cached` prompt tokens came from the prefix cache (those of each prompt's first choice). */
-function usage(promptTokens: number, completion: number, cached: number): Record<string, unknown> {
-  return { prompt_tokens: promptTokens, completion_tokens: completion, total_tokens: promptTokens + completion, prompt_tokens_details: { cached_tokens: cached } };
+/** OpenAI's usage; cached prompt tokens came from the prefix cache (those of each prompt's first choice). */
+function usage(u: Usage): Record<string, unknown> {
+  return { prompt_tokens: u.promptTokens, completion_tokens: u.completionTokens, total_tokens: u.promptTokens + u.completionTokens, prompt_tokens_details: { cached_tokens: u.cachedTokens } };
 }
 
 const CHAT_FIELDS = declaredFields(ChatCompletionRequest);
@@ -64,79 +61,24 @@ function pickBest(results: GenerationResult[], per: number, n: number): number[]
   return out;
 }
 
-/** The request was abandoned before it reached the engine. */
-function droppedEarly(ctx: ServerContext): LoraplexError {
-  ctx.cancelledBeforeSubmit++;
-  return new LoraplexError('cancelled', 'the client closed the connection');
-}
-
-/**
- * Runs every choice; answers JSON, or streams SSE once the first choice takes a batch row (errors
- * before that — an adapter that fails to load, a queue timeout — are plain JSON errors with their
- * status).
- */
-async function run(
+/** Runs every choice through the generation lifecycle, in OpenAI's response and chunk shapes. */
+function run(
   ctx: ServerContext,
   request: FastifyRequest,
   reply: FastifyReply,
-  body: { stream?: boolean | null; stream_options?: { include_usage?: boolean | null } | null },
+  body: { stream?: boolean | null; stream_options?: { include_usage?: boolean | null } | null; user?: string | null },
   resolved: Resolved,
-  choices: Choice[],
+  choices: IndexedChoice[],
   ticket: Ticket,
   gone: AbortSignal,
   shape: Shape,
-  logPrompts: () => unknown,
+  logPrompt: () => unknown,
   /** Non-streamed: which results to return, in order (best_of); default all. */
   select?: (results: GenerationResult[]) => number[],
 ): Promise<unknown> {
   const id = responseId(shape.object === 'chat.completion' ? 'chatcmpl' : 'cmpl');
   const created = Math.floor(Date.now() / 1000);
-  const route = request.routeOptions.url ?? request.url;
-  const started = performance.now();
-  const adapterLabel = resolved.label;
-  const promptTokens = choices.reduce((n, c) => n + c.promptTokens, 0);
-  /** Token counters and the generation log line (text only with --log-prompts). */
-  const record = (completion: number, texts: string[], stream: boolean): void => {
-    ctx.metrics.tokens(adapterLabel, promptTokens, completion);
-    request.log.info(
-      {
-        adapter: adapterLabel,
-        promptTokens,
-        completionTokens: completion,
-        ms: Math.round(performance.now() - started),
-        ...(stream ? { stream } : {}),
-        ...((body as { user?: string }).user ? { user: (body as { user?: string }).user } : {}),
-        ...(ctx.settings.logPrompts ? { prompt: logPrompts(), completion: texts } : {}),
-      },
-      'generation',
-    );
-  };
-
-  if (!body.stream) {
-    const results = await Promise.all(choices.map((c) => generate(ctx, c.req, resolved.digests, ticket, gone)));
-    const completion = results.reduce((sum, r) => sum + r.completionTokens, 0);
-    const cached = results.reduce((sum, r, i) => sum + (choices[i].promptTokens > 0 ? r.cachedTokens : 0), 0);
-    record(completion, results.map((r) => r.text), false);
-    return {
-      id,
-      object: shape.object,
-      created,
-      model: resolved.model,
-      choices: (select?.(results) ?? results.map((_, i) => i)).map((at, k) => shape.full(select ? k : choices[at].index, results[at])),
-      usage: usage(promptTokens, completion, cached),
-      system_fingerprint: null,
-    };
-  }
-
   const includeUsage = body.stream_options?.include_usage === true;
-  let sse: SseStream | null = null;
-  const cancels: (() => void)[] = [];
-  let remaining = choices.length;
-  let completion = 0;
-  let cached = 0;
-  let firstToken = true;
-  let lastTokenAt = 0;
-  const texts = choices.map(() => '');
   const chunk = (choicesPart: Record<string, unknown>[]): Record<string, unknown> => ({
     id,
     object: shape.chunkObject,
@@ -145,87 +87,29 @@ async function run(
     choices: choicesPart,
     ...(includeUsage ? { usage: null } : {}),
   });
-  return new Promise<void>((resolve) => {
-    let done = false;
-    const cancelAll = (): void => cancels.forEach((c) => c());
-    const finishStream = (): void => {
-      if (done) return;
-      done = true;
-      gone.removeEventListener('abort', onGone);
-      if (sse?.open && includeUsage) sse.send({ id, object: shape.chunkObject, created, model: resolved.model, choices: [], usage: usage(promptTokens, completion, cached) });
-      sse?.end();
-      // (Request count and latency are recorded by the app's onResponse hook, streams included.)
-      record(completion, texts, true);
-      resolve();
-    };
-    const fail = (err: LoraplexError): void => {
-      if (done) return;
-      cancelAll();
-      if (!sse) {
-        // Nothing streamed yet: answer with the error's own status.
-        done = true;
-        gone.removeEventListener('abort', onGone);
-        sendError(request, reply, err);
-        resolve();
-        return;
-      }
-      sse.send(sendableError(err));
-      remaining = 0;
-      finishStream();
-    };
-    const onGone = (): void => {
-      cancelAll();
-      if (done) return;
-      done = true;
-      // Nobody is listening; the answer only closes the request's bookkeeping.
-      if (!sse) sendError(request, reply, new LoraplexError('cancelled', 'the client closed the connection'));
-      resolve();
-    };
-    gone.addEventListener('abort', onGone, { once: true });
-    const open = (): SseStream => {
-      if (!sse) {
-        sse = new SseStream(reply, ctx.settings.streamStallMs);
-        for (const c of choices) if (shape.first) sse.send(chunk([shape.first(c.index)]));
-      }
-      return sse;
-    };
-    try {
-      choices.forEach((c, ci) => {
-        cancels.push(
-          startGeneration(ctx, c.req, resolved.digests, ticket, {
-            onRunning: () => {
-              open();
-            },
-            onToken: (e) => {
-              const now = performance.now();
-              if (firstToken) {
-                ctx.metrics.ttft.observe({ route }, (now - started) / 1000);
-                firstToken = false;
-              } else ctx.metrics.interTokenLatency.observe((now - lastTokenAt) / 1000);
-              lastTokenAt = now;
-              if (ctx.settings.logPrompts) texts[ci] += e.text;
-              const d = shape.delta(c.index, e);
-              if (d) open().send(chunk([d]));
-            },
-            onEnd: (e) => {
-              completion += e.completionTokens;
-              if (c.promptTokens > 0) cached += e.cachedTokens;
-              open().send(chunk([shape.finish(c.index, e.finishReason)]));
-              if (--remaining === 0) finishStream();
-            },
-            onError: fail,
-          }),
-        );
-      });
-    } catch (err) {
-      fail(LoraplexError.from(err));
-    }
-    if (gone.aborted) onGone();
-  });
-}
-
-function sendableError(err: LoraplexError): Record<string, unknown> {
-  return { error: { message: err.message, type: err.type, param: err.param, code: err.code } };
+  const protocol: Protocol = {
+    whole: (results, u) => ({
+      id,
+      object: shape.object,
+      created,
+      model: resolved.model,
+      choices: (select?.(results) ?? results.map((_, i) => i)).map((at, k) => shape.full(select ? k : choices[at].index, results[at])),
+      usage: usage(u),
+      system_fingerprint: null,
+    }),
+    start: (sse) => {
+      if (shape.first) for (const c of choices) sse.send(chunk([shape.first(c.index)]));
+    },
+    token: (sse, i, e) => {
+      const d = shape.delta(choices[i].index, e);
+      if (d) sse.send(chunk([d]));
+    },
+    end: (sse, i, e) => sse.send(chunk([shape.finish(choices[i].index, e.finishReason)])),
+    error: (sse, err) => sse.send({ error: { message: err.message, type: err.type, param: err.param, code: err.code } }),
+    close: includeUsage ? (sse, u) => sse.send({ id, object: shape.chunkObject, created, model: resolved.model, choices: [], usage: usage(u) }) : undefined,
+    doneMarker: true,
+  };
+  return runGeneration({ ctx, request, reply, gone, ticket, resolved, choices, stream: body.stream === true, protocol, logPrompt, user: body.user });
 }
 
 function chatLogprobs(tokens: TokenEngineEvent[]): { content: unknown[] } {
@@ -253,29 +137,6 @@ function completionLogprobs(tokens: TokenEngineEvent[], offset0: number): Record
     offset += (t.tokenText ?? '').length;
   }
   return out;
-}
-
-/**
- * Admission, then the prompts' token ids, then one engine request per choice. The ticket is closed
- * on every path; a client that left while its prompts were tokenized is never submitted.
- */
-async function admitted<T>(ctx: ServerContext, request: FastifyRequest, choices: number, gone: AbortSignal, work: (ticket: Ticket) => Promise<T>): Promise<T> {
-  const ticket = ctx.admission.enter(choices, request.tenant);
-  try {
-    if (gone.aborted) throw droppedEarly(ctx);
-    return await work(ticket);
-  } finally {
-    ticket.close();
-  }
-}
-
-/** Every request starts the same way: watch the client, need the engine, resolve the adapter. */
-function begin(ctx: ServerContext, request: FastifyRequest, reply: FastifyReply, body: Parameters<typeof resolveAdapter>[2]) {
-  const gone = clientGone(request, reply);
-  const engine = ctx.requireEngine();
-  const resolved = resolveAdapter(ctx.registry, ctx.baseId, body);
-  request.adapterLabel = resolved.label;
-  return { gone, engine, resolved };
 }
 
 export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
@@ -308,13 +169,8 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
       return admitted(ctx, request, n, gone, async (ticket) => {
         const chat = await chatPrompt(ctx, prompt, resolved);
         const ids = truncatePrompt(chat.ids, body.truncate_prompt_tokens);
-        const format = toolReq ? toolCallFormat(ctx.settings.toolCallParser, chat.toolCallFormat) : null;
-        const callGrammar = toolReq && format ? toolGrammar(toolReq, format) : null;
-        if (callGrammar && grammar) throw new LoraplexError('invalid_grammar', 'response_format (or a guided_* field) cannot be combined with tool_choice "required", a named function or parallel_tool_calls: false: each constrains the whole answer', { param: 'response_format' });
-        const constraint = grammar ?? callGrammar;
-        const choices = Array.from({ length: n }, (_, i) => ({ index: i, req: validRequest(ctx, ids, body, resolved, s, i, { cachePartition: partition, grammar: constraint, grammarParam: callGrammar ? 'tool_choice' : undefined }), promptTokens: i === 0 ? ids.length : 0 }));
-        if (constraint) await engine.compileGrammar(constraint, request.tenant);
-        if (gone.aborted) throw droppedEarly(ctx);
+        const { format, grammar: constraint, grammarParam } = answerConstraint(ctx, toolReq, chat.toolCallFormat, grammar, { param: 'response_format', name: 'response_format (or a guided_* field)' });
+        const choices = Array.from({ length: n }, (_, i) => ({ index: i, req: validRequest(ctx, ids, body, resolved, s, i, { cachePartition: partition, grammar: constraint, grammarParam }), promptTokens: i === 0 ? ids.length : 0 }));
         const calls = toolReq && format ? new ChatToolCalls(format, toolReq.names) : null;
         const lp = (e: TokenEngineEvent) => (logprobs !== null && !e.special ? chatLogprobs([e]) : null);
         return run(ctx, request, reply, body, resolved, choices, ticket, gone, {
@@ -376,8 +232,6 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
       return admitted(ctx, request, sources.length * bestOf, gone, async (ticket) => {
         const ids = (await Promise.all(sources.map((src) => promptIds(ctx, src, resolved)))).map((x) => truncatePrompt(x, body.truncate_prompt_tokens));
         const choices = ids.flatMap((pi, i) => Array.from({ length: bestOf }, (_, c) => ({ index: i * bestOf + c, req: validRequest(ctx, pi, body, resolved, s, c, { cachePartition: partition, grammar }), promptTokens: c === 0 ? pi.length : 0 })));
-        if (grammar) await engine.compileGrammar(grammar, request.tenant);
-        if (gone.aborted) throw droppedEarly(ctx);
         const select = bestOf > n ? (results: GenerationResult[]) => pickBest(results, bestOf, n) : undefined;
         const sent = new Set<number>();
         return run(ctx, request, reply, body, resolved, choices, ticket, gone, {
