@@ -9,19 +9,20 @@
  */
 import { responsesFormatGrammar } from '../grammar-fields.js';
 import type { FastifyInstance } from 'fastify';
-import { LoraplexError, UnsupportedError, ValidationError } from '../../errors.js';
+import { UnsupportedError, ValidationError } from '../../errors.js';
 import type { FinishReason } from '../../runtime/generation.js';
-import { clientGone, generate, startGeneration, type ServerContext } from '../context.js';
-import { sendError } from '../errors.js';
+import type { ToolCallFormat } from '../../runtime/tool-calls/format.js';
+import { answerConstraint } from '../answer-constraint.js';
+import type { ServerContext } from '../context.js';
 import { checkFields, declaredFields } from '../fields.js';
 import { checkShape } from '../prompt/limits.js';
 import { chatMessages, chatPrompt, responseId, sampling, validRequest } from '../requests.js';
 import { cachePartition } from '../cache-partition.js';
 import { parseToolCalls, ToolCallParser, type ParsedToolCall } from '../../runtime/tool-calls/parser.js';
-import { toolCallFormat, toolCallId, toolGrammar, toolRequest } from '../tool-fields.js';
-import { resolveAdapter } from '../resolve.js';
+import { toolCallId, toolRequest } from '../tool-fields.js';
 import { ErrorBody, ResponsesRequest } from '../schemas.js';
-import { SseStream } from '../sse.js';
+import type { SseStream } from '../sse.js';
+import { admitted, begin, runGeneration, type Protocol, type Usage } from '../streaming.js';
 import { Type } from 'typebox';
 
 const FIELDS = declaredFields(ResponsesRequest);
@@ -78,6 +79,102 @@ export function inputMessages(body: ResponsesRequest): WireMessage[] {
   return out;
 }
 
+/** The response object without its status, output and usage (those come with the answer). */
+type ResponseBase = Record<string, unknown>;
+
+/**
+ * The Responses API's answer and event stream: without tools the answer is one `message` output
+ * item; with tools its text (if any) is a message and each parsed call a `function_call` item.
+ */
+function responsesProtocol(base: ResponseBase, promptTokens: number, format: ToolCallFormat | null, names: string[]): Protocol {
+  const msgId = `msg_${responseId('').slice(1)}`;
+  const message = (text: string, done: boolean) => ({ type: 'message', id: msgId, status: done ? 'completed' : 'in_progress', role: 'assistant', content: done ? [{ type: 'output_text', text, annotations: [], logprobs: [] }] : [] });
+  const functionCall = (c: ParsedToolCall, callId: string, itemId: string, done: boolean) => ({ type: 'function_call', id: itemId, call_id: callId, name: c.name, arguments: done ? c.arguments : '', status: done ? 'completed' : 'in_progress' });
+  /** The answer's output items: its text as a message (left out when the answer is only calls), then one item per call. */
+  const outputOf = (text: string) => {
+    if (!format) return [message(text, true)];
+    const { content, calls } = parseToolCalls(format, names, text);
+    return [...(content !== null ? [message(content, true)] : []), ...calls.map((c) => functionCall(c, toolCallId(), `fc_${responseId('').slice(1)}`, true))];
+  };
+  const final = (output: unknown[], reason: FinishReason, u: Usage) => ({
+    ...base,
+    status: reason === 'length' ? 'incomplete' : 'completed',
+    incomplete_details: reason === 'length' ? { reason: 'max_output_tokens' } : null,
+    output,
+    usage: { input_tokens: promptTokens, input_tokens_details: { cached_tokens: u.cachedTokens }, output_tokens: u.completionTokens, output_tokens_details: { reasoning_tokens: 0 }, total_tokens: promptTokens + u.completionTokens },
+  });
+
+  // The stream's state: sequence numbers, the text so far, the output items sent so far and the
+  // message's index among them (-1: not opened yet).
+  let seq = 0;
+  let text = '';
+  const items: unknown[] = [];
+  let msgIndex = -1;
+  const parser = format ? new ToolCallParser(format, names) : null;
+  const emit = (sse: SseStream, type: string, data: Record<string, unknown>): void => sse.sendEvent(type, { type, sequence_number: seq++, ...data });
+  const openMessage = (sse: SseStream): void => {
+    if (msgIndex >= 0) return;
+    msgIndex = items.length;
+    items.push(null);
+    emit(sse, 'response.output_item.added', { output_index: msgIndex, item: message('', false) });
+    emit(sse, 'response.content_part.added', { item_id: msgId, output_index: msgIndex, content_index: 0, part: { type: 'output_text', text: '', annotations: [], logprobs: [] } });
+  };
+  const sendText = (sse: SseStream, piece: string): void => {
+    if (!piece) return;
+    openMessage(sse);
+    text += piece;
+    emit(sse, 'response.output_text.delta', { item_id: msgId, output_index: msgIndex, content_index: 0, delta: piece, logprobs: [] });
+  };
+  const sendCalls = (sse: SseStream, calls: ParsedToolCall[]): void => {
+    for (const c of calls) {
+      const at = items.length;
+      const itemId = `fc_${responseId('').slice(1)}`;
+      const callId = toolCallId();
+      items.push(functionCall(c, callId, itemId, true));
+      emit(sse, 'response.output_item.added', { output_index: at, item: functionCall(c, callId, itemId, false) });
+      emit(sse, 'response.function_call_arguments.delta', { item_id: itemId, output_index: at, delta: c.arguments });
+      emit(sse, 'response.function_call_arguments.done', { item_id: itemId, output_index: at, arguments: c.arguments });
+      emit(sse, 'response.output_item.done', { output_index: at, item: items[at] });
+    }
+  };
+  return {
+    whole: ([r], u) => final(outputOf(r.text), r.finishReason, u),
+    start: (sse) => {
+      emit(sse, 'response.created', { response: { ...base, status: 'in_progress', incomplete_details: null, output: [], usage: null } });
+      emit(sse, 'response.in_progress', { response: { ...base, status: 'in_progress', incomplete_details: null, output: [], usage: null } });
+      // Without tools the answer is one message, opened at once; with tools it opens on its first text.
+      if (!parser) openMessage(sse);
+    },
+    token: (sse, _choice, e) => {
+      if (!e.text) return;
+      if (!parser) return sendText(sse, e.text);
+      const out = parser.push(e.text);
+      sendText(sse, out.content);
+      sendCalls(sse, out.calls);
+    },
+    end: (sse, _choice, e) => {
+      if (parser) {
+        const out = parser.end();
+        sendText(sse, out.content);
+        sendCalls(sse, out.calls);
+        // An answer without text or calls is an empty message.
+        if (items.length === 0) openMessage(sse);
+      }
+      if (msgIndex >= 0) {
+        const part = { type: 'output_text', text, annotations: [], logprobs: [] };
+        emit(sse, 'response.output_text.done', { item_id: msgId, output_index: msgIndex, content_index: 0, text, logprobs: [] });
+        emit(sse, 'response.content_part.done', { item_id: msgId, output_index: msgIndex, content_index: 0, part });
+        items[msgIndex] = message(text, true);
+        emit(sse, 'response.output_item.done', { output_index: msgIndex, item: items[msgIndex] });
+      }
+      const response = final(items, e.finishReason, { promptTokens, completionTokens: e.completionTokens, cachedTokens: e.cachedTokens });
+      emit(sse, response.status === 'completed' ? 'response.completed' : 'response.incomplete', { response });
+    },
+    error: (sse, err) => emit(sse, 'error', { code: err.code, message: err.message, param: err.param }),
+    doneMarker: false,
+  };
+}
+
 export function responsesRoutes(app: FastifyInstance, ctx: ServerContext): void {
   app.post<{ Body: ResponsesRequest }>(
     '/v1/responses',
@@ -90,12 +187,9 @@ export function responsesRoutes(app: FastifyInstance, ctx: ServerContext): void 
       },
     },
     async (request, reply) => {
-      const gone = clientGone(request, reply);
       const body = request.body;
-      const engine = ctx.requireEngine();
+      const { gone, engine, resolved } = begin(ctx, request, reply, { model: body.model });
       checkFields(body, FIELDS, request.log);
-      const resolved = resolveAdapter(ctx.registry, ctx.baseId, { model: body.model });
-      request.adapterLabel = resolved.label;
       if (body.previous_response_id != null) throw new UnsupportedError('previous_response_id is not supported: responses are not stored; send the whole conversation as input', 'previous_response_id');
       if (body.store === true) throw new UnsupportedError('store: true is not supported: responses are not stored (send store: false or leave it out)', 'store');
       if (body.reasoning != null) throw new UnsupportedError('reasoning cannot be configured for this model', 'reasoning');
@@ -104,39 +198,25 @@ export function responsesRoutes(app: FastifyInstance, ctx: ServerContext): void 
       const grammar = responsesFormatGrammar(body.text?.format);
       if (body.tools != null) checkShape(body.tools, 'tools');
       const toolReq = toolRequest(body.tools, body.tool_choice, body.parallel_tool_calls, 'responses');
-      const toolChoice = body.tool_choice ?? 'auto';
       if (Array.isArray(body.input)) checkShape(body.input, 'input');
       const messages = chatMessages(inputMessages(body));
       const s = sampling({ temperature: body.temperature, top_p: body.top_p }, engine.info.vocabSize, null);
-      const ticket = ctx.admission.enter(1, request.tenant);
-      try {
+      return admitted(ctx, request, 1, gone, async (ticket) => {
         const chat = await chatPrompt(ctx, { kind: 'chat', messages, tools: toolReq?.templateTools ?? null, addGenerationPrompt: true, templateKwargs: null }, resolved);
         const ids = chat.ids;
-        if (gone.aborted) {
-          ctx.cancelledBeforeSubmit++;
-          throw new LoraplexError('cancelled', 'the client closed the connection');
-        }
-        const format = toolReq ? toolCallFormat(ctx.settings.toolCallParser, chat.toolCallFormat) : null;
-        const callGrammar = toolReq && format ? toolGrammar(toolReq, format) : null;
-        if (callGrammar && grammar) throw new LoraplexError('invalid_grammar', 'text.format cannot be combined with tool_choice "required", a named function or parallel_tool_calls: false: each constrains the whole answer', { param: 'text.format' });
-        const constraint = grammar ?? callGrammar;
-        const req = validRequest(ctx, ids, { max_tokens: body.max_output_tokens ?? null }, resolved, s, 0, { cachePartition: cachePartition(request.cacheTenant, body.cache_salt), grammar: constraint, grammarParam: callGrammar ? 'tool_choice' : 'text.format' });
-        if (constraint) await engine.compileGrammar(constraint, request.tenant);
-        const names = toolReq?.names ?? [];
-        const id = `resp_${responseId('').slice(1)}`;
-        const msgId = `msg_${responseId('').slice(1)}`;
-        const createdAt = Math.floor(Date.now() / 1000);
+        const { format, grammar: constraint, grammarParam } = answerConstraint(ctx, toolReq, chat.toolCallFormat, grammar, { param: 'text.format', name: 'text.format' });
+        const req = validRequest(ctx, ids, { max_tokens: body.max_output_tokens ?? null }, resolved, s, 0, { cachePartition: cachePartition(request.cacheTenant, body.cache_salt), grammar: constraint, grammarParam });
         const base = {
-          id,
+          id: `resp_${responseId('').slice(1)}`,
           object: 'response' as const,
-          created_at: createdAt,
+          created_at: Math.floor(Date.now() / 1000),
           model: resolved.model,
           instructions: body.instructions ?? null,
           max_output_tokens: body.max_output_tokens ?? null,
           temperature: body.temperature ?? 1,
           top_p: body.top_p ?? 1,
           tools: body.tools ?? [],
-          tool_choice: toolChoice,
+          tool_choice: body.tool_choice ?? 'auto',
           parallel_tool_calls: body.parallel_tool_calls !== false,
           text: { format: { type: 'text' } },
           truncation: 'disabled',
@@ -146,134 +226,9 @@ export function responsesRoutes(app: FastifyInstance, ctx: ServerContext): void 
           user: body.user ?? null,
           error: null,
         };
-        const message = (text: string, done: boolean) => ({ type: 'message', id: msgId, status: done ? 'completed' : 'in_progress', role: 'assistant', content: done ? [{ type: 'output_text', text, annotations: [], logprobs: [] }] : [] });
-        const functionCall = (c: ParsedToolCall, callId: string, itemId: string, done: boolean) => ({ type: 'function_call', id: itemId, call_id: callId, name: c.name, arguments: done ? c.arguments : '', status: done ? 'completed' : 'in_progress' });
-        /** The answer's output items: its text as a message (left out when the answer is only calls), then one item per call. */
-        const outputOf = (text: string) => {
-          if (!format) return [message(text, true)];
-          const { content, calls } = parseToolCalls(format, names, text);
-          return [...(content !== null ? [message(content, true)] : []), ...calls.map((c) => functionCall(c, toolCallId(), `fc_${responseId('').slice(1)}`, true))];
-        };
-        const final = (output: unknown[], reason: FinishReason, completion: number, cached: number) => ({
-          ...base,
-          status: reason === 'length' ? 'incomplete' : 'completed',
-          incomplete_details: reason === 'length' ? { reason: 'max_output_tokens' } : null,
-          output,
-          usage: { input_tokens: ids.length, input_tokens_details: { cached_tokens: cached }, output_tokens: completion, output_tokens_details: { reasoning_tokens: 0 }, total_tokens: ids.length + completion },
-        });
-        request.log.info({ adapter: resolved.label, promptTokens: ids.length, ...(body.user ? { user: body.user } : {}) }, 'response');
-
-        if (!body.stream) {
-          const r = await generate(ctx, req, resolved.digests, ticket, gone);
-          return final(outputOf(r.text), r.finishReason, r.completionTokens, r.cachedTokens);
-        }
-        return await new Promise<void>((resolve) => {
-          let sse: SseStream | null = null;
-          let seq = 0;
-          let text = '';
-          let done = false;
-          /** Output items sent so far; the message's index (-1: not opened yet). */
-          const items: unknown[] = [];
-          let msgIndex = -1;
-          const parser = format ? new ToolCallParser(format, names) : null;
-          const emit = (type: string, data: Record<string, unknown>): void => sse!.sendEvent(type, { type, sequence_number: seq++, ...data });
-          const openMessage = (): void => {
-            if (msgIndex >= 0) return;
-            msgIndex = items.length;
-            items.push(null);
-            emit('response.output_item.added', { output_index: msgIndex, item: message('', false) });
-            emit('response.content_part.added', { item_id: msgId, output_index: msgIndex, content_index: 0, part: { type: 'output_text', text: '', annotations: [], logprobs: [] } });
-          };
-          const open = (): void => {
-            if (sse) return;
-            sse = new SseStream(reply, ctx.settings.streamStallMs);
-            emit('response.created', { response: { ...base, status: 'in_progress', incomplete_details: null, output: [], usage: null } });
-            emit('response.in_progress', { response: { ...base, status: 'in_progress', incomplete_details: null, output: [], usage: null } });
-            // Without tools the answer is one message, opened at once; with tools it opens on its first text.
-            if (!parser) openMessage();
-          };
-          const sendText = (piece: string): void => {
-            if (!piece) return;
-            openMessage();
-            text += piece;
-            emit('response.output_text.delta', { item_id: msgId, output_index: msgIndex, content_index: 0, delta: piece, logprobs: [] });
-          };
-          const sendCalls = (calls: ParsedToolCall[]): void => {
-            for (const c of calls) {
-              const at = items.length;
-              const itemId = `fc_${responseId('').slice(1)}`;
-              const callId = toolCallId();
-              items.push(functionCall(c, callId, itemId, true));
-              emit('response.output_item.added', { output_index: at, item: functionCall(c, callId, itemId, false) });
-              emit('response.function_call_arguments.delta', { item_id: itemId, output_index: at, delta: c.arguments });
-              emit('response.function_call_arguments.done', { item_id: itemId, output_index: at, arguments: c.arguments });
-              emit('response.output_item.done', { output_index: at, item: items[at] });
-            }
-          };
-          const finish = (): void => {
-            done = true;
-            ticket.close();
-            gone.removeEventListener('abort', onGone);
-            resolve();
-          };
-          const fail = (err: LoraplexError): void => {
-            if (done) return;
-            if (!sse) sendError(request, reply, err);
-            else {
-              emit('error', { code: err.code, message: err.message, param: err.param });
-              sse.end(false);
-            }
-            finish();
-          };
-          let cancel: () => void = () => {};
-          const onGone = (): void => {
-            cancel();
-            fail(new LoraplexError('cancelled', 'the client closed the connection'));
-          };
-          gone.addEventListener('abort', onGone, { once: true });
-          try {
-            cancel = startGeneration(ctx, req, resolved.digests, ticket, {
-              onRunning: open,
-              onToken: (e) => {
-                open();
-                if (!e.text) return;
-                if (!parser) return sendText(e.text);
-                const out = parser.push(e.text);
-                sendText(out.content);
-                sendCalls(out.calls);
-              },
-              onEnd: (e) => {
-                if (done) return;
-                open();
-                if (parser) {
-                  const out = parser.end();
-                  sendText(out.content);
-                  sendCalls(out.calls);
-                  // An answer without text or calls is an empty message.
-                  if (items.length === 0) openMessage();
-                }
-                if (msgIndex >= 0) {
-                  const part = { type: 'output_text', text, annotations: [], logprobs: [] };
-                  emit('response.output_text.done', { item_id: msgId, output_index: msgIndex, content_index: 0, text, logprobs: [] });
-                  emit('response.content_part.done', { item_id: msgId, output_index: msgIndex, content_index: 0, part });
-                  items[msgIndex] = message(text, true);
-                  emit('response.output_item.done', { output_index: msgIndex, item: items[msgIndex] });
-                }
-                const response = final(items, e.finishReason, e.completionTokens, e.cachedTokens);
-                emit(response.status === 'completed' ? 'response.completed' : 'response.incomplete', { response });
-                sse!.end(false);
-                finish();
-              },
-              onError: fail,
-            });
-          } catch (err) {
-            fail(LoraplexError.from(err));
-          }
-          if (gone.aborted) onGone();
-        });
-      } finally {
-        ticket.close();
-      }
+        const protocol = responsesProtocol(base, ids.length, format, toolReq?.names ?? []);
+        return runGeneration({ ctx, request, reply, gone, ticket, resolved, choices: [{ req, promptTokens: ids.length }], stream: body.stream === true, protocol, logPrompt: () => messages, user: body.user });
+      });
     },
   );
 }
