@@ -9,15 +9,15 @@ import { ERROR_CATALOG, LoraplexError, UnsupportedError, ValidationError } from 
 import type { FinishReason } from '../../runtime/generation.js';
 import type { TokenEngineEvent } from '../../scheduler/request.js';
 import { VERSION } from '../../version.js';
-import { clientGone, generate, startGeneration, type GenerationResult, type ServerContext } from '../context.js';
-import { sendError } from '../errors.js';
+import { clientGone, type GenerationResult, type ServerContext } from '../context.js';
 import { checkFields, declaredFields } from '../fields.js';
 import { cachePartition } from '../cache-partition.js';
 import { checkRows } from '../admission.js';
 import { promptIds, sampling, stopStrings, truncatePrompt, validRequest } from '../requests.js';
 import { resolveAdapter } from '../resolve.js';
 import { GenerateRequest, GenerateResponse, TgiErrorBody, TgiParameters } from '../schemas.js';
-import { SseStream } from '../sse.js';
+import type { SseStream } from '../sse.js';
+import { admitted, runGeneration, type Protocol } from '../streaming.js';
 
 function tgiFinish(reason: FinishReason, last: TokenEngineEvent | undefined): string {
   if (reason === 'length') return 'length';
@@ -42,9 +42,74 @@ const score = (r: GenerationResult): number => r.tokens.reduce((s, t) => s + (t.
 
 const tgiErrors = { 404: TgiErrorBody, 422: TgiErrorBody, 424: TgiErrorBody, 429: TgiErrorBody, 503: TgiErrorBody };
 
+/** A request's answer options, as prepare() found them. */
+interface Answer {
+  details: boolean;
+  prefill: boolean;
+  topN: number;
+  fullText: boolean;
+  seed: number | null;
+}
+
+/** TGI's answer (best_of: the most likely sequence, the others in details) and its token event stream. */
+function tgiProtocol(inputs: string, o: Answer, eos: ReadonlySet<number>): Protocol {
+  const prefix = o.fullText ? inputs : '';
+  const detailsOf = (r: GenerationResult, i: number) => ({
+    finish_reason: tgiFinish(r.finishReason, r.tokens.at(-1)),
+    generated_tokens: r.completionTokens,
+    seed: o.seed === null ? null : o.seed + i,
+    prefill: o.prefill ? r.prompt.map((t) => ({ id: t.token, text: t.text, logprob: t.logprob })) : [],
+    tokens: r.tokens.map(tgiToken),
+    ...(o.topN > 0 ? { top_tokens: r.tokens.map((t) => topTokens(t, eos)) } : {}),
+  });
+  // Streamed, each token event goes out when the next token arrives, or at the end with the details.
+  let text = '';
+  let pending: TokenEngineEvent | null = null;
+  const flush = (sse: SseStream, end?: { finish: string; count: number }): void => {
+    if (!pending) return;
+    sse.send({
+      index: 0,
+      token: tgiToken(pending),
+      top_tokens: o.topN > 0 ? topTokens(pending, eos) : null,
+      generated_text: end ? prefix + text : null,
+      details: end && o.details ? { finish_reason: end.finish, generated_tokens: end.count, seed: o.seed } : null,
+    });
+    pending = null;
+  };
+  return {
+    whole: (all) => {
+      const order = all.map((_, i) => i).sort((a, b) => score(all[b]) - score(all[a]) || a - b);
+      const best = all[order[0]];
+      return {
+        generated_text: prefix + best.text,
+        ...(o.details || o.prefill
+          ? {
+              details: {
+                ...detailsOf(best, order[0]),
+                ...(all.length > 1 ? { best_of_sequences: order.slice(1).map((i) => ({ generated_text: prefix + all[i].text, ...detailsOf(all[i], i) })) } : {}),
+              },
+            }
+          : {}),
+      };
+    },
+    token: (sse, _choice, e) => {
+      flush(sse);
+      text += e.text;
+      pending = e;
+    },
+    end: (sse, _choice, e) => flush(sse, { finish: tgiFinish(e.finishReason, pending ?? undefined), count: e.completionTokens }),
+    error: (sse, err) => sse.send({ error: err.message, error_type: ERROR_CATALOG[err.code].tgiType }),
+    doneMarker: false,
+  };
+}
+
 export function tgiRoutes(app: FastifyInstance, ctx: ServerContext): void {
-  /** Cheap checks, admission, tokenization: the validated request, or an error in TGI's shape. */
-  const prepare = async (request: FastifyRequest<{ Body: GenerateRequest }>, gone: AbortSignal) => {
+  /**
+   * Cheap checks, admission, tokenization, then the generation lifecycle (JSON, or token events
+   * when `stream`); errors in TGI's shape.
+   */
+  const generation = async (request: FastifyRequest<{ Body: GenerateRequest }>, reply: FastifyReply, stream: boolean): Promise<unknown> => {
+    const gone = clientGone(request, reply);
     const body = request.body;
     const engine = ctx.requireEngine();
     checkFields(body, GENERATE_FIELDS, request.log);
@@ -77,128 +142,20 @@ export function tgiRoutes(app: FastifyInstance, ctx: ServerContext): void {
     );
     stopStrings(p.stop ?? null, 'parameters.stop');
     checkRows(bestOf, ctx.settings.maxRowsPerRequest, 'parameters.best_of', `parameters.best_of=${bestOf}`);
-    const ticket = ctx.admission.enter(bestOf, request.tenant);
-    try {
+    return admitted(ctx, request, bestOf, gone, async (ticket) => {
       const ids = truncatePrompt(await promptIds(ctx, { kind: 'text', text: body.inputs, param: 'inputs' }, resolved), p.truncate);
-      if (gone.aborted) {
-        ctx.cancelledBeforeSubmit++;
-        throw new LoraplexError('cancelled', 'the client closed the connection');
-      }
       const prefill = p.decoder_input_details === true;
       const partition = cachePartition(request.cacheTenant, p.cache_salt);
-      const reqs = Array.from({ length: bestOf }, (_, i) =>
-        validRequest(ctx, ids, { max_tokens: p.max_new_tokens ?? 20, stop: p.stop ?? null }, resolved, s, i, { cachePartition: partition, promptLogprobs: prefill ? topN : null, grammar, grammarParam }),
-      );
-      if (grammar) await engine.compileGrammar(grammar, request.tenant);
-      return { reqs, resolved, ticket, details: p.details === true, prefill, topN, fullText: p.return_full_text === true, seed: p.seed ?? null };
-    } catch (err) {
-      ticket.close();
-      throw err;
-    }
-  };
-
-  const generateOnce = async (request: FastifyRequest<{ Body: GenerateRequest }>, reply: FastifyReply): Promise<unknown> => {
-    const gone = clientGone(request, reply);
-    const { reqs, resolved, ticket, details, prefill, topN, fullText, seed } = await prepare(request, gone);
-    const eos = new Set(ctx.requireEngine().info.eosIds);
-    try {
-      const all = await Promise.all(reqs.map((req) => generate(ctx, req, resolved.digests, ticket, gone)));
-      const order = all.map((_, i) => i).sort((a, b) => score(all[b]) - score(all[a]) || a - b);
-      const text = (r: GenerationResult): string => (fullText ? request.body.inputs : '') + r.text;
-      const detailsOf = (r: GenerationResult, i: number) => ({
-        finish_reason: tgiFinish(r.finishReason, r.tokens.at(-1)),
-        generated_tokens: r.completionTokens,
-        seed: seed === null ? null : seed + i,
-        prefill: prefill ? r.prompt.map((t) => ({ id: t.token, text: t.text, logprob: t.logprob })) : [],
-        tokens: r.tokens.map(tgiToken),
-        ...(topN > 0 ? { top_tokens: r.tokens.map((t) => topTokens(t, eos)) } : {}),
-      });
-      const best = all[order[0]];
-      return {
-        generated_text: text(best),
-        ...(details || prefill
-          ? {
-              details: {
-                ...detailsOf(best, order[0]),
-                ...(reqs.length > 1 ? { best_of_sequences: order.slice(1).map((i) => ({ generated_text: text(all[i]), ...detailsOf(all[i], i) })) } : {}),
-              },
-            }
-          : {}),
-      };
-    } finally {
-      ticket.close();
-    }
-  };
-
-  const generateStream = async (request: FastifyRequest<{ Body: GenerateRequest }>, reply: FastifyReply): Promise<unknown> => {
-    const gone = clientGone(request, reply);
-    const { reqs, resolved, ticket, details, topN, fullText, seed } = await prepare(request, gone);
-    const req = reqs[0];
-    const eos = new Set(ctx.requireEngine().info.eosIds);
-    return new Promise<void>((resolve) => {
-      let sse: SseStream | null = null;
-      let text = '';
-      let done = false;
-      // Each token event goes out when the next token arrives, or at the end with the details.
-      let pending: TokenEngineEvent | null = null;
-      const finish = (): void => {
-        done = true;
-        ticket.close();
-        gone.removeEventListener('abort', onGone);
-        resolve();
-      };
-      const flush = (end?: { finish: string; count: number }): void => {
-        if (!pending || !sse) return;
-        sse.send({
-          index: 0,
-          token: tgiToken(pending),
-          top_tokens: topN > 0 ? topTokens(pending, eos) : null,
-          generated_text: end ? (fullText ? request.body.inputs : '') + text : null,
-          details: end && details ? { finish_reason: end.finish, generated_tokens: end.count, seed } : null,
-        });
-        pending = null;
-      };
-      const open = (): SseStream => (sse ??= new SseStream(reply, ctx.settings.streamStallMs));
-      const onError = (err: LoraplexError): void => {
-        if (done) return;
-        if (!sse) sendError(request, reply, err);
-        else {
-          sse.send({ error: err.message, error_type: ERROR_CATALOG[err.code].tgiType });
-          sse.end(false);
-        }
-        finish();
-      };
-      let cancel: () => void = () => {};
-      const onGone = (): void => {
-        cancel();
-        onError(new LoraplexError('cancelled', 'the client closed the connection'));
-      };
-      gone.addEventListener('abort', onGone, { once: true });
-      try {
-        cancel = startGeneration(ctx, req, resolved.digests, ticket, {
-          onRunning: () => open(),
-          onToken: (e) => {
-            open();
-            flush();
-            text += e.text;
-            pending = e;
-          },
-          onEnd: (e) => {
-            if (done) return;
-            const last = pending;
-            open();
-            flush({ finish: tgiFinish(e.finishReason, last ?? undefined), count: e.completionTokens });
-            sse?.end(false);
-            finish();
-          },
-          onError,
-        });
-      } catch (err) {
-        onError(LoraplexError.from(err));
-      }
-      if (gone.aborted) onGone();
+      const choices = Array.from({ length: bestOf }, (_, i) => ({
+        req: validRequest(ctx, ids, { max_tokens: p.max_new_tokens ?? 20, stop: p.stop ?? null }, resolved, s, i, { cachePartition: partition, promptLogprobs: prefill ? topN : null, grammar, grammarParam }),
+        promptTokens: i === 0 ? ids.length : 0,
+      }));
+      const protocol = tgiProtocol(body.inputs, { details: p.details === true, prefill, topN, fullText: p.return_full_text === true, seed: p.seed ?? null }, new Set(engine.info.eosIds));
+      return runGeneration({ ctx, request, reply, gone, ticket, resolved, choices, stream, protocol, logPrompt: () => body.inputs });
     });
   };
+  const generateOnce = (request: FastifyRequest<{ Body: GenerateRequest }>, reply: FastifyReply) => generation(request, reply, false);
+  const generateStream = (request: FastifyRequest<{ Body: GenerateRequest }>, reply: FastifyReply) => generation(request, reply, true);
 
   app.post<{ Body: GenerateRequest }>(
     '/generate',
