@@ -160,7 +160,7 @@ export class WorkerPool<Tasks extends TaskMap<Tasks>> {
     // task budget, starts before it says it is ready.
     const slot: Slot = { worker, busy: null, timer: null, ready: false, tid: null };
     worker.on('message', (m: WorkerMessage) => this.onReply(slot, m));
-    worker.on('error', (err) => this.onExit(slot, `uncaught error: ${err.message}`));
+    worker.on('error', (err) => this.onExit(slot, err.message));
     worker.on('exit', (code) => this.onExit(slot, `the worker exited (code ${code})`));
     return slot;
   }
