@@ -21,8 +21,6 @@ export interface TaskSpec {
 export type TaskMap<Tasks> = { [K in keyof Tasks]: TaskSpec };
 
 export type TaskKind<Tasks> = keyof Tasks & string;
-export type ArgOf<Tasks extends TaskMap<Tasks>, K extends keyof Tasks> = Tasks[K]['arg'];
-export type ResultOf<Tasks extends TaskMap<Tasks>, K extends keyof Tasks> = Tasks[K]['result'];
 
 /** Pool → worker. */
 export interface TaskMessage {
