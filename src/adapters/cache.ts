@@ -1,7 +1,8 @@
 /**
  * The host tier: loaded adapters kept in memory up to a byte budget, least recently used evicted
  * first. Loads are deduplicated (concurrent requests share one), and a failed load is remembered for
- * a short while so queued requests fail fast; after that it may be retried.
+ * a short while so queued requests fail fast; after that it may be retried (and it is forgotten:
+ * expired failures are swept once their number has doubled since the last sweep).
  */
 import { LRUCache } from 'lru-cache';
 import type { LoraWeights } from '../runtime/lora-stacks.js';
@@ -24,6 +25,7 @@ export class AdapterCache<Spec> {
   private readonly failures = new Map<string, { error: Error; until: number }>();
   private readonly load: (spec: Spec) => Promise<LoraWeights>;
   private readonly failureTtlMs: number;
+  private sweepFailuresAt = 64;
   readonly maxBytes: number;
   readonly stats: CacheStats = { hits: 0, misses: 0, loads: 0, loadFailures: 0, evictions: 0, bytes: 0, entries: 0 };
 
@@ -59,6 +61,11 @@ export class AdapterCache<Spec> {
   /** Cached keys, most recently used first. */
   cachedKeys(): string[] {
     return [...this.lru.keys()];
+  }
+
+  /** Failed loads remembered now (recent ones, and expired ones not yet swept). */
+  get failureCount(): number {
+    return this.failures.size;
   }
 
   failure(key: string): Error | undefined {
@@ -109,7 +116,12 @@ export class AdapterCache<Spec> {
 
   private fail(key: string, error: Error): Error {
     this.stats.loadFailures++;
-    this.failures.set(key, { error, until: Date.now() + this.failureTtlMs });
+    const now = Date.now();
+    this.failures.set(key, { error, until: now + this.failureTtlMs });
+    if (this.failures.size >= this.sweepFailuresAt) {
+      for (const [k, f] of this.failures) if (now >= f.until) this.failures.delete(k);
+      this.sweepFailuresAt = Math.max(64, 2 * this.failures.size);
+    }
     return error;
   }
 

@@ -2,7 +2,7 @@
 import { loadPeftAdapter } from '../adapters/peft.js';
 import type { Config } from '../config.js';
 import { chatTemplateFor } from '../adapters/peft.js';
-import { checkContext, checkPrompt, endOfSequenceIds } from '../scheduler/core.js';
+import { checkContext, checkPrompt, endOfSequenceIds } from '../scheduler/limits.js';
 import { ValidationError } from '../errors.js';
 import type { ChatMessage } from '../runtime/chat-template.js';
 import { Generation } from '../runtime/generation.js';

@@ -7,7 +7,7 @@ import type { GrammarSpec } from '../runtime/grammar/compiler.js';
 import type { Worker } from 'node:worker_threads';
 import { LoraplexError, toWireError, type WireError } from '../errors.js';
 import { startWorker } from '../util/worker-url.js';
-import type { EngineStats } from './core.js';
+import type { EngineStats } from './engine-stats.js';
 import type { AdapterSpec, EngineEvent, ValidRequest } from './request.js';
 import type { EngineInfo, FromWorker, ToWorker, WorkerInit } from './worker.js';
 

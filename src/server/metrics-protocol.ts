@@ -12,7 +12,7 @@
  * the picker's built-in vLLM engine config reads loraplex unchanged.
  */
 import { Gauge, type Registry } from 'prom-client';
-import type { EngineStats } from '../scheduler/core.js';
+import type { EngineStats } from '../scheduler/engine-stats.js';
 
 export interface ProtocolNames {
   waiting: string;

@@ -11,7 +11,7 @@
  * `_other`, which no adapter name can be), besides `base` and '' (not resolved).
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { EngineStats } from '../scheduler/core.js';
+import type { EngineStats } from '../scheduler/engine-stats.js';
 import { LORAPLEX_PROTOCOL_NAMES, ProtocolGauges, VLLM_PROTOCOL_NAMES } from './metrics-protocol.js';
 
 /** The adapter label of requests for adapters beyond the cap (adapter names start with a letter or digit). */

@@ -9,7 +9,7 @@ import { checkGrammarCompatible } from './grammar-fields.js';
 import { LoraplexError, UnsupportedError, ValidationError } from '../errors.js';
 import type { ChatMessage } from '../runtime/chat-template.js';
 import type { SamplingParams } from '../runtime/sampling.js';
-import { checkContext, checkPrompt } from '../scheduler/core.js';
+import { checkContext, checkPrompt } from '../scheduler/limits.js';
 import type { ValidRequest } from '../scheduler/request.js';
 import type { ServerContext } from './context.js';
 import { checkPromptBytes, checkShape } from './prompt/limits.js';

@@ -1,6 +1,6 @@
 /** A real server (engine worker, tiny model with a real tokenizer) for HTTP tests, and helpers. */
 import { KNOBS, resolveConfig, type Config, type KnobKey } from '../../src/config.js';
-import type { EngineStats } from '../../src/scheduler/core.js';
+import type { EngineStats } from '../../src/scheduler/engine-stats.js';
 import type { RunningServer } from '../../src/server/serve.js';
 import type { RefLora } from './model-types.js';
 import { referenceLogits } from './reference.js';

@@ -177,7 +177,7 @@ describe('churn', () => {
     const stats = core.stats();
     expect(stats).toMatchObject({ running: 0, waiting: 0, kvReservedTokens: 0, kvUsedTokens: 0, submitted: REQUESTS });
     expect(stats.cancelledWaiting + stats.cancelledRunning).toBe(cancelled);
-    for (const s of sent.values()) if (s.adapter) expect(core.slots.isPinned(s.adapter.key)).toBe(false);
+    for (const s of sent.values()) if (s.adapter) expect(core.adapters.slots.isPinned(s.adapter.key)).toBe(false);
     expect(completed + cancelled).toBe(REQUESTS);
     expect(completed).toBeGreaterThan(REQUESTS * 0.8);
     expect(replaced).toBeGreaterThan(5);

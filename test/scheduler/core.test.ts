@@ -245,3 +245,40 @@ describe('adapter combinations', () => {
     await Promise.all([h.done, tooBig.done]);
   });
 });
+
+describe('distinct adapter recipes', () => {
+  it('10,000 distinct recipes (loaded, failed, evicted) leave the engine a bounded recipe map and failure memory', async () => {
+    // Every merged_adapters mix (and every version of an adapter) is a recipe with a key of its own;
+    // an unauthenticated client can send new ones forever. The engine must forget those it no longer holds.
+    const failing = makeTinyAdapter(tm, { seed: 999, r: 2 });
+    const probe = await loadTiny(tm);
+    open.push(probe);
+    const oneAdapter = Math.max(...[0, 1, 2].map((i) => loadAdapterSync(spec(i), { spec: probe.spec, maxRank: 64, strictBase: null, slotDtype: 'float32' }).bytes));
+    const config = { adapterCacheBytes: 3 * oneAdapter, adapterFailureTtlMs: 1, maxQueuedRequests: 20_000 };
+    const h = await harness({ slots: 2, config, failDirs: new Set([failing.dir]), loadDelayMs: 0 });
+    const N = 10_000;
+    const WAVE = 500;
+    const specs = (i: number): AdapterSpec => ({ kind: 'single', key: `recipe-${i}`, name: `r${i}`, dir: i % 4 === 3 ? failing.dir : adapters[i % 3].dir });
+    let peakRecipes = 0;
+    let peakFailures = 0;
+    let peakCached = 0;
+    for (let from = 0; from < N; from += WAVE) {
+      const ids = Array.from({ length: WAVE }, (_, j) => from + j + 1);
+      for (const id of ids) h.core.submit(request(id, [1 + (id % 5)], specs(id - 1), 1));
+      await h.ended(ids, 120_000);
+      peakRecipes = Math.max(peakRecipes, h.core.adapters.recipes);
+      peakFailures = Math.max(peakFailures, h.core.adapters.cache.failureCount);
+      peakCached = Math.max(peakCached, h.core.adapters.cache.stats.entries);
+      for (const id of ids) h.events.delete(id);
+    }
+    const stats = h.core.stats();
+    expect(stats.cache.loads).toBeGreaterThanOrEqual(N);
+    expect(peakCached).toBeLessThanOrEqual(12);
+    expect(stats.cache.loadFailures).toBeGreaterThanOrEqual(N * 0.25);
+    // Bounded by what one wave keeps in the engine (plus the sweep's doubling), not by the recipes seen.
+    expect(peakRecipes).toBeLessThanOrEqual(2 * WAVE + 64);
+    expect(peakFailures).toBeLessThanOrEqual(2 * WAVE + 64);
+    h.core.stop();
+    await h.done;
+  }, 300_000);
+});

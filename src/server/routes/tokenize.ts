@@ -5,7 +5,7 @@
  * take TGI's shape for the TGI form.
  */
 import type { FastifyInstance } from 'fastify';
-import { checkPrompt } from '../../scheduler/core.js';
+import { checkPrompt } from '../../scheduler/limits.js';
 import type { ServerContext } from '../context.js';
 import { checkShape } from '../prompt/limits.js';
 import { chatMessages, promptIds } from '../requests.js';
