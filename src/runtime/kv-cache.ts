@@ -15,11 +15,11 @@
  * A sequence only ever writes positions past its adopted prefix, so shared blocks are read-only.
  */
 import { RuntimeConfigError } from '../errors.js';
+import { KV_BLOCK } from './kv-block.js';
 import { RuntimeLimitError } from './limit-error.js';
 import type { PrefixChain } from './prefix-chain.js';
 
-/** Tokens per allocation block. */
-export const KV_BLOCK = 16;
+export { KV_BLOCK };
 
 export type FloatStore = Float32Array | Uint16Array;
 

@@ -8,7 +8,7 @@
  * the API key and `cache_salt`; '' = shared). Blocks are added in order as their tokens become known.
  */
 import { createHash } from 'node:crypto';
-import { KV_BLOCK } from './kv-cache.js';
+import { KV_BLOCK } from './kv-block.js';
 
 /** Weights key of the base model (adapter keys are content digests or merge recipes, never this). */
 export const BASE_WEIGHTS = 'base';
