@@ -9,7 +9,7 @@ import { existsSync, linkSync, mkdirSync, readFileSync, writeFileSync } from 'no
 import { join } from 'node:path';
 import { writeRandomPeftAdapter } from '../src/adapters/random.js';
 import { Checkpoint } from '../src/runtime/checkpoint/checkpoint.js';
-import { KNOBS, resolveConfig, type KnobKey } from '../src/config.js';
+import { resolveAllKnobs, serveConfig } from '../src/config.js';
 import { startServer } from '../src/server/serve.js';
 import { progressBar } from '../src/util/progress.js';
 import { fmt, quantile, table, zipfPicker } from './lib.js';
@@ -58,8 +58,8 @@ export async function httpBench(ctx: BenchContext): Promise<{ cells: Cell[]; mar
     writeFileSync(join(dir, 'adapter_config.json'), JSON.stringify({ ...cfg, lora_alpha: cfg.lora_alpha + i / 64 }));
   }
 
-  const config = resolveConfig(
-    Object.keys(KNOBS) as KnobKey[],
+  const config = serveConfig(
+    resolveAllKnobs(
     {
       model: modelDir,
       adapters: store,
@@ -76,6 +76,7 @@ export async function httpBench(ctx: BenchContext): Promise<{ cells: Cell[]; mar
       logLevel: 'silent',
     },
     {},
+    ),
   );
   const server = await startServer(config, { logger: false });
   await server.ready;

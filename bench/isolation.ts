@@ -10,7 +10,7 @@ import { once } from 'node:events';
 import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { KNOBS, resolveConfig, type KnobKey } from '../src/config.js';
+import { resolveAllKnobs, serveConfig } from '../src/config.js';
 import { ensureDemo } from '../src/cli/demo.js';
 import { startServer } from '../src/server/serve.js';
 import { progressBar } from '../src/util/progress.js';
@@ -58,10 +58,11 @@ export async function isolationBench(ctx: BenchContext): Promise<IsolationResult
     join(slow, 'tokenizer_config.json'),
     JSON.stringify({ chat_template: "{% for m in messages %}{% if m.content == 'slow' %}{% for i in range(1000000000) %}{{ '' }}{% endfor %}{% endif %}{{ m.content }}{% endfor %}" }),
   );
-  const config = resolveConfig(
-    Object.keys(KNOBS) as KnobKey[],
+  const config = serveConfig(
+    resolveAllKnobs(
     { model: demo.model, adapters, quant: 'int4', cacheDir: join(ctx.dir, 'builds'), host: '127.0.0.1', port: 0, servedModelName: 'loraplex-demo', logLevel: 'silent' },
     {},
+    ),
   );
   const server = await startServer(config, { logger: false });
   await server.ready;

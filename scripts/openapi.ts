@@ -9,7 +9,7 @@ import { buildApp } from '../src/server/app.js';
 import { ServerContext } from '../src/server/context.js';
 import { Metrics } from '../src/server/metrics.js';
 import { serverSettings } from '../src/server/serve.js';
-import { KNOBS, resolveConfig, type KnobKey } from '../src/config.js';
+import { resolveAllKnobs } from '../src/config.js';
 
 const ctx = new ServerContext({
   registry: new AdapterRegistry(),
@@ -17,7 +17,7 @@ const ctx = new ServerContext({
   metrics: new Metrics(),
   baseId: 'base-model',
   // The default configuration, with the admin routes on.
-  settings: serverSettings(resolveConfig(Object.keys(KNOBS) as KnobKey[], { adminToken: 'documented' }, {})),
+  settings: serverSettings(resolveAllKnobs({ adminToken: 'documented' }, {})),
 });
 const app = await buildApp(ctx);
 await app.ready();

@@ -5,9 +5,9 @@
  */
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { DEVICES } from './runtime/devices.js';
-import { WEIGHT_FORMATS } from './runtime/graph/quant.js';
-import { TOOL_CALL_FORMATS } from './runtime/tool-calls/format.js';
+import { DEVICES, type Device } from './runtime/devices.js';
+import { WEIGHT_FORMATS, type WeightFormat } from './runtime/graph/quant.js';
+import { TOOL_CALL_FORMATS, type ToolCallFormat } from './runtime/tool-calls/format.js';
 
 type Kind = 'string' | 'int' | 'bool' | 'bytes' | 'list';
 
@@ -81,12 +81,12 @@ export const KNOBS = {
 
 export type KnobKey = keyof typeof KNOBS;
 
-/** Resolved configuration; optional fields have no default. */
+/** Resolved configuration; optional fields are the knobs without a default. */
 export interface Config {
   readonly model?: string;
-  readonly quant: 'fp32' | 'int8' | 'int4' | 'nf4';
+  readonly quant: WeightFormat;
   readonly activations: 'fp32' | 'fp16';
-  readonly device: 'cpu' | 'cuda' | 'webgpu';
+  readonly device: Device;
   readonly allowCpuFallback: boolean;
   readonly threads: number;
   readonly ortProfile?: string;
@@ -127,7 +127,7 @@ export interface Config {
   readonly maxUploadBytes: number;
   readonly logLevel: string;
   readonly logPrompts: boolean;
-  readonly toolCallParser: string;
+  readonly toolCallParser: ToolCallFormat | 'auto';
   readonly grammarCompileTimeoutMs: number;
   readonly grammarMaskTimeoutMs: number;
   readonly grammarMemoryMb: number;
@@ -210,4 +210,24 @@ export function resolveConfig(
   }
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze(out) as Partial<Config>;
+}
+
+/** What `serve` runs with: every knob resolved, the model given. */
+export type ServeConfig = Config & { readonly model: string };
+
+const ALL_KEYS = Object.keys(KNOBS) as KnobKey[];
+
+/**
+ * Resolves every knob. Each knob with a default always gets a value and every Config field is a
+ * knob (checked above), so the result is a whole Config; `required` names knobs without a default
+ * that must be given.
+ */
+export function resolveAllKnobs(flags: Partial<Record<KnobKey, unknown>>, env: Record<string, string | undefined>, required: readonly KnobKey[] = []): Config {
+  return resolveConfig(ALL_KEYS, flags, env, required) as Config;
+}
+
+/** The configuration with its model given, or a ConfigError saying it is missing. */
+export function serveConfig(c: Config): ServeConfig {
+  if (c.model === undefined) throw new ConfigError([`${KNOBS.model.flag.split(' ')[0]} (or ${KNOBS.model.env}) is required`]);
+  return { ...c, model: c.model };
 }

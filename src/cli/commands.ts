@@ -1,6 +1,6 @@
 /** The CLI's commands, as functions of a resolved configuration. */
 import { loadPeftAdapter } from '../adapters/peft.js';
-import type { Config } from '../config.js';
+import type { Config, ServeConfig } from '../config.js';
 import { chatTemplateFor } from '../adapters/peft.js';
 import { checkContext, checkPrompt, endOfSequenceIds } from '../scheduler/limits.js';
 import { ValidationError } from '../errors.js';
@@ -152,7 +152,7 @@ export async function runGenerate(config: Partial<Config>, args: GenerateArgs): 
   }
 }
 
-export async function runServe(config: Partial<Config>): Promise<void> {
+export async function runServe(config: ServeConfig): Promise<void> {
   const bar = progressBar('build');
   const server = await startServer(config, { onProgress: bar });
   await serveForever(server, log);
@@ -163,10 +163,10 @@ export async function runServe(config: Partial<Config>): Promise<void> {
  * The demo: the built-in model and adapters. Unless told otherwise it listens on loopback only and
  * makes up a fresh admin token, printed once.
  */
-export async function runDemo(config: Partial<Config>, hostGiven: boolean): Promise<void> {
-  const demo = ensureDemo(join(config.cacheDir!, 'demo'), log, config.adapters);
+export async function runDemo(config: Config, hostGiven: boolean): Promise<void> {
+  const demo = ensureDemo(join(config.cacheDir, 'demo'), log, config.adapters);
   const adminToken = config.adminToken ?? randomBytes(16).toString('hex');
-  const full: Partial<Config> = {
+  const full: ServeConfig = {
     ...config,
     host: hostGiven ? config.host : '127.0.0.1',
     model: config.model ?? demo.model,

@@ -4,7 +4,7 @@
  * default); errors exit non-zero with a one-line message.
  */
 import { Command, Option } from 'commander';
-import { ConfigError, KNOBS, resolveConfig, type Knob, type KnobKey } from '../config.js';
+import { ConfigError, KNOBS, resolveAllKnobs, resolveConfig, serveConfig, type Knob, type KnobKey } from '../config.js';
 import { LoraplexError } from '../errors.js';
 import { runBuild, runDemo, runGenerate, runServe, type GenerateArgs } from './commands.js';
 
@@ -97,7 +97,7 @@ addKnobs(program.command('generate').description('generate from a prompt or chat
 const SERVE_KEYS = Object.keys(KNOBS) as KnobKey[];
 
 addKnobs(program.command('serve').description('serve a model and its adapters over HTTP (OpenAI-compatible, LoRAX/TGI-style, admin)'), SERVE_KEYS).action(
-  (_opts: unknown, cmd: Command) => runServe(resolveConfig(SERVE_KEYS, knobFlags(cmd, SERVE_KEYS), process.env, ['model'])),
+  (_opts: unknown, cmd: Command) => runServe(serveConfig(resolveAllKnobs(knobFlags(cmd, SERVE_KEYS), process.env, ['model']))),
 );
 
 addKnobs(
@@ -105,7 +105,7 @@ addKnobs(
   SERVE_KEYS,
 ).action((_opts: unknown, cmd: Command) => {
   const flags = knobFlags(cmd, SERVE_KEYS);
-  return runDemo(resolveConfig(SERVE_KEYS, flags, process.env), flags.host !== undefined || !!process.env[KNOBS.host.env]);
+  return runDemo(resolveAllKnobs(flags, process.env), flags.host !== undefined || !!process.env[KNOBS.host.env]);
 });
 
 addKnobs(

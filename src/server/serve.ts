@@ -8,8 +8,7 @@ import { basename, resolve } from 'node:path';
 import { AdapterRegistry } from '../adapters/registry.js';
 import { StagingArea } from '../adapters/staging.js';
 import { availableCores } from '../util/cores.js';
-import type { Config } from '../config.js';
-import type { RuntimeSettings } from '../runtime/open.js';
+import type { Config, ServeConfig } from '../config.js';
 import { Engine } from '../scheduler/engine.js';
 import { AdapterService } from './adapter-service.js';
 import { buildApp } from './app.js';
@@ -33,35 +32,35 @@ export interface RunningServer {
   close(graceMs?: number): Promise<void>;
 }
 
-export function serverSettings(c: Partial<Config>): ServerSettings {
+export function serverSettings(c: Config): ServerSettings {
   return {
     adminToken: c.adminToken ?? null,
     apiKeys: c.apiKeys ?? [],
-    prefixCacheScope: c.prefixCacheScope ?? 'key',
+    prefixCacheScope: c.prefixCacheScope,
     metricsKey: c.metricsKey ?? null,
-    maxUploadBytes: c.maxUploadBytes!,
-    logPrompts: c.logPrompts ?? false,
-    toolCallParser: (c.toolCallParser ?? 'auto') as ServerSettings['toolCallParser'],
-    requestTimeoutMs: c.requestTimeoutMs!,
-    strictBase: c.strictBase ?? false,
+    maxUploadBytes: c.maxUploadBytes,
+    logPrompts: c.logPrompts,
+    toolCallParser: c.toolCallParser,
+    requestTimeoutMs: c.requestTimeoutMs,
+    strictBase: c.strictBase,
     loraRoots: c.loraRoots ?? [],
-    maxBatchSize: c.maxBatchSize!,
-    maxRowsPerRequest: c.maxRowsPerRequest!,
-    maxBatchPrefillTokens: c.maxBatchPrefillTokens!,
-    maxQueuedRequests: c.maxQueuedRequests!,
-    adapterCycleMs: c.adapterCycleMs!,
+    maxBatchSize: c.maxBatchSize,
+    maxRowsPerRequest: c.maxRowsPerRequest,
+    maxBatchPrefillTokens: c.maxBatchPrefillTokens,
+    maxQueuedRequests: c.maxQueuedRequests,
+    adapterCycleMs: c.adapterCycleMs,
     storeDir: c.adapters ?? null,
-    headersTimeoutMs: c.headersTimeoutMs!,
-    bodyTimeoutMs: c.bodyTimeoutMs!,
-    streamStallMs: c.streamStallMs!,
+    headersTimeoutMs: c.headersTimeoutMs,
+    bodyTimeoutMs: c.bodyTimeoutMs,
+    streamStallMs: c.streamStallMs,
   };
 }
 
 export async function startServer(
-  config: Partial<Config>,
+  config: ServeConfig,
   opts: { onProgress?: (done: number, total: number, label: string) => void; listen?: boolean; logger?: boolean; logStream?: NodeJS.WritableStream } = {},
 ): Promise<RunningServer> {
-  const baseId = config.servedModelName ?? basename(resolve(config.model!));
+  const baseId = config.servedModelName ?? basename(resolve(config.model));
   const ctx = new ServerContext({
     registry: new AdapterRegistry(),
     staging: config.adapters ? new StagingArea(config.adapters) : null,
@@ -71,18 +70,19 @@ export async function startServer(
   });
   const app = await buildApp(ctx, {
     // JSON log lines (pino), to stdout or the given stream; request logs carry the request id.
-    logger: opts.logger === false ? null : pino({ level: config.logLevel ?? 'info' }, opts.logStream ?? process.stdout),
+    logger: opts.logger === false ? null : pino({ level: config.logLevel }, opts.logStream ?? process.stdout),
   });
   let url = '';
   if (opts.listen !== false) {
-    url = await app.listen({ host: config.host ?? '127.0.0.1', port: config.port ?? 8080 });
+    url = await app.listen({ host: config.host, port: config.port });
     app.log.info(`listening on ${url} (health: ${url}/health, docs: ${url}/docs)`);
   }
   // Keyless /metrics and /health for in-cluster scrapers; the port must not be exposed outside.
-  const metricsApp = config.metricsPort !== undefined && opts.listen !== false ? await buildMetricsApp(ctx) : null;
+  const metricsPort = opts.listen !== false ? config.metricsPort : undefined;
+  const metricsApp = metricsPort !== undefined ? await buildMetricsApp(ctx) : null;
   let metricsUrl = '';
   if (metricsApp) {
-    metricsUrl = await metricsApp.listen({ host: config.host ?? '127.0.0.1', port: config.metricsPort! }).catch(async (err: Error) => {
+    metricsUrl = await metricsApp.listen({ host: config.host, port: metricsPort }).catch(async (err: Error) => {
       await app.close();
       throw err;
     });
@@ -93,24 +93,24 @@ export async function startServer(
   ctx.service = service;
   ctx.onAdapterIdle = () => void service.refreshUnloads();
   const workers = config.tokenizerWorkers || Math.max(1, Math.floor(availableCores().count / 2));
-  const tokenizers = TokenizerPool.start({ modelDir: config.model!, workers, budgetMs: config.promptTimeoutMs!, wallLimitMs: config.requestTimeoutMs! });
+  const tokenizers = TokenizerPool.start({ modelDir: config.model, workers, budgetMs: config.promptTimeoutMs, wallLimitMs: config.requestTimeoutMs });
   tokenizers.catch(() => {});
   const ready = (async () => {
     engine = await Engine.start(
       {
-        settings: config as RuntimeSettings,
+        settings: config,
         engine: {
-          maxBatchSize: config.maxBatchSize!,
-          maxBatchPrefillTokens: config.maxBatchPrefillTokens!,
+          maxBatchSize: config.maxBatchSize,
+          maxBatchPrefillTokens: config.maxBatchPrefillTokens,
           // The server's admission control refuses first; the engine's bound is a backstop.
-          maxQueuedRequests: 2 * config.maxQueuedRequests! + config.maxBatchSize!,
-          adapterCycleMs: config.adapterCycleMs!,
-          adapterCacheBytes: config.adapterCacheBytes!,
-          prefixCache: config.prefixCache!,
-          grammarCompileTimeoutMs: config.grammarCompileTimeoutMs!,
-          grammarCompileWallLimitMs: config.requestTimeoutMs!,
-          grammarMaskTimeoutMs: config.grammarMaskTimeoutMs!,
-          grammarMemoryMb: config.grammarMemoryMb!,
+          maxQueuedRequests: 2 * config.maxQueuedRequests + config.maxBatchSize,
+          adapterCycleMs: config.adapterCycleMs,
+          adapterCacheBytes: config.adapterCacheBytes,
+          prefixCache: config.prefixCache,
+          grammarCompileTimeoutMs: config.grammarCompileTimeoutMs,
+          grammarCompileWallLimitMs: config.requestTimeoutMs,
+          grammarMaskTimeoutMs: config.grammarMaskTimeoutMs,
+          grammarMemoryMb: config.grammarMemoryMb,
         },
         strictBase: config.strictBase ? baseId : null,
       },
@@ -123,12 +123,12 @@ export async function startServer(
       spec: engine.info.spec,
       load: { maxRank: engine.info.maxLoraRank, strictBase: config.strictBase ? baseId : null, slotDtype: engine.info.slotDtype },
       root: config.adapters ?? null,
-      store: { allowedRoots: config.loraRoots ?? [], graceMs: config.storeGraceMs! },
+      store: { allowedRoots: config.loraRoots ?? [], graceMs: config.storeGraceMs },
       tokenizers: ctx.tokenizers,
     });
     await service.refresh();
     await service.collect().catch((err: Error) => app.log.warn(`collecting old adapter versions failed: ${err.message}`));
-    service.start(config.storePollMs ?? 0);
+    service.start(config.storePollMs);
     ctx.ready = true;
     const names = ctx.registry.list().map((r) => r.name);
     app.log.info(
@@ -138,7 +138,7 @@ export async function startServer(
   })();
   ready.catch((err: Error) => app.log.error(`the model failed to load: ${err.message}`));
   let closing: Promise<void> | null = null;
-  const close = (graceMs = config.shutdownGraceMs ?? 30000): Promise<void> => {
+  const close = (graceMs = config.shutdownGraceMs): Promise<void> => {
     closing ??= (async () => {
       // Drain: keep listening (health says 503, new work is refused) while running requests finish.
       ctx.draining = true;

@@ -1,5 +1,5 @@
 /** A real server (engine worker, tiny model with a real tokenizer) for HTTP tests, and helpers. */
-import { KNOBS, resolveConfig, type Config, type KnobKey } from '../../src/config.js';
+import { resolveAllKnobs, serveConfig, type KnobKey, type ServeConfig } from '../../src/config.js';
 import type { EngineStats } from '../../src/scheduler/engine-stats.js';
 import type { RunningServer } from '../../src/server/serve.js';
 import type { RefLora } from './model-types.js';
@@ -12,8 +12,8 @@ export const ADMIN = 'test-admin-token';
 export const QWEN_VOCAB = 151669;
 
 /** The full configuration with test defaults (fp32, one thread, small limits) and `overrides`. */
-export function testConfig(overrides: Partial<Record<KnobKey, unknown>>): Partial<Config> {
-  return resolveConfig(Object.keys(KNOBS) as KnobKey[], { quant: 'fp32', cacheDir: tempDir(), threads: 1, kvCacheTokens: 4096, maxUploadBytes: 10_000_000, ...overrides }, {});
+export function testConfig(overrides: Partial<Record<KnobKey, unknown>>): ServeConfig {
+  return serveConfig(resolveAllKnobs({ quant: 'fp32', cacheDir: tempDir(), threads: 1, kvCacheTokens: 4096, maxUploadBytes: 10_000_000, ...overrides }, {}, ['model']));
 }
 
 /** A tiny Qwen2-shaped model with Qwen3's real tokenizer and chat template. */
