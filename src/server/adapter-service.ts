@@ -7,9 +7,32 @@
  */
 import { existsSync, realpathSync } from 'node:fs';
 import { isAbsolute, relative, resolve } from 'node:path';
-import type { AdapterRecord } from '../adapters/registry.js';
+import type { AdapterRecord, AdapterRegistry } from '../adapters/registry.js';
 import { ConflictError, LoraplexError, ModelNotFoundError, ValidationError } from '../errors.js';
-import type { ServerContext } from './context.js';
+import type { StagingArea } from '../adapters/staging.js';
+import type { Engine } from '../scheduler/engine.js';
+import type { InflightAdapters } from './inflight.js';
+import type { ServerSettings } from './settings.js';
+import type { StoreClient } from './store/store-client.js';
+
+export interface ServiceLog {
+  info: (m: string) => void;
+  warn: (m: string) => void;
+}
+
+/** What the service works with. */
+export interface AdapterServiceParts {
+  registry: AdapterRegistry;
+  staging: StagingArea | null;
+  settings: Pick<ServerSettings, 'storeDir' | 'loraRoots'>;
+  baseId: string;
+  inflight: InflightAdapters;
+  /** The engine and the store client, or a 503 while the model loads or the server drains. */
+  serving: () => { engine: Engine; store: StoreClient };
+  /** The same, or null before the model is loaded (for work that can wait). */
+  loaded: () => { engine: Engine; store: StoreClient } | null;
+  log?: ServiceLog;
+}
 
 export function adapterInfo(r: AdapterRecord, status?: string): Record<string, unknown> {
   return {
@@ -28,8 +51,8 @@ export function adapterInfo(r: AdapterRecord, status?: string): Record<string, u
 }
 
 export class AdapterService {
-  private readonly ctx: ServerContext;
-  private readonly log: { info: (m: string) => void; warn: (m: string) => void };
+  private readonly ctx: AdapterServiceParts;
+  private readonly log: ServiceLog;
   /** Skip reasons already logged (each is logged once, when first seen). */
   private readonly reported = new Set<string>();
   /** Digests no name points at any more, to unload once no request uses them. */
@@ -37,14 +60,14 @@ export class AdapterService {
   private syncing: Promise<void> | null = null;
   private timer: NodeJS.Timeout | null = null;
 
-  constructor(ctx: ServerContext, log: { info: (m: string) => void; warn: (m: string) => void } = { info: () => {}, warn: () => {} }) {
-    this.ctx = ctx;
-    this.log = log;
+  constructor(parts: AdapterServiceParts) {
+    this.ctx = parts;
+    this.log = parts.log ?? { info: () => {}, warn: () => {} };
+    parts.inflight.onIdle(() => void this.refreshUnloads());
   }
 
-  private get store() {
-    this.ctx.requireEngine();
-    return this.ctx.storeClient!;
+  private get store(): StoreClient {
+    return this.ctx.serving().store;
   }
 
   // ---- following the store
@@ -108,8 +131,8 @@ export class AdapterService {
         this.retired.delete(d);
         continue;
       }
-      if (this.ctx.inflightOf(d) > 0) continue;
-      if (await this.ctx.engine?.unload(d)) this.retired.delete(d);
+      if (this.ctx.inflight.of(d) > 0) continue;
+      if (await this.ctx.loaded()?.engine.unload(d)) this.retired.delete(d);
     }
   }
 
@@ -139,7 +162,7 @@ export class AdapterService {
 
   /** Removes versions that lost their name longer than the grace period ago and that no request here uses. */
   async collect(): Promise<string[]> {
-    const inUse = new Set([...this.ctx.registry.digests(), ...this.ctx.inflightDigests()]);
+    const inUse = new Set([...this.ctx.registry.digests(), ...this.ctx.inflight.digests()]);
     return (await this.store.collect(inUse)).removed;
   }
 

@@ -1,7 +1,7 @@
 /**
- * What the routes share: the engine (null until the model is ready), the tokenizer threads, the
- * adapter registry and store, admission control, metrics, the served model id and the server's
- * settings. Plus the bridge from a route to the engine: run a validated request to completion or
+ * What the routes share: the serving parts (engine, tokenizer threads, store client: attached once
+ * the model is loaded), the adapter registry and service, admission control, in-flight tracking,
+ * metrics, the served model id and the server's settings. Plus the bridge from a route to the engine: run a validated request to completion or
  * stream its events, with errors as LoraplexErrors, and every piece of bookkeeping undone on
  * every path (end, error, cancel, a failed hand-off).
  */
@@ -10,50 +10,25 @@ import type { AdapterRegistry } from '../adapters/registry.js';
 import type { StagingArea } from '../adapters/staging.js';
 import { LoraplexError, NotReadyError } from '../errors.js';
 import type { FinishReason } from '../runtime/generation.js';
-import type { ToolCallFormat } from '../runtime/tool-calls/format.js';
 import type { Engine } from '../scheduler/engine.js';
 import type { EngineEvent, PromptTokenLogprob, TokenEngineEvent, ValidRequest } from '../scheduler/request.js';
 import { Admission, type Ticket } from './admission.js';
+import { InflightAdapters } from './inflight.js';
 import type { Metrics } from './metrics.js';
 import type { StoreClient } from './store/store-client.js';
-import type { AdapterService } from './adapter-service.js';
+import { AdapterService, type ServiceLog } from './adapter-service.js';
 import { JsonBodyParser } from './body/json-body.js';
 import type { TokenizerPool } from './prompt/tokenizer-pool.js';
+import type { ServerSettings } from './settings.js';
 
-export interface ServerSettings {
-  adminToken: string | null;
-  apiKeys: string[];
-  /** Who shares cached prompt prefixes when there are API keys: requests with the same key, or all. */
-  prefixCacheScope: 'key' | 'global';
-  /** The bearer token of GET /metrics (null: the API keys; open when there are none). */
-  metricsKey: string | null;
-  maxUploadBytes: number;
-  logPrompts: boolean;
-  /** A tool-call format, or 'auto' (the chat template's). */
-  toolCallParser: ToolCallFormat | 'auto';
-  requestTimeoutMs: number;
-  strictBase: boolean;
-  loraRoots: string[];
-  maxBatchSize: number;
-  /** Batch rows (choices) one request may ask for. */
-  maxRowsPerRequest: number;
-  maxBatchPrefillTokens: number;
-  maxQueuedRequests: number;
-  adapterCycleMs: number;
-  /** The adapter store's directory (null: none). */
-  storeDir: string | null;
-  /** Time to receive a request's headers / its body (uploads: time without progress). */
-  headersTimeoutMs: number;
-  bodyTimeoutMs: number;
-  /** How long a streaming client may leave more than STALL_BYTES unread before its request is cancelled (sse.ts). */
-  streamStallMs: number;
+/** What exists once the model is loaded: the engine, the tokenizer threads and the adapter store's client. */
+export interface ServingParts {
+  engine: Engine;
+  tokenizers: TokenizerPool;
+  store: StoreClient;
 }
 
 export class ServerContext {
-  engine: Engine | null = null;
-  tokenizers: TokenizerPool | null = null;
-  storeClient: StoreClient | null = null;
-  service: AdapterService | null = null;
   readonly registry: AdapterRegistry;
   readonly staging: StagingArea | null;
   readonly metrics: Metrics;
@@ -61,59 +36,83 @@ export class ServerContext {
   readonly settings: ServerSettings;
   readonly admission: Admission;
   readonly bodies = new JsonBodyParser();
+  /** Requests in flight per adapter version. */
+  readonly inflight = new InflightAdapters();
+  readonly service: AdapterService;
   readonly startedAt = Math.floor(Date.now() / 1000);
-  /** Set once the model is loaded and the adapter store scanned: /health says ok from then on. */
-  ready = false;
   /** Set once shutdown begins: /health answers 503 and new work is refused while running work drains. */
   draining = false;
   /** Requests that went away before they reached the engine. */
   cancelledBeforeSubmit = 0;
   /** HTTP requests on the inference and admin routes not yet answered (shutdown waits for them). */
   openRequests = 0;
-  /** Requests in flight per adapter version (digest): unloading and collecting wait for them. */
-  private readonly inflight = new Map<string, number>();
-  /** Called when the last request on an adapter version ends. */
-  onAdapterIdle: (digest: string) => void = () => {};
+  /** Null until the model is loaded: the server listens (and /health answers 503) while it loads. */
+  private parts: ServingParts | null = null;
+  /** Set once the adapter store has been scanned too: /health says ok from then on. */
+  private isReady = false;
 
-  constructor(opts: { registry: AdapterRegistry; staging: StagingArea | null; metrics: Metrics; baseId: string; settings: ServerSettings }) {
+  constructor(opts: { registry: AdapterRegistry; staging: StagingArea | null; metrics: Metrics; baseId: string; settings: ServerSettings; log?: ServiceLog }) {
     this.registry = opts.registry;
     this.staging = opts.staging;
     this.metrics = opts.metrics;
     this.baseId = opts.baseId;
     this.settings = opts.settings;
     this.admission = new Admission(opts.settings.maxQueuedRequests);
+    this.service = new AdapterService({
+      registry: this.registry,
+      staging: this.staging,
+      settings: this.settings,
+      baseId: this.baseId,
+      inflight: this.inflight,
+      serving: () => this.serving(),
+      loaded: () => this.parts,
+      log: opts.log,
+    });
   }
 
-  /** The engine and the tokenizers, or a 503 while the model is still loading or shutting down. */
-  requireEngine(): Engine {
+  /** The model is loaded: the server's parts exist from now on. */
+  attach(parts: ServingParts): void {
+    if (this.parts) throw new Error('the serving parts are attached once');
+    this.parts = parts;
+    this.bodies.limits = { maxPositions: parts.engine.info.maxPositions, maxTokenBytes: parts.tokenizers.info.maxTokenBytes };
+  }
+
+  /** The adapter store is scanned as well: the server is ready. */
+  markReady(): void {
+    if (!this.parts) throw new Error('ready before the model is loaded');
+    this.isReady = true;
+  }
+
+  get ready(): boolean {
+    return this.isReady;
+  }
+
+  /** The engine once the model is loaded (null before), for readers that answer either way (health, info, metrics). */
+  get engine(): Engine | null {
+    return this.parts?.engine ?? null;
+  }
+
+  /** The serving parts, or a 503 while the model is still loading or shutting down. */
+  serving(): ServingParts {
     if (this.draining) throw new LoraplexError('shutting_down', 'the server is shutting down; retry on another replica');
-    if (!this.engine || !this.tokenizers) throw new NotReadyError('the model is still loading; retry shortly (see GET /health)');
-    if (!this.engine.alive) throw new LoraplexError('not_ready', 'the engine has stopped');
-    return this.engine;
+    if (!this.parts) throw new NotReadyError('the model is still loading; retry shortly (see GET /health)');
+    if (!this.parts.engine.alive) throw new LoraplexError('not_ready', 'the engine has stopped');
+    return this.parts;
+  }
+
+  /** The engine, or a 503 while the model is still loading or shutting down. */
+  requireEngine(): Engine {
+    return this.serving().engine;
   }
 
   requireTokenizers(): TokenizerPool {
-    this.requireEngine();
-    return this.tokenizers!;
+    return this.serving().tokenizers;
   }
 
-  inflightOf(digest: string): number {
-    return this.inflight.get(digest) ?? 0;
-  }
-
-  inflightDigests(): string[] {
-    return [...this.inflight.keys()];
-  }
-
-  track(digests: readonly string[], delta: 1 | -1): void {
-    for (const d of digests) {
-      const v = (this.inflight.get(d) ?? 0) + delta;
-      if (v > 0) this.inflight.set(d, v);
-      else {
-        this.inflight.delete(d);
-        this.onAdapterIdle(d);
-      }
-    }
+  /** Closes what the model's loading started (the engine is closed by the caller, with its grace). */
+  async closeParts(): Promise<void> {
+    await this.parts?.store.close();
+    await this.bodies.close();
   }
 }
 
@@ -150,10 +149,10 @@ export function startGeneration(ctx: ServerContext, req: Omit<ValidRequest, 'id'
     if (open) {
       open = false;
       ticket.leaveQueue();
-      ctx.track(digests, -1);
+      ctx.inflight.track(digests, -1);
     }
   };
-  ctx.track(digests, 1);
+  ctx.inflight.track(digests, 1);
   let handle;
   try {
     // The request's tenant (its API key's digest) shares batch rows fairly with the others.

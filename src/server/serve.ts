@@ -10,10 +10,10 @@ import { StagingArea } from '../adapters/staging.js';
 import { availableCores } from '../util/cores.js';
 import type { Config, ServeConfig } from '../config.js';
 import { Engine } from '../scheduler/engine.js';
-import { AdapterService } from './adapter-service.js';
 import { buildApp } from './app.js';
 import { buildMetricsApp } from './routes/ops.js';
-import { ServerContext, type ServerSettings } from './context.js';
+import { ServerContext } from './context.js';
+import type { ServerSettings } from './settings.js';
 import { Metrics } from './metrics.js';
 import { StoreClient } from './store/store-client.js';
 import { TokenizerPool } from './prompt/tokenizer-pool.js';
@@ -61,17 +61,17 @@ export async function startServer(
   opts: { onProgress?: (done: number, total: number, label: string) => void; listen?: boolean; logger?: boolean; logStream?: NodeJS.WritableStream } = {},
 ): Promise<RunningServer> {
   const baseId = config.servedModelName ?? basename(resolve(config.model));
+  // JSON log lines (pino), to stdout or the given stream; request logs carry the request id.
+  const logger = opts.logger === false ? null : pino({ level: config.logLevel }, opts.logStream ?? process.stdout);
   const ctx = new ServerContext({
     registry: new AdapterRegistry(),
     staging: config.adapters ? new StagingArea(config.adapters) : null,
-    metrics: new Metrics(config.metricsAdapterLabels, { vllmNames: config.metricsVllmNames ?? false }),
+    metrics: new Metrics(config.metricsAdapterLabels, { vllmNames: config.metricsVllmNames }),
     baseId,
     settings: serverSettings(config),
+    log: logger ? { info: (m) => logger.info(m), warn: (m) => logger.warn(m) } : undefined,
   });
-  const app = await buildApp(ctx, {
-    // JSON log lines (pino), to stdout or the given stream; request logs carry the request id.
-    logger: opts.logger === false ? null : pino({ level: config.logLevel }, opts.logStream ?? process.stdout),
-  });
+  const app = await buildApp(ctx, { logger });
   let url = '';
   if (opts.listen !== false) {
     url = await app.listen({ host: config.host, port: config.port });
@@ -89,9 +89,7 @@ export async function startServer(
     app.log.info(`metrics listener on ${metricsUrl} (GET /metrics, GET /health; no keys)`);
   }
   let engine: Engine | null = null;
-  const service = new AdapterService(ctx, { info: (m) => app.log.info(m), warn: (m) => app.log.warn(m) });
-  ctx.service = service;
-  ctx.onAdapterIdle = () => void service.refreshUnloads();
+  const service = ctx.service;
   const workers = config.tokenizerWorkers || Math.max(1, Math.floor(availableCores().count / 2));
   const tokenizers = TokenizerPool.start({ modelDir: config.model, workers, budgetMs: config.promptTimeoutMs, wallLimitMs: config.requestTimeoutMs });
   tokenizers.catch(() => {});
@@ -116,20 +114,19 @@ export async function startServer(
       },
       { onProgress: opts.onProgress, log: (m) => app.log.info(m) },
     );
-    ctx.engine = engine;
-    ctx.tokenizers = await tokenizers;
-    ctx.bodies.limits = { maxPositions: engine.info.maxPositions, maxTokenBytes: ctx.tokenizers.info.maxTokenBytes };
-    ctx.storeClient = new StoreClient({
+    const tokenizerPool = await tokenizers;
+    const store = new StoreClient({
       spec: engine.info.spec,
       load: { maxRank: engine.info.maxLoraRank, strictBase: config.strictBase ? baseId : null, slotDtype: engine.info.slotDtype },
       root: config.adapters ?? null,
       store: { allowedRoots: config.loraRoots ?? [], graceMs: config.storeGraceMs },
-      tokenizers: ctx.tokenizers,
+      tokenizers: tokenizerPool,
     });
+    ctx.attach({ engine, tokenizers: tokenizerPool, store });
     await service.refresh();
     await service.collect().catch((err: Error) => app.log.warn(`collecting old adapter versions failed: ${err.message}`));
     service.start(config.storePollMs);
-    ctx.ready = true;
+    ctx.markReady();
     const names = ctx.registry.list().map((r) => r.name);
     app.log.info(
       `ready: model ${baseId} (${engine.info.architecture}, ${engine.info.weights}, ${engine.info.device}, context ${engine.info.maxPositions}); ` +
@@ -148,8 +145,7 @@ export async function startServer(
       await app.close();
       await metricsApp?.close();
       service.stop();
-      await ctx.storeClient?.close();
-      await ctx.bodies.close();
+      await ctx.closeParts();
       await (await tokenizers.catch(() => null))?.close();
     })();
     return closing;

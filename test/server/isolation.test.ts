@@ -170,7 +170,7 @@ describe('3. a client that goes away is cancelled, on every route, at every mome
     expect(after.generatedTokens - before.generatedTokens).toBeLessThan(Math.max(1, reached) * 200);
     expect(reached + (server.ctx.cancelledBeforeSubmit - earlyBefore)).toBeLessThanOrEqual(delays.length * n);
     expect(after).toMatchObject({ running: 0, waiting: 0, kvReservedTokens: 0, kvUsedTokens: 0 });
-    await until(() => server.ctx.inflightOf('alpha') === 0 && server.ctx.inflightOf('beta') === 0 && server.ctx.admission.waiting === 0);
+    await until(() => server.ctx.inflight.of('alpha') === 0 && server.ctx.inflight.of('beta') === 0 && server.ctx.admission.waiting === 0);
   });
 
   it('a client that disconnects mid-stream is cancelled before it generates its max_tokens', async () => {
@@ -199,7 +199,7 @@ describe('4. a request that fails before the engine leaks nothing', () => {
     const r = await fetch(`${base}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
     expect(r.status).toBe(400);
     expect(((await r.json()) as { error: { param: string } }).error.param).toBe('messages[1].tool_calls');
-    expect(server.ctx.inflightOf('alpha')).toBe(0);
+    expect(server.ctx.inflight.of('alpha')).toBe(0);
     expect(server.ctx.admission.waiting).toBe(0);
   });
 });

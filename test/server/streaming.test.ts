@@ -21,15 +21,16 @@ interface Submitted {
 
 function fakeContext(submitted: Submitted[]): ServerContext {
   const ctx = new ServerContext({ registry: {} as never, staging: null, metrics: new Metrics(), baseId: 'm', settings: { maxQueuedRequests: 10, streamStallMs: 60_000, logPrompts: false } as never });
-  ctx.engine = {
+  const engine = {
     alive: true,
+    info: { maxPositions: 256 },
     submit: (_req: unknown, cb: (e: EngineEvent) => void) => {
       const s: Submitted = { emit: cb, cancelled: false };
       submitted.push(s);
       return { cancel: () => (s.cancelled = true) };
     },
-  } as never;
-  ctx.tokenizers = {} as never;
+  };
+  ctx.attach({ engine, tokenizers: { info: { maxTokenBytes: 64 } }, store: {} } as never);
   return ctx;
 }
 

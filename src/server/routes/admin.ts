@@ -28,7 +28,7 @@ export async function adminRoutes(app: FastifyInstance, ctx: ServerContext): Pro
   const token = ctx.settings.adminToken!;
   const service = (): AdapterService => {
     ctx.requireEngine();
-    return ctx.service!;
+    return ctx.service;
   };
   await app.register(multipart, {
     limits: { fileSize: ctx.settings.maxUploadBytes, files: 8, fields: 4, parts: 12, fieldSize: 1024 },
@@ -138,7 +138,7 @@ export async function adminRoutes(app: FastifyInstance, ctx: ServerContext): Pro
       async (request, reply) => {
         const name = nameOf(request.params);
         const rec = await service().remove(name);
-        request.log.info({ adapter: name, digest: rec.digest, inflight: ctx.inflightOf(rec.digest) }, 'adapter deleted');
+        request.log.info({ adapter: name, digest: rec.digest, inflight: ctx.inflight.of(rec.digest) }, 'adapter deleted');
         reply.code(202);
         return { name, digest: rec.digest, deleted: true };
       },
