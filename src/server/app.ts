@@ -44,6 +44,8 @@ declare module 'fastify' {
     cacheTenant: string;
     /** Whose request this is, for the fair share of batch rows: a digest of its API key (null: the server has no keys). */
     tenant: string | null;
+    /** Runs until the body has arrived (null on routes that stream their body themselves). */
+    bodyTimer: ClientTimer | null;
   }
 }
 
@@ -86,7 +88,7 @@ export async function buildApp(ctx: ServerContext, opts: { logger?: Logger | nul
       socket.end(rawErrorResponse(url, code, message));
     },
     frameworkErrors: (err, request, reply) => {
-      sendError(request, reply, new LoraplexError(err.code === 'FST_ERR_BAD_URL' ? 'bad_request' : 'bad_request', err.message));
+      sendError(request, reply, new LoraplexError('bad_request', err.message));
     },
   }).withTypeProvider<TypeBoxTypeProvider>();
 
@@ -99,6 +101,7 @@ export async function buildApp(ctx: ServerContext, opts: { logger?: Logger | nul
   app.decorateRequest('errorFlavor', null);
   app.decorateRequest('cacheTenant', '');
   app.decorateRequest('tenant', null);
+  app.decorateRequest('bodyTimer', null);
   await app.register(swagger, {
     openapi: {
       openapi: '3.0.3',
@@ -133,10 +136,10 @@ export async function buildApp(ctx: ServerContext, opts: { logger?: Logger | nul
     );
     request.raw.once('end', () => timer.cancel());
     reply.raw.once('close', () => timer.cancel());
-    (request as unknown as { bodyTimer: ClientTimer }).bodyTimer = timer;
+    request.bodyTimer = timer;
   });
   app.addHook('preValidation', async (request) => {
-    (request as unknown as { bodyTimer?: ClientTimer }).bodyTimer?.cancel();
+    request.bodyTimer?.cancel();
   });
 
   // Request metrics (fastify logs each request with its id; routes set the adapter label).

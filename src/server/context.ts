@@ -1,18 +1,13 @@
 /**
  * What the routes share: the serving parts (engine, tokenizer threads, store client: attached once
  * the model is loaded), the adapter registry and service, admission control, in-flight tracking,
- * metrics, the served model id and the server's settings. Plus the bridge from a route to the engine: run a validated request to completion or
- * stream its events, with errors as LoraplexErrors, and every piece of bookkeeping undone on
- * every path (end, error, cancel, a failed hand-off).
+ * metrics, the served model id and the server's settings.
  */
-import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { AdapterRegistry } from '../adapters/registry.js';
 import type { StagingArea } from '../adapters/staging.js';
 import { LoraplexError, NotReadyError } from '../errors.js';
-import type { FinishReason } from '../runtime/generation.js';
 import type { Engine } from '../scheduler/engine.js';
-import type { EngineEvent, PromptTokenLogprob, TokenEngineEvent, ValidRequest } from '../scheduler/request.js';
-import { Admission, type Ticket } from './admission.js';
+import { Admission } from './admission.js';
 import { InflightAdapters } from './inflight.js';
 import type { Metrics } from './metrics.js';
 import type { StoreClient } from './store/store-client.js';
@@ -114,125 +109,4 @@ export class ServerContext {
     await this.parts?.store.close();
     await this.bodies.close();
   }
-}
-
-export interface GenerationResult {
-  tokens: TokenEngineEvent[];
-  /** With prompt logprobs: the prompt's tokens. */
-  prompt: PromptTokenLogprob[];
-  text: string;
-  finishReason: FinishReason;
-  completionTokens: number;
-  /** Prompt tokens whose KV came from the prefix cache. */
-  cachedTokens: number;
-}
-
-export interface StreamListener {
-  /** The request took its first batch row. */
-  onRunning?(): void;
-  onToken(e: TokenEngineEvent): void;
-  onPromptLogprobs?(e: Extract<EngineEvent, { t: 'prompt_logprobs' }>): void;
-  onEnd(e: Extract<EngineEvent, { t: 'end' }>): void;
-  onError(err: LoraplexError): void;
-}
-
-/**
- * Submits one validated request (one choice) and forwards its events; `digests` are the adapter
- * versions it uses (in-flight tracking), `ticket` its admission. Returns a function that cancels it (a no-op
- * once it has ended). Throws, with nothing left registered, if the hand-off fails.
- */
-export function startGeneration(ctx: ServerContext, req: Omit<ValidRequest, 'id'>, digests: readonly string[], ticket: Ticket, l: StreamListener): () => void {
-  const engine = ctx.requireEngine();
-  const submitted = performance.now();
-  let open = true;
-  const close = (): void => {
-    if (open) {
-      open = false;
-      ticket.leaveQueue();
-      ctx.inflight.track(digests, -1);
-    }
-  };
-  ctx.inflight.track(digests, 1);
-  let handle;
-  try {
-    // The request's tenant (its API key's digest) shares batch rows fairly with the others.
-    handle = engine.submit({ ...req, tenant: ticket.tenant }, (e) => {
-      if (!open) return;
-      switch (e.t) {
-        case 'running':
-          ticket.leaveQueue();
-          ctx.admission.observeWait((performance.now() - submitted) / 1000);
-          l.onRunning?.();
-          break;
-        case 'token':
-          l.onToken(e);
-          break;
-        case 'prompt_logprobs':
-          l.onPromptLogprobs?.(e);
-          break;
-        case 'end':
-          close();
-          l.onEnd(e);
-          break;
-        case 'error':
-          close();
-          l.onError(LoraplexError.fromWire(e.error));
-          break;
-      }
-    });
-  } catch (err) {
-    close();
-    throw err;
-  }
-  return () => {
-    if (!open) return;
-    close();
-    handle.cancel();
-  };
-}
-
-/** Runs one request to its end; `signal` cancels it (client gone). */
-export function generate(ctx: ServerContext, req: Omit<ValidRequest, 'id'>, digests: readonly string[], ticket: Ticket, signal: AbortSignal): Promise<GenerationResult> {
-  return new Promise((resolve, reject) => {
-    const tokens: TokenEngineEvent[] = [];
-    const prompt: PromptTokenLogprob[] = [];
-    let text = '';
-    const onAbort = (): void => {
-      cancel();
-      reject(new LoraplexError('cancelled', 'the client closed the connection'));
-    };
-    const cancel = startGeneration(ctx, req, digests, ticket, {
-      onToken: (e) => {
-        tokens.push(e);
-        text += e.text;
-      },
-      onPromptLogprobs: (e) => prompt.push(...e.tokens),
-      onEnd: (e) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve({ tokens, prompt, text, finishReason: e.finishReason, completionTokens: e.completionTokens, cachedTokens: e.cachedTokens });
-      },
-      onError: (err) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(err);
-      },
-    });
-    if (signal.aborted) onAbort();
-    else signal.addEventListener('abort', onAbort, { once: true });
-  });
-}
-
-/**
- * An AbortSignal that fires when the client goes away before the response is complete — at any
- * moment, including before this was called (the connection is checked at once). Every inference
- * route takes one at entry, so a request dropped while it is validated or queued is cancelled too.
- */
-export function clientGone(request: FastifyRequest, reply: FastifyReply): AbortSignal {
-  const ac = new AbortController();
-  const res = reply.raw;
-  const gone = (): void => {
-    if (!res.writableFinished) ac.abort();
-  };
-  res.on('close', gone);
-  if (request.raw.socket?.destroyed || res.destroyed) gone();
-  return ac.signal;
 }

@@ -17,7 +17,8 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import { LoraplexError } from '../errors.js';
 import type { EngineEvent, TokenEngineEvent, ValidRequest } from '../scheduler/request.js';
 import type { Ticket } from './admission.js';
-import { clientGone, startGeneration, type GenerationResult, type ServerContext, type StreamListener } from './context.js';
+import type { ServerContext } from './context.js';
+import { clientGone, startGeneration, type GenerationResult, type StreamListener } from './engine-bridge.js';
 import { resolveAdapter, type Resolved } from './resolve.js';
 import { SseStream } from './sse.js';
 

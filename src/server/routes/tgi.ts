@@ -9,7 +9,8 @@ import { ERROR_CATALOG, LoraplexError, UnsupportedError, ValidationError } from 
 import type { FinishReason } from '../../runtime/generation.js';
 import type { TokenEngineEvent } from '../../scheduler/request.js';
 import { VERSION } from '../../version.js';
-import { clientGone, type GenerationResult, type ServerContext } from '../context.js';
+import type { ServerContext } from '../context.js';
+import { clientGone, type GenerationResult } from '../engine-bridge.js';
 import { checkFields, declaredFields } from '../fields.js';
 import { cachePartition } from '../cache-partition.js';
 import { checkRows } from '../admission.js';
