@@ -87,7 +87,7 @@ export class AdapterPlacement {
     if (this.slots.isPinned(key)) return false;
     this.slots.remove(key);
     this.cache.delete(key);
-    this.specs.delete(key);
+    // (Its recipe stays until a sweep: a waiting request may still want it loaded again.)
     return true;
   }
 
@@ -102,8 +102,9 @@ export class AdapterPlacement {
   }
 
   private remember(spec: AdapterSpec): void {
-    this.specs.set(spec.key, spec);
+    // Sweep first: the recipe being remembered may not be in use or cached yet (a preload).
     if (this.specs.size >= this.sweepAt) this.sweep();
+    this.specs.set(spec.key, spec);
   }
 
   private sweep(): void {

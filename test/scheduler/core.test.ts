@@ -282,3 +282,19 @@ describe('distinct adapter recipes', () => {
     await h.done;
   }, 300_000);
 });
+
+describe('unloading an adapter that waiting requests want', () => {
+  it('a request queued for an adapter unloaded before its first step loads it again and answers as alone', async () => {
+    const h = await harness({ slots: 2 });
+    await h.core.preload(spec(1));
+    h.core.submit(request(9001, [3, 1, 4], spec(1), 4));
+    // Unloaded while the request waits (not yet pinned by a running row).
+    expect(h.core.unload(spec(1).key)).toBe(true);
+    await h.ended([9001], 90_000);
+    const events = h.events.get(9001)!;
+    expect(events.at(-1)?.t).toBe('end');
+    expect(tokensOf(events)).toEqual(await alone(await loadTiny(tm, {}, { adapterSlots: 1 }).then((m) => (open.push(m), m)), [3, 1, 4], adapters[1], 4));
+    h.core.stop();
+    await h.done;
+  }, 120_000);
+});
