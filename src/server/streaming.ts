@@ -75,10 +75,12 @@ export interface Generation {
   user?: string | null;
 }
 
+const cancelled = (): LoraplexError => new LoraplexError('cancelled', 'the client closed the connection');
+
 /** The request was abandoned before it reached the engine. */
 export function droppedEarly(ctx: ServerContext): LoraplexError {
   ctx.cancelledBeforeSubmit++;
-  return new LoraplexError('cancelled', 'the client closed the connection');
+  return cancelled();
 }
 
 /** Every inference request starts the same way: watch the client, need the engine, resolve the adapter. */
@@ -116,8 +118,6 @@ export async function runGeneration(g: Generation): Promise<unknown> {
   if (g.gone.aborted) throw droppedEarly(g.ctx);
   return new Promise((resolve, reject) => new Lifecycle(g, resolve, reject).submit());
 }
-
-const cancelled = (): LoraplexError => new LoraplexError('cancelled', 'the client closed the connection');
 
 class Lifecycle {
   private readonly g: Generation;
