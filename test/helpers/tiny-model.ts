@@ -2,8 +2,7 @@
  * Deterministic tiny random checkpoints and PEFT adapters, written to disk in Hugging Face format and
  * kept in memory (RefWeights / RefLora) for the reference forward pass.
  */
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { floatToBf16 } from '../../src/runtime/checkpoint/safetensors.js';
 import { writeSafetensors, type TensorToWrite } from '../../src/runtime/checkpoint/writer.js';
@@ -11,6 +10,7 @@ import type { LoraModule, RefLora, RefModelConfig, RefTensor, RefWeights } from 
 
 export { prng } from '../../src/util/prng.js';
 import { prng } from '../../src/util/prng.js';
+import { tempDir } from './temp-dir.js';
 
 export function randn(rand: () => number, n: number, std: number, mean = 0): Float32Array {
   const out = new Float32Array(n);
@@ -103,9 +103,7 @@ function roundBf16(a: Float32Array): Float32Array {
   return a;
 }
 
-export function tempDir(prefix = 'loraplex-test-'): string {
-  return mkdtempSync(join(tmpdir(), prefix));
-}
+export { tempDir } from './temp-dir.js';
 
 /** Writes a tiny random checkpoint (config.json + safetensors) and returns it with its in-memory weights. */
 export function makeTinyModel(opts: TinyModelOptions = {}, dir = tempDir()): TinyModel {
