@@ -33,9 +33,12 @@ export interface Resolved {
 export function resolveAdapter(
   registry: AdapterRegistry,
   baseId: string,
-  req: { model?: string | null; adapter_id?: string | null; merged_adapters?: Static<typeof MergedAdapters> | null },
+  req: { model?: string | null; adapter_id?: string | null; merged_adapters?: Static<typeof MergedAdapters> | null; lora_scale?: number | null },
 ): Resolved {
   const merged = req.merged_adapters;
+  const scale = req.lora_scale ?? null;
+  if (scale !== null && merged) throw new ValidationError('lora_scale scales one adapter; with merged_adapters, give each adapter its weight there', 'lora_scale');
+  if (scale !== null && !(Math.abs(scale) <= MAX_MERGE_WEIGHT)) throw new ValidationError(`lora_scale must be a number between -${MAX_MERGE_WEIGHT} and ${MAX_MERGE_WEIGHT}; given ${scale}`, 'lora_scale');
   if (merged) {
     const strategy = merged.merge_strategy ?? 'linear';
     if (strategy !== 'linear') {
@@ -65,11 +68,19 @@ export function resolveAdapter(
   // send their endpoint URL as the model): it means the base model, or `adapter_id` if given. No
   // adapter name can look like a URL, so this never stands in for a name.
   const model = req.model && /^https?:\/\//.test(req.model) ? baseId : req.model;
-  const wanted = req.adapter_id || model;
+  // SGLang's `base:adapter` names the adapter (no adapter name holds a ':').
+  const wanted = req.adapter_id || (model?.startsWith(`${baseId}:`) ? model.slice(baseId.length + 1) : model);
   const param = req.adapter_id ? 'adapter_id' : 'model';
   if (!wanted) throw new ValidationError('model is required', 'model');
-  if (wanted === baseId) return { spec: null, names: [], digests: [], model: baseId, label: 'base' };
+  if (wanted === baseId) {
+    if (scale !== null) throw new ValidationError('lora_scale scales an adapter, and this request asks for the base model', 'lora_scale');
+    return { spec: null, names: [], digests: [], model: baseId, label: 'base' };
+  }
   const r = registry.get(wanted);
   if (!r) throw new ModelNotFoundError(`The model \`${wanted}\` does not exist. Known: the base model \`${baseId}\` and ${registry.size} adapter(s); see GET /v1/models.`, param);
-  return { spec: { kind: 'single', ...source(r) }, names: [r.name], digests: [r.digest], model: model && model !== baseId && !req.adapter_id ? model : wanted, label: r.name };
+  const echo = model && model !== baseId && !req.adapter_id ? model : wanted;
+  if (scale === null || scale === 1) return { spec: { kind: 'single', ...source(r) }, names: [r.name], digests: [r.digest], model: echo, label: r.name };
+  // A scaled adapter is a one-part weighted combination: its own weights, its own prefix-cache identity.
+  const parts = [{ ...source(r), weight: scale }];
+  return { spec: { kind: 'merge', key: mergeKey(parts), name: `${r.name}*${scale}`, parts }, names: [r.name], digests: [r.digest], model: echo, label: r.name };
 }

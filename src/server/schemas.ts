@@ -37,6 +37,10 @@ export const MergedAdapters = Type.Object(
 /** Longest cache_salt accepted (vLLM suggests 43 characters: 256 random bits in base64). */
 export const MAX_CACHE_SALT_LENGTH = 256;
 
+const LoraScale = Type.Optional(
+  Nullable(Type.Number({ minimum: -100, maximum: 100, description: "vLLM: the adapter's update scaled by this factor (served as a one-adapter weighted combination, with its own prefix-cache identity); 1 = the adapter as trained" })),
+);
+
 const CacheSalt = Type.Optional(
   Nullable(
     Type.String({
@@ -71,6 +75,7 @@ const SamplingFields = {
   ignore_eos: Type.Optional(Nullable(Type.Boolean())),
   adapter_id: Type.Optional(Nullable(Type.String({ description: 'LoRAX-style adapter choice; overrides model' }))),
   merged_adapters: Type.Optional(Nullable(MergedAdapters)),
+  lora_scale: LoraScale,
   response_format: Type.Optional(Nullable(Type.Any({ description: '{"type": "text"}, {"type": "json_object"} or {"type": "json_schema", "json_schema": {"name", "schema", "strict"}}: the output is constrained to it (XGrammar)' }))),
   guided_json: Type.Optional(Nullable(Type.Any({ description: 'vLLM: constrain the output to this JSON schema' }))),
   guided_regex: Type.Optional(Nullable(Type.String({ description: 'vLLM: constrain the output to this regular expression' }))),
@@ -206,6 +211,7 @@ export const TgiParameters = Type.Object(
     adapter_id: Type.Optional(Nullable(Type.String())),
     adapter_source: Type.Optional(Nullable(Type.String())),
     merged_adapters: Type.Optional(Nullable(MergedAdapters)),
+    lora_scale: LoraScale,
     max_new_tokens: Type.Optional(Nullable(Type.Integer({ minimum: 1 }))),
     temperature: Type.Optional(Nullable(Type.Number({ minimum: 0, maximum: 100 }))),
     top_p: Type.Optional(Nullable(Type.Number({ exclusiveMinimum: 0, maximum: 1 }))),
@@ -286,6 +292,7 @@ export const ResponseInputItem = Type.Object(
 export const ResponsesRequest = Type.Object(
   {
     model: Type.String({ description: "the base model's id (no adapter) or an adapter name" }),
+    lora_scale: LoraScale,
     input: Type.Union([Type.String(), Type.Array(ResponseInputItem, { minItems: 1 })]),
     instructions: Type.Optional(Nullable(Type.String({ description: 'a system message in front of the input' }))),
     max_output_tokens: Type.Optional(Nullable(Type.Integer({ minimum: 1 }))),

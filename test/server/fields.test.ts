@@ -82,6 +82,7 @@ const chatProbes: Record<string, Probe> = {
   truncate_prompt_tokens: { changes: { truncate_prompt_tokens: 1 } },
   adapter_id: { changes: { adapter_id: 'alpha' } },
   merged_adapters: { changes: { merged_adapters: { ids: ['alpha'], weights: [0.5] } } },
+  lora_scale: { changes: { lora_scale: 4 }, with: { model: 'alpha' } },
   logprobs: { changes: { logprobs: true } },
   top_logprobs: { changes: { top_logprobs: 3 }, with: { logprobs: true } },
   tools: { changes: { tools: [{ type: 'function', function: { name: 'get_weather', description: 'Weather', parameters: { type: 'object', properties: {} } } }] } },
@@ -120,6 +121,7 @@ const tgiProbes: Record<string, Probe> = {
   adapter_id: { changes: { adapter_id: 'alpha' } },
   adapter_source: { refused: { adapter_source: 'hub' } },
   merged_adapters: { changes: { merged_adapters: { ids: ['alpha'], weights: [0.5] } } },
+  lora_scale: { changes: { lora_scale: 4 }, with: { adapter_id: 'alpha' } },
   max_new_tokens: { changes: { max_new_tokens: 2 } },
   temperature: { changes: { temperature: 1.5, seed: 1 } },
   top_p: { changes: { top_p: 0.05 }, with: { do_sample: true, temperature: 1.5, seed: 7, max_new_tokens: 8 } },
@@ -144,6 +146,7 @@ const tgiProbes: Record<string, Probe> = {
 
 const responsesProbes: Record<string, Probe> = {
   model: { changes: { model: 'alpha' } },
+  lora_scale: { changes: { lora_scale: 4 }, with: { model: 'alpha' } },
   input: { changes: { input: 'Something else entirely' } },
   instructions: { changes: { instructions: 'Be brief.' } },
   max_output_tokens: { changes: { max_output_tokens: 2 } },

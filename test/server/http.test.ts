@@ -160,6 +160,48 @@ describe('LoRAX/TGI routes', () => {
     expect(await bad.json()).toEqual({ error: expect.stringMatching(/merge_strategy "ties" is not supported; only "linear" is/), error_type: 'validation' });
   });
 
+  it("model 'base:adapter' (SGLang's form) is the adapter; another base's prefix is a 404", async () => {
+    const body = { prompt: 'Hi', max_tokens: 4, temperature: 0 };
+    const plain = (await (await json('/v1/completions', { ...body, model: 'alpha' })).json()) as { choices: { text: string }[] };
+    const r = await json('/v1/completions', { ...body, model: 'tiny:alpha' });
+    expect(r.status).toBe(200);
+    const aliased = (await r.json()) as { model: string; choices: { text: string }[] };
+    expect(aliased.model).toBe('tiny:alpha');
+    expect(aliased.choices[0].text).toBe(plain.choices[0].text);
+    const other = await json('/v1/completions', { ...body, model: 'llama:alpha' });
+    expect(other.status).toBe(404);
+    expect(((await other.json()) as { error: { param: string } }).error.param).toBe('model');
+  });
+
+  it('lora_scale: 1 is the adapter, 0 the base model, 2 the same as merged_adapters with weight 2; refused on the base, with a merge, or out of range', async () => {
+    const body = { prompt: 'Hello there', max_tokens: 6, temperature: 0, logprobs: 1 };
+    type Out = { choices: { text: string; logprobs: { token_logprobs: number[] } }[] };
+    const run = async (extra: Record<string, unknown>): Promise<Out['choices'][0]> => {
+      const r = await json('/v1/completions', { ...body, ...extra });
+      expect(r.status).toBe(200);
+      return ((await r.json()) as Out).choices[0];
+    };
+    const base = await run({ model: 'tiny' });
+    const alpha = await run({ model: 'alpha' });
+    expect(await run({ model: 'alpha', lora_scale: 1 })).toEqual(alpha);
+    const zero = await run({ model: 'alpha', lora_scale: 0 });
+    expect(zero.text).toBe(base.text);
+    zero.logprobs.token_logprobs.forEach((lp, i) => expect(lp).toBeCloseTo(base.logprobs.token_logprobs[i], 4));
+    const twice = await run({ model: 'alpha', lora_scale: 2 });
+    const merged = await run({ model: 'tiny', merged_adapters: { ids: ['alpha'], weights: [2] } });
+    expect(twice.text).toBe(merged.text);
+    twice.logprobs.token_logprobs.forEach((lp, i) => expect(lp).toBeCloseTo(merged.logprobs.token_logprobs[i], 4));
+    for (const [extra, param] of [
+      [{ model: 'tiny', lora_scale: 0.5 }, 'lora_scale'],
+      [{ model: 'tiny', merged_adapters: { ids: ['alpha'], weights: [1] }, lora_scale: 0.5 }, 'lora_scale'],
+    ] as const) {
+      const r = await json('/v1/completions', { ...body, ...extra });
+      expect(r.status).toBe(400);
+      expect(((await r.json()) as { error: { param: string } }).error.param).toBe(param);
+    }
+    expect((await json('/v1/completions', { ...body, model: 'alpha', lora_scale: 1000 })).status).toBe(400);
+  });
+
   it('/info describes the model and the batching limits', async () => {
     const info = (await (await fetch(`${base}/info`)).json()) as Record<string, unknown>;
     expect(info).toMatchObject({ model_id: 'tiny', max_total_tokens: 256, model_device_type: 'cpu', router: 'loraplex', ready: true });

@@ -188,7 +188,7 @@ export function responsesRoutes(app: FastifyInstance, ctx: ServerContext): void 
     },
     async (request, reply) => {
       const body = request.body;
-      const { gone, engine, resolved } = begin(ctx, request, reply, { model: body.model });
+      const { gone, engine, resolved } = begin(ctx, request, reply, { model: body.model, lora_scale: body.lora_scale });
       checkFields(body, FIELDS, request.log);
       if (body.previous_response_id != null) throw new UnsupportedError('previous_response_id is not supported: responses are not stored; send the whole conversation as input', 'previous_response_id');
       if (body.store === true) throw new UnsupportedError('store: true is not supported: responses are not stored (send store: false or leave it out)', 'store');
