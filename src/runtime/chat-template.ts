@@ -6,6 +6,7 @@
  */
 import { Template } from '@huggingface/jinja';
 import { LoraplexError } from '../errors.js';
+import { templateThinks } from './reasoning/think-split.js';
 import { detectToolCallFormat, type ToolCallFormat } from './tool-calls/format.js';
 
 export interface ChatMessage {
@@ -97,6 +98,11 @@ export class ChatTemplate {
       // do not fit the template: a client error.
       throw new ChatTemplateError(`the chat template rejected these messages: ${(err as Error).message}`);
     }
+  }
+
+  /** The template writes thinking blocks (`<think>`): its model's answers are split into reasoning and answer. */
+  thinks(): boolean {
+    return templateThinks(this.sources.get(this.pick(false))!) || templateThinks(this.sources.get(this.pick(true))!);
   }
 
   /** The tool-call format the template renders tools for (see tool-calls/format.ts), or null. */

@@ -12,6 +12,7 @@ import type { ChatTemplate } from '../../runtime/chat-template.js';
 import { TextTokenizer } from '../../runtime/tokenizer.js';
 import { lowerThreadPriority, serve, transferring } from '../../util/worker-task.js';
 import { IncrementalDetokenizer } from '../../runtime/detokenizer.js';
+import { promptOpensThinking } from '../../runtime/reasoning/think-split.js';
 import { SAMPLE_CONVERSATIONS, type TokenizerTasks, type TokenPiece } from './tasks.js';
 
 const { modelDir } = workerData as { modelDir: string };
@@ -63,7 +64,8 @@ serve<TokenizerTasks>({
     }
     const text = template.render(t.messages, { addGenerationPrompt: t.addGenerationPrompt, tools: t.tools, extra: t.templateKwargs });
     const out = Int32Array.from(tok.encode(text, false));
-    return transferring({ ids: out, toolCallFormat: template.toolCallFormat() }, [out.buffer as ArrayBuffer]);
+    const reasoning = template.thinks() ? { insideThinking: promptOpensThinking(text) } : null;
+    return transferring({ ids: out, toolCallFormat: template.toolCallFormat(), reasoning }, [out.buffer as ArrayBuffer]);
   },
   decode: (t) => need().decode(t.ids, t.skipSpecialTokens),
   pieces: (t) => {

@@ -4,7 +4,9 @@
  * written independently with a regular expression.
  */
 import { describe, expect, it } from 'vitest';
+import { ChatTemplate } from '../../../src/runtime/chat-template.js';
 import { promptOpensThinking, ThinkSplitter, templateThinks } from '../../../src/runtime/reasoning/think-split.js';
+import { loadTokenizer } from '../../helpers/tokenizers.js';
 
 /** The reference: a regular expression over the whole output. */
 function reference(output: string, inside: boolean): { reasoning: string; content: string } {
@@ -80,5 +82,31 @@ describe('ThinkSplitter', () => {
     expect(promptOpensThinking('<|im_start|>assistant\n<think>\n')).toBe(true);
     expect(promptOpensThinking('<|im_start|>assistant\n<think>\n\n</think>\n\n')).toBe(false);
     expect(promptOpensThinking('<|im_start|>assistant\n')).toBe(false);
+  });
+});
+
+describe('chat templates that think (real tokenizers)', () => {
+  it("Qwen3's template thinks: its prompt leaves the block to the model, or closes an empty one when thinking is off", () => {
+    const t = loadTokenizer('qwen3').chatTemplate!;
+    expect(t.thinks()).toBe(true);
+    const messages = [{ role: 'user', content: 'Hello!' }];
+    const on = t.render(messages, { addGenerationPrompt: true });
+    expect(promptOpensThinking(on)).toBe(false);
+    const off = t.render(messages, { addGenerationPrompt: true, extra: { enable_thinking: false } });
+    expect(off).toMatch(/<think>\s*<\/think>\s*$/);
+    expect(promptOpensThinking(off)).toBe(false);
+    // An earlier assistant turn's thinking never leaves the prompt inside a block.
+    const history = t.render([...messages, { role: 'assistant', content: '<think>\nhm\n</think>\n\nHi!' }, { role: 'user', content: 'Again' }], { addGenerationPrompt: true });
+    expect(promptOpensThinking(history)).toBe(false);
+  });
+
+  it("a template that opens the block in the generation prompt (DeepSeek-R1's way) leaves the model inside it", () => {
+    const t = ChatTemplate.fromTokenizerConfig({ chat_template: "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}{% if add_generation_prompt %}<|assistant|><think>\n{% endif %}" })!;
+    expect(t.thinks()).toBe(true);
+    expect(promptOpensThinking(t.render([{ role: 'user', content: 'Why?' }], { addGenerationPrompt: true }))).toBe(true);
+  });
+
+  it('Llama 3 does not think', () => {
+    expect(loadTokenizer('llama3').chatTemplate!.thinks()).toBe(false);
   });
 });
