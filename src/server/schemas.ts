@@ -160,6 +160,8 @@ export const ChatCompletionResponse = Type.Object(
           role: Type.Literal('assistant'),
           content: Nullable(Type.String()),
           tool_calls: Type.Optional(Type.Array(Type.Object({ id: Type.String(), type: Type.Literal('function'), function: Type.Object({ name: Type.String(), arguments: Type.String({ description: 'the arguments as a JSON object in a string' }) }) }))),
+          reasoning_content: Type.Optional(Nullable(Type.String({ description: "a reasoning model's thinking (<think>…</think>), split from content (llama.cpp's and DeepSeek's name)" }))),
+          reasoning: Type.Optional(Nullable(Type.String({ description: 'the same text under vLLM\'s name' }))),
         }),
         logprobs: Nullable(ChatLogprobs),
         finish_reason: Nullable(Type.String()),

@@ -44,4 +44,33 @@ describe('Qwen3 over HTTP', () => {
     expect(off).toContain('<think>');
     expect(qwen.chatTemplate!.render(messages, { addGenerationPrompt: true, extra: { enable_thinking: true } })).not.toContain('<think>');
   });
+
+  it('thinking is split from the answer, whole and streamed; a prompt with thinking off has none', async () => {
+    const THINK = qwen.encode('<think>', false);
+    expect(THINK).toHaveLength(1);
+    const messages = [{ role: 'user', content: 'Think first.' }];
+    // The model is pushed to write <think> at every step: the first opens the block, the rest are its thinking.
+    const body = { model: 'qwen3-tiny', messages, max_tokens: 3, temperature: 0, logit_bias: { [THINK[0]]: 100 } };
+    const whole = (await (await fetch(`${server.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) })).json()) as {
+      choices: { message: { content: string | null; reasoning_content: string | null; reasoning: string | null } }[];
+      usage: { completion_tokens: number };
+    };
+    expect(whole.choices[0].message).toMatchObject({ content: '', reasoning_content: '<think><think>', reasoning: '<think><think>' });
+    expect(whole.usage.completion_tokens).toBe(3);
+    const sse = await (await fetch(`${server.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ...body, stream: true }) })).text();
+    const deltas = sse
+      .split('\n\n')
+      .filter((l) => l.startsWith('data: {'))
+      .map((l) => (JSON.parse(l.slice(6)) as { choices: { delta: { content?: string; reasoning_content?: string; reasoning?: string } }[] }).choices[0]?.delta ?? {});
+    expect(deltas.map((d) => d.reasoning_content ?? '').join('')).toBe('<think><think>');
+    expect(deltas.map((d) => d.reasoning ?? '').join('')).toBe('<think><think>');
+    expect(deltas.map((d) => d.content ?? '').join('')).toBe('');
+    // Thinking off: the template closes an empty block in the prompt, and the whole output is the answer.
+    const prompt = qwen.encode(qwen.chatTemplate!.render(messages, { addGenerationPrompt: true, extra: { enable_thinking: false } }), false);
+    const off = (await (
+      await fetch(`${server.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'qwen3-tiny', messages, max_tokens: 6, temperature: 0, chat_template_kwargs: { enable_thinking: false } }) })
+    ).json()) as { choices: { message: { content: string; reasoning_content: string | null } }[] };
+    expect(off.choices[0].message.content).toBe(qwen.decode(referenceGreedy(tm, prompt, null, 6)));
+    expect(off.choices[0].message.reasoning_content).toBeNull();
+  });
 });

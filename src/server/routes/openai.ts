@@ -10,6 +10,7 @@
 import { requestGrammar } from '../grammar-fields.js';
 import { toolRequest } from '../tool-fields.js';
 import { ChatToolCalls } from '../tool-calls.js';
+import { ThinkSplitter, type SplitPiece } from '../../runtime/reasoning/think-split.js';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { LoraplexError, ModelNotFoundError, UnsupportedError, ValidationError } from '../../errors.js';
 import type { TokenEngineEvent } from '../../scheduler/request.js';
@@ -174,21 +175,47 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
         const choices = Array.from({ length: n }, (_, i) => ({ index: i, req: validRequest(ctx, ids, body, resolved, s, i, { cachePartition: partition, grammar: constraint, grammarParam }), promptTokens: i === 0 ? ids.length : 0 }));
         const calls = toolReq && format ? new ChatToolCalls(format, toolReq.names) : null;
         const lp = (e: TokenEngineEvent) => (logprobs !== null && !e.special ? chatLogprobs([e]) : null);
+        // A template that thinks: each choice's thinking is split from its answer; tool calls are read from the answer.
+        const thinking = chat.reasoning;
+        const splitters = new Map<number, ThinkSplitter>();
+        const splitter = (index: number): ThinkSplitter => {
+          let s = splitters.get(index);
+          if (!s) splitters.set(index, (s = new ThinkSplitter(thinking!.insideThinking)));
+          return s;
+        };
+        const answerDelta = (index: number, piece: SplitPiece): Record<string, unknown> | null => {
+          const d: Record<string, unknown> = piece.reasoning ? { reasoning_content: piece.reasoning, reasoning: piece.reasoning } : {};
+          const answer = calls ? calls.push(index, piece.content) : piece.content ? { content: piece.content } : null;
+          if (answer) Object.assign(d, answer);
+          return Object.keys(d).length > 0 ? d : null;
+        };
         return run(ctx, request, reply, body, resolved, choices, ticket, gone, {
           object: 'chat.completion',
           chunkObject: 'chat.completion.chunk',
           first: (index) => ({ index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }),
           delta: (index, e) => {
-            const delta = calls ? calls.push(index, e.text) : e.text ? { content: e.text } : null;
+            const delta = answerDelta(index, thinking ? splitter(index).push(e.text) : { reasoning: '', content: e.text });
             return delta || (logprobs !== null && !e.special) ? { index, delta: delta ?? {}, logprobs: lp(e), finish_reason: null } : null;
           },
           finish: (index, reason) => {
+            const held = thinking ? answerDelta(index, splitter(index).finish()) : null;
             const tail = calls?.end(index, reason);
-            return { index, delta: tail?.delta ?? {}, logprobs: null, finish_reason: tail?.finishReason ?? reason };
+            const delta: Record<string, unknown> = { ...held, ...tail?.delta };
+            if (typeof held?.content === 'string' && typeof tail?.delta.content === 'string') delta.content = held.content + tail.delta.content;
+            return { index, delta, logprobs: null, finish_reason: tail?.finishReason ?? reason };
           },
           full: (index, r) => {
-            const parsed = calls?.whole(r.text, r.finishReason);
-            return { index, message: parsed?.message ?? { role: 'assistant', content: r.text }, logprobs: logprobs !== null ? chatLogprobs(r.tokens) : null, finish_reason: parsed?.finishReason ?? r.finishReason };
+            let text = r.text;
+            let reasoning: Record<string, unknown> = {};
+            if (thinking) {
+              const s = new ThinkSplitter(thinking.insideThinking);
+              s.push(r.text);
+              s.finish();
+              text = s.content;
+              reasoning = { reasoning_content: s.reasoning || null, reasoning: s.reasoning || null };
+            }
+            const parsed = calls?.whole(text, r.finishReason);
+            return { index, message: { ...(parsed?.message ?? { role: 'assistant', content: text }), ...reasoning }, logprobs: logprobs !== null ? chatLogprobs(r.tokens) : null, finish_reason: parsed?.finishReason ?? r.finishReason };
           },
         }, () => messages);
       });
