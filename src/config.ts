@@ -7,6 +7,7 @@ import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { DEVICES, type Device } from './runtime/devices.js';
 import { WEIGHT_FORMATS, type WeightFormat } from './runtime/graph/quant.js';
+import { REASONING_PARSERS, type ReasoningParser } from './runtime/reasoning/think-split.js';
 import { TOOL_CALL_FORMATS, type ToolCallFormat } from './runtime/tool-calls/format.js';
 
 type Kind = 'string' | 'int' | 'bool' | 'bytes' | 'list';
@@ -54,6 +55,7 @@ export const KNOBS = {
   grammarCompileTimeoutMs: knob({ key: 'grammarCompileTimeoutMs', flag: '--grammar-compile-timeout-ms <ms>', env: 'LORAPLEX_GRAMMAR_COMPILE_TIMEOUT_MS', kind: 'int', default: 10000, min: 1, doc: "CPU time compiling a new response_format schema, regex, grammar or tool-call grammar may use, counted on the thread that compiles it, so a busy machine does not use it up (beyond it: 400; not finished within --request-timeout-ms because the machine is busy: 503 with Retry-After); it is compiled first on a thread of its own, so a grammar that takes longer never delays other requests' constrained rows" }),
   grammarMaskTimeoutMs: knob({ key: 'grammarMaskTimeoutMs', flag: '--grammar-mask-timeout-ms <ms>', env: 'LORAPLEX_GRAMMAR_MASK_TIMEOUT_MS', kind: 'int', default: 200, min: 1, doc: "CPU time a constraint may use to compute the set of tokens allowed next, per token: a new constraint's first masks are probed before it is accepted (beyond it: 400), and a running row whose mask needs more fails alone (its stream ends with invalid_grammar) while the others go on; rows whose mask is late sit out a step instead of holding back the batch" }),
   grammarMemoryMb: knob({ key: 'grammarMemoryMb', flag: '--grammar-memory-mb <MiB>', env: 'LORAPLEX_GRAMMAR_MEMORY_MB', kind: 'int', default: 1024, min: 64, doc: 'memory the grammar thread may hold for compiled grammars and constrained rows (WebAssembly memory never shrinks): beyond it the thread is replaced by a fresh one and its rows move there; it is never taken below 128 MiB more than a fresh thread holds' }),
+  reasoningParser: knob({ key: 'reasoningParser', flag: '--reasoning-parser <parser>', env: 'LORAPLEX_REASONING_PARSER', kind: 'string', default: 'auto', choices: REASONING_PARSERS, doc: "how a reasoning model's thinking is split from its answer on chat completions (message.reasoning_content and message.reasoning): qwen3 and deepseek_r1 split <think>…</think> blocks, including one the prompt opened; auto = when the chat template in use writes them; none = the thinking stays in content" }),
   toolCallParser: knob({ key: 'toolCallParser', flag: '--tool-call-parser <format>', env: 'LORAPLEX_TOOL_CALL_PARSER', kind: 'string', default: 'auto', choices: ['auto', ...TOOL_CALL_FORMATS], doc: 'how the model writes tool calls: hermes (<tool_call> blocks: Hermes, Qwen2.5, Qwen3), llama3_json (Llama 3.1+ JSON), mistral ([TOOL_CALLS]); auto = read from the chat template in use (the adapter\'s or the model\'s), and a request with tools is refused when it shows none' }),
   tokenizerWorkers: knob({ key: 'tokenizerWorkers', flag: '--tokenizer-workers <n>', env: 'LORAPLEX_TOKENIZER_WORKERS', kind: 'int', default: 0, min: 0, doc: 'threads that tokenize prompts and render chat templates (0 = half the cores, at least 1)' }),
   storePollMs: knob({ key: 'storePollMs', flag: '--store-poll-ms <ms>', env: 'LORAPLEX_STORE_POLL_MS', kind: 'int', default: 2000, min: 0, doc: 'how often the adapter store is rescanned for adapters added, replaced or deleted by other replicas (0 = at start only)' }),
@@ -128,6 +130,7 @@ export interface Config {
   readonly logLevel: string;
   readonly logPrompts: boolean;
   readonly toolCallParser: ToolCallFormat | 'auto';
+  readonly reasoningParser: ReasoningParser;
   readonly grammarCompileTimeoutMs: number;
   readonly grammarMaskTimeoutMs: number;
   readonly grammarMemoryMb: number;

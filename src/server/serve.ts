@@ -41,6 +41,7 @@ export function serverSettings(c: Config): ServerSettings {
     maxUploadBytes: c.maxUploadBytes,
     logPrompts: c.logPrompts,
     toolCallParser: c.toolCallParser,
+    reasoningParser: c.reasoningParser,
     requestTimeoutMs: c.requestTimeoutMs,
     strictBase: c.strictBase,
     loraRoots: c.loraRoots ?? [],

@@ -1,4 +1,5 @@
 /** The server's settings, as the routes and services read them (built from the configuration by serve.ts). */
+import type { ReasoningParser } from '../runtime/reasoning/think-split.js';
 import type { ToolCallFormat } from '../runtime/tool-calls/format.js';
 
 export interface ServerSettings {
@@ -12,6 +13,8 @@ export interface ServerSettings {
   logPrompts: boolean;
   /** A tool-call format, or 'auto' (the chat template's). */
   toolCallParser: ToolCallFormat | 'auto';
+  /** How reasoning is split from answers (see reasoning/think-split.ts). */
+  reasoningParser: ReasoningParser;
   requestTimeoutMs: number;
   strictBase: boolean;
   loraRoots: string[];

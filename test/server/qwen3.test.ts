@@ -73,4 +73,19 @@ describe('Qwen3 over HTTP', () => {
     expect(off.choices[0].message.content).toBe(qwen.decode(referenceGreedy(tm, prompt, null, 6)));
     expect(off.choices[0].message.reasoning_content).toBeNull();
   });
+
+  it('--reasoning-parser none leaves the thinking in the answer', async () => {
+    const plain = await startServer(testConfig({ model: tm.dir, port: 0, host: '127.0.0.1', servedModelName: 'qwen3-tiny', reasoningParser: 'none' }), { logger: false });
+    try {
+      await plain.ready;
+      const THINK = qwen.encode('<think>', false)[0];
+      const r = (await (
+        await fetch(`${plain.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'qwen3-tiny', messages: [{ role: 'user', content: 'Think first.' }], max_tokens: 3, temperature: 0, logit_bias: { [THINK]: 100 } }) })
+      ).json()) as { choices: { message: Record<string, unknown> }[] };
+      expect(r.choices[0].message.content).toBe('<think><think><think>');
+      expect(r.choices[0].message).not.toHaveProperty('reasoning_content');
+    } finally {
+      await plain.close(0);
+    }
+  });
 });

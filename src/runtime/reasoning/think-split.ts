@@ -11,6 +11,14 @@
  * Incremental: pieces of text arrive as tokens are decoded, and a tag may be split across pieces,
  * so text that could be the start of a tag is held back until the next piece settles it.
  */
+/**
+ * `--reasoning-parser`, named as vLLM names them: `qwen3` and `deepseek_r1` both split `<think>`
+ * blocks (a block the prompt opened included); `auto` splits when the chat template writes them;
+ * `none` leaves the thinking in the answer.
+ */
+export const REASONING_PARSERS = ['auto', 'qwen3', 'deepseek_r1', 'none'] as const;
+export type ReasoningParser = (typeof REASONING_PARSERS)[number];
+
 export const THINK_OPEN = '<think>';
 export const THINK_CLOSE = '</think>';
 

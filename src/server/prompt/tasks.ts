@@ -59,6 +59,6 @@ export interface ChatPrompt {
   ids: Int32Array;
   /** How the template that rendered it asks the model to write tool calls (null: it shows no format). */
   toolCallFormat: ToolCallFormat | null;
-  /** The template writes thinking blocks (null: it does not); insideThinking: the rendered prompt ends inside an open one. */
-  reasoning: { insideThinking: boolean } | null;
+  /** Whether the template writes thinking blocks, and whether the rendered prompt ends inside an open one. */
+  reasoning: { templateThinks: boolean; insideThinking: boolean };
 }

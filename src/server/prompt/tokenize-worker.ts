@@ -64,7 +64,7 @@ serve<TokenizerTasks>({
     }
     const text = template.render(t.messages, { addGenerationPrompt: t.addGenerationPrompt, tools: t.tools, extra: t.templateKwargs });
     const out = Int32Array.from(tok.encode(text, false));
-    const reasoning = template.thinks() ? { insideThinking: promptOpensThinking(text) } : null;
+    const reasoning = { templateThinks: template.thinks(), insideThinking: promptOpensThinking(text) };
     return transferring({ ids: out, toolCallFormat: template.toolCallFormat(), reasoning }, [out.buffer as ArrayBuffer]);
   },
   decode: (t) => need().decode(t.ids, t.skipSpecialTokens),

@@ -176,7 +176,8 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
         const calls = toolReq && format ? new ChatToolCalls(format, toolReq.names) : null;
         const lp = (e: TokenEngineEvent) => (logprobs !== null && !e.special ? chatLogprobs([e]) : null);
         // A template that thinks: each choice's thinking is split from its answer; tool calls are read from the answer.
-        const thinking = chat.reasoning;
+        const parser = ctx.settings.reasoningParser;
+        const thinking = parser === 'none' || (parser === 'auto' && !chat.reasoning.templateThinks) ? null : chat.reasoning;
         const splitters = new Map<number, ThinkSplitter>();
         const splitter = (index: number): ThinkSplitter => {
           let s = splitters.get(index);
