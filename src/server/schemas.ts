@@ -140,6 +140,7 @@ const Usage = Type.Object({
   completion_tokens: Type.Integer(),
   total_tokens: Type.Integer(),
   prompt_tokens_details: Type.Object({ cached_tokens: Type.Integer({ description: 'prompt tokens whose KV came from the prefix cache' }) }),
+  completion_tokens_details: Type.Optional(Type.Object({ reasoning_tokens: Type.Integer({ description: 'tokens of thinking (opening tag to closing tag) when the answer was split (--reasoning-parser)' }) })),
 });
 
 const TopLogprob = Type.Object({ token: Type.String(), logprob: Type.Number(), bytes: Nullable(Type.Array(Type.Integer())) });

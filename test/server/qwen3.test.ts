@@ -57,7 +57,10 @@ describe('Qwen3 over HTTP', () => {
     };
     expect(whole.choices[0].message).toMatchObject({ content: '', reasoning_content: '<think><think>', reasoning: '<think><think>' });
     expect(whole.usage.completion_tokens).toBe(3);
-    const sse = await (await fetch(`${server.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ...body, stream: true }) })).text();
+    // All three tokens are thinking (the first opened the block).
+    expect(whole.usage).toMatchObject({ completion_tokens_details: { reasoning_tokens: 3 } });
+    const sse = await (await fetch(`${server.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ...body, stream: true, stream_options: { include_usage: true } }) })).text();
+    expect(sse).toContain('"completion_tokens_details":{"reasoning_tokens":3}');
     const deltas = sse
       .split('\n\n')
       .filter((l) => l.startsWith('data: {'))
@@ -69,9 +72,10 @@ describe('Qwen3 over HTTP', () => {
     const prompt = qwen.encode(qwen.chatTemplate!.render(messages, { addGenerationPrompt: true, extra: { enable_thinking: false } }), false);
     const off = (await (
       await fetch(`${server.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'qwen3-tiny', messages, max_tokens: 6, temperature: 0, chat_template_kwargs: { enable_thinking: false } }) })
-    ).json()) as { choices: { message: { content: string; reasoning_content: string | null } }[] };
+    ).json()) as { choices: { message: { content: string; reasoning_content: string | null } }[]; usage: unknown };
     expect(off.choices[0].message.content).toBe(qwen.decode(referenceGreedy(tm, prompt, null, 6)));
     expect(off.choices[0].message.reasoning_content).toBeNull();
+    expect(off).toMatchObject({ usage: { completion_tokens_details: { reasoning_tokens: 0 } } });
   });
 
   it('--reasoning-parser none leaves the thinking in the answer', async () => {

@@ -121,6 +121,21 @@ export class ThinkSplitter {
     return this.contentText;
   }
 
+  /** Inside the thinking block. */
+  get thinking(): boolean {
+    return this.state === 'thinking';
+  }
+
+  /**
+   * Takes one token's text and says whether the token belongs to the thinking: it opened the
+   * block, is inside it, or closed it (usage's reasoning_tokens).
+   */
+  pushToken(text: string): { piece: SplitPiece; reasoning: boolean } {
+    const was = this.thinking;
+    const piece = this.push(text);
+    return { piece, reasoning: this.thinking || (was && this.answering) };
+  }
+
   /** The answer has begun (tool calls and grammars apply from here). */
   get answering(): boolean {
     return this.state === 'answer';

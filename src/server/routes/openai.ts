@@ -42,11 +42,19 @@ interface Shape {
   delta(index: number, e: TokenEngineEvent): Record<string, unknown> | null;
   finish(index: number, reason: string): Record<string, unknown>;
   full(index: number, r: GenerationResult): Record<string, unknown>;
+  /** Tokens of thinking (usage's completion_tokens_details): of these results, or of the stream so far (null: not a thinking answer). */
+  reasoningTokens?(results: GenerationResult[] | null): number | null;
 }
 
 /** OpenAI's usage; cached prompt tokens came from the prefix cache (those of each prompt's first choice). */
-function usage(u: Usage): Record<string, unknown> {
-  return { prompt_tokens: u.promptTokens, completion_tokens: u.completionTokens, total_tokens: u.promptTokens + u.completionTokens, prompt_tokens_details: { cached_tokens: u.cachedTokens } };
+function usage(u: Usage, reasoningTokens: number | null = null): Record<string, unknown> {
+  return {
+    prompt_tokens: u.promptTokens,
+    completion_tokens: u.completionTokens,
+    total_tokens: u.promptTokens + u.completionTokens,
+    prompt_tokens_details: { cached_tokens: u.cachedTokens },
+    ...(reasoningTokens !== null ? { completion_tokens_details: { reasoning_tokens: reasoningTokens } } : {}),
+  };
 }
 
 const CHAT_FIELDS = declaredFields(ChatCompletionRequest);
@@ -96,7 +104,7 @@ function run(
       created,
       model: resolved.model,
       choices: (select?.(results) ?? results.map((_, i) => i)).map((at, k) => shape.full(select ? k : choices[at].index, results[at])),
-      usage: usage(u),
+      usage: usage(u, shape.reasoningTokens?.(results) ?? null),
       system_fingerprint: null,
     }),
     start: (sse) => {
@@ -108,7 +116,7 @@ function run(
     },
     end: (sse, i, e) => sse.send(chunk([shape.finish(choices[i].index, e.finishReason)])),
     error: (sse, err) => sse.send({ error: { message: err.message, type: err.type, param: err.param, code: err.code } }),
-    close: includeUsage ? (sse, u) => sse.send({ id, object: shape.chunkObject, created, model: resolved.model, choices: [], usage: usage(u) }) : undefined,
+    close: includeUsage ? (sse, u) => sse.send({ id, object: shape.chunkObject, created, model: resolved.model, choices: [], usage: usage(u, shape.reasoningTokens?.(null) ?? null) }) : undefined,
     doneMarker: true,
   };
   return runGeneration({ ctx, request, reply, gone, ticket, resolved, choices, stream: body.stream === true, protocol, logPrompt, user: body.user });
@@ -184,6 +192,14 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
           if (!s) splitters.set(index, (s = new ThinkSplitter(thinking!.insideThinking)));
           return s;
         };
+        let streamedReasoningTokens = 0;
+        /** A result's tokens up to and including the one that closes its thinking. */
+        const reasoningTokensOf = (r: GenerationResult): number => {
+          const s = new ThinkSplitter(thinking!.insideThinking);
+          let n = 0;
+          for (const t of r.tokens) if (s.pushToken(t.text).reasoning) n++;
+          return n;
+        };
         const answerDelta = (index: number, piece: SplitPiece): Record<string, unknown> | null => {
           const d: Record<string, unknown> = piece.reasoning ? { reasoning_content: piece.reasoning, reasoning: piece.reasoning } : {};
           const answer = calls ? calls.push(index, piece.content) : piece.content ? { content: piece.content } : null;
@@ -195,7 +211,13 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
           chunkObject: 'chat.completion.chunk',
           first: (index) => ({ index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }),
           delta: (index, e) => {
-            const delta = answerDelta(index, thinking ? splitter(index).push(e.text) : { reasoning: '', content: e.text });
+            let piece: SplitPiece = { reasoning: '', content: e.text };
+            if (thinking) {
+              const step = splitter(index).pushToken(e.text);
+              piece = step.piece;
+              if (step.reasoning) streamedReasoningTokens++;
+            }
+            const delta = answerDelta(index, piece);
             return delta || (logprobs !== null && !e.special) ? { index, delta: delta ?? {}, logprobs: lp(e), finish_reason: null } : null;
           },
           finish: (index, reason) => {
@@ -205,6 +227,7 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
             if (typeof held?.content === 'string' && typeof tail?.delta.content === 'string') delta.content = held.content + tail.delta.content;
             return { index, delta, logprobs: null, finish_reason: tail?.finishReason ?? reason };
           },
+          reasoningTokens: (results) => (thinking ? (results ? results.reduce((n, r) => n + reasoningTokensOf(r), 0) : streamedReasoningTokens) : null),
           full: (index, r) => {
             let text = r.text;
             let reasoning: Record<string, unknown> = {};

@@ -110,3 +110,16 @@ describe('chat templates that think (real tokenizers)', () => {
     expect(loadTokenizer('llama3').chatTemplate!.thinks()).toBe(false);
   });
 });
+
+describe('reasoning tokens', () => {
+  it('counts the tokens that open, fill and close the block, and none of the answer or of leading whitespace', () => {
+    const count = (tokens: string[], inside = false): number => {
+      const s = new ThinkSplitter(inside);
+      return tokens.filter((t) => s.pushToken(t).reasoning).length;
+    };
+    expect(count(['<think>', 'a', 'b', '</think>', '\n\n', 'Hi'])).toBe(4);
+    expect(count([' ', 'Hello', '!'])).toBe(0);
+    expect(count(['x', '</think>', 'y'], true)).toBe(2);
+    expect(count(['<th', 'ink>', 'still'])).toBe(2);
+  });
+});
