@@ -15,6 +15,8 @@ export interface ChatMessage {
   name?: string;
   tool_calls?: unknown;
   tool_call_id?: string;
+  /** An assistant turn's thinking (templates that show thinking render it; Qwen3's for the turns after the last user message). */
+  reasoning_content?: string;
 }
 
 /** The chat template rejected the messages (raise_exception, or a rendering error): the client's. */

@@ -143,7 +143,7 @@ export function validRequest(
   };
 }
 
-type WireMessage = { role: string; content?: string | null | { type: string; text?: string }[]; name?: string; tool_calls?: unknown[]; tool_call_id?: string };
+type WireMessage = { role: string; content?: string | null | { type: string; text?: string }[]; name?: string; tool_calls?: unknown[]; tool_call_id?: string; reasoning_content?: string | null; reasoning?: string | null };
 
 /** Roles a conversation may hold (`developer` is OpenAI's newer name for `system`). */
 const ROLES = new Set(['system', 'developer', 'user', 'assistant', 'tool']);
@@ -173,6 +173,15 @@ export function chatMessages(messages: WireMessage[]): ChatMessage[] {
     if (content === null && !(role === 'assistant' && m.tool_calls?.length)) throw new ValidationError(`${at}.content must be given (a string or text parts)`, `${at}.content`);
     const msg: ChatMessage = { role, content: content ?? '' };
     if (m.name !== undefined) msg.name = m.name;
+    // Thinking sent back with an assistant turn (either name, as this server returns both).
+    const reasoning = m.reasoning_content ?? m.reasoning ?? null;
+    if (reasoning !== null) {
+      if (role !== 'assistant') throw new ValidationError(`${at}.reasoning_content is only allowed on assistant messages`, `${at}.${m.reasoning_content != null ? 'reasoning_content' : 'reasoning'}`);
+      if (m.reasoning_content != null && m.reasoning != null && m.reasoning_content !== m.reasoning) {
+        throw new ValidationError(`${at}.reasoning_content and ${at}.reasoning differ; send one (they name the same text)`, `${at}.reasoning`);
+      }
+      msg.reasoning_content = reasoning;
+    }
     if (m.tool_calls !== undefined) {
       checkShape(m.tool_calls, `${at}.tool_calls`);
       msg.tool_calls = m.tool_calls.map((c, j) => toolCall(c, `${at}.tool_calls[${j}]`));

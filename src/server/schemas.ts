@@ -94,6 +94,8 @@ export const ChatMessageSchema = Type.Object(
     name: Type.Optional(Type.String()),
     tool_calls: Type.Optional(Type.Array(Type.Any())),
     tool_call_id: Type.Optional(Type.String()),
+    reasoning_content: Type.Optional(Nullable(Type.String({ description: "an assistant turn's thinking, as this server returns it: rendered where the chat template shows thinking" }))),
+    reasoning: Type.Optional(Nullable(Type.String({ description: 'the same under vLLM\'s name' }))),
   },
   { additionalProperties: true },
 );

@@ -92,4 +92,25 @@ describe('Qwen3 over HTTP', () => {
       await plain.close(0);
     }
   });
+
+  it("an assistant turn's thinking sent back (reasoning_content or reasoning) is rendered as Qwen3's template shows it", async () => {
+    const history = [
+      { role: 'user', content: 'Why is the sky blue?' },
+      { role: 'assistant', content: 'Rayleigh scattering.' },
+    ];
+    const want = qwen.encode(qwen.chatTemplate!.render([history[0], { ...history[1], reasoning_content: 'Short light scatters more.' }], { addGenerationPrompt: false }), false);
+    const without = qwen.encode(qwen.chatTemplate!.render(history, { addGenerationPrompt: false }), false);
+    expect(want).not.toEqual(without);
+    const tokenize = async (assistant: Record<string, unknown>): Promise<Response> =>
+      fetch(`${server.url}/tokenize`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'qwen3-tiny', messages: [history[0], { ...history[1], ...assistant }], add_generation_prompt: false }) });
+    for (const field of ['reasoning_content', 'reasoning']) {
+      const r = await tokenize({ [field]: 'Short light scatters more.' });
+      expect(r.status).toBe(200);
+      expect(((await r.json()) as { tokens: number[] }).tokens).toEqual([...want]);
+    }
+    const differ = await tokenize({ reasoning_content: 'a', reasoning: 'b' });
+    expect(differ.status).toBe(400);
+    const onUser = await fetch(`${server.url}/tokenize`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'qwen3-tiny', messages: [{ role: 'user', content: 'x', reasoning_content: 'y' }] }) });
+    expect(onUser.status).toBe(400);
+  });
 });
