@@ -281,13 +281,15 @@ const ResponseInputContent = Type.Object({ type: Type.String(), text: Type.Optio
 
 export const ResponseInputItem = Type.Object(
   {
-    type: Type.Optional(Type.String({ description: 'message (default), function_call or function_call_output' })),
+    type: Type.Optional(Type.String({ description: 'message (default), function_call, function_call_output or reasoning (its text is the thinking of the assistant turn that follows)' })),
     role: Type.Optional(Type.String()),
     content: Type.Optional(Type.Union([Type.String(), Type.Array(ResponseInputContent)])),
     call_id: Type.Optional(Type.String()),
     name: Type.Optional(Type.String()),
     arguments: Type.Optional(Type.String()),
     output: Type.Optional(Type.Union([Type.String(), Type.Array(ResponseInputContent)])),
+    summary: Type.Optional(Type.Array(ResponseInputContent, { description: "a reasoning item's summary_text parts (its text is used when it has no reasoning_text content)" })),
+    encrypted_content: Type.Optional(Nullable(Type.String({ description: 'refused unless null: reasoning is never encrypted here' }))),
     id: Type.Optional(Type.String()),
     status: Type.Optional(Type.String()),
   },
@@ -310,7 +312,18 @@ export const ResponsesRequest = Type.Object(
     tool_choice: Type.Optional(Type.Any({ description: '"auto" (default with tools), "none", "required" or {"type": "function", "name"}: as on chat completions' })),
     parallel_tool_calls: Type.Optional(Nullable(Type.Boolean({ description: 'true (default); false: at most one call' }))),
     text: Type.Optional(Nullable(Type.Object({ format: Type.Optional(Type.Any()), verbosity: Type.Optional(Nullable(Type.String())) }, { additionalProperties: true }))),
-    reasoning: Type.Optional(Type.Any({ description: 'refused unless null' })),
+    reasoning: Type.Optional(
+      Nullable(
+        Type.Object(
+          {
+            effort: Type.Optional(Nullable(Type.Union(['none', 'minimal', 'low', 'medium', 'high', 'xhigh'].map((e) => Type.Literal(e)), { description: 'none or minimal: thinking off (enable_thinking: false); low, medium, high or xhigh: thinking on (the template has no finer level); refused when the model does not think' }))),
+            summary: Type.Optional(Nullable(Type.Union(['auto', 'concise', 'detailed'].map((e) => Type.Literal(e)), { description: 'accepted: the reasoning item always carries its text as one summary_text part too (the whole thinking: there is no separate summarizer)' }))),
+            generate_summary: Type.Optional(Nullable(Type.Union(['auto', 'concise', 'detailed'].map((e) => Type.Literal(e)), { description: 'the older name of summary' }))),
+          },
+          { additionalProperties: false },
+        ),
+      ),
+    ),
     truncation: Type.Optional(Nullable(Type.String({ description: '"disabled" (default); "auto" is refused' }))),
     metadata: Type.Optional(Nullable(Type.Record(Type.String(), Type.String(), { description: 'returned with the response' }))),
     user: Type.Optional(Type.String({ description: 'an end-user id; written to the request log' })),

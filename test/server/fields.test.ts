@@ -159,7 +159,7 @@ const responsesProbes: Record<string, Probe> = {
   tool_choice: { changes: { tool_choice: 'none' }, with: { tools: [{ type: 'function', name: 'f', parameters: { type: 'object' } }] } },
   parallel_tool_calls: { changes: { parallel_tool_calls: false }, with: { tools: [{ type: 'function', name: 'f', parameters: { type: 'object' } }, { type: 'function', name: 'g', parameters: { type: 'object' } }], tool_choice: 'required', max_output_tokens: 60 } },
   text: { changes: { text: { format: { type: 'json_schema', name: 'c', schema: { enum: ['zq'] } } } } },
-  reasoning: { refused: { reasoning: { effort: 'high' } } },
+  reasoning: { changes: { reasoning: { effort: 'none' } } },
   truncation: { refused: { truncation: 'auto' } },
   metadata: { changes: { metadata: { tenant: 'probe' } } },
   user: { logged: { user: 'probe-user-2' }, text: '"user":"probe-user-2"' },

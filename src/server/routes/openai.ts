@@ -17,6 +17,7 @@ import type { TokenEngineEvent } from '../../scheduler/request.js';
 import type { Ticket } from '../admission.js';
 import { checkRows } from '../admission.js';
 import { answerConstraint } from '../answer-constraint.js';
+import { answerConstrained, answerThinking, checkConstrainedPrompt, thinkingKwargs } from '../reasoning.js';
 import type { ServerContext } from '../context.js';
 import type { GenerationResult } from '../engine-bridge.js';
 import { checkShape } from '../prompt/limits.js';
@@ -175,17 +176,21 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
       const s = sampling(body, engine.info.vocabSize, logprobs);
       stopStrings(body.stop);
       // tool_choice "none": the model is not offered the tools at all.
-      const prompt: PromptSource = { kind: 'chat', messages, tools: toolReq?.templateTools ?? null, addGenerationPrompt: body.add_generation_prompt ?? true, templateKwargs: body.chat_template_kwargs ?? null };
+      // A grammar constrains the answer from its first token: thinking is off for it (see reasoning.ts).
+      const constrained = answerConstrained(grammar, toolReq);
+      const constraintParam = grammar ? 'response_format' : 'tool_choice';
+      const templateKwargs = thinkingKwargs(body.chat_template_kwargs ?? null, constrained, constraintParam);
+      const prompt: PromptSource = { kind: 'chat', messages, tools: toolReq?.templateTools ?? null, addGenerationPrompt: body.add_generation_prompt ?? true, templateKwargs };
       return admitted(ctx, request, n, gone, async (ticket) => {
         const chat = await chatPrompt(ctx, prompt, resolved);
+        checkConstrainedPrompt(chat.reasoning, constrained, constraintParam);
         const ids = truncatePrompt(chat.ids, body.truncate_prompt_tokens);
         const { format, grammar: constraint, grammarParam } = answerConstraint(ctx, toolReq, chat.toolCallFormat, grammar, { param: 'response_format', name: 'response_format (or a guided_* field)' });
         const choices = Array.from({ length: n }, (_, i) => ({ index: i, req: validRequest(ctx, ids, body, resolved, s, i, { cachePartition: partition, grammar: constraint, grammarParam }), promptTokens: i === 0 ? ids.length : 0 }));
         const calls = toolReq && format ? new ChatToolCalls(format, toolReq.names) : null;
         const lp = (e: TokenEngineEvent) => (logprobs !== null && !e.special ? chatLogprobs([e]) : null);
         // A template that thinks: each choice's thinking is split from its answer; tool calls are read from the answer.
-        const parser = ctx.settings.reasoningParser;
-        const thinking = parser === 'none' || (parser === 'auto' && !chat.reasoning.templateThinks) ? null : chat.reasoning;
+        const thinking = answerThinking(ctx.settings.reasoningParser, chat.reasoning);
         const splitters = new Map<number, ThinkSplitter>();
         const splitter = (index: number): ThinkSplitter => {
           let s = splitters.get(index);

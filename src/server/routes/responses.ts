@@ -13,6 +13,8 @@ import { UnsupportedError, ValidationError } from '../../errors.js';
 import type { FinishReason } from '../../runtime/generation.js';
 import type { ToolCallFormat } from '../../runtime/tool-calls/format.js';
 import { answerConstraint } from '../answer-constraint.js';
+import { answerConstrained, answerThinking, checkConstrainedPrompt, thinkingKwargs, type Thinking } from '../reasoning.js';
+import { ThinkSplitter } from '../../runtime/reasoning/think-split.js';
 import type { ServerContext } from '../context.js';
 import { checkFields, declaredFields } from '../fields.js';
 import { checkShape } from '../prompt/limits.js';
@@ -52,20 +54,40 @@ export function inputMessages(body: ResponsesRequest): WireMessage[] {
     out.push({ role: 'user', content: body.input });
     return out;
   }
+  // A reasoning item's text waits for the assistant turn it belongs to.
+  let thinking: { text: string; at: string } | null = null;
+  const takeThinking = (): Record<string, string> => {
+    const t = thinking;
+    thinking = null;
+    return t ? { reasoning_content: t.text } : {};
+  };
   body.input.forEach((item, i) => {
     const at = `input[${i}]`;
     const type = item.type ?? 'message';
+    if (thinking && type !== 'function_call' && !(type === 'message' && item.role === 'assistant')) {
+      throw new ValidationError(`${thinking.at}: a reasoning item must be followed by the assistant's message or function call it belongs to`, thinking.at);
+    }
     switch (type) {
+      case 'reasoning': {
+        if (thinking) throw new ValidationError(`${at}: two reasoning items in a row; send one per assistant turn`, at);
+        if (item.encrypted_content != null) throw new UnsupportedError(`${at}.encrypted_content is not supported: this server never encrypts reasoning; send its text as content`, `${at}.encrypted_content`);
+        const content = Array.isArray(item.content) ? item.content.filter((p) => p?.type === 'reasoning_text') : [];
+        const summary = Array.isArray(item.summary) ? (item.summary as { type?: string; text?: string }[]) : [];
+        const parts = content.length > 0 ? content : summary;
+        if (parts.some((p) => typeof p?.text !== 'string')) throw new ValidationError(`${at}: reasoning parts need text`, at);
+        thinking = { text: parts.map((p) => p.text).join(''), at };
+        break;
+      }
       case 'message':
-        out.push({ role: item.role ?? 'user', content: textOf(item.content, `${at}.content`) });
+        out.push({ role: item.role ?? 'user', content: textOf(item.content, `${at}.content`), ...(item.role === 'assistant' ? takeThinking() : {}) });
         break;
       case 'function_call': {
         if (typeof item.call_id !== 'string' || typeof item.name !== 'string') throw new ValidationError(`${at}: a function_call needs call_id and name`, at);
         const call = { id: item.call_id, type: 'function', function: { name: item.name, arguments: item.arguments ?? '{}' } };
         const last = out.at(-1);
         // Consecutive calls are one assistant turn.
-        if (last?.role === 'assistant' && last.tool_calls && !last.content) last.tool_calls.push(call);
-        else out.push({ role: 'assistant', content: null, tool_calls: [call] });
+        if (!thinking && last?.role === 'assistant' && last.tool_calls && !last.content) last.tool_calls.push(call);
+        else out.push({ role: 'assistant', content: null, tool_calls: [call], ...takeThinking() });
         break;
       }
       case 'function_call_output':
@@ -73,9 +95,13 @@ export function inputMessages(body: ResponsesRequest): WireMessage[] {
         out.push({ role: 'tool', tool_call_id: item.call_id, content: textOf(item.output, `${at}.output`) });
         break;
       default:
-        throw new UnsupportedError(`${at} has type ${JSON.stringify(type)}; supported: message, function_call, function_call_output (responses are not stored, so references cannot be resolved)`, `${at}.type`);
+        throw new UnsupportedError(`${at} has type ${JSON.stringify(type)}; supported: message, function_call, function_call_output, reasoning (responses are not stored, so references cannot be resolved)`, `${at}.type`);
     }
   });
+  if (thinking) {
+    const t: { at: string } = thinking;
+    throw new ValidationError(`${t.at}: a reasoning item must be followed by the assistant's message or function call it belongs to`, t.at);
+  }
   return out;
 }
 
@@ -84,36 +110,87 @@ type ResponseBase = Record<string, unknown>;
 
 /**
  * The Responses API's answer and event stream: without tools the answer is one `message` output
- * item; with tools its text (if any) is a message and each parsed call a `function_call` item.
+ * item; with tools its text (if any) is a message and each parsed call a `function_call` item. A
+ * thinking answer (see reasoning.ts) starts with a `reasoning` item holding the thinking twice:
+ * as `reasoning_text` content (vLLM's form, the official client's type) and as its one
+ * `summary_text` part, whatever `reasoning.summary` asks — there is no separate summarizer, and
+ * the AI SDK and LangChain read reasoning only from summaries.
  */
-function responsesProtocol(base: ResponseBase, promptTokens: number, format: ToolCallFormat | null, names: string[]): Protocol {
+function responsesProtocol(base: ResponseBase, promptTokens: number, format: ToolCallFormat | null, names: string[], thinking: Thinking | null): Protocol {
   const msgId = `msg_${responseId('').slice(1)}`;
+  const rsId = `rs_${responseId('').slice(1)}`;
   const message = (text: string, done: boolean) => ({ type: 'message', id: msgId, status: done ? 'completed' : 'in_progress', role: 'assistant', content: done ? [{ type: 'output_text', text, annotations: [], logprobs: [] }] : [] });
+  const reasoningItem = (text: string, done: boolean) => ({ type: 'reasoning', id: rsId, status: done ? 'completed' : 'in_progress', summary: done ? [{ type: 'summary_text', text }] : [], content: done ? [{ type: 'reasoning_text', text }] : [], encrypted_content: null });
   const functionCall = (c: ParsedToolCall, callId: string, itemId: string, done: boolean) => ({ type: 'function_call', id: itemId, call_id: callId, name: c.name, arguments: done ? c.arguments : '', status: done ? 'completed' : 'in_progress' });
-  /** The answer's output items: its text as a message (left out when the answer is only calls), then one item per call. */
-  const outputOf = (text: string) => {
-    if (!format) return [message(text, true)];
+  /** The answer's output items: its thinking, its text as a message (left out when the answer is only calls), then one item per call. */
+  const outputOf = (whole: string) => {
+    let text = whole;
+    const out: unknown[] = [];
+    if (thinking) {
+      const split = new ThinkSplitter(thinking.insideThinking);
+      split.push(whole);
+      split.finish();
+      text = split.content;
+      if (split.reasoning) out.push(reasoningItem(split.reasoning, true));
+    }
+    if (!format) return [...out, message(text, true)];
     const { content, calls } = parseToolCalls(format, names, text);
-    return [...(content !== null ? [message(content, true)] : []), ...calls.map((c) => functionCall(c, toolCallId(), `fc_${responseId('').slice(1)}`, true))];
+    return [...out, ...(content !== null ? [message(content, true)] : []), ...calls.map((c) => functionCall(c, toolCallId(), `fc_${responseId('').slice(1)}`, true))];
   };
-  const final = (output: unknown[], reason: FinishReason, u: Usage) => ({
+  const reasoningTokensOf = (tokens: readonly { text: string }[]): number => {
+    if (!thinking) return 0;
+    const split = new ThinkSplitter(thinking.insideThinking);
+    return tokens.filter((t) => split.pushToken(t.text).reasoning).length;
+  };
+  const final = (output: unknown[], reason: FinishReason, u: Usage, reasoningTokens: number) => ({
     ...base,
     status: reason === 'length' ? 'incomplete' : 'completed',
     incomplete_details: reason === 'length' ? { reason: 'max_output_tokens' } : null,
     output,
-    usage: { input_tokens: promptTokens, input_tokens_details: { cached_tokens: u.cachedTokens }, output_tokens: u.completionTokens, output_tokens_details: { reasoning_tokens: 0 }, total_tokens: promptTokens + u.completionTokens },
+    usage: { input_tokens: promptTokens, input_tokens_details: { cached_tokens: u.cachedTokens }, output_tokens: u.completionTokens, output_tokens_details: { reasoning_tokens: reasoningTokens }, total_tokens: promptTokens + u.completionTokens },
   });
 
-  // The stream's state: sequence numbers, the text so far, the output items sent so far and the
-  // message's index among them (-1: not opened yet).
+  // The stream's state: sequence numbers, the text so far, the output items sent so far, the
+  // message's index among them (-1: not opened yet), and the reasoning item's.
   let seq = 0;
   let text = '';
   const items: unknown[] = [];
   let msgIndex = -1;
+  let rsIndex = -1;
+  let reasoningText = '';
+  let reasoningDone = false;
+  let streamedReasoningTokens = 0;
   const parser = format ? new ToolCallParser(format, names) : null;
+  const splitter = thinking ? new ThinkSplitter(thinking.insideThinking) : null;
   const emit = (sse: SseStream, type: string, data: Record<string, unknown>): void => sse.sendEvent(type, { type, sequence_number: seq++, ...data });
+  const sendReasoning = (sse: SseStream, piece: string): void => {
+    if (!piece || reasoningDone) return;
+    if (rsIndex < 0) {
+      rsIndex = items.length;
+      items.push(null);
+      emit(sse, 'response.output_item.added', { output_index: rsIndex, item: reasoningItem('', false) });
+      emit(sse, 'response.content_part.added', { item_id: rsId, output_index: rsIndex, content_index: 0, part: { type: 'reasoning_text', text: '' } });
+      emit(sse, 'response.reasoning_summary_part.added', { item_id: rsId, output_index: rsIndex, summary_index: 0, part: { type: 'summary_text', text: '' } });
+    }
+    reasoningText += piece;
+    emit(sse, 'response.reasoning_text.delta', { item_id: rsId, output_index: rsIndex, content_index: 0, delta: piece });
+    emit(sse, 'response.reasoning_summary_text.delta', { item_id: rsId, output_index: rsIndex, summary_index: 0, delta: piece });
+  };
+  /** The thinking is over (the answer began, or the generation ended): its item is done. */
+  const closeReasoning = (sse: SseStream): void => {
+    if (rsIndex < 0 || reasoningDone) return;
+    reasoningDone = true;
+    const t = reasoningText;
+    emit(sse, 'response.reasoning_text.done', { item_id: rsId, output_index: rsIndex, content_index: 0, text: t });
+    emit(sse, 'response.content_part.done', { item_id: rsId, output_index: rsIndex, content_index: 0, part: { type: 'reasoning_text', text: t } });
+    emit(sse, 'response.reasoning_summary_text.done', { item_id: rsId, output_index: rsIndex, summary_index: 0, text: t });
+    emit(sse, 'response.reasoning_summary_part.done', { item_id: rsId, output_index: rsIndex, summary_index: 0, part: { type: 'summary_text', text: t } });
+    items[rsIndex] = reasoningItem(t, true);
+    emit(sse, 'response.output_item.done', { output_index: rsIndex, item: items[rsIndex] });
+  };
   const openMessage = (sse: SseStream): void => {
     if (msgIndex >= 0) return;
+    closeReasoning(sse);
     msgIndex = items.length;
     items.push(null);
     emit(sse, 'response.output_item.added', { output_index: msgIndex, item: message('', false) });
@@ -126,6 +203,7 @@ function responsesProtocol(base: ResponseBase, promptTokens: number, format: Too
     emit(sse, 'response.output_text.delta', { item_id: msgId, output_index: msgIndex, content_index: 0, delta: piece, logprobs: [] });
   };
   const sendCalls = (sse: SseStream, calls: ParsedToolCall[]): void => {
+    if (calls.length > 0) closeReasoning(sse);
     for (const c of calls) {
       const at = items.length;
       const itemId = `fc_${responseId('').slice(1)}`;
@@ -137,29 +215,43 @@ function responsesProtocol(base: ResponseBase, promptTokens: number, format: Too
       emit(sse, 'response.output_item.done', { output_index: at, item: items[at] });
     }
   };
+  /** A piece of the answer (after the thinking). */
+  const sendAnswer = (sse: SseStream, piece: string): void => {
+    if (!parser) return sendText(sse, piece);
+    const out = parser.push(piece);
+    sendText(sse, out.content);
+    sendCalls(sse, out.calls);
+  };
   return {
-    whole: ([r], u) => final(outputOf(r.text), r.finishReason, u),
+    whole: ([r], u) => final(outputOf(r.text), r.finishReason, u, reasoningTokensOf(r.tokens)),
     start: (sse) => {
       emit(sse, 'response.created', { response: { ...base, status: 'in_progress', incomplete_details: null, output: [], usage: null } });
       emit(sse, 'response.in_progress', { response: { ...base, status: 'in_progress', incomplete_details: null, output: [], usage: null } });
-      // Without tools the answer is one message, opened at once; with tools it opens on its first text.
-      if (!parser) openMessage(sse);
+      // A plain answer is one message, opened at once; with tools or thinking it opens on its first text.
+      if (!parser && !splitter) openMessage(sse);
     },
     token: (sse, _choice, e) => {
       if (!e.text) return;
-      if (!parser) return sendText(sse, e.text);
-      const out = parser.push(e.text);
-      sendText(sse, out.content);
-      sendCalls(sse, out.calls);
+      if (!splitter) return sendAnswer(sse, e.text);
+      const step = splitter.pushToken(e.text);
+      if (step.reasoning) streamedReasoningTokens++;
+      sendReasoning(sse, step.piece.reasoning);
+      sendAnswer(sse, step.piece.content);
     },
     end: (sse, _choice, e) => {
+      if (splitter) {
+        const held = splitter.finish();
+        sendReasoning(sse, held.reasoning);
+        sendAnswer(sse, held.content);
+        closeReasoning(sse);
+      }
       if (parser) {
         const out = parser.end();
         sendText(sse, out.content);
         sendCalls(sse, out.calls);
-        // An answer without text or calls is an empty message.
-        if (items.length === 0) openMessage(sse);
       }
+      // An answer without text or calls is an empty message.
+      if (msgIndex < 0 && !items.some((it) => (it as { type?: string } | null)?.type === 'function_call')) openMessage(sse);
       if (msgIndex >= 0) {
         const part = { type: 'output_text', text, annotations: [], logprobs: [] };
         emit(sse, 'response.output_text.done', { item_id: msgId, output_index: msgIndex, content_index: 0, text, logprobs: [] });
@@ -167,12 +259,18 @@ function responsesProtocol(base: ResponseBase, promptTokens: number, format: Too
         items[msgIndex] = message(text, true);
         emit(sse, 'response.output_item.done', { output_index: msgIndex, item: items[msgIndex] });
       }
-      const response = final(items, e.finishReason, { promptTokens, completionTokens: e.completionTokens, cachedTokens: e.cachedTokens });
+      const response = final(items, e.finishReason, { promptTokens, completionTokens: e.completionTokens, cachedTokens: e.cachedTokens }, streamedReasoningTokens);
       emit(sse, response.status === 'completed' ? 'response.completed' : 'response.incomplete', { response });
     },
     error: (sse, err) => emit(sse, 'error', { code: err.code, message: err.message, param: err.param }),
     doneMarker: false,
   };
+}
+
+/** `reasoning.effort` as the template's enable_thinking (null: not asked). */
+function effortThinking(effort: string | null | undefined): boolean | null {
+  if (effort == null) return null;
+  return !(effort === 'none' || effort === 'minimal');
 }
 
 export function responsesRoutes(app: FastifyInstance, ctx: ServerContext): void {
@@ -192,7 +290,6 @@ export function responsesRoutes(app: FastifyInstance, ctx: ServerContext): void 
       checkFields(body, FIELDS, request.log);
       if (body.previous_response_id != null) throw new UnsupportedError('previous_response_id is not supported: responses are not stored; send the whole conversation as input', 'previous_response_id');
       if (body.store === true) throw new UnsupportedError('store: true is not supported: responses are not stored (send store: false or leave it out)', 'store');
-      if (body.reasoning != null) throw new UnsupportedError('reasoning cannot be configured for this model', 'reasoning');
       if (body.truncation != null && body.truncation !== 'disabled') throw new UnsupportedError(`truncation ${JSON.stringify(body.truncation)} is not supported; only "disabled"`, 'truncation');
       if (body.include && body.include.length > 0) throw new UnsupportedError(`include ${JSON.stringify(body.include)} is not supported`, 'include');
       const grammar = responsesFormatGrammar(body.text?.format);
@@ -201,8 +298,18 @@ export function responsesRoutes(app: FastifyInstance, ctx: ServerContext): void 
       if (Array.isArray(body.input)) checkShape(body.input, 'input');
       const messages = chatMessages(inputMessages(body));
       const s = sampling({ temperature: body.temperature, top_p: body.top_p }, engine.info.vocabSize, null);
+      // reasoning.effort turns the template's thinking on or off; a grammar turns it off (see reasoning.ts).
+      const thinkOn = effortThinking(body.reasoning?.effort);
+      const constrained = answerConstrained(grammar, toolReq);
+      const constraintParam = grammar ? 'text.format' : 'tool_choice';
+      const templateKwargs = thinkingKwargs(thinkOn === null ? null : { enable_thinking: thinkOn }, constrained, constraintParam, 'reasoning.effort');
       return admitted(ctx, request, 1, gone, async (ticket) => {
-        const chat = await chatPrompt(ctx, { kind: 'chat', messages, tools: toolReq?.templateTools ?? null, addGenerationPrompt: true, templateKwargs: null }, resolved);
+        const chat = await chatPrompt(ctx, { kind: 'chat', messages, tools: toolReq?.templateTools ?? null, addGenerationPrompt: true, templateKwargs }, resolved);
+        if (thinkOn === true && !chat.reasoning.templateThinks) {
+          throw new UnsupportedError(`reasoning.effort ${JSON.stringify(body.reasoning?.effort)} cannot be honoured: this model's chat template does not think (it writes no <think> block); send "none" or leave reasoning out`, 'reasoning.effort');
+        }
+        checkConstrainedPrompt(chat.reasoning, constrained, constraintParam);
+        const thinking = answerThinking(ctx.settings.reasoningParser, chat.reasoning);
         const ids = chat.ids;
         const { format, grammar: constraint, grammarParam } = answerConstraint(ctx, toolReq, chat.toolCallFormat, grammar, { param: 'text.format', name: 'text.format' });
         const req = validRequest(ctx, ids, { max_tokens: body.max_output_tokens ?? null }, resolved, s, 0, { cachePartition: cachePartition(request.cacheTenant, body.cache_salt), grammar: constraint, grammarParam });
@@ -219,6 +326,7 @@ export function responsesRoutes(app: FastifyInstance, ctx: ServerContext): void 
           tool_choice: body.tool_choice ?? 'auto',
           parallel_tool_calls: body.parallel_tool_calls !== false,
           text: { format: { type: 'text' } },
+          reasoning: { effort: body.reasoning?.effort ?? null, summary: body.reasoning?.summary ?? body.reasoning?.generate_summary ?? null },
           truncation: 'disabled',
           previous_response_id: null,
           store: false,
@@ -226,7 +334,7 @@ export function responsesRoutes(app: FastifyInstance, ctx: ServerContext): void 
           user: body.user ?? null,
           error: null,
         };
-        const protocol = responsesProtocol(base, ids.length, format, toolReq?.names ?? []);
+        const protocol = responsesProtocol(base, ids.length, format, toolReq?.names ?? [], thinking);
         return runGeneration({ ctx, request, reply, gone, ticket, resolved, choices: [{ req, promptTokens: ids.length }], stream: body.stream === true, protocol, logPrompt: () => messages, user: body.user });
       });
     },
