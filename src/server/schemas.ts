@@ -216,6 +216,8 @@ export const TgiParameters = Type.Object(
     adapter_id: Type.Optional(Nullable(Type.String())),
     adapter_source: Type.Optional(Nullable(Type.String())),
     merged_adapters: Type.Optional(Nullable(MergedAdapters)),
+    /** merged_adapters under the LoRAX client's name (one id with a weight scales that adapter). */
+    adapter_parameters: Type.Optional(Nullable(MergedAdapters)),
     lora_scale: LoraScale,
     max_new_tokens: Type.Optional(Nullable(Type.Integer({ minimum: 1 }))),
     temperature: Type.Optional(Nullable(Type.Number({ minimum: 0, maximum: 100 }))),

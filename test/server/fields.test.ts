@@ -121,6 +121,7 @@ const tgiProbes: Record<string, Probe> = {
   adapter_id: { changes: { adapter_id: 'alpha' } },
   adapter_source: { refused: { adapter_source: 'hub' } },
   merged_adapters: { changes: { merged_adapters: { ids: ['alpha'], weights: [0.5] } } },
+  adapter_parameters: { changes: { adapter_parameters: { ids: ['alpha'], weights: [0.5] } } },
   lora_scale: { changes: { lora_scale: 4 }, with: { adapter_id: 'alpha' } },
   max_new_tokens: { changes: { max_new_tokens: 2 } },
   temperature: { changes: { temperature: 1.5, seed: 1 } },

@@ -200,6 +200,15 @@ describe('LoRAX/TGI routes', () => {
       expect(((await r.json()) as { error: { param: string } }).error.param).toBe(param);
     }
     expect((await json('/v1/completions', { ...body, model: 'alpha', lora_scale: 1000 })).status).toBe(400);
+    // LoRAX's adapter_parameters with one id on the TGI route: the same scaled adapter.
+    const tgi = async (parameters: Record<string, unknown>): Promise<Response> => json('/generate', { inputs: 'Hello there', parameters: { max_new_tokens: 6, ...parameters } });
+    const scaled = (await (await tgi({ adapter_id: 'alpha', lora_scale: 2 })).json()) as { generated_text: string };
+    expect(scaled.generated_text).toBe(twice.text);
+    const byParameters = await tgi({ adapter_parameters: { ids: ['alpha'], weights: [2], merge_strategy: 'linear' } });
+    expect(byParameters.status).toBe(200);
+    expect(((await byParameters.json()) as { generated_text: string }).generated_text).toBe(twice.text);
+    const both = await tgi({ adapter_parameters: { ids: ['alpha'], weights: [2] }, merged_adapters: { ids: ['alpha'], weights: [2] } });
+    expect(both.status).toBe(422);
   });
 
   it('/info describes the model and the batching limits', async () => {

@@ -126,7 +126,8 @@ export function tgiRoutes(app: FastifyInstance, ctx: ServerContext): void {
     const grammarParam = grammars[0] ? 'parameters.grammar' : 'parameters.response_format';
     if (p.watermark === true) refuse('watermark', 'watermarking is not supported');
     if (p.typical_p != null && p.typical_p !== 1) refuse('typical_p', 'typical sampling is not supported');
-    const resolved = resolveAdapter(ctx.registry, ctx.baseId, { model: ctx.baseId, adapter_id: p.adapter_id, merged_adapters: p.merged_adapters, lora_scale: p.lora_scale });
+    if (p.merged_adapters != null && p.adapter_parameters != null) throw new ValidationError('parameters.merged_adapters and parameters.adapter_parameters name the same thing; send one', 'parameters.adapter_parameters');
+    const resolved = resolveAdapter(ctx.registry, ctx.baseId, { model: ctx.baseId, adapter_id: p.adapter_id, merged_adapters: p.merged_adapters ?? p.adapter_parameters, lora_scale: p.lora_scale });
     request.adapterLabel = resolved.label;
     // TGI samples when do_sample is set or any sampling knob is given; otherwise greedy.
     const sample = p.do_sample === true || (p.do_sample == null && (p.temperature != null || p.top_p != null || p.top_k != null));
