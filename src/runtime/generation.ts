@@ -43,6 +43,8 @@ export class Generation {
   readonly stop: StopCriteria;
   readonly output: number[] = [];
   finishReason: FinishReason | null = null;
+  /** The stop string that ended the generation (null: none did). */
+  stoppedBy: string | null = null;
   private readonly rng: Rng;
   private readonly seen: Set<number>;
   private readonly counts = new Map<number, number>();
@@ -91,7 +93,10 @@ export class Generation {
     } else if (this.detok) {
       const m = this.matcher.push(this.detok.push(id));
       event.text = m.text;
-      if (m.stopped) return this.finish(event, 'stop');
+      if (m.stopped) {
+        this.stoppedBy = m.stop ?? null;
+        return this.finish(event, 'stop');
+      }
     }
     if (this.output.length >= this.stop.maxNewTokens) {
       const tail = this.flushText();
@@ -105,6 +110,7 @@ export class Generation {
   private flushText(): { text: string; stopped: boolean } {
     if (!this.detok) return { text: '', stopped: false };
     const m = this.matcher.push(this.detok.flush());
+    if (m.stopped) this.stoppedBy = m.stop ?? null;
     return m.stopped ? m : { text: m.text + this.matcher.flush(), stopped: false };
   }
 

@@ -24,20 +24,22 @@ export class StopStringMatcher {
 
   /**
    * Feeds new text. Returns the text safe to emit and whether a stop string was found (in which
-   * case the text is everything before it and generation should end).
+   * case the text is everything before it, `stop` is the stop string found, and generation
+   * should end).
    */
-  push(text: string): { text: string; stopped: boolean } {
+  push(text: string): { text: string; stopped: boolean; stop?: string } {
     if (this.automata.length === 0) return { text, stopped: false };
     const all = this.pending + text;
     for (let j = this.pending.length; j < all.length; j++) {
       const c = all.charCodeAt(j);
       let matched = 0;
+      let stop = '';
       for (const a of this.automata) {
         let k = a.state;
         while (k > 0 && a.stop.charCodeAt(k) !== c) k = a.fail[k - 1];
         if (a.stop.charCodeAt(k) === c) k++;
         if (k === a.stop.length) {
-          matched = Math.max(matched, k);
+          if (k > matched) [matched, stop] = [k, a.stop];
           k = a.fail[k - 1];
         }
         a.state = k;
@@ -45,7 +47,7 @@ export class StopStringMatcher {
       if (matched > 0) {
         this.pending = '';
         for (const a of this.automata) a.state = 0;
-        return { text: all.slice(0, j + 1 - matched), stopped: true };
+        return { text: all.slice(0, j + 1 - matched), stopped: true, stop };
       }
     }
     let hold = 0;

@@ -33,7 +33,7 @@ export class EventEncoder {
   }
 
   end(live: LiveRequest, finishReason: FinishReason): EngineEvent {
-    return { t: 'end', id: live.req.id, finishReason, completionTokens: live.gen.output.length, promptTokens: live.req.promptIds.length, cachedTokens: live.cachedTokens ?? 0 };
+    return { t: 'end', id: live.req.id, finishReason, completionTokens: live.gen.output.length, promptTokens: live.req.promptIds.length, cachedTokens: live.cachedTokens ?? 0, stopString: live.gen.stoppedBy };
   }
 
   /**

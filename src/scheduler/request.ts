@@ -76,7 +76,8 @@ export type EngineEvent =
   /** Prompt tokens `from`.. with their logprobs (the first prompt token has none: null). */
   | { t: 'prompt_logprobs'; id: number; from: number; tokens: PromptTokenLogprob[] }
   /** `cachedTokens`: prompt tokens whose KV came from the prefix cache. */
-  | { t: 'end'; id: number; finishReason: FinishReason; completionTokens: number; promptTokens: number; cachedTokens: number }
+  /** `stopString`: the stop string that ended it (null or absent: none did). */
+  | { t: 'end'; id: number; finishReason: FinishReason; completionTokens: number; promptTokens: number; cachedTokens: number; stopString?: string | null }
   | { t: 'error'; id: number; error: WireError };
 
 export interface PromptTokenLogprob {

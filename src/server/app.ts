@@ -19,7 +19,7 @@ import type { Logger } from 'pino';
 import { MAX_NAME_LENGTH } from '../adapters/names.js';
 import { AuthError, LoraplexError } from '../errors.js';
 import { VERSION } from '../version.js';
-import { bearerMatches, bearerToken } from './auth.js';
+import { keyMatches, presentedKey } from './auth.js';
 import { tenantOf } from './cache-partition.js';
 import type { ServerContext } from './context.js';
 import { clientTimer, type ClientTimer } from './client-timer.js';
@@ -30,6 +30,7 @@ import { opsRoutes } from './routes/ops.js';
 import { responsesRoutes } from './routes/responses.js';
 import { tokenizeRoutes } from './routes/tokenize.js';
 import { tgiRoutes } from './routes/tgi.js';
+import { messagesRoutes } from './routes/messages.js';
 
 /** Largest JSON body accepted on the inference routes. */
 export const MAX_JSON_BODY = 8 * 1024 * 1024;
@@ -105,11 +106,12 @@ export async function buildApp(ctx: ServerContext, opts: { logger?: Logger | nul
   await app.register(swagger, {
     openapi: {
       openapi: '3.0.3',
-      info: { title: 'loraplex', version: VERSION, description: 'Multi-LoRA inference server: OpenAI-compatible and LoRAX/TGI-style APIs; `model` (or `adapter_id`) selects the adapter.' },
+      info: { title: 'loraplex', version: VERSION, description: "Multi-LoRA inference server: OpenAI-compatible, Anthropic Messages and LoRAX/TGI-style APIs; `model` (or `adapter_id`) selects the adapter." },
       components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
       tags: [
         { name: 'openai', description: 'OpenAI-compatible inference' },
         { name: 'tgi', description: 'LoRAX/TGI-style inference' },
+        { name: 'anthropic', description: "Anthropic's Messages API (x-api-key or Bearer)" },
         { name: 'admin', description: 'Adapter management (Bearer admin token)' },
         { name: 'ops', description: 'Health, metrics' },
       ],
@@ -163,10 +165,11 @@ export async function buildApp(ctx: ServerContext, opts: { logger?: Logger | nul
     if (ctx.settings.apiKeys.length > 0) {
       const perKey = ctx.settings.prefixCacheScope === 'key';
       inference.addHook('onRequest', async (request) => {
-        if (!bearerMatches(request.headers.authorization, ctx.settings.apiKeys)) throw new AuthError('missing or invalid API key: send Authorization: Bearer <key>');
+        const key = presentedKey(request.headers);
+        if (!keyMatches(key, ctx.settings.apiKeys)) throw new AuthError('missing or invalid API key: send Authorization: Bearer <key> (or x-api-key: <key>)');
         // Batch rows are shared fairly between keys (the scheduler's fair share), and grammar checks
         // run one at a time per key.
-        request.tenant = tenantOf(bearerToken(request.headers.authorization)!);
+        request.tenant = tenantOf(key!);
         // Each key its own prefix cache: no key learns from cache hits what another key's prompts hold.
         if (perKey) request.cacheTenant = request.tenant;
       });
@@ -175,6 +178,7 @@ export async function buildApp(ctx: ServerContext, opts: { logger?: Logger | nul
     responsesRoutes(inference, ctx);
     tokenizeRoutes(inference, ctx);
     tgiRoutes(inference, ctx);
+    messagesRoutes(inference, ctx);
   });
   if (ctx.settings.adminToken) await app.register(async (admin) => adminRoutes(admin, ctx));
   await app.register(async (ops) => opsRoutes(ops, ctx));

@@ -13,8 +13,23 @@ export function bearerToken(header: string | undefined): string | null {
   return m ? m[1].trim() : null;
 }
 
+/**
+ * The API key a client presents: `Authorization: Bearer <key>`, or Anthropic's `x-api-key: <key>`
+ * (the Anthropic SDK's header). Null when it presents none.
+ */
+export function presentedKey(headers: { authorization?: string; 'x-api-key'?: string | string[] }): string | null {
+  const bearer = bearerToken(headers.authorization);
+  if (bearer !== null) return bearer;
+  const key = headers['x-api-key'];
+  return typeof key === 'string' && key.trim() !== '' ? key.trim() : null;
+}
+
 export function bearerMatches(header: string | undefined, tokens: readonly string[]): boolean {
-  const token = bearerToken(header);
+  return keyMatches(bearerToken(header), tokens);
+}
+
+/** True when `token` is one of `tokens` (compared in constant time). */
+export function keyMatches(token: string | null, tokens: readonly string[]): boolean {
   if (token === null) return false;
   const given = digest(token);
   let ok = false;

@@ -17,6 +17,8 @@ export interface GenerationResult {
   prompt: PromptTokenLogprob[];
   text: string;
   finishReason: FinishReason;
+  /** The stop string that ended it (null: none did). */
+  stopString?: string | null;
   completionTokens: number;
   /** Prompt tokens whose KV came from the prefix cache. */
   cachedTokens: number;

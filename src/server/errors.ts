@@ -2,8 +2,9 @@
  * The one mapping from errors to HTTP. LoraplexErrors are mapped through the error catalog; fastify's
  * schema validation becomes a 400 naming the field; body-size, parse, URL-length and header-size
  * errors keep their 4xx; anything else is a 500 with a sanitised body (details go to the log).
- * Bodies take the route's shape: OpenAI's `{error: {message, type, param, code}}`, or TGI's
- * `{error, error_type}` (with TGI's status codes) on the LoRAX/TGI routes.
+ * Bodies take the route's shape: OpenAI's `{error: {message, type, param, code}}`, TGI's
+ * `{error, error_type}` (with TGI's status codes) on the LoRAX/TGI routes, or Anthropic's
+ * `{type: "error", error: {type, message}}` on the Messages routes.
  */
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { ERROR_CATALOG, LoraplexError, type ErrorCode } from '../errors.js';
@@ -19,22 +20,35 @@ export interface TgiErrorBody {
   error_type: string;
 }
 
-export type RouteFlavor = 'openai' | 'tgi';
+export interface AnthropicErrorBody {
+  type: 'error';
+  error: { type: string; message: string };
+}
 
-/** The LoRAX/TGI routes answer errors in TGI's shape; every other route in OpenAI's. */
+export type RouteFlavor = 'openai' | 'tgi' | 'anthropic';
+
+/** The LoRAX/TGI routes answer errors in TGI's shape, the Messages routes in Anthropic's; every other route in OpenAI's. */
 const TGI_ROUTES = new Set(['/', '/generate', '/generate_stream', '/info']);
+const ANTHROPIC_ROUTES = new Set(['/v1/messages', '/v1/messages/count_tokens']);
 
 export function flavorOf(url: string): RouteFlavor {
   const path = url.split('?')[0];
-  return TGI_ROUTES.has(path) ? 'tgi' : 'openai';
+  return TGI_ROUTES.has(path) ? 'tgi' : ANTHROPIC_ROUTES.has(path) ? 'anthropic' : 'openai';
+}
+
+/** Anthropic's error types, by status. */
+export function anthropicErrorType(status: number): string {
+  const byStatus: Record<number, string> = { 401: 'authentication_error', 403: 'permission_error', 404: 'not_found_error', 413: 'request_too_large', 429: 'rate_limit_error', 503: 'overloaded_error', 529: 'overloaded_error' };
+  return byStatus[status] ?? (status >= 500 ? 'api_error' : 'invalid_request_error');
 }
 
 export function statusFor(err: LoraplexError, flavor: RouteFlavor): number {
   return flavor === 'tgi' ? ERROR_CATALOG[err.code].tgiStatus : err.statusCode;
 }
 
-export function errorBody(err: LoraplexError, flavor: RouteFlavor): OpenAIErrorBody | TgiErrorBody {
+export function errorBody(err: LoraplexError, flavor: RouteFlavor): OpenAIErrorBody | TgiErrorBody | AnthropicErrorBody {
   if (flavor === 'tgi') return { error: err.message, error_type: ERROR_CATALOG[err.code].tgiType };
+  if (flavor === 'anthropic') return { type: 'error', error: { type: anthropicErrorType(err.statusCode), message: err.message } };
   return { error: { message: err.message, type: err.type, param: err.param, code: err.code }, message: err.message };
 }
 

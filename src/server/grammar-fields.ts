@@ -85,6 +85,15 @@ export function responsesFormatGrammar(v: unknown): GrammarSpec | null {
   }
 }
 
+/** Anthropic's output_config.format: {type: "json_schema", schema}. */
+export function anthropicFormatGrammar(v: unknown): GrammarSpec | null {
+  if (v == null) return null;
+  const f = v as { type?: unknown; schema?: unknown };
+  if (f.type !== 'json_schema') return bad('output_config.format.type', `must be "json_schema", not ${JSON.stringify(f.type ?? null)}`);
+  if (f.schema == null) return bad('output_config.format.schema', 'is required');
+  return { type: 'json_schema', schema: schemaText(f.schema, 'output_config.format.schema') };
+}
+
 /** vLLM's guided_* fields and structured_outputs. */
 export interface VllmGrammarFields {
   guided_json?: unknown;

@@ -4,7 +4,7 @@
  */
 import { Type, type Static } from 'typebox';
 
-const Nullable = <T extends Parameters<typeof Type.Union>[0][number]>(t: T) => Type.Union([t, Type.Null()]);
+export const Nullable = <T extends Parameters<typeof Type.Union>[0][number]>(t: T) => Type.Union([t, Type.Null()]);
 
 export const ErrorBody = Type.Object(
   {
@@ -37,11 +37,11 @@ export const MergedAdapters = Type.Object(
 /** Longest cache_salt accepted (vLLM suggests 43 characters: 256 random bits in base64). */
 export const MAX_CACHE_SALT_LENGTH = 256;
 
-const LoraScale = Type.Optional(
+export const LoraScale = Type.Optional(
   Nullable(Type.Number({ minimum: -100, maximum: 100, description: "vLLM: the adapter's update scaled by this factor (served as a one-adapter weighted combination, with its own prefix-cache identity); 1 = the adapter as trained" })),
 );
 
-const CacheSalt = Type.Optional(
+export const CacheSalt = Type.Optional(
   Nullable(
     Type.String({
       minLength: 1,

@@ -197,6 +197,7 @@ class Lifecycle {
     if (this.g.choices[i].promptTokens > 0) this.usage.cachedTokens += e.cachedTokens;
     const r = this.results[i];
     r.finishReason = e.finishReason;
+    r.stopString = e.stopString ?? null;
     r.completionTokens = e.completionTokens;
     r.cachedTokens = e.cachedTokens;
     if (this.g.stream) this.g.protocol.end(this.open(), i, e);

@@ -3,7 +3,7 @@
  * fallback), Llama 3 and Qwen3 (byte-level BPE, with their chat templates), Gemma 3 (SentencePiece
  * BPE, 262k tokens, with its chat template).
  */
-import { copyFileSync, mkdirSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { TextTokenizer } from '../../src/runtime/tokenizer.js';
@@ -29,4 +29,17 @@ export function copyTokenizer(name: TokenizerName, dir = tempDir()): string {
   mkdirSync(dir, { recursive: true });
   for (const f of ['tokenizer.json', 'tokenizer_config.json']) copyFileSync(join(tokenizerDir(name), f), join(dir, f));
   return dir;
+}
+
+/**
+ * Turns the Qwen3 chat template in `dir` into its thinking-only variant (as Qwen3 *-Thinking-2507
+ * ship it): the generation prompt opens the thinking block, and enable_thinking has no effect.
+ */
+export function makeThinkingOnly(dir: string): void {
+  const path = join(dir, 'tokenizer_config.json');
+  const config = JSON.parse(readFileSync(path, 'utf8')) as { chat_template: string };
+  const generationPrompt = "{{- '<|im_start|>assistant\\n' }}\n    {%- if enable_thinking is defined and enable_thinking is false %}\n        {{- '<think>\\n\\n</think>\\n\\n' }}\n    {%- endif %}";
+  if (!config.chat_template.includes(generationPrompt)) throw new Error(`${path}: not Qwen3's chat template`);
+  config.chat_template = config.chat_template.replace(generationPrompt, "{{- '<|im_start|>assistant\\n<think>\\n' }}");
+  writeFileSync(path, JSON.stringify(config));
 }

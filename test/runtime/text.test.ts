@@ -132,7 +132,10 @@ describe('stop strings', () => {
     expect(m.push('en')).toEqual({ text: '', stopped: false });
     expect(m.push('x')).toEqual({ text: '</enx', stopped: false });
     expect(m.push(' ST')).toEqual({ text: ' ', stopped: false });
-    expect(m.push('OP and more')).toEqual({ text: '', stopped: true });
+    expect(m.push('OP and more')).toEqual({ text: '', stopped: true, stop: 'STOP' });
+    // Two stop strings end at the same character: the longer one is reported.
+    const both = new StopStringMatcher(['end', 'the end']);
+    expect(both.push('at the end')).toEqual({ text: 'at ', stopped: true, stop: 'the end' });
   });
 
   it('end a generation with reason stop when split over real tokens; otherwise length', () => {
@@ -148,6 +151,7 @@ describe('stop strings', () => {
       if (e.finishReason) break;
     }
     expect(g.finishReason).toBe('stop');
+    expect(g.stoppedBy).toBe('ta gam');
     expect(out).toBe('alpha be');
 
     const g2 = new Generation([], GREEDY, { ...stop, stopStrings: [], maxNewTokens: 3 }, tok);
@@ -158,6 +162,7 @@ describe('stop strings', () => {
       if (e.finishReason) break;
     }
     expect(g2.finishReason).toBe('length');
+    expect(g2.stoppedBy).toBeNull();
     expect(out2).toBe(tok.decode(ids.slice(0, 3)));
   });
 

@@ -8,6 +8,7 @@ import { Writable } from 'node:stream';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ChatCompletionRequest, CompletionRequest, GenerateRequest, ResponsesRequest, TgiParameters } from '../../src/server/schemas.js';
+import { MessagesRequest } from '../../src/server/anthropic/schemas.js';
 import { startServer, type RunningServer } from '../../src/server/serve.js';
 import { ADMIN, testConfig, tinyQwen } from '../helpers/server.js';
 import { makeTinyAdapter, tempDir } from '../helpers/tiny-model.js';
@@ -36,7 +37,7 @@ afterAll(async () => {
 /** The answer without what differs on every call (ids, times), as text. */
 async function answer(path: string, body: unknown): Promise<{ status: number; text: string }> {
   const r = await fetch(`${server.url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
-  const text = (await r.text()).replace(/"(id|created|created_at|item_id)":("[^"]*"|\d+)/g, '').replace(/(chatcmpl|cmpl|resp|msg)[-_][a-z0-9]+/g, '');
+  const text = (await r.text()).replace(/"(id|created|created_at|item_id)":("[^"]*"|\d+)/g, '').replace(/(chatcmpl|cmpl|resp|msg|toolu)[-_][a-z0-9]+/g, '');
   return { status: r.status, text };
 }
 
@@ -168,6 +169,30 @@ const responsesProbes: Record<string, Probe> = {
   cache_salt: { salted: { cache_salt: 'probe-salt' }, prompt: { input: longText('responses') } },
 };
 
+const messagesProbes: Record<string, Probe> = {
+  model: { changes: { model: 'alpha' } },
+  messages: { changes: { messages: [{ role: 'user', content: 'Something else entirely' }] } },
+  system: { changes: { system: 'You answer in French.' } },
+  tools: { changes: { tools: [{ name: 'get_weather', input_schema: { type: 'object', properties: {} } }] } },
+  tool_choice: { changes: { tool_choice: { type: 'none' } }, with: { tools: [{ name: 'f', input_schema: { type: 'object' } }] } },
+  thinking: { changes: { thinking: { type: 'disabled' } } },
+  output_config: { changes: { output_config: { format: { type: 'json_schema', schema: { enum: ['zq'] } } } } },
+  lora_scale: { changes: { lora_scale: 4 }, with: { model: 'alpha' } },
+  max_tokens: { changes: { max_tokens: 2 } },
+  stop_sequences: { changes: { stop_sequences: [' ', 'e', 'a', 'o', 'i', 'n', 't', 's'] }, with: { max_tokens: 8 } },
+  temperature: { changes: { temperature: 1 } },
+  top_p: { changes: { top_p: 0.05 }, with: { temperature: 1, max_tokens: 8 } },
+  top_k: { changes: { top_k: 1 }, with: { temperature: 1, max_tokens: 8 } },
+  stream: { changes: { stream: true } },
+  metadata: { logged: { metadata: { user_id: 'probe-user-3' } }, text: '"user":"probe-user-3"' },
+  cache_control: { refused: { cache_control: 42 } },
+  service_tier: { refused: { service_tier: 'priority' } },
+  cache_salt: { salted: { cache_salt: 'probe-salt' }, prompt: { messages: [{ role: 'user', content: longText('messages') }] } },
+  container: { refused: { container: 'container_1' } },
+  mcp_servers: { refused: { mcp_servers: [{ type: 'url', url: 'http://127.0.0.1:1/mcp', name: 'x' }] } },
+  context_management: { refused: { context_management: { edits: [] } } },
+};
+
 interface Route {
   path: string;
   schema: { properties: Record<string, unknown> };
@@ -188,6 +213,7 @@ const ROUTES: Route[] = [
     wrap: (fields) => ({ inputs: 'Hello there', parameters: fields }),
   },
   { path: '/v1/responses', schema: ResponsesRequest, base: { model: 'tiny', input: 'Hello there', max_output_tokens: 4, temperature: 0 }, probes: responsesProbes },
+  { path: '/v1/messages', schema: MessagesRequest, base: { model: 'tiny', messages: [{ role: 'user', content: 'Hello there' }], max_tokens: 4, temperature: 0 }, probes: messagesProbes },
 ];
 
 describe('every field of every request schema is honoured or refused', () => {

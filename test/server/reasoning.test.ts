@@ -9,13 +9,11 @@
 import { createOpenAI } from '@ai-sdk/openai';
 import { ChatOpenAI } from '@langchain/openai';
 import { generateText, streamText } from 'ai';
-import { readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startServer, type RunningServer } from '../../src/server/serve.js';
 import { QWEN_VOCAB, referenceGreedy, testConfig } from '../helpers/server.js';
-import { copyTokenizer, loadTokenizer } from '../helpers/tokenizers.js';
+import { copyTokenizer, loadTokenizer, makeThinkingOnly } from '../helpers/tokenizers.js';
 import { makeTinyModel } from '../helpers/tiny-model.js';
 import { TextTokenizer } from '../../src/runtime/tokenizer.js';
 
@@ -25,12 +23,7 @@ copyTokenizer('qwen3', plain.dir);
 const thinker = makeTinyModel(shape);
 copyTokenizer('qwen3', thinker.dir);
 // The thinking-only variant: the generation prompt opens the block.
-const configPath = join(thinker.dir, 'tokenizer_config.json');
-const config = JSON.parse(readFileSync(configPath, 'utf8')) as { chat_template: string };
-const GENERATION_PROMPT = "{{- '<|im_start|>assistant\\n' }}\n    {%- if enable_thinking is defined and enable_thinking is false %}\n        {{- '<think>\\n\\n</think>\\n\\n' }}\n    {%- endif %}";
-expect(config.chat_template).toContain(GENERATION_PROMPT);
-config.chat_template = config.chat_template.replace(GENERATION_PROMPT, "{{- '<|im_start|>assistant\\n<think>\\n' }}");
-writeFileSync(configPath, JSON.stringify(config));
+makeThinkingOnly(thinker.dir);
 const qwen = loadTokenizer('qwen3');
 const thinkingOnly = TextTokenizer.load(thinker.dir)!;
 
