@@ -164,6 +164,18 @@ describe('the official @anthropic-ai/sdk client', () => {
       [{ thinking: { type: 'between_tools' } }, 422, /between_tools/],
       [{ output_config: { format: { type: 'json_schema', schema: { type: 'object' } } }, tools: [{ name: 'f', input_schema: { type: 'object' } }], tool_choice: { type: 'any' } }, 400, /output_config\.format/],
     ];
+    // Hostile shapes are refused by the cheap caps before anything is rendered. (Written by hand:
+    // JSON.stringify itself cannot nest this deep.)
+    const deep = `${'['.repeat(5000)}1${']'.repeat(5000)}`;
+    for (const [body, param] of [
+      [`{"model":"tiny","max_tokens":1,"messages":[{"role":"user","content":"x"}],"tools":[{"name":"f","input_schema":${deep}}]}`, /tools/],
+      [`{"model":"tiny","max_tokens":1,"messages":[{"role":"user","content":[{"type":"tool_result","tool_use_id":"t","content":${deep}}]}]}`, /messages/],
+      [`{"model":"tiny","max_tokens":1,"system":${deep},"messages":[{"role":"user","content":"x"}]}`, /system/],
+    ] as const) {
+      const res = await fetch(`${server.url}/v1/messages`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-api-key': KEY }, body });
+      expect(res.status).toBe(400);
+      expect(((await res.json()) as { error: { message: string } }).error.message).toMatch(param);
+    }
     for (const [patch, status, message] of cases) {
       const res = await fetch(`${server.url}/v1/messages`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-api-key': KEY }, body: JSON.stringify({ model: 'tiny', max_tokens: 1, messages: hello, ...patch }) });
       const body = (await res.json()) as { type: string; error: { type: string; message: string } };

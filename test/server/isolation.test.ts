@@ -155,6 +155,10 @@ describe('3. a client that goes away is cancelled, on every route, at every mome
     ['/v1/chat/completions', { model: 'alpha', messages: [{ role: 'user', content: 'tell me a long story' }], max_tokens: 200, ignore_eos: true, n: 2 }],
     ['/generate_stream', { inputs: 'tell me a long story', parameters: { adapter_id: 'alpha', max_new_tokens: 200 } }],
     ['/generate', { inputs: 'tell me a long story', parameters: { max_new_tokens: 200 } }],
+    ['/v1/responses', { model: 'beta', input: 'tell me a long story', max_output_tokens: 200, temperature: 0, stream: true }],
+    ['/v1/responses', { model: 'alpha', input: 'tell me a long story', max_output_tokens: 200, temperature: 0 }],
+    ['/v1/messages', { model: 'alpha', messages: [{ role: 'user', content: 'tell me a long story' }], max_tokens: 200, temperature: 0, stream: true }],
+    ['/v1/messages', { model: 'beta', messages: [{ role: 'user', content: 'tell me a long story' }], max_tokens: 200, temperature: 0 }],
   ] as const)('%s %j', async (path, body) => {
     const n = 'n' in body ? body.n : 1;
     await engineIdle(server);

@@ -99,9 +99,15 @@ describe('Responses: reasoning items', () => {
     expect(lcStreamed).toBe(thinking);
   });
 
-  it('chat completions split a prompt-opened block too', async () => {
-    const r = (await (await post(thinkServer, '/v1/chat/completions', { model: 'qwen3-think', messages: question, max_tokens: N, temperature: 0 })).json()) as { choices: { message: Record<string, unknown> }[] };
-    expect(r.choices[0].message).toMatchObject({ content: '', reasoning_content: expectedThinking() });
+  it('chat completions split a prompt-opened block too, as the official client reads them', async () => {
+    const client = new OpenAI({ baseURL: `${thinkServer.url}/v1`, apiKey: 'unused' });
+    const whole = await client.chat.completions.create({ model: 'qwen3-think', messages: question as OpenAI.ChatCompletionMessageParam[], max_tokens: N, temperature: 0 });
+    expect(whole.choices[0].message).toMatchObject({ content: '', reasoning_content: expectedThinking(), reasoning: expectedThinking() });
+    let streamed = '';
+    for await (const chunk of await client.chat.completions.create({ model: 'qwen3-think', messages: question as OpenAI.ChatCompletionMessageParam[], max_tokens: N, temperature: 0, stream: true })) {
+      streamed += (chunk.choices[0]?.delta as { reasoning_content?: string } | undefined)?.reasoning_content ?? '';
+    }
+    expect(streamed).toBe(expectedThinking());
   });
 
   it('a reasoning input item is the thinking of the assistant turn after it, rendered as the template shows it', async () => {
