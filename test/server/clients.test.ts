@@ -1,11 +1,14 @@
 /**
  * Real clients against a real server, unchanged: the official `openai` client, LangChain's
- * ChatOpenAI, @huggingface/inference (TGI routes) and the Vercel AI SDK (whose default `openai(id)`
- * speaks the Responses API). Each: chat / completions / responses as it offers them, streamed and
- * not, with an adapter and with the base model, and an unknown model, whose error message the
- * client must show.
+ * ChatOpenAI, @huggingface/inference (TGI routes), the Vercel AI SDK (whose default `openai(id)`
+ * speaks the Responses API) and Anthropic's official client (Messages). Each: chat / completions /
+ * responses / messages as it offers them, streamed and not, with an adapter and with the base
+ * model, and an unknown model, whose error message the client must show. How the clients read a
+ * reasoning model's thinking is in reasoning.test.ts; tool calls through Anthropic's client in
+ * anthropic.test.ts.
  */
 import { createOpenAI } from '@ai-sdk/openai';
+import Anthropic from '@anthropic-ai/sdk';
 import { InferenceClient } from '@huggingface/inference';
 import { ChatOpenAI } from '@langchain/openai';
 import { generateText, streamText } from 'ai';
@@ -141,5 +144,29 @@ describe('the Vercel AI SDK', () => {
     for (const m of [openai('no-such-adapter'), openai.chat('no-such-adapter')]) {
       await expect(generateText({ model: m, prompt: 'x', maxRetries: 0 })).rejects.toThrow(UNKNOWN);
     }
+  });
+});
+
+describe("Anthropic's official client", () => {
+  const anthropic = () => new Anthropic({ baseURL: base, apiKey: 'unused', maxRetries: 0 });
+  /** (Sampling fields the Messages API documents but this client's types leave out.) */
+  const params = (p: Record<string, unknown>): Anthropic.MessageCreateParamsNonStreaming => p as unknown as Anthropic.MessageCreateParamsNonStreaming;
+
+  it.each(models)('messages.create, messages.stream and countTokens (%s)', async (model) => {
+    const body = params({ model, max_tokens: 6, temperature: 0, messages: [{ role: 'user', content: 'Hello' }] });
+    const whole = await anthropic().messages.create(body);
+    expect(whole).toMatchObject({ type: 'message', model, stop_reason: 'max_tokens', usage: { output_tokens: 6 } });
+    let text = '';
+    const stream = anthropic().messages.stream(body);
+    stream.on('text', (t) => (text += t));
+    const final = await stream.finalMessage();
+    expect(final.content).toEqual(whole.content);
+    expect(text).toBe((whole.content[0] as { text: string }).text);
+    const counted = await anthropic().messages.countTokens({ model, messages: [{ role: 'user', content: 'Hello' }] });
+    expect(counted.input_tokens).toBe(whole.usage.input_tokens + (whole.usage.cache_read_input_tokens ?? 0));
+  });
+
+  it('shows the server message for an unknown model', async () => {
+    await expect(anthropic().messages.create({ model: 'no-such-adapter', max_tokens: 1, messages: [{ role: 'user', content: 'x' }] })).rejects.toThrow(UNKNOWN);
   });
 });
