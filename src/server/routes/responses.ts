@@ -11,16 +11,15 @@ import { responsesFormatGrammar } from '../grammar-fields.js';
 import type { FastifyInstance } from 'fastify';
 import { UnsupportedError, ValidationError } from '../../errors.js';
 import type { FinishReason } from '../../runtime/generation.js';
-import type { ToolCallFormat } from '../../runtime/tool-calls/format.js';
 import { answerConstraint } from '../answer-constraint.js';
 import { answerConstrained, answerThinking, checkConstrainedPrompt, thinkingKwargs, type Thinking } from '../reasoning.js';
-import { ThinkSplitter } from '../../runtime/reasoning/think-split.js';
+import { AnswerReader, type AnswerPiece, type AnswerTools } from '../answer-reader.js';
 import type { ServerContext } from '../context.js';
 import { checkFields, declaredFields } from '../fields.js';
 import { checkShape } from '../prompt/limits.js';
 import { chatMessages, chatPrompt, responseId, sampling, validRequest } from '../requests.js';
 import { cachePartition } from '../cache-partition.js';
-import { parseToolCalls, ToolCallParser, type ParsedToolCall } from '../../runtime/tool-calls/parser.js';
+import type { ParsedToolCall } from '../../runtime/tool-calls/parser.js';
 import { toolCallId, toolRequest } from '../tool-fields.js';
 import { ErrorBody, ResponsesRequest } from '../schemas.js';
 import type { SseStream } from '../sse.js';
@@ -116,32 +115,18 @@ type ResponseBase = Record<string, unknown>;
  * `summary_text` part, whatever `reasoning.summary` asks — there is no separate summarizer, and
  * the AI SDK and LangChain read reasoning only from summaries.
  */
-function responsesProtocol(base: ResponseBase, promptTokens: number, format: ToolCallFormat | null, names: string[], thinking: Thinking | null): Protocol {
+function responsesProtocol(base: ResponseBase, promptTokens: number, tools: AnswerTools | null, thinking: Thinking | null): Protocol {
   const msgId = `msg_${responseId('').slice(1)}`;
   const rsId = `rs_${responseId('').slice(1)}`;
   const message = (text: string, done: boolean) => ({ type: 'message', id: msgId, status: done ? 'completed' : 'in_progress', role: 'assistant', content: done ? [{ type: 'output_text', text, annotations: [], logprobs: [] }] : [] });
   const reasoningItem = (text: string, done: boolean) => ({ type: 'reasoning', id: rsId, status: done ? 'completed' : 'in_progress', summary: done ? [{ type: 'summary_text', text }] : [], content: done ? [{ type: 'reasoning_text', text }] : [], encrypted_content: null });
   const functionCall = (c: ParsedToolCall, callId: string, itemId: string, done: boolean) => ({ type: 'function_call', id: itemId, call_id: callId, name: c.name, arguments: done ? c.arguments : '', status: done ? 'completed' : 'in_progress' });
   /** The answer's output items: its thinking, its text as a message (left out when the answer is only calls), then one item per call. */
-  const outputOf = (whole: string) => {
-    let text = whole;
-    const out: unknown[] = [];
-    if (thinking) {
-      const split = new ThinkSplitter(thinking.insideThinking);
-      split.push(whole);
-      split.finish();
-      text = split.content;
-      if (split.reasoning) out.push(reasoningItem(split.reasoning, true));
-    }
-    if (!format) return [...out, message(text, true)];
-    const { content, calls } = parseToolCalls(format, names, text);
-    return [...out, ...(content !== null ? [message(content, true)] : []), ...calls.map((c) => functionCall(c, toolCallId(), `fc_${responseId('').slice(1)}`, true))];
-  };
-  const reasoningTokensOf = (tokens: readonly { text: string }[]): number => {
-    if (!thinking) return 0;
-    const split = new ThinkSplitter(thinking.insideThinking);
-    return tokens.filter((t) => split.pushToken(t.text).reasoning).length;
-  };
+  const outputOf = (a: AnswerPiece): unknown[] => [
+    ...(a.reasoning ? [reasoningItem(a.reasoning, true)] : []),
+    ...(a.calls.length > 0 && a.content.trim() === '' ? [] : [message(a.content, true)]),
+    ...a.calls.map((c) => functionCall(c, toolCallId(), `fc_${responseId('').slice(1)}`, true)),
+  ];
   const final = (output: unknown[], reason: FinishReason, u: Usage, reasoningTokens: number) => ({
     ...base,
     status: reason === 'length' ? 'incomplete' : 'completed',
@@ -159,9 +144,7 @@ function responsesProtocol(base: ResponseBase, promptTokens: number, format: Too
   let rsIndex = -1;
   let reasoningText = '';
   let reasoningDone = false;
-  let streamedReasoningTokens = 0;
-  const parser = format ? new ToolCallParser(format, names) : null;
-  const splitter = thinking ? new ThinkSplitter(thinking.insideThinking) : null;
+  const reader = new AnswerReader(thinking, tools);
   const emit = (sse: SseStream, type: string, data: Record<string, unknown>): void => sse.sendEvent(type, { type, sequence_number: seq++, ...data });
   const sendReasoning = (sse: SseStream, piece: string): void => {
     if (!piece || reasoningDone) return;
@@ -215,41 +198,28 @@ function responsesProtocol(base: ResponseBase, promptTokens: number, format: Too
       emit(sse, 'response.output_item.done', { output_index: at, item: items[at] });
     }
   };
-  /** A piece of the answer (after the thinking). */
-  const sendAnswer = (sse: SseStream, piece: string): void => {
-    if (!parser) return sendText(sse, piece);
-    const out = parser.push(piece);
-    sendText(sse, out.content);
-    sendCalls(sse, out.calls);
+  const send = (sse: SseStream, p: AnswerPiece): void => {
+    sendReasoning(sse, p.reasoning);
+    sendText(sse, p.content);
+    sendCalls(sse, p.calls);
   };
   return {
-    whole: ([r], u) => final(outputOf(r.text), r.finishReason, u, reasoningTokensOf(r.tokens)),
+    whole: ([r], u) => {
+      const a = AnswerReader.readAll(r.tokens, thinking, tools);
+      return final(outputOf(a), r.finishReason, u, a.reasoningTokens);
+    },
     start: (sse) => {
       emit(sse, 'response.created', { response: { ...base, status: 'in_progress', incomplete_details: null, output: [], usage: null } });
       emit(sse, 'response.in_progress', { response: { ...base, status: 'in_progress', incomplete_details: null, output: [], usage: null } });
       // A plain answer is one message, opened at once; with tools or thinking it opens on its first text.
-      if (!parser && !splitter) openMessage(sse);
+      if (!tools && !thinking) openMessage(sse);
     },
     token: (sse, _choice, e) => {
-      if (!e.text) return;
-      if (!splitter) return sendAnswer(sse, e.text);
-      const step = splitter.pushToken(e.text);
-      if (step.reasoning) streamedReasoningTokens++;
-      sendReasoning(sse, step.piece.reasoning);
-      sendAnswer(sse, step.piece.content);
+      if (e.text) send(sse, reader.pushToken(e.text));
     },
     end: (sse, _choice, e) => {
-      if (splitter) {
-        const held = splitter.finish();
-        sendReasoning(sse, held.reasoning);
-        sendAnswer(sse, held.content);
-        closeReasoning(sse);
-      }
-      if (parser) {
-        const out = parser.end();
-        sendText(sse, out.content);
-        sendCalls(sse, out.calls);
-      }
+      send(sse, reader.end());
+      closeReasoning(sse);
       // An answer without text or calls is an empty message.
       if (msgIndex < 0 && !items.some((it) => (it as { type?: string } | null)?.type === 'function_call')) openMessage(sse);
       if (msgIndex >= 0) {
@@ -259,7 +229,7 @@ function responsesProtocol(base: ResponseBase, promptTokens: number, format: Too
         items[msgIndex] = message(text, true);
         emit(sse, 'response.output_item.done', { output_index: msgIndex, item: items[msgIndex] });
       }
-      const response = final(items, e.finishReason, { promptTokens, completionTokens: e.completionTokens, cachedTokens: e.cachedTokens }, streamedReasoningTokens);
+      const response = final(items, e.finishReason, { promptTokens, completionTokens: e.completionTokens, cachedTokens: e.cachedTokens }, reader.reasoningTokens);
       emit(sse, response.status === 'completed' ? 'response.completed' : 'response.incomplete', { response });
     },
     error: (sse, err) => emit(sse, 'error', { code: err.code, message: err.message, param: err.param }),
@@ -334,7 +304,7 @@ export function responsesRoutes(app: FastifyInstance, ctx: ServerContext): void 
           user: body.user ?? null,
           error: null,
         };
-        const protocol = responsesProtocol(base, ids.length, format, toolReq?.names ?? [], thinking);
+        const protocol = responsesProtocol(base, ids.length, toolReq && format ? { format, names: toolReq.names } : null, thinking);
         return runGeneration({ ctx, request, reply, gone, ticket, resolved, choices: [{ req, promptTokens: ids.length }], stream: body.stream === true, protocol, logPrompt: () => messages, user: body.user });
       });
     },
