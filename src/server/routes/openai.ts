@@ -9,8 +9,8 @@
  */
 import { requestGrammar } from '../grammar-fields.js';
 import { toolRequest } from '../tool-fields.js';
-import { ChatToolCalls } from '../tool-calls.js';
-import { ThinkSplitter, type SplitPiece } from '../../runtime/reasoning/think-split.js';
+import { chatToolCalls } from '../tool-fields.js';
+import { AnswerReader, type AnswerPiece } from '../answer-reader.js';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { LoraplexError, ModelNotFoundError, UnsupportedError, ValidationError } from '../../errors.js';
 import type { TokenEngineEvent } from '../../scheduler/request.js';
@@ -187,64 +187,51 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
         const ids = truncatePrompt(chat.ids, body.truncate_prompt_tokens);
         const { format, grammar: constraint, grammarParam } = answerConstraint(ctx, toolReq, chat.toolCallFormat, grammar, { param: 'response_format', name: 'response_format (or a guided_* field)' });
         const choices = Array.from({ length: n }, (_, i) => ({ index: i, req: validRequest(ctx, ids, body, resolved, s, i, { cachePartition: partition, grammar: constraint, grammarParam }), promptTokens: i === 0 ? ids.length : 0 }));
-        const calls = toolReq && format ? new ChatToolCalls(format, toolReq.names) : null;
         const lp = (e: TokenEngineEvent) => (logprobs !== null && !e.special ? chatLogprobs([e]) : null);
-        // A template that thinks: each choice's thinking is split from its answer; tool calls are read from the answer.
+        // Each choice's answer: a thinking template's thinking split off, tool calls read from the rest (answer-reader.ts).
         const thinking = answerThinking(ctx.settings.reasoningParser, chat.reasoning);
-        const splitters = new Map<number, ThinkSplitter>();
-        const splitter = (index: number): ThinkSplitter => {
-          let s = splitters.get(index);
-          if (!s) splitters.set(index, (s = new ThinkSplitter(thinking!.insideThinking)));
+        const tools = toolReq && format ? { format, names: toolReq.names } : null;
+        /** Per choice index: its reader and how many calls it has streamed (the client numbers them by `index`). */
+        const readers = new Map<number, { reader: AnswerReader; calls: number }>();
+        const readerOf = (index: number): { reader: AnswerReader; calls: number } => {
+          let s = readers.get(index);
+          if (!s) readers.set(index, (s = { reader: new AnswerReader(thinking, tools), calls: 0 }));
           return s;
         };
-        let streamedReasoningTokens = 0;
-        /** A result's tokens up to and including the one that closes its thinking. */
-        const reasoningTokensOf = (r: GenerationResult): number => {
-          const s = new ThinkSplitter(thinking!.insideThinking);
-          let n = 0;
-          for (const t of r.tokens) if (s.pushToken(t.text).reasoning) n++;
-          return n;
-        };
-        const answerDelta = (index: number, piece: SplitPiece): Record<string, unknown> | null => {
-          const d: Record<string, unknown> = piece.reasoning ? { reasoning_content: piece.reasoning, reasoning: piece.reasoning } : {};
-          const answer = calls ? calls.push(index, piece.content) : piece.content ? { content: piece.content } : null;
-          if (answer) Object.assign(d, answer);
+        const chatDelta = (index: number, p: AnswerPiece): Record<string, unknown> | null => {
+          const d: Record<string, unknown> = {};
+          if (p.reasoning) Object.assign(d, { reasoning_content: p.reasoning, reasoning: p.reasoning });
+          if (p.content) d.content = p.content;
+          if (p.calls.length > 0) {
+            const s = readerOf(index);
+            d.tool_calls = chatToolCalls(p.calls).map((c) => ({ index: s.calls++, ...c }));
+          }
           return Object.keys(d).length > 0 ? d : null;
         };
+        /** An answer with calls that ended normally finishes with `tool_calls`. */
+        const finishReason = (calls: number, reason: string): string => (calls > 0 && reason === 'stop' ? 'tool_calls' : reason);
         return run(ctx, request, reply, body, resolved, choices, ticket, gone, {
           object: 'chat.completion',
           chunkObject: 'chat.completion.chunk',
           first: (index) => ({ index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }),
           delta: (index, e) => {
-            let piece: SplitPiece = { reasoning: '', content: e.text };
-            if (thinking) {
-              const step = splitter(index).pushToken(e.text);
-              piece = step.piece;
-              if (step.reasoning) streamedReasoningTokens++;
-            }
-            const delta = answerDelta(index, piece);
+            const delta = chatDelta(index, readerOf(index).reader.pushToken(e.text));
             return delta || (logprobs !== null && !e.special) ? { index, delta: delta ?? {}, logprobs: lp(e), finish_reason: null } : null;
           },
           finish: (index, reason) => {
-            const held = thinking ? answerDelta(index, splitter(index).finish()) : null;
-            const tail = calls?.end(index, reason);
-            const delta: Record<string, unknown> = { ...held, ...tail?.delta };
-            if (typeof held?.content === 'string' && typeof tail?.delta.content === 'string') delta.content = held.content + tail.delta.content;
-            return { index, delta, logprobs: null, finish_reason: tail?.finishReason ?? reason };
+            const delta = chatDelta(index, readerOf(index).reader.end()) ?? {};
+            return { index, delta, logprobs: null, finish_reason: finishReason(readerOf(index).calls, reason) };
           },
-          reasoningTokens: (results) => (thinking ? (results ? results.reduce((n, r) => n + reasoningTokensOf(r), 0) : streamedReasoningTokens) : null),
+          reasoningTokens: (results) => {
+            if (!thinking) return null;
+            if (results) return results.reduce((n, r) => n + AnswerReader.readAll(r.tokens, thinking, null).reasoningTokens, 0);
+            return [...readers.values()].reduce((n, s) => n + s.reader.reasoningTokens, 0);
+          },
           full: (index, r) => {
-            let text = r.text;
-            let reasoning: Record<string, unknown> = {};
-            if (thinking) {
-              const s = new ThinkSplitter(thinking.insideThinking);
-              s.push(r.text);
-              s.finish();
-              text = s.content;
-              reasoning = { reasoning_content: s.reasoning || null, reasoning: s.reasoning || null };
-            }
-            const parsed = calls?.whole(text, r.finishReason);
-            return { index, message: { ...(parsed?.message ?? { role: 'assistant', content: text }), ...reasoning }, logprobs: logprobs !== null ? chatLogprobs(r.tokens) : null, finish_reason: parsed?.finishReason ?? r.finishReason };
+            const a = AnswerReader.readAll(r.tokens, thinking, tools);
+            const message = a.calls.length > 0 ? { role: 'assistant', content: a.content.trim() === '' ? null : a.content, tool_calls: chatToolCalls(a.calls) } : { role: 'assistant', content: a.content };
+            const reasoning = thinking ? { reasoning_content: a.reasoning || null, reasoning: a.reasoning || null } : {};
+            return { index, message: { ...message, ...reasoning }, logprobs: logprobs !== null ? chatLogprobs(r.tokens) : null, finish_reason: finishReason(a.calls.length, r.finishReason) };
           },
         }, () => messages);
       });
