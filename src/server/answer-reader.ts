@@ -1,7 +1,7 @@
 /**
  * Reads one chat answer as it streams: its thinking split off (see reasoning.ts), then tool calls
  * parsed from the answer after it. Each token's text goes in; what became final comes out as
- * thinking, answer text and whole calls. The Messages route reads answers with it.
+ * thinking, answer text and whole calls. Chat completions, Responses and Messages read answers with it.
  */
 import type { ToolCallFormat } from '../runtime/tool-calls/format.js';
 import { ToolCallParser, type ParsedToolCall } from '../runtime/tool-calls/parser.js';

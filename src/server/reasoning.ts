@@ -1,11 +1,11 @@
 /**
  * Thinking in chat answers, the same for every chat-shaped route (chat completions, the Responses
- * API): whether an answer's `<think>` block is split from it, and how thinking meets a grammar.
+ * API, Messages): whether an answer's `<think>` block is split from it, and how thinking meets a grammar.
  *
- * Decision: a grammar (response_format, text.format, a guided_* field, or a tool choice that
- * forces a call) constrains the answer from its first token, so a constrained request is rendered
- * with thinking off (`enable_thinking: false`, which Qwen3's template turns into an empty, closed
- * block) and the grammar applies to the answer alone. A request that asks for thinking and a
+ * Decision: a grammar (response_format, text.format, output_config.format, a guided_* field, or a
+ * tool choice that forces a call) constrains the answer from its first token, so a constrained
+ * request is rendered with thinking off (`enable_thinking: false`, which Qwen3's template turns
+ * into an empty, closed block) and the grammar applies to the answer alone. A request that asks for thinking and a
  * grammar together is refused by name, and so is one whose template opens a thinking block the
  * grammar would have to fill.
  */

@@ -8,8 +8,7 @@
  * connection is watched from the first moment, so a client that leaves at any point frees its rows.
  */
 import { requestGrammar } from '../grammar-fields.js';
-import { toolRequest } from '../tool-fields.js';
-import { chatToolCalls } from '../tool-fields.js';
+import { chatToolCalls, toolRequest } from '../tool-fields.js';
 import { AnswerReader, type AnswerPiece } from '../answer-reader.js';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { LoraplexError, ModelNotFoundError, UnsupportedError, ValidationError } from '../../errors.js';
