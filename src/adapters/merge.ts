@@ -6,6 +6,7 @@
  */
 import { AdapterInvalidError } from '../errors.js';
 import type { LoraFactor, LoraWeights } from '../runtime/lora-stacks.js';
+import { mergeTensors, recipeRandom, type MergeMethod, type SignMethod } from './task-arithmetic.js';
 
 export interface WeightedAdapter {
   weights: LoraWeights;
@@ -41,6 +42,50 @@ export function mergeLoraWeights(parts: readonly WeightedAdapter[], maxRank: num
       r0 += f.rank;
     }
     factors.set(key, { rank, a, b });
+    top = Math.max(top, rank);
+    bytes += a.byteLength + b.byteLength;
+  }
+  return { factors, maxRank: top, bytes };
+}
+
+export interface TaskArithmetic {
+  method: MergeMethod;
+  density: number;
+  signMethod: SignMethod;
+  /** The recipe's key: DARE's drops are seeded by it. */
+  recipe: string;
+}
+
+/**
+ * A TIES / DARE / magnitude-prune combination, as PEFT's add_weighted_adapter makes it: at each
+ * module, the adapters' unscaled A factors are merged with weights √(wᵢ·sᵢ) (sᵢ the adapter's
+ * LoRA scale there), and their B factors the same way; the result has the adapters' common rank
+ * and scale 1. Adapters must share the rank at each module they have in common; weights must not
+ * be negative (their square roots are taken).
+ */
+export function mergeByTaskArithmetic(parts: readonly WeightedAdapter[], o: TaskArithmetic): LoraWeights {
+  if (parts.length === 0) throw new AdapterInvalidError('a combination needs at least one adapter', 'merged_adapters');
+  const negative = parts.findIndex((p) => !(p.weight >= 0));
+  if (negative >= 0) throw new AdapterInvalidError(`merged_adapters.weights[${negative}] is ${parts[negative].weight}: ${o.method} merges need weights >= 0`, 'merged_adapters.weights');
+  const random = recipeRandom(o.recipe);
+  const keys = [...new Set(parts.flatMap((p) => [...p.weights.factors.keys()]))].sort();
+  const factors = new Map<string, LoraFactor>();
+  let top = 0;
+  let bytes = 0;
+  for (const key of keys) {
+    const present = parts.flatMap((p) => {
+      const f = p.weights.factors.get(key);
+      return f ? [{ f, w: p.weight }] : [];
+    });
+    const rank = present[0].f.rank;
+    if (present.some((x) => x.f.rank !== rank)) {
+      throw new AdapterInvalidError(`${o.method} merges need the adapters to share the rank at each module; at ${key} they have ranks ${present.map((x) => x.f.rank).join(', ')}`, 'merged_adapters');
+    }
+    if (present.some((x) => !(x.f.scale !== undefined && x.f.scale > 0))) throw new AdapterInvalidError(`${o.method} merges need each adapter's LoRA scale at ${key}`, 'merged_adapters');
+    const weights = present.map((x) => Math.sqrt(x.w * x.f.scale!));
+    const a = mergeTensors(present.map((x) => x.f.a), weights, { ...o, random });
+    const b = mergeTensors(present.map((x) => x.f.b.map((v) => v / x.f.scale!)), weights, { ...o, random });
+    factors.set(key, { rank, a, b, scale: 1 });
     top = Math.max(top, rank);
     bytes += a.byteLength + b.byteLength;
   }

@@ -238,7 +238,7 @@ export function loadPeftAdapter(dir: string, spec: ModelSpec, opts: LoadOptions)
       const b = transpose(readB(file, f), f.dout, f.rank, f.scale);
       checkFactorValues(a, opts.slotDtype ?? 'float32', `${ADAPTER_WEIGHTS}: ${f.a}`);
       checkFactorValues(b, opts.slotDtype ?? 'float32', `${ADAPTER_WEIGHTS}: ${f.b} (times the scale ${f.scale})`);
-      factors.set(f.key, { rank: f.rank, a, b });
+      factors.set(f.key, { rank: f.rank, a, b, scale: f.scale });
     }
     return { ...info, weights: { factors, maxRank: info.maxRank, bytes: info.bytes } };
   } finally {

@@ -20,6 +20,8 @@ export interface LoraFactor {
   a: Float32Array;
   /** [rank, out] (PEFT lora_B transposed, times the scale) */
   b: Float32Array;
+  /** The LoRA scale folded into `b` (TIES/DARE merges work on the unscaled factors); absent: unknown. */
+  scale?: number;
 }
 
 /** An adapter ready to be put into a slot. Key: `${layer}.${projection}`; absent = no LoRA there. */

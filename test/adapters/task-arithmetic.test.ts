@@ -54,3 +54,40 @@ describe('task-arithmetic merges', () => {
     expect(kept).toBeLessThan(160);
   });
 });
+
+describe('LoRA combinations by task arithmetic', () => {
+  it('ties and magnitude_prune equal an independent reference of PEFT add_weighted_adapter (ΔW = B·A)', async () => {
+    const { mergeByTaskArithmetic } = await import('../../src/adapters/merge.js');
+    const { referenceMergedDelta } = await import('../helpers/peft-merge-reference.js');
+    const { symmetricPrng } = await import('../../src/util/prng.js');
+    const rnd = symmetricPrng(31);
+    const [r, din, dout] = [3, 5, 4];
+    const matrix = (rows: number, cols: number): number[][] => Array.from({ length: rows }, () => Array.from({ length: cols }, () => rnd()));
+    const adapters = [
+      { a: matrix(r, din), b: matrix(dout, r), scale: 2, weight: 0.7 },
+      { a: matrix(r, din), b: matrix(dout, r), scale: 0.5, weight: 1.3 },
+      { a: matrix(r, din), b: matrix(dout, r), scale: 1, weight: 0.4 },
+    ];
+    // Our layout: a = Aᵀ [in, r], b = scale·Bᵀ [r, out].
+    const parts = adapters.map((x) => ({
+      weight: x.weight,
+      weights: {
+        maxRank: r,
+        bytes: 0,
+        factors: new Map([['0.q_proj', { rank: r, scale: x.scale, a: Float32Array.from({ length: din * r }, (_, k) => x.a[k % r][Math.floor(k / r)]), b: Float32Array.from({ length: r * dout }, (_, k) => x.scale * x.b[k % dout][Math.floor(k / dout)]) }]]),
+      },
+    }));
+    for (const [method, density, sign] of [['ties', 0.5, 'total'], ['ties', 0.7, 'frequency'], ['magnitude_prune', 0.4, 'total']] as const) {
+      const merged = mergeByTaskArithmetic(parts, { method, density, signMethod: sign, recipe: 'x' }).factors.get('0.q_proj')!;
+      const want = referenceMergedDelta(adapters, method, density, sign);
+      for (let o = 0; o < dout; o++) {
+        for (let i = 0; i < din; i++) {
+          let got = 0;
+          for (let k = 0; k < r; k++) got += merged.a[i * r + k] * merged.b[k * dout + o];
+          expect(got, `${method} ΔW[${o}][${i}]`).toBeCloseTo(want[o][i], 5);
+        }
+      }
+    }
+    expect(() => mergeByTaskArithmetic([{ ...parts[0], weight: -1 }], { method: 'ties', density: 0.5, signMethod: 'total', recipe: 'x' })).toThrow(/weights >= 0/);
+  });
+});
