@@ -8,7 +8,7 @@ import { LoraplexError } from '../errors.js';
 import type { ModelSpec } from '../runtime/checkpoint/spec.js';
 import { checkLoraWeights, type LoraWeights, type SlotDtype } from '../runtime/lora-stacks.js';
 import { WorkerPool } from '../util/worker-pool.js';
-import { mergeLoraWeights } from './merge.js';
+import { mergeByTaskArithmetic, mergeLoraWeights } from './merge.js';
 import { loadPeftAdapter } from './peft.js';
 import { adapterDigest } from './digest.js';
 import type { AdapterSource, AdapterSpec } from './spec.js';
@@ -34,7 +34,8 @@ export function loadAdapterSync(spec: AdapterSpec, opts: LoaderOptions): LoraWei
     return w;
   };
   if (spec.kind === 'single') return load(spec);
-  const merged = mergeLoraWeights(spec.parts.map((p) => ({ weights: load(p), weight: p.weight })), opts.maxRank);
+  const parts = spec.parts.map((p) => ({ weights: load(p), weight: p.weight }));
+  const merged = spec.method ? mergeByTaskArithmetic(parts, { ...spec.method, recipe: spec.key }) : mergeLoraWeights(parts, opts.maxRank);
   checkLoraWeights(merged, opts.slotDtype);
   return merged;
 }

@@ -6,13 +6,43 @@
  */
 import { adapterKey, type AdapterRecord, type AdapterRegistry } from '../adapters/registry.js';
 import { ModelNotFoundError, UnsupportedError, ValidationError } from '../errors.js';
-import { mergeKey, type AdapterSource, type AdapterSpec } from '../adapters/spec.js';
+import { mergeKey, type AdapterSource, type AdapterSpec, type MergeMethodSpec } from '../adapters/spec.js';
+import { MERGE_METHODS, type MergeMethod } from '../adapters/task-arithmetic.js';
 import type { Static } from 'typebox';
 import type { MergedAdapters } from './schemas.js';
 
 /** Directories that can change under us (not uploaded versions) are checked against their digest when loaded. */
 function source(r: AdapterRecord): AdapterSource {
   return { key: adapterKey(r), name: r.name, dir: r.dir, verify: r.source !== 'upload' };
+}
+
+/**
+ * LoRAX's merge_strategy: "linear" (the default: Σ wᵢ·ΔWᵢ, exactly), or a task-arithmetic merge
+ * (ties, dare_linear, dare_ties, magnitude_prune) with its `density` (required, in (0, 1]) and,
+ * for the TIES sign election, `majority_sign_method` ("total", the default, or "frequency").
+ * Task-arithmetic merges take square roots of the weights, so these must not be negative.
+ */
+function mergeMethod(merged: Static<typeof MergedAdapters>): MergeMethodSpec | undefined {
+  const strategy = merged.merge_strategy ?? 'linear';
+  if (strategy === 'linear') {
+    if (merged.density != null) throw new ValidationError('merged_adapters.density applies to ties / dare / magnitude_prune merges, not linear ones', 'merged_adapters.density');
+    if (merged.majority_sign_method != null) throw new ValidationError('merged_adapters.majority_sign_method applies to ties merges, not linear ones', 'merged_adapters.majority_sign_method');
+    return undefined;
+  }
+  if (!(MERGE_METHODS as readonly string[]).includes(strategy)) {
+    throw new UnsupportedError(`merged_adapters.merge_strategy ${JSON.stringify(strategy)} is not supported; one of "linear", ${MERGE_METHODS.map((m) => `"${m}"`).join(', ')}`, 'merged_adapters.merge_strategy');
+  }
+  const density = merged.density;
+  if (density == null) throw new ValidationError(`merged_adapters.density is required with merge_strategy "${strategy}" (the fraction of each adapter's weights kept, in (0, 1])`, 'merged_adapters.density');
+  if (!(density > 0 && density <= 1)) throw new ValidationError(`merged_adapters.density must be in (0, 1]; given ${density}`, 'merged_adapters.density');
+  const sign = merged.majority_sign_method ?? 'total';
+  if (sign !== 'total' && sign !== 'frequency') throw new ValidationError(`merged_adapters.majority_sign_method must be "total" or "frequency", not ${JSON.stringify(sign)}`, 'merged_adapters.majority_sign_method');
+  if (merged.majority_sign_method != null && (strategy === 'dare_linear' || strategy === 'magnitude_prune')) {
+    throw new ValidationError(`merged_adapters.majority_sign_method applies to ties and dare_ties merges, not ${strategy}`, 'merged_adapters.majority_sign_method');
+  }
+  const negative = merged.weights.findIndex((w) => w < 0);
+  if (negative >= 0) throw new ValidationError(`merged_adapters.weights[${negative}] is ${merged.weights[negative]}: ${strategy} merges need weights >= 0`, 'merged_adapters.weights');
+  return { method: strategy as MergeMethod, density, signMethod: sign };
 }
 
 /** Largest |weight| of an adapter in a merged combination (real recipes use 0..2). */
@@ -40,12 +70,7 @@ export function resolveAdapter(
   if (scale !== null && merged) throw new ValidationError('lora_scale scales one adapter; with merged_adapters, give each adapter its weight there', 'lora_scale');
   if (scale !== null && !(Math.abs(scale) <= MAX_MERGE_WEIGHT)) throw new ValidationError(`lora_scale must be a number between -${MAX_MERGE_WEIGHT} and ${MAX_MERGE_WEIGHT}; given ${scale}`, 'lora_scale');
   if (merged) {
-    const strategy = merged.merge_strategy ?? 'linear';
-    if (strategy !== 'linear') {
-      throw new UnsupportedError(`merged_adapters.merge_strategy ${JSON.stringify(strategy)} is not supported; only "linear" is`, 'merged_adapters.merge_strategy');
-    }
-    if (merged.density != null) throw new UnsupportedError('merged_adapters.density applies to ties/dare merges, which are not supported', 'merged_adapters.density');
-    if (merged.majority_sign_method != null) throw new UnsupportedError('merged_adapters.majority_sign_method applies to ties merges, which are not supported', 'merged_adapters.majority_sign_method');
+    const method = mergeMethod(merged);
     if (merged.ids.length !== merged.weights.length) {
       throw new ValidationError(`merged_adapters has ${merged.ids.length} ids but ${merged.weights.length} weights`, 'merged_adapters.weights');
     }
@@ -61,8 +86,8 @@ export function resolveAdapter(
     // computed, and one name and one metrics label for every ordering of the same recipe.
     parts.sort((a, b) => a.key.localeCompare(b.key));
     const names = [...merged.ids].sort();
-    const name = [...parts].sort((a, b) => (a.name < b.name ? -1 : 1)).map((p) => `${p.name}*${p.weight}`).join('+');
-    return { spec: { kind: 'merge', key: mergeKey(parts), name, parts }, names, digests: parts.map((p) => p.key), model: req.model ?? baseId, label: names.join('+') };
+    const name = (method ? `${method.method}(` : '') + [...parts].sort((a, b) => (a.name < b.name ? -1 : 1)).map((p) => `${p.name}*${p.weight}`).join('+') + (method ? ')' : '');
+    return { spec: { kind: 'merge', key: mergeKey(parts, method), name, parts, ...(method ? { method } : {}) }, names, digests: parts.map((p) => p.key), model: req.model ?? baseId, label: names.join('+') };
   }
   // A model given as a URL is this server's own address (TGI clients, e.g. @huggingface/inference,
   // send their endpoint URL as the model): it means the base model, or `adapter_id` if given. No

@@ -27,11 +27,11 @@ export const MergedAdapters = Type.Object(
   {
     ids: Type.Array(Type.String(), { minItems: 1, maxItems: 16 }),
     weights: Type.Array(Type.Number(), { minItems: 1, maxItems: 16 }),
-    merge_strategy: Type.Optional(Type.String({ description: 'only "linear" is supported' })),
-    density: Type.Optional(Type.Number({ description: 'for ties/dare merges, which are not supported: refused' })),
-    majority_sign_method: Type.Optional(Type.String({ description: 'for ties merges, which are not supported: refused' })),
+    merge_strategy: Type.Optional(Type.String({ description: '"linear" (default), "ties", "dare_linear", "dare_ties" or "magnitude_prune"' })),
+    density: Type.Optional(Type.Number({ description: 'ties / dare / magnitude_prune: the fraction of each adapter\'s weights kept, in (0, 1] (required there)' })),
+    majority_sign_method: Type.Optional(Type.String({ description: 'ties / dare_ties: "total" (default) or "frequency"' })),
   },
-  { description: "LoRAX-style weighted combination of adapters: Σ wᵢ·ΔWᵢ, served as one adapter of rank Σ rᵢ" },
+  { description: "LoRAX-style combination of adapters: linear (Σ wᵢ·ΔWᵢ, served as one adapter of rank Σ rᵢ) or a TIES / DARE merge as PEFT's add_weighted_adapter makes it (the adapters' common rank)" },
 );
 
 /** Longest cache_salt accepted (vLLM suggests 43 characters: 256 random bits in base64). */

@@ -3,6 +3,8 @@
  * own layout (lora_A [r, in], lora_B [out, r], as nested arrays): each adapter's A and B are
  * task tensors, weighted √(w·scale); the merged adapter has scale 1. Returns ΔW = B·A [out, in].
  */
+import type { RefLora, RefTensor } from './model-types.js';
+
 type Matrix = number[][];
 
 export interface RefAdapter {
@@ -33,9 +35,30 @@ function merge(tensors: Matrix[], weights: number[], method: 'ties' | 'magnitude
   );
 }
 
-export function referenceMergedDelta(adapters: RefAdapter[], method: 'ties' | 'magnitude_prune', density: number, sign: 'total' | 'frequency' = 'total'): Matrix {
+/** The merged adapter's A [r, in] and B [out, r] (its scale is 1). */
+export function referenceMergedPair(adapters: RefAdapter[], method: 'ties' | 'magnitude_prune', density: number, sign: 'total' | 'frequency' = 'total'): { a: Matrix; b: Matrix } {
   const w = adapters.map((x) => Math.sqrt(x.weight * x.scale));
-  const a = merge(adapters.map((x) => x.a), w, method, density, sign);
-  const b = merge(adapters.map((x) => x.b), w, method, density, sign);
+  return { a: merge(adapters.map((x) => x.a), w, method, density, sign), b: merge(adapters.map((x) => x.b), w, method, density, sign) };
+}
+
+export function referenceMergedDelta(adapters: RefAdapter[], method: 'ties' | 'magnitude_prune', density: number, sign: 'total' | 'frequency' = 'total'): Matrix {
+  const { a, b } = referenceMergedPair(adapters, method, density, sign);
   return b.map((brow) => a[0].map((_, c) => brow.reduce((s, v, k) => s + v * a[k][c], 0)));
+}
+
+/** Whole adapters (RefLora: module key → {a [r, in], b [out, r], scale}) merged module by module. */
+export function referenceMergedLora(loras: { lora: RefLora; weight: number }[], method: 'ties' | 'magnitude_prune', density: number, sign: 'total' | 'frequency' = 'total'): RefLora {
+  const toMatrix = (t: RefTensor): Matrix => Array.from({ length: t.shape[0] }, (_, r) => Array.from(t.data.subarray(r * t.shape[1], (r + 1) * t.shape[1])));
+  const toTensor = (m: Matrix): RefTensor => ({ shape: [m.length, m[0].length], data: Float32Array.from(m.flat()) });
+  const out: RefLora = new Map();
+  const keys = [...new Set(loras.flatMap((l) => [...l.lora.keys()]))];
+  for (const key of keys) {
+    const present = loras.flatMap((l) => {
+      const p = l.lora.get(key);
+      return p ? [{ a: toMatrix(p.a), b: toMatrix(p.b), scale: p.scale, weight: l.weight }] : [];
+    });
+    const { a, b } = referenceMergedPair(present, method, density, sign);
+    out.set(key, { a: toTensor(a), b: toTensor(b), scale: 1 });
+  }
+  return out;
 }

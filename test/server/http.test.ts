@@ -151,13 +151,16 @@ describe('LoRAX/TGI routes', () => {
     expect(events[3].details).toMatchObject({ finish_reason: 'length', generated_tokens: 4 });
   });
 
-  it('merged_adapters: linear works, other strategies are 422', async () => {
+  it('merged_adapters: linear works; an unknown strategy is 422, a ties merge without density names it', async () => {
     const ok = await json('/v1/completions', { model: 'tiny', prompt: 'Hi', max_tokens: 3, merged_adapters: { ids: ['alpha', 'acme/beta'], weights: [0.5, 0.5], merge_strategy: 'linear' } });
     expect(ok.status).toBe(200);
-    const bad = await json('/generate', { inputs: 'Hi', parameters: { merged_adapters: { ids: ['alpha'], weights: [1], merge_strategy: 'ties' } } });
+    const bad = await json('/generate', { inputs: 'Hi', parameters: { merged_adapters: { ids: ['alpha'], weights: [1], merge_strategy: 'svd' } } });
     expect(bad.status).toBe(422);
     // TGI routes answer in TGI's error shape.
-    expect(await bad.json()).toEqual({ error: expect.stringMatching(/merge_strategy "ties" is not supported; only "linear" is/), error_type: 'validation' });
+    expect(await bad.json()).toEqual({ error: expect.stringMatching(/merge_strategy "svd" is not supported/), error_type: 'validation' });
+    const noDensity = await json('/v1/completions', { model: 'tiny', prompt: 'Hi', max_tokens: 3, merged_adapters: { ids: ['alpha'], weights: [1], merge_strategy: 'ties' } });
+    expect(noDensity.status).toBe(400);
+    expect(((await noDensity.json()) as { error: { param: string } }).error.param).toBe('merged_adapters.density');
   });
 
   it("model 'base:adapter' (SGLang's form) is the adapter; another base's prefix is a 404", async () => {
