@@ -13,6 +13,14 @@ export interface WeightedAdapter {
   weight: number;
 }
 
+/** The factors the adapters have at one module, with their weights (adapters without one are left out). */
+function factorsAt(parts: readonly WeightedAdapter[], key: string): { f: LoraFactor; w: number }[] {
+  return parts.flatMap((p) => {
+    const f = p.weights.factors.get(key);
+    return f ? [{ f, w: p.weight }] : [];
+  });
+}
+
 export function mergeLoraWeights(parts: readonly WeightedAdapter[], maxRank: number): LoraWeights {
   if (parts.length === 0) throw new AdapterInvalidError('a combination needs at least one adapter', 'merged_adapters');
   const keys = new Set<string>();
@@ -21,10 +29,7 @@ export function mergeLoraWeights(parts: readonly WeightedAdapter[], maxRank: num
   let top = 0;
   let bytes = 0;
   for (const key of keys) {
-    const present = parts.flatMap((p) => {
-      const f = p.weights.factors.get(key);
-      return f ? [{ f, w: p.weight }] : [];
-    });
+    const present = factorsAt(parts, key);
     const rank = present.reduce((n, x) => n + x.f.rank, 0);
     if (rank > maxRank) {
       throw new AdapterInvalidError(`the combination has rank ${rank} at ${key} (the sum of its adapters' ranks), above the maximum LoRA rank ${maxRank}`, 'merged_adapters');
@@ -73,10 +78,7 @@ export function mergeByTaskArithmetic(parts: readonly WeightedAdapter[], o: Task
   let top = 0;
   let bytes = 0;
   for (const key of keys) {
-    const present = parts.flatMap((p) => {
-      const f = p.weights.factors.get(key);
-      return f ? [{ f, w: p.weight }] : [];
-    });
+    const present = factorsAt(parts, key);
     const rank = present[0].f.rank;
     if (present.some((x) => x.f.rank !== rank)) {
       throw new AdapterInvalidError(`${o.method} merges need the adapters to share the rank at each module; at ${key} they have ranks ${present.map((x) => x.f.rank).join(', ')}`, 'merged_adapters');
