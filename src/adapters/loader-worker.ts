@@ -9,7 +9,7 @@ serve<LoaderTasks>({
   load: (spec) => {
     const weights = loadAdapterSync(spec, opts);
     const transfer: ArrayBuffer[] = [];
-    for (const f of weights.factors.values()) transfer.push(f.a.buffer as ArrayBuffer, f.b.buffer as ArrayBuffer);
+    for (const f of weights.factors.values()) transfer.push(f.a.buffer as ArrayBuffer, f.b.buffer as ArrayBuffer, ...(f.doraScale ? [f.doraScale.buffer as ArrayBuffer] : []));
     return transferring(weights, transfer);
   },
 });

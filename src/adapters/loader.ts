@@ -4,7 +4,8 @@
  * comes back with its buffers transferred, not copied. Every factor is checked finite in the slot
  * dtype before it leaves the loader; the slots check again as they take it.
  */
-import { LoraplexError } from '../errors.js';
+import { AdapterInvalidError, LoraplexError } from '../errors.js';
+import { CheckpointProjections } from '../runtime/checkpoint/projection-weights.js';
 import type { ModelSpec } from '../runtime/checkpoint/spec.js';
 import { checkLoraWeights, type LoraWeights, type SlotDtype } from '../runtime/lora-stacks.js';
 import { WorkerPool } from '../util/worker-pool.js';
@@ -19,14 +20,25 @@ export interface LoaderOptions {
   strictBase: string | null;
   /** The slots' element type: factors must be finite once stored in it. */
   slotDtype: SlotDtype;
+  /** The base model's checkpoint directory: DoRA adapters' scales are computed from its weights (null: DoRA adapters fail to load). */
+  checkpointDir?: string | null;
 }
 
 export type AdapterLoader = (spec: AdapterSpec) => Promise<LoraWeights>;
 
 /** Loads on the calling thread (tests, CLI, the loader thread itself). */
 export function loadAdapterSync(spec: AdapterSpec, opts: LoaderOptions): LoraWeights {
+  const base = opts.checkpointDir ? new CheckpointProjections(opts.checkpointDir) : null;
+  try {
+    return loadWith(spec, opts, base);
+  } finally {
+    base?.release();
+  }
+}
+
+function loadWith(spec: AdapterSpec, opts: LoaderOptions, base: CheckpointProjections | null): LoraWeights {
   const load = (s: AdapterSource): LoraWeights => {
-    const w = loadPeftAdapter(s.dir, opts.spec, { maxRank: opts.maxRank, strictBase: opts.strictBase, slotDtype: opts.slotDtype }).weights;
+    const w = loadPeftAdapter(s.dir, opts.spec, { maxRank: opts.maxRank, strictBase: opts.strictBase, slotDtype: opts.slotDtype, base }).weights;
     // A directory that is not an immutable version must still hold the version it was named by.
     if (s.verify && adapterDigest(s.dir) !== s.key) {
       throw new LoraplexError('adapter_load_failed', `adapter ${s.name} changed on disk since it was registered; the new version is picked up shortly, retry`);
@@ -35,6 +47,10 @@ export function loadAdapterSync(spec: AdapterSpec, opts: LoaderOptions): LoraWei
   };
   if (spec.kind === 'single') return load(spec);
   const parts = spec.parts.map((p) => ({ weights: load(p), weight: p.weight }));
+  const dora = spec.parts.find((_, i) => [...parts[i].weights.factors.values()].some((f) => f.doraScale));
+  // A DoRA module's weight is normalized per row: a sum of DoRA (or DoRA and LoRA) modules is
+  // not a DoRA module of the summed factors (PEFT does not combine them either).
+  if (dora) throw new AdapterInvalidError(`adapter ${dora.name} is a DoRA adapter; merged_adapters combines LoRA adapters only`, 'merged_adapters');
   const merged = spec.method ? mergeByTaskArithmetic(parts, { ...spec.method, recipe: spec.key }) : mergeLoraWeights(parts, opts.maxRank);
   checkLoraWeights(merged, opts.slotDtype);
   return merged;

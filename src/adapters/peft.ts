@@ -1,9 +1,10 @@
 /**
  * PEFT LoRA adapters: adapter_config.json + adapter_model.safetensors → LoraWeights for the slots.
  * Honoured: r, lora_alpha, use_rslora (scale α/√r), target_modules (list, "all-linear" or a regex),
- * rank_pattern, alpha_pattern, bias "none". Refused with an error naming the field: use_dora,
- * modules_to_save, other bias modes, pickle weights, unknown targets, shapes that do not match the
- * base model, ranks above the configured maximum.
+ * rank_pattern, alpha_pattern, bias "none", use_dora (DoRA: lora_magnitude_vector per module, see
+ * dora.ts). Refused with an error naming the field: modules_to_save, other bias modes, pickle
+ * weights, unknown targets, shapes that do not match the base model, ranks above the configured
+ * maximum.
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -11,7 +12,9 @@ import { AdapterInvalidError, CheckpointError } from '../errors.js';
 import { ChatTemplate } from '../runtime/chat-template.js';
 import { SafetensorsFile } from '../runtime/checkpoint/safetensors.js';
 import { FUSED_PROJECTIONS, PROJECTIONS, projectionPath, projectionShape, type FusedProjection, type ModelSpec, type Projection } from '../runtime/checkpoint/spec.js';
+import type { ProjectionWeights } from '../runtime/checkpoint/projection-weights.js';
 import { checkFactorValues, factorKey, type LoraFactor, type LoraWeights, type SlotDtype } from '../runtime/lora-stacks.js';
+import { checkMagnitudes, doraScale, withDoraScale } from './dora.js';
 
 export const ADAPTER_CONFIG = 'adapter_config.json';
 export const ADAPTER_WEIGHTS = 'adapter_model.safetensors';
@@ -27,6 +30,8 @@ export interface PeftConfig {
   r: number;
   loraAlpha: number;
   useRslora: boolean;
+  /** DoRA: every module also has a magnitude vector (lora_magnitude_vector). */
+  useDora: boolean;
   /** Module names or a regex over full module names (PEFT's string form). */
   targetModules: readonly string[] | RegExp;
   rankPattern: Readonly<Record<string, number>>;
@@ -52,7 +57,7 @@ export function parsePeftConfig(json: unknown): PeftConfig {
   const c = json as Record<string, unknown>;
   const peftType = c.peft_type ?? 'LORA';
   if (peftType !== 'LORA') fail(`peft_type ${JSON.stringify(peftType)} is not supported (only LORA)`, 'peft_type');
-  if (c.use_dora === true) fail('use_dora=true (DoRA) is not supported', 'use_dora');
+  if (c.use_dora != null && typeof c.use_dora !== 'boolean') fail(`use_dora must be true or false, got ${JSON.stringify(c.use_dora)}`, 'use_dora');
   if (Array.isArray(c.modules_to_save) ? c.modules_to_save.length > 0 : c.modules_to_save != null) {
     fail(`modules_to_save ${JSON.stringify(c.modules_to_save)} is not supported (full modules cannot be swapped per request)`, 'modules_to_save');
   }
@@ -87,6 +92,7 @@ export function parsePeftConfig(json: unknown): PeftConfig {
     r: c.r,
     loraAlpha: alpha,
     useRslora: c.use_rslora === true,
+    useDora: c.use_dora === true,
     targetModules,
     rankPattern: numberMap(c.rank_pattern, 'rank_pattern'),
     alphaPattern: numberMap(c.alpha_pattern, 'alpha_pattern'),
@@ -104,6 +110,8 @@ function patternValue(pattern: Readonly<Record<string, number>>, moduleName: str
 
 /** `base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight` (optionally `.lora_A.default.weight`). */
 const KEY = /^(?:base_model\.model\.)?model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.lora_([AB])(?:\.[\w-]+)?\.weight$/;
+/** DoRA's magnitude: `...q_proj.lora_magnitude_vector` (PEFT's saved form), or with `.default` / `.weight` after it. */
+const MAGNITUDE_KEY = /^(?:base_model\.model\.)?model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.lora_magnitude_vector(?:\.(?!weight$)[\w-]+)?(?:\.weight)?$/;
 
 export interface LoadOptions {
   maxRank: number;
@@ -114,6 +122,8 @@ export interface LoadOptions {
   strictBase?: string | null;
   /** The slots' element type: loaded factors must be finite once stored in it (default float32). */
   slotDtype?: SlotDtype;
+  /** The base model's weights, which DoRA adapters need at load (absent: DoRA adapters fail to load). */
+  base?: ProjectionWeights | null;
 }
 
 /** What an adapter is, known from its config and tensor headers alone (no weights read). */
@@ -133,6 +143,7 @@ export interface PeftAdapter extends PeftInfo {
 
 interface FactorPlan {
   key: string;
+  layer: number;
   projection: Projection;
   rank: number;
   scale: number;
@@ -140,8 +151,10 @@ interface FactorPlan {
   dout: number;
   a: string;
   b: string;
-  /** A fused module's part: these rows of its lora_B. */
+  /** A fused module's part: these rows of its lora_B (and of its magnitude). */
   bRows?: [number, number];
+  /** DoRA: the module's lora_magnitude_vector. */
+  m?: string;
 }
 
 export function readPeftConfig(dir: string): PeftConfig {
@@ -204,6 +217,7 @@ export function validatePeftAdapter(dir: string, spec: ModelSpec, opts: LoadOpti
       const b = readB(file, f);
       for (let i = 0; i < b.length; i++) b[i] *= f.scale;
       checkFactorValues(b, opts.slotDtype ?? 'float32', `${ADAPTER_WEIGHTS}: ${f.b} (times the scale ${f.scale})`);
+      if (f.m) checkMagnitudes(readMagnitude(file, f), `${ADAPTER_WEIGHTS}: ${f.m}`);
     }
     return summarize(config, plan, opts);
   } finally {
@@ -217,6 +231,12 @@ function readB(file: SafetensorsFile, f: FactorPlan): Float32Array {
   return f.bRows ? b.slice(f.bRows[0] * f.rank, f.bRows[1] * f.rank) : b;
 }
 
+/** A factor's DoRA magnitude: its rows of a fused module's, or the whole vector. */
+function readMagnitude(file: SafetensorsFile, f: FactorPlan): Float32Array {
+  const m = readTensor(file, f.m!);
+  return f.bRows ? m.slice(f.bRows[0], f.bRows[1]) : m;
+}
+
 function readTensor(file: SafetensorsFile, name: string): Float32Array {
   try {
     return file.readFloat32(name);
@@ -225,20 +245,33 @@ function readTensor(file: SafetensorsFile, name: string): Float32Array {
   }
 }
 
-/** Reads and validates a PEFT adapter directory against the base model spec. */
+/**
+ * Reads and validates a PEFT adapter directory against the base model spec. A DoRA adapter's
+ * scales are computed from `opts.base` (layer by layer, so each base layer is read once).
+ */
 export function loadPeftAdapter(dir: string, spec: ModelSpec, opts: LoadOptions): PeftAdapter {
   const config = readPeftConfig(dir);
   const file = openWeights(dir);
+  const dtype = opts.slotDtype ?? 'float32';
   try {
     const plan = planFactors(file, config, spec, opts);
     const info = summarize(config, plan, opts);
+    if (config.useDora && !opts.base) throw new Error('a DoRA adapter needs the base model weights to load');
     const factors = new Map<string, LoraFactor>();
-    for (const f of plan) {
+    for (const f of config.useDora ? [...plan].sort((x, y) => x.layer - y.layer) : plan) {
       const a = transpose(readTensor(file, f.a), f.rank, f.din, 1);
       const b = transpose(readB(file, f), f.dout, f.rank, f.scale);
-      checkFactorValues(a, opts.slotDtype ?? 'float32', `${ADAPTER_WEIGHTS}: ${f.a}`);
-      checkFactorValues(b, opts.slotDtype ?? 'float32', `${ADAPTER_WEIGHTS}: ${f.b} (times the scale ${f.scale})`);
-      factors.set(f.key, { rank: f.rank, a, b, scale: f.scale });
+      checkFactorValues(a, dtype, `${ADAPTER_WEIGHTS}: ${f.a}`);
+      checkFactorValues(b, dtype, `${ADAPTER_WEIGHTS}: ${f.b} (times the scale ${f.scale})`);
+      let factor: LoraFactor = { rank: f.rank, a, b, scale: f.scale };
+      if (f.m) {
+        const what = `${ADAPTER_WEIGHTS}: ${f.m}`;
+        const m = readMagnitude(file, f);
+        checkMagnitudes(m, what);
+        factor = withDoraScale(factor, doraScale(opts.base!.weight(f.layer, f.projection), factor, m, what));
+        checkFactorValues(factor.b, dtype, `${ADAPTER_WEIGHTS}: ${f.b} (times the scale ${f.scale} and the DoRA scale)`);
+      }
+      factors.set(f.key, factor);
     }
     return { ...info, weights: { factors, maxRank: info.maxRank, bytes: info.bytes } };
   } finally {
@@ -258,14 +291,15 @@ function summarize(config: PeftConfig, plan: FactorPlan[], opts: LoadOptions): P
     config,
     targets: PROJECTIONS.filter((p) => targets.has(p)),
     maxRank: Math.max(...plan.map((f) => f.rank)),
-    bytes: plan.reduce((n, f) => n + 4 * f.rank * (f.din + f.dout), 0),
+    bytes: plan.reduce((n, f) => n + 4 * f.rank * (f.din + f.dout) + (f.m ? 4 * f.dout : 0), 0),
   };
 }
 
 function planFactors(file: SafetensorsFile, config: PeftConfig, spec: ModelSpec, opts: LoadOptions): FactorPlan[] {
-  const pairs = new Map<string, { layer: number; module: Projection | FusedProjection; a?: string; b?: string }>();
+  const pairs = new Map<string, { layer: number; module: Projection | FusedProjection; a?: string; b?: string; m?: string }>();
   for (const name of file.tensors.keys()) {
-    const m = KEY.exec(name);
+    const magnitude = MAGNITUDE_KEY.exec(name);
+    const m = KEY.exec(name) ?? magnitude;
     const module = m?.[3] as Projection | FusedProjection | undefined;
     if (!m || !module || modulePath(module) !== `${m[2]}.${m[3]}`) {
       throw new AdapterInvalidError(`${ADAPTER_WEIGHTS}: tensor ${name} is not a LoRA factor of a supported projection`, 'adapter_model');
@@ -276,7 +310,10 @@ function planFactors(file: SafetensorsFile, config: PeftConfig, spec: ModelSpec,
     }
     const key = `${layer}.${module}`;
     const entry = pairs.get(key) ?? { layer, module };
-    if (m[4] === 'A') entry.a = name;
+    if (magnitude) {
+      if (!config.useDora) throw new AdapterInvalidError(`${ADAPTER_WEIGHTS}: tensor ${name} is a DoRA magnitude but the adapter does not set use_dora`, 'use_dora');
+      entry.m = name;
+    } else if (m[4] === 'A') entry.a = name;
     else entry.b = name;
     pairs.set(key, entry);
   }
@@ -285,6 +322,7 @@ function planFactors(file: SafetensorsFile, config: PeftConfig, spec: ModelSpec,
   const plan: FactorPlan[] = [];
   for (const e of pairs.values()) {
     const moduleName = `model.layers.${e.layer}.${modulePath(e.module)}`;
+    if (!e.a && !e.b) throw new AdapterInvalidError(`${ADAPTER_WEIGHTS}: ${moduleName} has a lora_magnitude_vector but no LoRA factors`, 'adapter_model');
     if (!e.a || !e.b) throw new AdapterInvalidError(`${ADAPTER_WEIGHTS}: ${moduleName} has lora_${e.a ? 'A' : 'B'} but no lora_${e.a ? 'B' : 'A'}`, 'adapter_model');
     if (!targeted(config.targetModules, moduleName)) {
       throw new AdapterInvalidError(`${ADAPTER_WEIGHTS}: ${moduleName} has LoRA factors but is not in target_modules`, 'target_modules');
@@ -308,6 +346,13 @@ function planFactors(file: SafetensorsFile, config: PeftConfig, spec: ModelSpec,
     };
     want(e.a, file.tensors.get(e.a)!.shape, [rank, din]);
     want(e.b, file.tensors.get(e.b)!.shape, [dout, rank]);
+    if (config.useDora) {
+      if (!e.m) throw new AdapterInvalidError(`${ADAPTER_WEIGHTS}: ${moduleName} has no lora_magnitude_vector, which use_dora requires for every module`, 'adapter_model');
+      const got = file.tensors.get(e.m)!.shape;
+      if (got.length !== 1 || got[0] !== dout) {
+        throw new AdapterInvalidError(`${ADAPTER_WEIGHTS}: ${e.m} has shape ${JSON.stringify(got)}, expected [${dout}] (one magnitude per output of ${moduleName})`, 'adapter_model');
+      }
+    }
     const scale = config.useRslora ? alpha / Math.sqrt(rank) : alpha / rank;
     if (!(scale <= MAX_LORA_SCALE)) {
       const how = config.useRslora ? 'lora_alpha / √r' : 'lora_alpha / r';
@@ -318,7 +363,7 @@ function planFactors(file: SafetensorsFile, config: PeftConfig, spec: ModelSpec,
       const key = factorKey(e.layer, p);
       if (plan.some((f) => f.key === key)) throw new AdapterInvalidError(`${ADAPTER_WEIGHTS}: layer ${e.layer}'s ${p} has LoRA factors twice (its own and its fused module's)`, 'adapter_model');
       const out = projectionShape(spec, p)[1];
-      plan.push({ key, projection: p, rank, scale, din, dout: out, a: e.a, b: e.b, ...(parts.length > 1 ? { bRows: [row, row + out] as [number, number] } : {}) });
+      plan.push({ key, layer: e.layer, projection: p, rank, scale, din, dout: out, a: e.a, b: e.b, ...(e.m ? { m: e.m } : {}), ...(parts.length > 1 ? { bRows: [row, row + out] as [number, number] } : {}) });
       row += out;
     }
   }

@@ -6,6 +6,10 @@
  * ranks are zero-padded, and the stacks are repacked when R changes.
  *
  * Semantics: y[t] += (x[t] @ A[slot[t]]) @ B[slot[t]]
+ *
+ * DoRA (adapters/dora.ts): each stack also holds G [slots, 1, out], the slot's DoRA scale minus one
+ * (g − 1, with g already folded into B), and the graph adds G[slot[t]] ⊙ (x[t]·Wᵀ) as well. Plain
+ * LoRA slots, and projections a DoRA adapter does not target, hold exactly 0 there.
  */
 import { AdapterInvalidError, RuntimeConfigError } from '../errors.js';
 import { RuntimeLimitError } from './limit-error.js';
@@ -22,6 +26,8 @@ export interface LoraFactor {
   b: Float32Array;
   /** The LoRA scale folded into `b` (TIES/DARE merges work on the unscaled factors); absent: unknown. */
   scale?: number;
+  /** DoRA: g = m / ‖W + s·B·A‖ per output [out], already folded into `b` too; absent: plain LoRA. */
+  doraScale?: Float32Array;
 }
 
 /** An adapter ready to be put into a slot. Key: `${layer}.${projection}`; absent = no LoRA there. */
@@ -62,6 +68,7 @@ export function checkLoraWeights(w: LoraWeights, dtype: SlotDtype): void {
   for (const [key, f] of w.factors) {
     checkFactorValues(f.a, dtype, `LoRA factor ${key} (A)`);
     checkFactorValues(f.b, dtype, `LoRA factor ${key} (B, scale included)`);
+    if (f.doraScale) checkFactorValues(f.doraScale.map((g) => g - 1), dtype, `LoRA factor ${key} (DoRA scale − 1)`);
   }
 }
 
@@ -74,6 +81,8 @@ interface Stack {
   dout: number;
   a: FloatStore;
   b: FloatStore;
+  /** [slots, 1, out]: g − 1 (0 for plain LoRA). */
+  g: FloatStore;
 }
 
 export class LoraStacks {
@@ -98,7 +107,7 @@ export class LoraStacks {
     for (let l = 0; l < spec.numLayers; l++) {
       for (const p of PROJECTIONS) {
         const [din, dout] = projectionShape(spec, p);
-        this.stacks.push({ layer: l, projection: p, din, dout, a: this.alloc(0), b: this.alloc(0) });
+        this.stacks.push({ layer: l, projection: p, din, dout, a: this.alloc(0), b: this.alloc(0), g: this.alloc(0) });
       }
     }
   }
@@ -177,6 +186,7 @@ export class LoraStacks {
     for (const s of this.stacks) {
       s.a = this.alloc(slots * s.din * r);
       s.b = this.alloc(slots * r * s.dout);
+      s.g = this.alloc(slots * s.dout);
     }
     this.weights.forEach((w, slot) => this.writeSlot(slot, w!));
   }
@@ -186,10 +196,13 @@ export class LoraStacks {
     for (const s of this.stacks) {
       const aOff = slot * s.din * r;
       const bOff = slot * r * s.dout;
+      const gOff = slot * s.dout;
       s.a.fill(0, aOff, aOff + s.din * r);
       s.b.fill(0, bOff, bOff + r * s.dout);
+      s.g.fill(0, gOff, gOff + s.dout);
       const f = w.factors.get(factorKey(s.layer, s.projection));
       if (!f) continue;
+      if (f.doraScale) this.store(s.g, gOff, f.doraScale.map((g) => g - 1));
       // A [in, rank] → rows of stride r; B [rank, out] → the first `rank` rows.
       for (let i = 0; i < s.din; i++) this.store(s.a, aOff + i * r, f.a.subarray(i * f.rank, (i + 1) * f.rank));
       this.store(s.b, bOff, f.b);
@@ -204,8 +217,8 @@ export class LoraStacks {
     for (let i = 0; i < src.length; i++) dst[at + i] = floatToHalf(src[i]);
   }
 
-  /** The prefix views [u, in, R] / [u, R, out] of every stack (slots 0..u-1), in graph order. */
-  *views(u = this.weights.length): Generator<{ layer: number; projection: Projection; a: FloatStore; aDims: number[]; b: FloatStore; bDims: number[] }> {
+  /** The prefix views [u, in, R] / [u, R, out] / [u, 1, out] of every stack (slots 0..u-1), in graph order. */
+  *views(u = this.weights.length): Generator<{ layer: number; projection: Projection; a: FloatStore; aDims: number[]; b: FloatStore; bDims: number[]; g: FloatStore; gDims: number[] }> {
     if (u > this.weights.length) throw new Error(`views of ${u} slots but ${this.weights.length} are loaded`);
     const r = this.r;
     for (const s of this.stacks) {
@@ -216,6 +229,8 @@ export class LoraStacks {
         aDims: [u, s.din, r],
         b: s.b.subarray(0, u * r * s.dout),
         bDims: [u, r, s.dout],
+        g: s.g.subarray(0, u * s.dout),
+        gDims: [u, 1, s.dout],
       };
     }
   }

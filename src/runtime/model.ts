@@ -7,7 +7,7 @@
 import { RuntimeLimitError } from './limit-error.js';
 import type { ModelSpec } from './checkpoint/spec.js';
 import type { BuiltModel } from './graph/build.js';
-import { IO, loraA, loraB, newKey, newValue, pastKey, pastValue } from './graph/io.js';
+import { IO, loraA, loraB, loraDora, newKey, newValue, pastKey, pastValue } from './graph/io.js';
 import { KV_BLOCK, KvPool, KvSequence, NULL_KV_TOKEN, type FloatStore } from './kv-cache.js';
 import { availableMemory } from '../util/memory.js';
 import { LoraStacks } from './lora-stacks.js';
@@ -162,6 +162,7 @@ export class DecoderModel {
       for (const v of this.lora.views(u)) {
         feeds[loraA(v.layer, v.projection)] = tensor(ft, v.a, v.aDims);
         feeds[loraB(v.layer, v.projection)] = tensor(ft, v.b, v.bDims);
+        feeds[loraDora(v.layer, v.projection)] = tensor(ft, v.g, v.gDims);
       }
       this.loraFeeds.set(u, feeds);
     }

@@ -62,7 +62,7 @@ const log = (msg: string): void => send({ t: 'log', msg });
 
 async function main(): Promise<void> {
   const rt = await openRuntime(init.settings, (done, total, label) => send({ t: 'progress', done, total, label: label ?? '' }), log);
-  const loader = new ThreadLoader({ spec: rt.model.spec, maxRank: rt.model.lora.maxRank, strictBase: init.strictBase, slotDtype: rt.model.lora.dtype });
+  const loader = new ThreadLoader({ spec: rt.model.spec, maxRank: rt.model.lora.maxRank, strictBase: init.strictBase, slotDtype: rt.model.lora.dtype, checkpointDir: init.settings.model });
   const tokenizerFiles = rt.tokenizer ? readTokenizerFiles(init.settings.model) : null;
   let grammarHost: GrammarHost | null = null;
   const core: EngineCore = new EngineCore({

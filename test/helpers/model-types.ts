@@ -82,6 +82,8 @@ export interface RefLoraPair {
   b: RefTensor;
   /** The PEFT scale for this module: alpha/r, or alpha/sqrt(r) with rsLoRA (patterns applied). */
   scale: number;
+  /** DoRA: PEFT lora_magnitude_vector, [out] (the module computes m ⊙ (W + s·B·A) / ‖W + s·B·A‖ by rows). */
+  magnitude?: RefTensor;
 }
 
 /** One adapter: key `${layer}.${module}` (e.g. "0.q_proj") → the pair. Missing keys = no LoRA there. */

@@ -10,7 +10,7 @@
 import type { LoraModule, RefLora, RefModelConfig, RefWeights } from './model-types.js';
 import { gemmaLayer, gemmaNorm } from './reference/gemma.js';
 import { llamaLayer } from './reference/llama.js';
-import { addLora, inverseFrequencies, matVecT, rmsNorm, tensor, type Vec } from './reference/math.js';
+import { addLora, doraLinear, inverseFrequencies, matVecT, rmsNorm, tensor, type Vec } from './reference/math.js';
 
 const LORA_MODULES: readonly LoraModule[] = [
   'q_proj',
@@ -47,9 +47,10 @@ export function referenceLogits(
   /** Linear layer with optional bias and optional LoRA for `${layer}.${module}`. */
   const proj = (x: Vec, layer: number, mod: LoraModule, w: Float32Array, outDim: number, inDim: number,
     bias?: Float32Array): Vec => {
-    const y = matVecT(x, w, outDim, inDim, bias);
     const key = `${layer}.${mod}`;
     const pair = lora?.get(key);
+    if (pair?.magnitude) return doraLinear(x, w, pair, key, outDim, inDim, bias);
+    const y = matVecT(x, w, outDim, inDim, bias);
     if (pair) addLora(y, x, pair, key, outDim, inDim);
     return y;
   };

@@ -1,5 +1,6 @@
 /** Shared helpers for runtime tests: build + load a tiny model, compare logits. */
 import { loadPeftAdapter } from '../../src/adapters/peft.js';
+import { CheckpointProjections } from '../../src/runtime/checkpoint/projection-weights.js';
 import { buildModel, type BuildOptions } from '../../src/runtime/graph/build.js';
 import { DecoderModel, type StepOutput } from '../../src/runtime/model.js';
 import { tempDir, type TinyAdapter, type TinyModel } from './tiny-model.js';
@@ -22,7 +23,12 @@ export async function loadTiny(
 
 /** Loads a PEFT adapter into the model's next slot and returns the slot. */
 export function loadAdapter(model: DecoderModel, adapter: TinyAdapter): number {
-  return model.lora.load(loadPeftAdapter(adapter.dir, model.spec, { maxRank: model.lora.maxRank }).weights);
+  const base = new CheckpointProjections(adapter.baseDir);
+  try {
+    return model.lora.load(loadPeftAdapter(adapter.dir, model.spec, { maxRank: model.lora.maxRank, base }).weights);
+  } finally {
+    base.release();
+  }
 }
 
 /** Logits row `i` of a step output. */

@@ -323,12 +323,57 @@ export interface TinyAdapterOptions {
   alphaPattern?: Record<string, number>;
   /** Standard deviation of lora_B (PEFT initialises B to zero; trained adapters are not). */
   bStd?: number;
+  /**
+   * DoRA (use_dora): every module also gets a magnitude vector, m = ‖W + s·B·A‖ per row times a
+   * random factor in [1 − spread, 1 + spread] (a trained adapter's magnitudes move a few percent
+   * from the norms PEFT starts them at). The number is the spread (default 0.25 with `true`).
+   */
+  dora?: boolean | number;
+  /** The magnitude tensors' key suffix: PEFT saves `lora_magnitude_vector`; some tools add `.weight`. */
+  magnitudeSuffix?: string;
   configOverrides?: Record<string, unknown>;
 }
 
 export interface TinyAdapter {
   dir: string;
   lora: RefLora;
+  /** The base model's directory (DoRA adapters are loaded against its weights). */
+  baseDir: string;
+}
+
+/** A module's base weight [out, in]: its own tensor, or its rows of Phi-3's fused one. */
+export function moduleWeight(model: TinyModel, l: number, m: LoraModule): Float32Array {
+  const own = model.weights.get(`model.layers.${l}.${MODULE_PATH[m]}.weight`);
+  if (own) return own.data;
+  const [inF] = moduleShape(model.cfg, m);
+  const fusedOf: Partial<Record<LoraModule, [LoraModule, LoraModule[]]>> = {
+    q_proj: ['qkv_proj', ['q_proj', 'k_proj', 'v_proj']],
+    k_proj: ['qkv_proj', ['q_proj', 'k_proj', 'v_proj']],
+    v_proj: ['qkv_proj', ['q_proj', 'k_proj', 'v_proj']],
+    gate_proj: ['gate_up_proj', ['gate_proj', 'up_proj']],
+    up_proj: ['gate_up_proj', ['gate_proj', 'up_proj']],
+  };
+  const [parent, parts] = fusedOf[m] ?? (() => { throw new Error(`no base weight for ${m}`); })();
+  const fused = model.weights.get(`model.layers.${l}.${MODULE_PATH[parent]}.weight`)!.data;
+  const row = parts.slice(0, parts.indexOf(m)).reduce((n, p) => n + moduleShape(model.cfg, p)[1], 0);
+  return fused.subarray(row * inF, (row + moduleShape(model.cfg, m)[1]) * inF);
+}
+
+/** ‖W + s·B·A‖ of each output row (PEFT's DoRA weight norm), in float64. */
+function doraNorms(w: Float32Array, a: RefTensor, b: RefTensor, scale: number): Float64Array {
+  const [r, inF] = a.shape;
+  const outF = b.shape[0];
+  const norms = new Float64Array(outF);
+  for (let o = 0; o < outF; o++) {
+    let sum = 0;
+    for (let i = 0; i < inF; i++) {
+      let v = w[o * inF + i];
+      for (let k = 0; k < r; k++) v += scale * b.data[o * r + k] * a.data[k * inF + i];
+      sum += v * v;
+    }
+    norms[o] = Math.sqrt(sum);
+  }
+  return norms;
 }
 
 /** PEFT's pattern rule: the pattern must match the end of the module name at a dot boundary. */
@@ -357,10 +402,18 @@ export function makeTinyAdapter(model: TinyModel, opts: TinyAdapterOptions = {},
       const A: RefTensor = { shape: [rank, inF], data: randn(rand, rank * inF, 1 / Math.sqrt(inF)) };
       const B: RefTensor = { shape: [outF, rank], data: randn(rand, outF * rank, opts.bStd ?? 0.2) };
       const scale = opts.useRslora ? a / Math.sqrt(rank) : a / rank;
-      lora.set(`${l}.${m}`, { a: A, b: B, scale });
       const prefix = `base_model.model.${moduleName}`;
       tensors.push({ name: `${prefix}.lora_A.weight`, shape: A.shape, dtype: 'F32', data: A.data });
       tensors.push({ name: `${prefix}.lora_B.weight`, shape: B.shape, dtype: 'F32', data: B.data });
+      if (opts.dora) {
+        const spread = opts.dora === true ? 0.25 : opts.dora;
+        const norms = doraNorms(moduleWeight(model, l, m), A, B, scale);
+        const magnitude: RefTensor = { shape: [outF], data: Float32Array.from(norms, (n) => n * (1 + spread * (2 * rand() - 1))) };
+        tensors.push({ name: `${prefix}.${opts.magnitudeSuffix ?? 'lora_magnitude_vector'}`, shape: magnitude.shape, dtype: 'F32', data: magnitude.data });
+        lora.set(`${l}.${m}`, { a: A, b: B, scale, magnitude });
+      } else {
+        lora.set(`${l}.${m}`, { a: A, b: B, scale });
+      }
     }
   }
   mkdirSync(dir, { recursive: true });
@@ -373,7 +426,7 @@ export function makeTinyAdapter(model: TinyModel, opts: TinyAdapterOptions = {},
     lora_dropout: 0,
     target_modules: targets,
     use_rslora: opts.useRslora ?? false,
-    use_dora: false,
+    use_dora: Boolean(opts.dora),
     rank_pattern: opts.rankPattern ?? {},
     alpha_pattern: opts.alphaPattern ?? {},
     bias: 'none',
@@ -383,5 +436,5 @@ export function makeTinyAdapter(model: TinyModel, opts: TinyAdapterOptions = {},
   };
   writeFileSync(join(dir, 'adapter_config.json'), JSON.stringify(config, null, 2));
   writeSafetensors(join(dir, 'adapter_model.safetensors'), tensors);
-  return { dir, lora };
+  return { dir, lora, baseDir: model.dir };
 }

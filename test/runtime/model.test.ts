@@ -88,6 +88,28 @@ describe.each<Flavour>(['llama', 'qwen2', 'qwen3', 'gemma2', 'gemma3', 'phi3'])(
     });
   });
 
+  it("DoRA adapters match PEFT's DoRA forward alone and in a batch with LoRA and base rows", async () => {
+    const model = await load(tm);
+    const dora = [
+      makeTinyAdapter(tm, { seed: 24, r: 4, dora: true }),
+      makeTinyAdapter(tm, { seed: 25, r: 8, useRslora: true, alpha: 16, targets: ['q_proj', 'v_proj', 'down_proj'], dora: 0.4, rankPattern: { down_proj: 2 } }),
+    ];
+    const slots = [loadAdapter(model, adapters[0]), ...dora.map((a) => loadAdapter(model, a))];
+    await expectPrefillMatches(tm, model, tokens(2, 7, tm.cfg.vocabSize), slots[1], dora[0].lora);
+    const rows = [
+      { slot: slots[1], lora: dora[0].lora, toks: tokens(3, 6, tm.cfg.vocabSize) },
+      { slot: -1, lora: null, toks: tokens(4, 3, tm.cfg.vocabSize) },
+      { slot: slots[0], lora: adapters[0].lora, toks: tokens(5, 8, tm.cfg.vocabSize) },
+      { slot: slots[2], lora: dora[1].lora, toks: tokens(6, 1, tm.cfg.vocabSize) },
+      { slot: slots[1], lora: dora[0].lora, toks: tokens(7, 5, tm.cfg.vocabSize) },
+    ];
+    const out = await model.step(rows.map((r) => ({ seq: model.newSequence(), tokens: r.toks, slot: r.slot, logits: 'last' as const })));
+    rows.forEach((r, i) => expect(maxAbsDiff(logitsOf(out, i), referenceLogits(tm.cfg, tm.weights, r.toks, r.lora).at(-1)!)).toBeLessThan(TOL));
+    // The scales matter: the same factors without them give other logits.
+    const plain = new Map([...dora[0].lora].map(([k, p]) => [k, { a: p.a, b: p.b, scale: p.scale }]));
+    expect(maxAbsDiff(logitsOf(out, 0), referenceLogits(tm.cfg, tm.weights, rows[0].toks, plain).at(-1)!)).toBeGreaterThan(100 * TOL);
+  });
+
   it('prefill then 10 decode steps (mixed adapters, rows joining mid-decode) match full recomputation', async () => {
     const model = await load(tm);
     const slots = adapters.map((a) => loadAdapter(model, a));

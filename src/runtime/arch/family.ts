@@ -41,12 +41,12 @@ export interface LayerContext<S extends ModelSpec = ModelSpec> {
   kvNewSlot: string;
   padIndex: string;
   unpadIndex: string;
-  /** [T, d] → [U, n, d]: tokens grouped by adapter slot. */
-  group(x: string, d: number): string;
-  /** One module's LoRA delta for grouped tokens (the A/B stacks are graph inputs). */
-  delta(xg: string, l: number, m: Projection, din: number, dout: number): string;
-  /** y plus the deltas `d()` at their tokens (y itself in a base-only graph). */
-  scatterAdd(y: string, d: () => string): string;
+  /**
+   * A linear layer's output y = x·Wᵀ (+ bias), holding the projections `parts` side by side, plus
+   * the step's adapter deltas at their tokens: each slot's LoRA delta and, for DoRA slots,
+   * (g − 1) ⊙ x·Wᵀ (see graph/decoder.ts). y itself in a base-only graph.
+   */
+  adapt(y: string, x: string, l: number, parts: readonly Projection[], bias: Float32Array | null): string;
 }
 
 /** Between layers: the normalized input of the next layer (`x`) and the residual stream (`h`). */

@@ -27,11 +27,7 @@ export function emitAttention(ctx: LayerContext, l: number, x: string, pQkv: Pre
   const H = spec.hiddenSize;
   const kvDim = spec.numKvHeads * spec.headDim;
   const qDim = spec.numHeads * spec.headDim;
-  let qkv = emitLinear(g, x, `layers.${l}.qkv`, pQkv);
-  qkv = ctx.scatterAdd(qkv, () => {
-    const xg = ctx.group(x, H);
-    return g.op('Concat', [ctx.delta(xg, l, 'q_proj', H, qDim), ctx.delta(xg, l, 'k_proj', H, kvDim), ctx.delta(xg, l, 'v_proj', H, kvDim)], { axis: 2 });
-  });
+  const qkv = ctx.adapt(emitLinear(g, x, `layers.${l}.qkv`, pQkv), x, l, ['q_proj', 'k_proj', 'v_proj'], pQkv.bias);
   const [q, k, v] = [g.name('q'), g.name('k'), newValue(l)];
   g.opMulti('Split', [qkv, g.const64([qDim, kvDim, kvDim])], [q, k, v], { axis: 1 });
   g.output(v, ft, ['T', kvDim]);
@@ -54,8 +50,7 @@ export function emitAttention(ctx: LayerContext, l: number, x: string, pQkv: Pre
   const qPadded = g.op('Gather', [qr, ctx.padIndex], { axis: 0 });
   const attn = g.op('Attention', [qPadded, keys, values, ctx.mask(opts.window)], { q_num_heads: spec.numHeads, kv_num_heads: spec.numKvHeads, ...opts.attrs });
   const attnPacked = g.op('Gather', [g.op('Reshape', [attn, g.const64([-1, qDim])]), ctx.unpadIndex], { axis: 0 });
-  const o = emitLinear(g, attnPacked, `layers.${l}.o`, pO);
-  return ctx.scatterAdd(o, () => ctx.delta(ctx.group(attnPacked, qDim), l, 'o_proj', qDim, H));
+  return ctx.adapt(emitLinear(g, attnPacked, `layers.${l}.o`, pO), attnPacked, l, ['o_proj'], pO.bias);
 }
 
 /** x → down(act(gate(x)) · up(x)), LoRA deltas included ([T, hidden]). */
@@ -63,16 +58,11 @@ export function emitGatedMlp(ctx: LayerContext, l: number, x: string, pGu: Prepa
   const { g, spec } = ctx;
   const H = spec.hiddenSize;
   const I = spec.intermediateSize;
-  let gu = emitLinear(g, x, `layers.${l}.gate_up`, pGu);
-  gu = ctx.scatterAdd(gu, () => {
-    const xg = ctx.group(x, H);
-    return g.op('Concat', [ctx.delta(xg, l, 'gate_proj', H, I), ctx.delta(xg, l, 'up_proj', H, I)], { axis: 2 });
-  });
+  const gu = ctx.adapt(emitLinear(g, x, `layers.${l}.gate_up`, pGu), x, l, ['gate_proj', 'up_proj'], pGu.bias);
   const [gate, up] = [g.name('gate'), g.name('up')];
   g.opMulti('Split', [gu, g.const64([I, I])], [gate, up], { axis: 1 });
   const hidden = g.op('Mul', [act(gate), up]);
-  const down = emitLinear(g, hidden, `layers.${l}.down`, pDown);
-  return ctx.scatterAdd(down, () => ctx.delta(ctx.group(hidden, I), l, 'down_proj', I, H));
+  return ctx.adapt(emitLinear(g, hidden, `layers.${l}.down`, pDown), hidden, l, ['down_proj'], pDown.bias);
 }
 
 /** Per-head RMSNorm of q or k: reshape to [T, heads, headDim], normalize with `weight` [headDim], reshape back. */

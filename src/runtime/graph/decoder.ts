@@ -16,14 +16,18 @@
  *   Padding entries add exact zeros whatever the stacks hold (Where, not a multiply), so one slot's
  *   weights can never reach another slot's rows or the base rows.
  *   With no adapter rows U = 0 and every LoRA op runs on empty tensors.
+ *
+ * DoRA (adapters/dora.ts), in the same groups: y = g ⊙ (x·Wᵀ + s·x·Aᵀ·Bᵀ) + b is computed as
+ * y + (x·A)·(B ⊙ g) + (g − 1) ⊙ (y − b), with B ⊙ g in the B stack and g − 1 an input [U, 1, out]
+ * per projection. Plain LoRA slots feed g − 1 = 0, so their deltas are the LoRA deltas unchanged.
  */
 import { familyOf, type FamilySpec } from '../arch/families.js';
 import type { LayerContext } from '../arch/family.js';
 import { rotaryTable, type Rope } from '../arch/rope.js';
 import type { Checkpoint } from '../checkpoint/checkpoint.js';
-import type { ModelSpec, Projection } from '../checkpoint/spec.js';
+import { projectionShape, type ModelSpec, type Projection } from '../checkpoint/spec.js';
 import type { GraphBuilder } from './graph-builder.js';
-import { IO, loraA, loraB } from './io.js';
+import { IO, loraA, loraB, loraDora } from './io.js';
 import { emitLinear, type PreparedLinear } from './linear.js';
 import type { Preparer } from './prepare-pool.js';
 import type { WeightFormat } from './quant.js';
@@ -89,15 +93,28 @@ export async function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: Deco
     kvNewSlot,
     padIndex,
     unpadIndex,
-    group: (x, d) => g.op('Gather', [withZeroRow(x, d), loraGather], { axis: 0 }),
-    delta: (xg: string, l: number, m: Projection, din: number, dout: number) => {
-      const a = g.input(loraA(l, m), ft, ['U', din, 'R']);
-      const b = g.input(loraB(l, m), ft, ['U', 'R', dout]);
-      // [U, R, n] = Aᵀ·xgᵀ, then [U, n, out] = (that)ᵀ·B: transA on both (see the header).
-      const mid = g.op('FusedMatMul', [a, xg], { transA: 1, transB: 1, alpha: { float: 1 } }, { domain: 'com.microsoft' });
-      return g.op('FusedMatMul', [mid, b], { transA: 1, alpha: { float: 1 } }, { domain: 'com.microsoft' });
+    adapt: (y, x, l, parts, bias) => {
+      if (!opts.lora) return y;
+      const group = (t: string, d: number): string => g.op('Gather', [withZeroRow(t, d), loraGather], { axis: 0 });
+      const side = (ts: string[]): string => (ts.length === 1 ? ts[0] : g.op('Concat', ts, { axis: 2 }));
+      const din = projectionShape(spec, parts[0])[0];
+      const douts = parts.map((p) => projectionShape(spec, p)[1]);
+      const xg = group(x, din);
+      const lora = side(
+        parts.map((p, i) => {
+          const a = g.input(loraA(l, p), ft, ['U', din, 'R']);
+          const b = g.input(loraB(l, p), ft, ['U', 'R', douts[i]]);
+          // [U, R, n] = Aᵀ·xgᵀ, then [U, n, out] = (that)ᵀ·B: transA on both (see the header).
+          const mid = g.op('FusedMatMul', [a, xg], { transA: 1, transB: 1, alpha: { float: 1 } }, { domain: 'com.microsoft' });
+          return g.op('FusedMatMul', [mid, b], { transA: 1, alpha: { float: 1 } }, { domain: 'com.microsoft' });
+        }),
+      );
+      const gMinusOne = side(parts.map((p, i) => g.input(loraDora(l, p), ft, ['U', 1, douts[i]])));
+      let base = group(y, douts.reduce((n, d) => n + d, 0));
+      if (bias) base = g.op('Sub', [base, g.floatInit(`dora_bias.${l}.${parts[0]}`, [bias.length], bias)]);
+      const delta = g.op('Add', [lora, g.op('Mul', [gMinusOne, base])]);
+      return g.op('ScatterND', [y, loraScatterIdx, g.op('Where', [loraReal, delta, zeroDelta])], { reduction: 'add' });
     },
-    scatterAdd: (y, d) => (opts.lora ? g.op('ScatterND', [y, loraScatterIdx, g.op('Where', [loraReal, d(), zeroDelta])], { reduction: 'add' }) : y),
   };
 
   // ---- embeddings

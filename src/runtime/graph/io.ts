@@ -53,3 +53,5 @@ export const newValue = (l: number): string => `new_value.${l}`;
 /** [U, in, R] and [U, R, out]: the LoRA stacks of slots 0..U-1 (scale folded into B). */
 export const loraA = (l: number, module: string): string => `lora.${l}.${module}.a`;
 export const loraB = (l: number, module: string): string => `lora.${l}.${module}.b`;
+/** [U, 1, out]: the DoRA scales minus one of slots 0..U-1 (0 for plain LoRA). */
+export const loraDora = (l: number, module: string): string => `lora.${l}.${module}.dora`;

@@ -5,7 +5,7 @@
  * math; nothing from src/.
  */
 import type { LoraModule, RefModelConfig, RefWeights } from '../model-types.js';
-import { rmsNorm, rmsNormHeads, tensor, type Vec } from './math.js';
+import { matVecT, rmsNorm, rmsNormHeads, tensor, type Vec } from './math.js';
 
 export type Projector = (x: Vec, layer: number, mod: LoraModule, w: Float32Array, outDim: number, inDim: number, bias?: Float32Array) => Vec;
 
@@ -36,15 +36,21 @@ export function llamaLayer(cfg: RefModelConfig, weights: RefWeights, l: number, 
   const wGateUp = fused ? tensor(weights, `${p}mlp.gate_up_proj.weight`, [2 * I, H]) : null;
   const wGate = fused ? null : tensor(weights, `${p}mlp.gate_proj.weight`, [I, H]);
   const wUp = fused ? null : tensor(weights, `${p}mlp.up_proj.weight`, [I, H]);
-  /** On a fused checkpoint: the fused module (its own LoRA included) split into parts, each plus its own LoRA if any. */
+  /**
+   * On a fused checkpoint: the fused module (its own LoRA included) split into parts, each plus
+   * what its own LoRA or DoRA changes (the part with it minus the part without it, both from the
+   * part's rows of the fused weight).
+   */
   const split = (x: Vec, mod: 'qkv_proj' | 'gate_up_proj', w: Float32Array, sizes: number[], parts: LoraModule[]): Vec[] => {
     const y = proj(x, l, mod, w, sizes.reduce((a, b) => a + b, 0), H);
     let off = 0;
     return sizes.map((size, i) => {
       const part = y.slice(off, off + size);
+      const rows = w.subarray(off * H, (off + size) * H);
       off += size;
-      const delta = proj(x, l, parts[i], new Float32Array(size * H), size, H);
-      for (let j = 0; j < size; j++) part[j] += delta[j];
+      const own = proj(x, l, parts[i], rows, size, H);
+      const plain = matVecT(x, rows, size, H);
+      for (let j = 0; j < size; j++) part[j] += own[j] - plain[j];
       return part;
     });
   };

@@ -47,6 +47,31 @@ export function addLora(y: Vec, x: Vec, pair: RefLoraPair, key: string, outDim: 
   for (let o = 0; o < outDim; o++) y[o] += pair.scale * d[o];
 }
 
+/**
+ * A DoRA module's output as PEFT's DoRA forward computes it (fp32 reference, float64 here):
+ * y = m / ‖W + s·B·A‖ ⊙ (x·Wᵀ + s·x·Aᵀ·Bᵀ) + bias, the norm over each output row of W + s·B·A.
+ */
+export function doraLinear(x: Vec, w: Float32Array, pair: RefLoraPair, key: string, outDim: number, inDim: number, bias?: Float32Array): Vec {
+  const m = pair.magnitude!;
+  if (m.shape.length !== 1 || m.shape[0] !== outDim) throw new Error(`reference: DoRA magnitude of "${key}" has shape [${m.shape}], expected [${outDim}]`);
+  const y = matVecT(x, w, outDim, inDim);
+  addLora(y, x, pair, key, outDim, inDim);
+  const r = pair.a.shape[0];
+  const row = new Float64Array(inDim);
+  for (let o = 0; o < outDim; o++) {
+    // Row o of W + s·B·A.
+    for (let i = 0; i < inDim; i++) row[i] = w[o * inDim + i];
+    for (let k = 0; k < r; k++) {
+      const bs = pair.scale * pair.b.data[o * r + k];
+      for (let i = 0; i < inDim; i++) row[i] += bs * pair.a.data[k * inDim + i];
+    }
+    let norm = 0;
+    for (let i = 0; i < inDim; i++) norm += row[i] * row[i];
+    y[o] = (m.data[o] / Math.sqrt(norm)) * y[o] + (bias ? bias[o] : 0);
+  }
+  return y;
+}
+
 /** v / sqrt(mean(v^2) + eps) * w */
 export function rmsNorm(v: Vec, w: Float32Array, eps: number): Vec {
   let ss = 0;
