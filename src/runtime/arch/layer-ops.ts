@@ -20,11 +20,10 @@ export interface AttentionOptions {
   attrs?: Record<string, { float: number }>;
 }
 
-/** x → attention output projected by o_proj, LoRA deltas included ([T, hidden]). */
+/** x → attention output projected by o_proj, LoRA and DoRA deltas included ([T, hidden]). */
 export function emitAttention(ctx: LayerContext, l: number, x: string, pQkv: PreparedLinear, pO: PreparedLinear, opts: AttentionOptions): string {
   const { g, spec } = ctx;
   const ft = g.ft;
-  const H = spec.hiddenSize;
   const kvDim = spec.numKvHeads * spec.headDim;
   const qDim = spec.numHeads * spec.headDim;
   const qkv = ctx.adapt(emitLinear(g, x, `layers.${l}.qkv`, pQkv), x, l, ['q_proj', 'k_proj', 'v_proj'], pQkv.bias);
@@ -53,10 +52,9 @@ export function emitAttention(ctx: LayerContext, l: number, x: string, pQkv: Pre
   return ctx.adapt(emitLinear(g, attnPacked, `layers.${l}.o`, pO), attnPacked, l, ['o_proj'], pO.bias);
 }
 
-/** x → down(act(gate(x)) · up(x)), LoRA deltas included ([T, hidden]). */
+/** x → down(act(gate(x)) · up(x)), LoRA and DoRA deltas included ([T, hidden]). */
 export function emitGatedMlp(ctx: LayerContext, l: number, x: string, pGu: PreparedLinear, pDown: PreparedLinear, act: (gate: string) => string): string {
   const { g, spec } = ctx;
-  const H = spec.hiddenSize;
   const I = spec.intermediateSize;
   const gu = ctx.adapt(emitLinear(g, x, `layers.${l}.gate_up`, pGu), x, l, ['gate_proj', 'up_proj'], pGu.bias);
   const [gate, up] = [g.name('gate'), g.name('up')];

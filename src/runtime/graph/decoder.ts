@@ -25,7 +25,7 @@ import { familyOf, type FamilySpec } from '../arch/families.js';
 import type { LayerContext } from '../arch/family.js';
 import { rotaryTable, type Rope } from '../arch/rope.js';
 import type { Checkpoint } from '../checkpoint/checkpoint.js';
-import { projectionShape, type ModelSpec, type Projection } from '../checkpoint/spec.js';
+import { projectionShape, type ModelSpec } from '../checkpoint/spec.js';
 import type { GraphBuilder } from './graph-builder.js';
 import { IO, loraA, loraB, loraDora } from './io.js';
 import { emitLinear, type PreparedLinear } from './linear.js';
