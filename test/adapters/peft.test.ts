@@ -5,8 +5,10 @@ import { describe, expect, it } from 'vitest';
 import { loadPeftAdapter, parsePeftConfig, validatePeftAdapter } from '../../src/adapters/peft.js';
 import { AdapterInvalidError } from '../../src/errors.js';
 import { Checkpoint } from '../../src/runtime/checkpoint/checkpoint.js';
+import { CheckpointProjections } from '../../src/runtime/checkpoint/projection-weights.js';
+import { SafetensorsFile } from '../../src/runtime/checkpoint/safetensors.js';
 import { writeSafetensors } from '../../src/runtime/checkpoint/writer.js';
-import { makeTinyAdapter, makeTinyModel, PHI3_MODULES } from '../helpers/tiny-model.js';
+import { makeTinyAdapter, makeTinyModel, moduleWeight, PHI3_MODULES } from '../helpers/tiny-model.js';
 
 const tm = makeTinyModel({ seed: 3 });
 const ckpt = Checkpoint.open(tm.dir);
@@ -93,7 +95,7 @@ describe('honoured fields', () => {
 
 describe('refusals name the field', () => {
   it.each([
-    [{ use_dora: true }, 'use_dora', /use_dora=true \(DoRA\) is not supported/],
+    [{ use_dora: 'yes' }, 'use_dora', /use_dora must be true or false, got "yes"/],
     [{ modules_to_save: ['lm_head'] }, 'modules_to_save', /modules_to_save \["lm_head"\] is not supported/],
     [{ bias: 'all' }, 'bias', /bias "all" is not supported/],
     [{ peft_type: 'IA3' }, 'peft_type', /peft_type "IA3" is not supported/],
@@ -151,5 +153,106 @@ describe('refusals name the field', () => {
     expectAdapterError(() => loadPeftAdapter(a.dir, spec, { maxRank: 64 }), 'target_modules', /k_proj has LoRA factors but is not in target_modules/);
     renameSync(join(a.dir, 'adapter_config.json'), join(a.dir, 'x.json'));
     expectAdapterError(() => loadPeftAdapter(a.dir, spec, { maxRank: 64 }), 'adapter_config', /no adapter_config.json/);
+  });
+});
+
+/** Rewrites an adapter's tensors: `edit` returns the new values (null drops the tensor). */
+function rewriteTensors(dir: string, edit: (name: string, data: Float32Array, shape: readonly number[]) => { data: Float32Array; shape: readonly number[] } | null): void {
+  const path = join(dir, 'adapter_model.safetensors');
+  const file = SafetensorsFile.open(path);
+  const tensors = [...file.tensors].flatMap(([name, info]) => {
+    const t = edit(name, file.readFloat32(name), info.shape);
+    return t ? [{ name, shape: t.shape, dtype: 'F32' as const, data: t.data }] : [];
+  });
+  file.close();
+  writeSafetensors(path, tensors);
+}
+
+describe('DoRA', () => {
+  const base = new CheckpointProjections(tm.dir);
+  const load = (dir: string) => loadPeftAdapter(dir, spec, { maxRank: 64, base });
+
+  it('computes g = m / ‖W + s·B·A‖ per row, folds it into B and keeps it for the slots', () => {
+    const a = makeTinyAdapter(tm, { seed: 30, r: 4, targets: ['q_proj', 'down_proj'], dora: 0.3 });
+    const loaded = load(a.dir);
+    expect(loaded.config.useDora).toBe(true);
+    expect(loaded.bytes).toBe(loadPeftAdapter(makeTinyAdapter(tm, { seed: 30, r: 4, targets: ['q_proj', 'down_proj'] }).dir, spec, { maxRank: 64 }).bytes + 4 * (64 + 64) * 2);
+    for (const key of ['0.q_proj', '1.down_proj']) {
+      const ref = a.lora.get(key)!;
+      const [r, din] = ref.a.shape;
+      const dout = ref.b.shape[0];
+      const w = moduleWeight(tm, Number(key[0]), key.slice(2) as 'q_proj');
+      const f = loaded.weights.factors.get(key)!;
+      for (let o = 0; o < dout; o++) {
+        let norm = 0;
+        for (let i = 0; i < din; i++) {
+          let v = w[o * din + i];
+          for (let k = 0; k < r; k++) v += ref.scale * ref.b.data[o * r + k] * ref.a.data[k * din + i];
+          norm += v * v;
+        }
+        const g = ref.magnitude!.data[o] / Math.sqrt(norm);
+        expect(f.doraScale![o]).toBeCloseTo(g, 5);
+        // b [rank, out]: B transposed, times the scale and g.
+        for (let k = 0; k < r; k++) expect(f.b[k * dout + o]).toBeCloseTo(ref.b.data[o * r + k] * ref.scale * g, 5);
+      }
+    }
+  });
+
+  it('accepts the magnitude saved with a .weight suffix, and Phi-3 fused modules (magnitude split by rows)', () => {
+    const a = makeTinyAdapter(tm, { seed: 31, dora: true, magnitudeSuffix: 'lora_magnitude_vector.weight' });
+    const b = makeTinyAdapter(tm, { seed: 31, dora: true });
+    const fa = load(a.dir).weights.factors.get('1.v_proj')!;
+    expect(fa.doraScale).toEqual(load(b.dir).weights.factors.get('1.v_proj')!.doraScale);
+    const phi = makeTinyModel({ flavour: 'phi3', seed: 32 });
+    const phiSpec = Checkpoint.open(phi.dir).spec;
+    const fused = makeTinyAdapter(phi, { seed: 33, targets: PHI3_MODULES, dora: true });
+    const w = loadPeftAdapter(fused.dir, phiSpec, { maxRank: 64, base: new CheckpointProjections(phi.dir) }).weights;
+    expect([...w.factors.keys()].filter((k) => k.startsWith('0.'))).toEqual(['0.q_proj', '0.k_proj', '0.v_proj', '0.o_proj', '0.gate_proj', '0.up_proj', '0.down_proj']);
+    expect(w.factors.get('0.k_proj')!.doraScale!.length).toBe(phiSpec.numKvHeads * phiSpec.headDim);
+  });
+
+  it('refuses magnitudes without use_dora, use_dora without magnitudes, and wrong shapes', () => {
+    const a = makeTinyAdapter(tm, { seed: 34, dora: true });
+    editConfig(a.dir, (c) => (c.use_dora = false));
+    expectAdapterError(() => validatePeftAdapter(a.dir, spec, { maxRank: 64 }), 'use_dora', /lora_magnitude_vector is a DoRA magnitude but the adapter does not set use_dora/);
+    const b = makeTinyAdapter(tm, { seed: 35, dora: true });
+    rewriteTensors(b.dir, (name, data, shape) => (name.endsWith('layers.1.mlp.up_proj.lora_magnitude_vector') ? null : { data, shape }));
+    expectAdapterError(() => validatePeftAdapter(b.dir, spec, { maxRank: 64 }), 'adapter_model', /model.layers.1.mlp.up_proj has no lora_magnitude_vector, which use_dora requires/);
+    const c = makeTinyAdapter(tm, { seed: 36, dora: true });
+    rewriteTensors(c.dir, (name, data, shape) => (name.includes('layers.0.self_attn.k_proj.lora_magnitude') ? { data: data.subarray(1), shape: [shape[0] - 1] } : { data, shape }));
+    expectAdapterError(() => validatePeftAdapter(c.dir, spec, { maxRank: 64 }), 'adapter_model', /k_proj.lora_magnitude_vector has shape \[31\], expected \[32\]/);
+    const d = makeTinyAdapter(tm, { seed: 37, dora: true });
+    rewriteTensors(d.dir, (name, data, shape) => (name.includes('lora_A') && name.includes('layers.0.mlp.down_proj') ? null : { data, shape }));
+    rewriteTensors(d.dir, (name, data, shape) => (name.includes('lora_B') && name.includes('layers.0.mlp.down_proj') ? null : { data, shape }));
+    expectAdapterError(() => validatePeftAdapter(d.dir, spec, { maxRank: 64 }), 'adapter_model', /model.layers.0.mlp.down_proj has a lora_magnitude_vector but no LoRA factors/);
+  });
+
+  it.each([
+    ['NaN', Number.NaN, /holds NaN at index 3; DoRA magnitudes must be finite/],
+    ['Infinity', Number.POSITIVE_INFINITY, /holds Infinity at index 3/],
+    ['absurd', 1e6, /holds 1000000 at index 3; DoRA magnitudes must be finite and at most 10000/],
+  ])('refuses a %s magnitude at upload (validation) and at load', (_, value, message) => {
+    const a = makeTinyAdapter(tm, { seed: 38, dora: true });
+    rewriteTensors(a.dir, (name, data, shape) => {
+      if (name.includes('layers.1.self_attn.o_proj.lora_magnitude')) data[3] = value;
+      return { data, shape };
+    });
+    expectAdapterError(() => validatePeftAdapter(a.dir, spec, { maxRank: 64 }), 'adapter_model', /o_proj.lora_magnitude_vector/, message);
+    expectAdapterError(() => load(a.dir), 'adapter_model', message);
+  });
+
+  it('refuses at load a scale that is not finite or too large (a row of W + s·B·A with norm 0)', () => {
+    // B = −W·A⁺ is hard to build; instead a magnitude 2000× the norm (finite, within the magnitude bound).
+    const a = makeTinyAdapter(tm, { seed: 39, dora: true });
+    rewriteTensors(a.dir, (name, data, shape) => {
+      if (name.includes('layers.0.mlp.gate_proj.lora_magnitude')) data[5] *= 2000;
+      return { data, shape };
+    });
+    expect(validatePeftAdapter(a.dir, spec, { maxRank: 64 }).config.useDora).toBe(true);
+    expectAdapterError(() => load(a.dir), 'adapter_model', /gate_proj.lora_magnitude_vector: row 5 gets the DoRA scale .* it must be finite and at most 1000/);
+  });
+
+  it('refuses to load without the base weights (a server always has them)', () => {
+    expect(() => loadPeftAdapter(makeTinyAdapter(tm, { seed: 40, dora: true }).dir, spec, { maxRank: 64 })).toThrow(/needs the base model weights/);
   });
 });

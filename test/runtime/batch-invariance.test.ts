@@ -13,7 +13,8 @@ import { argmax, loadAdapter, loadTiny, logitsOf } from '../helpers/runtime.js';
 import { makeTinyAdapter, makeTinyModel, prng } from '../helpers/tiny-model.js';
 
 const tm = makeTinyModel({ seed: 23, vocabSize: 128 });
-const adapters = [0, 1, 2].map((i) => makeTinyAdapter(tm, { seed: 60 + i, r: 4 + 4 * i, bStd: 0.3 }));
+// Slot 3 holds a DoRA adapter: its rows' scales must not reach the LoRA and base rows beside them.
+const adapters = [...[0, 1, 2].map((i) => makeTinyAdapter(tm, { seed: 60 + i, r: 4 + 4 * i, bStd: 0.3 })), makeTinyAdapter(tm, { seed: 63, r: 8, bStd: 0.3, dora: 0.3 })];
 const open: DecoderModel[] = [];
 afterAll(async () => {
   for (const m of open) await m.close();
@@ -60,8 +61,11 @@ function joining(step: number): [number, number, number][] {
       [7, 1, 12],
       [5, -1, 1],
     ],
-    4: [[33, 2, 5]],
-    5: Array.from({ length: 9 }, (_, i): [number, number, number] => [1 + (i % 4), (i % 4) - 1, 3 + i]),
+    4: [
+      [33, 2, 5],
+      [6, 3, 7],
+    ],
+    5: Array.from({ length: 9 }, (_, i): [number, number, number] => [1 + (i % 4), (i % 5) - 1, 3 + i]),
     8: [[17, 0, 4]],
   };
   return plan[step] ?? [];
@@ -105,10 +109,11 @@ describe('batch invariance', () => {
     { prompt: [5, 9, 17, 33, 65, 3, 8, 13, 21], slot: 0 },
     { prompt: [40, 41], slot: -1 },
     { prompt: [7], slot: 2 },
+    { prompt: [11, 12, 13, 14], slot: 3 },
   ];
   for (const weights of ['int4', 'int8', 'nf4', 'fp32'] as WeightFormat[]) {
     it(`${weights}: a greedy probe gets the same tokens, logprobs and logits alone and amid other traffic`, async () => {
-      const model = await loadTiny(tm, { weights }, { adapterSlots: 4, kvCacheTokens: 2048 });
+      const model = await loadTiny(tm, { weights }, { adapterSlots: 4, kvCacheTokens: 4096 });
       open.push(model);
       for (const a of adapters) loadAdapter(model, a);
       for (const probe of probes) {

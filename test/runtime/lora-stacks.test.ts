@@ -55,6 +55,29 @@ describe('LoraStacks', () => {
     expect(qView(s).aDims).toEqual([0, 8, 0]);
   });
 
+  it('holds DoRA scales minus one per slot (exactly 0 for LoRA slots and untargeted projections), moved with their slot', () => {
+    const s = new LoraStacks(spec, 3, 64, false);
+    const dora = (tag: number): LoraWeights => {
+      const w = adapter(tag, 2);
+      const f = w.factors.get(factorKey(0, 'q_proj'))!;
+      return { ...w, factors: new Map([[factorKey(0, 'q_proj'), { ...f, doraScale: new Float32Array(8).fill(1 + tag / 8) }]]) };
+    };
+    s.load(dora(1));
+    s.load(adapter(2, 2));
+    s.load(dora(4));
+    const q = qView(s);
+    expect(q.gDims).toEqual([3, 1, 8]);
+    expect(Array.from(q.g)).toEqual([...Array(8).fill(0.125), ...Array(8).fill(0), ...Array(8).fill(0.5)]);
+    expect([...s.views()].find((v) => v.projection === 'o_proj')!.g.every((x) => x === 0)).toBe(true);
+    s.unload(0);
+    expect(Array.from(qView(s).g)).toEqual([...Array(8).fill(0.5), ...Array(8).fill(0)]);
+    // A scale whose g − 1 is not finite in float16 is refused before it enters a slot.
+    const half = new LoraStacks(spec, 1, 64, true);
+    const big = dora(1);
+    big.factors.get(factorKey(0, 'q_proj'))!.doraScale![2] = 70000;
+    expect(() => half.load(big)).toThrow(/DoRA scale − 1\) holds 69999 at index 2/);
+  });
+
   it('refuses a full set of slots and a rank above the maximum', () => {
     const s = new LoraStacks(spec, 1, 8, false);
     s.load(adapter(1, 8));
