@@ -77,6 +77,8 @@ export function resolveAdapter(
     const parts = merged.ids.map((id, i) => {
       const r = registry.get(id);
       if (!r) throw new ModelNotFoundError(`adapter ${JSON.stringify(id)} in merged_adapters does not exist`, 'merged_adapters.ids');
+      // A DoRA module normalizes its weight by rows: a weighted sum of DoRA modules is not one.
+      if (r.info.config.useDora) throw new UnsupportedError(`adapter ${r.name} is a DoRA adapter; merged_adapters combines LoRA adapters only`, 'merged_adapters.ids');
       const w = merged.weights[i];
       if (!(Math.abs(w) <= MAX_MERGE_WEIGHT)) throw new ValidationError(`merged_adapters.weights[${i}] must be a number between -${MAX_MERGE_WEIGHT} and ${MAX_MERGE_WEIGHT}; given ${w}`, 'merged_adapters.weights');
       return { ...source(r), weight: merged.weights[i] };
@@ -104,6 +106,7 @@ export function resolveAdapter(
   const r = registry.get(wanted);
   if (!r) throw new ModelNotFoundError(`The model \`${wanted}\` does not exist. Known: the base model \`${baseId}\` and ${registry.size} adapter(s); see GET /v1/models.`, param);
   const echo = model && model !== baseId && !req.adapter_id ? model : wanted;
+  if (scale !== null && scale !== 1 && r.info.config.useDora) throw new UnsupportedError(`lora_scale scales LoRA adapters; ${r.name} is a DoRA adapter`, 'lora_scale');
   if (scale === null || scale === 1) return { spec: { kind: 'single', ...source(r) }, names: [r.name], digests: [r.digest], model: echo, label: r.name };
   // A scaled adapter is a one-part weighted combination: its own weights, its own prefix-cache identity.
   const parts = [{ ...source(r), weight: scale }];
