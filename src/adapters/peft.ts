@@ -258,7 +258,7 @@ export function loadPeftAdapter(dir: string, spec: ModelSpec, opts: LoadOptions)
     const info = summarize(config, plan, opts);
     if (config.useDora && !opts.base) throw new Error('a DoRA adapter needs the base model weights to load');
     const factors = new Map<string, LoraFactor>();
-    for (const f of config.useDora ? [...plan].sort((x, y) => x.layer - y.layer) : plan) {
+    for (const f of config.useDora ? [...plan].sort((x, y) => x.projection.localeCompare(y.projection) || x.layer - y.layer) : plan) {
       const a = transpose(readTensor(file, f.a), f.rank, f.din, 1);
       const b = transpose(readB(file, f), f.dout, f.rank, f.scale);
       checkFactorValues(a, dtype, `${ADAPTER_WEIGHTS}: ${f.a}`);

@@ -17,6 +17,11 @@ export interface RandomAdapterOptions {
   /** Standard deviation of lora_B entries (lora_A uses 1/sqrt(in)). */
   bStd?: number;
   baseModel?: string;
+  /**
+   * Write a DoRA adapter (use_dora) whose magnitude entries are this value times a random factor in
+   * [0.9, 1.1] (a real adapter's start at the base weight's row norms).
+   */
+  doraMagnitude?: number;
 }
 
 export function writeRandomPeftAdapter(dir: string, spec: ModelSpec, opts: RandomAdapterOptions): void {
@@ -35,6 +40,8 @@ export function writeRandomPeftAdapter(dir: string, spec: ModelSpec, opts: Rando
       const prefix = `base_model.model.model.layers.${l}.${projectionPath(p)}`;
       tensors.push({ name: `${prefix}.lora_A.weight`, shape: [opts.rank, din], dtype: 'F32', data: () => random(opts.rank * din, 1 / Math.sqrt(din)) });
       tensors.push({ name: `${prefix}.lora_B.weight`, shape: [dout, opts.rank], dtype: 'F32', data: () => random(dout * opts.rank, opts.bStd ?? 0.01) });
+      const m = opts.doraMagnitude;
+      if (m !== undefined) tensors.push({ name: `${prefix}.lora_magnitude_vector`, shape: [dout], dtype: 'F32', data: () => random(dout, m * 0.1 / Math.sqrt(3)).map((x) => m + x) });
     }
   }
   mkdirSync(dir, { recursive: true });
@@ -51,7 +58,7 @@ export function writeRandomPeftAdapter(dir: string, spec: ModelSpec, opts: Rando
         lora_dropout: 0,
         target_modules: targets,
         use_rslora: false,
-        use_dora: false,
+        use_dora: opts.doraMagnitude !== undefined,
         bias: 'none',
         modules_to_save: null,
       },

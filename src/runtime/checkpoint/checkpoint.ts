@@ -113,6 +113,11 @@ export class Checkpoint implements TensorReader {
     }
   }
 
+  /** Whether the checkpoint holds a tensor of this name. */
+  has(name: string): boolean {
+    return this.location.has(name);
+  }
+
   /** Reads one tensor as float32 (converting F16/BF16). */
   read(name: string): Float32Array {
     const st = this.location.get(name);

@@ -1,14 +1,14 @@
 /**
  * The base model's full-precision weight of one projection, [out, in] in Hugging Face layout, read
- * from the checkpoint (what DoRA adapters need: their scale is a function of the base weight). The
- * family's own layer reader is used, so fused checkpoint tensors (Phi-3's qkv_proj) and separate
- * ones give the same rows; the last layer read is kept, so asking for a layer's projections in
- * order reads it once.
+ * from the checkpoint (what DoRA adapters need: their scale is a function of the base weight). A
+ * projection stored as its own tensor is read alone; one stored inside a fused tensor (Phi-3's
+ * qkv_proj) is cut from the family's own layer reader, whose last layer is kept, so asking for a
+ * layer's projections in order reads it once.
  */
 import { familyOf } from '../arch/families.js';
 import type { LinearWeight } from '../graph/linear.js';
 import { Checkpoint } from './checkpoint.js';
-import { projectionShape, type ModelSpec, type Projection } from './spec.js';
+import { projectionPath, projectionShape, type ModelSpec, type Projection } from './spec.js';
 
 /** Reads base projection weights; `weight` returns [out, in], row-major. */
 export interface ProjectionWeights {
@@ -46,6 +46,8 @@ export class CheckpointProjections implements ProjectionWeights {
 
   weight(layer: number, p: Projection): Float32Array {
     this.ckpt ??= Checkpoint.open(this.dir);
+    const own = `model.layers.${layer}.${projectionPath(p)}.weight`;
+    if (this.ckpt.has(own)) return this.ckpt.read(own);
     const spec = this.ckpt.spec;
     if (this.last?.layer !== layer) this.last = { layer, weights: familyOf(spec).layerWeights(this.ckpt, spec, layer) };
     const { index, row } = placeOf(spec, p);

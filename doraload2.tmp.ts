@@ -1,0 +1,10 @@
+import { CheckpointProjections } from './src/runtime/checkpoint/projection-weights.js';
+import { PROJECTIONS } from './src/runtime/checkpoint/spec.js';
+const dir = '/work/main/.cache/bench/models/qwen2.5-0.5b-shape';
+const base = new CheckpointProjections(dir);
+let t = performance.now();
+base.weight(0, 'q_proj');
+console.log(`open ${(performance.now() - t).toFixed(0)} ms`);
+t = performance.now();
+for (let l = 0; l < 24; l++) for (const p of PROJECTIONS) base.weight(l, p);
+console.log(`read ${(performance.now() - t).toFixed(0)} ms`);
