@@ -68,14 +68,14 @@ export async function loadModel(built: BuiltModel, kvCacheTokens: number, adapte
 }
 
 /** Writes (once) and loads `count` random rank-16 adapters on all seven projections. */
-export function benchAdapters(ctx: BenchContext, name: string, model: DecoderModel, count: number, rank = 16): { dirs: string[]; weights: LoraWeights[] } {
+export async function benchAdapters(ctx: BenchContext, name: string, model: DecoderModel, count: number, rank = 16): Promise<{ dirs: string[]; weights: LoraWeights[] }> {
   const dirs: string[] = [];
   const weights: LoraWeights[] = [];
   for (let i = 0; i < count; i++) {
     const dir = join(ctx.dir, 'adapters', `${name}-r${rank}-${i}`);
     if (!existsSync(join(dir, 'adapter_model.safetensors'))) writeRandomPeftAdapter(dir, model.spec, { rank, seed: 1000 + i });
     dirs.push(dir);
-    weights.push(loadPeftAdapter(dir, model.spec, { maxRank: 64 }).weights);
+    weights.push((await loadPeftAdapter(dir, model.spec, { maxRank: 64 })).weights);
   }
   return { dirs, weights };
 }
@@ -134,7 +134,7 @@ export async function runtimeBench(ctx: BenchContext): Promise<RuntimeBenchResul
   {
     const model = await loadModel(builtInt4, kvTokens);
     const base = await loadModel(await buildFor(ctx, modelDir, { weights: 'int4', activations: 'fp32', lora: false }), kvTokens);
-    const { weights } = benchAdapters(ctx, name, model, 8);
+    const { weights } = await benchAdapters(ctx, name, model, 8);
     weights.forEach((w) => model.lora.load(w));
     for (const rows of [8, 32]) {
       ctx.log(`LoRA cost, ${rows} rows: U = 0, 1, 4, 8 distinct adapters (rank 16, all 7 projections)`);

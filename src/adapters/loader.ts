@@ -6,11 +6,12 @@
  */
 import { AdapterInvalidError, LoraplexError } from '../errors.js';
 import { CheckpointProjections } from '../runtime/checkpoint/projection-weights.js';
+import { RowNorms } from '../runtime/row-norms.js';
 import type { ModelSpec } from '../runtime/checkpoint/spec.js';
 import { checkLoraWeights, type LoraWeights, type SlotDtype } from '../runtime/lora-stacks.js';
 import { WorkerPool } from '../util/worker-pool.js';
 import { mergeByTaskArithmetic, mergeLoraWeights } from './merge.js';
-import { loadPeftAdapter } from './peft.js';
+import { loadPeftAdapter, type DoraBase } from './peft.js';
 import { adapterDigest } from './digest.js';
 import type { AdapterSource, AdapterSpec } from './spec.js';
 
@@ -26,19 +27,22 @@ export interface LoaderOptions {
 
 export type AdapterLoader = (spec: AdapterSpec) => Promise<LoraWeights>;
 
+/** This thread's row-norm kernel for DoRA scales (its onnxruntime session starts with the first DoRA load). */
+const rowNorms = new RowNorms();
+
 /** Loads on the calling thread (tests, CLI, the loader thread itself). */
-export function loadAdapterSync(spec: AdapterSpec, opts: LoaderOptions): LoraWeights {
-  const base = opts.checkpointDir ? new CheckpointProjections(opts.checkpointDir) : null;
+export async function loadAdapterHere(spec: AdapterSpec, opts: LoaderOptions): Promise<LoraWeights> {
+  const weights = opts.checkpointDir ? new CheckpointProjections(opts.checkpointDir) : null;
   try {
-    return loadWith(spec, opts, base);
+    return await loadWith(spec, opts, weights && { weights, norms: rowNorms });
   } finally {
-    base?.release();
+    weights?.release();
   }
 }
 
-function loadWith(spec: AdapterSpec, opts: LoaderOptions, base: CheckpointProjections | null): LoraWeights {
-  const load = (s: AdapterSource): LoraWeights => {
-    const w = loadPeftAdapter(s.dir, opts.spec, { maxRank: opts.maxRank, strictBase: opts.strictBase, slotDtype: opts.slotDtype, base }).weights;
+async function loadWith(spec: AdapterSpec, opts: LoaderOptions, base: DoraBase | null): Promise<LoraWeights> {
+  const load = async (s: AdapterSource): Promise<LoraWeights> => {
+    const w = (await loadPeftAdapter(s.dir, opts.spec, { maxRank: opts.maxRank, strictBase: opts.strictBase, slotDtype: opts.slotDtype, base })).weights;
     // A directory that is not an immutable version must still hold the version it was named by.
     if (s.verify && adapterDigest(s.dir) !== s.key) {
       throw new LoraplexError('adapter_load_failed', `adapter ${s.name} changed on disk since it was registered; the new version is picked up shortly, retry`);
@@ -46,7 +50,8 @@ function loadWith(spec: AdapterSpec, opts: LoaderOptions, base: CheckpointProjec
     return w;
   };
   if (spec.kind === 'single') return load(spec);
-  const parts = spec.parts.map((p) => ({ weights: load(p), weight: p.weight }));
+  const parts: { weights: LoraWeights; weight: number }[] = [];
+  for (const p of spec.parts) parts.push({ weights: await load(p), weight: p.weight });
   const dora = spec.parts.find((_, i) => [...parts[i].weights.factors.values()].some((f) => f.doraScale));
   // A DoRA module's weight is normalized per row: a sum of DoRA (or DoRA and LoRA) modules is
   // not a DoRA module of the summed factors (PEFT does not combine them either).

@@ -13,6 +13,7 @@ import { ChatTemplate } from '../runtime/chat-template.js';
 import { SafetensorsFile } from '../runtime/checkpoint/safetensors.js';
 import { FUSED_PROJECTIONS, PROJECTIONS, projectionPath, projectionShape, type FusedProjection, type ModelSpec, type Projection } from '../runtime/checkpoint/spec.js';
 import type { ProjectionWeights } from '../runtime/checkpoint/projection-weights.js';
+import type { RowNorms } from '../runtime/row-norms.js';
 import { checkFactorValues, factorKey, type LoraFactor, type LoraWeights, type SlotDtype } from '../runtime/lora-stacks.js';
 import { checkMagnitudes, doraScale, withDoraScale } from './dora.js';
 
@@ -122,8 +123,13 @@ export interface LoadOptions {
   strictBase?: string | null;
   /** The slots' element type: loaded factors must be finite once stored in it (default float32). */
   slotDtype?: SlotDtype;
-  /** The base model's weights, which DoRA adapters need at load (absent: DoRA adapters fail to load). */
-  base?: ProjectionWeights | null;
+  /** The base model's weights and a row-norm kernel, which DoRA adapters need at load (absent: DoRA adapters fail to load). */
+  base?: DoraBase | null;
+}
+
+export interface DoraBase {
+  weights: ProjectionWeights;
+  norms: RowNorms;
 }
 
 /** What an adapter is, known from its config and tensor headers alone (no weights read). */
@@ -249,7 +255,7 @@ function readTensor(file: SafetensorsFile, name: string): Float32Array {
  * Reads and validates a PEFT adapter directory against the base model spec. A DoRA adapter's
  * scales are computed from `opts.base` (layer by layer, so each base layer is read once).
  */
-export function loadPeftAdapter(dir: string, spec: ModelSpec, opts: LoadOptions): PeftAdapter {
+export async function loadPeftAdapter(dir: string, spec: ModelSpec, opts: LoadOptions): Promise<PeftAdapter> {
   const config = readPeftConfig(dir);
   const file = openWeights(dir);
   const dtype = opts.slotDtype ?? 'float32';
@@ -258,9 +264,11 @@ export function loadPeftAdapter(dir: string, spec: ModelSpec, opts: LoadOptions)
     const info = summarize(config, plan, opts);
     if (config.useDora && !opts.base) throw new Error('a DoRA adapter needs the base model weights to load');
     const factors = new Map<string, LoraFactor>();
-    for (const f of config.useDora ? [...plan].sort((x, y) => x.projection.localeCompare(y.projection) || x.layer - y.layer) : plan) {
-      const a = transpose(readTensor(file, f.a), f.rank, f.din, 1);
-      const b = transpose(readB(file, f), f.dout, f.rank, f.scale);
+    for (const f of config.useDora ? [...plan].sort((x, y) => x.layer - y.layer) : plan) {
+      const rawA = readTensor(file, f.a);
+      const rawB = readB(file, f);
+      const a = transpose(rawA, f.rank, f.din, 1);
+      const b = transpose(rawB, f.dout, f.rank, f.scale);
       checkFactorValues(a, dtype, `${ADAPTER_WEIGHTS}: ${f.a}`);
       checkFactorValues(b, dtype, `${ADAPTER_WEIGHTS}: ${f.b} (times the scale ${f.scale})`);
       let factor: LoraFactor = { rank: f.rank, a, b, scale: f.scale };
@@ -268,7 +276,9 @@ export function loadPeftAdapter(dir: string, spec: ModelSpec, opts: LoadOptions)
         const what = `${ADAPTER_WEIGHTS}: ${f.m}`;
         const m = readMagnitude(file, f);
         checkMagnitudes(m, what);
-        factor = withDoraScale(factor, doraScale(opts.base!.weight(f.layer, f.projection), factor, m, what));
+        const w = opts.base!.weights.weight(f.layer, f.projection);
+        const norms = await opts.base!.norms.of(w, rawB.map((x) => x * f.scale), rawA, f.dout, f.din, f.rank);
+        factor = withDoraScale(factor, doraScale(norms, m, what));
         checkFactorValues(factor.b, dtype, `${ADAPTER_WEIGHTS}: ${f.b} (times the scale ${f.scale} and the DoRA scale)`);
       }
       factors.set(f.key, factor);

@@ -1,5 +1,5 @@
 /** The CLI's commands, as functions of a resolved configuration. */
-import { loadPeftAdapter } from '../adapters/peft.js';
+import { loadAdapterHere } from '../adapters/loader.js';
 import type { Config, ServeConfig } from '../config.js';
 import { chatTemplateFor } from '../adapters/peft.js';
 import { checkContext, checkPrompt, endOfSequenceIds } from '../scheduler/limits.js';
@@ -125,8 +125,7 @@ export async function runGenerate(config: Partial<Config>, args: GenerateArgs): 
     checkContext(prompt.length, maxTokens, rt.model.maxPositions, rt.model.kv.capacity);
     let slot = -1;
     if (args.adapter) {
-      const adapter = loadPeftAdapter(args.adapter, rt.model.spec, { maxRank: rt.model.lora.maxRank });
-      slot = rt.model.lora.load(adapter.weights);
+      slot = rt.model.lora.load(await loadAdapterHere({ kind: 'single', key: args.adapter, name: args.adapter, dir: args.adapter }, { spec: rt.model.spec, maxRank: rt.model.lora.maxRank, strictBase: null, slotDtype: rt.model.lora.dtype, checkpointDir: settings(config).model }));
     }
     const eos = endOfSequenceIds(rt.model, tok);
     const gen = new Generation(prompt, sampling, { maxNewTokens: maxTokens, eosIds: eos, stopTokenIds: new Set(), stopStrings: args.stop ?? [] }, tok);

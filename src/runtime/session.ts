@@ -38,6 +38,9 @@ export interface SessionOptions {
   log?: (msg: string) => void;
 }
 
+const open = (model: string | Uint8Array, opts: ort.InferenceSession.SessionOptions): Promise<ort.InferenceSession> =>
+  typeof model === 'string' ? ort.InferenceSession.create(model, opts) : ort.InferenceSession.create(model, opts);
+
 export class Session {
   readonly device: Device;
   readonly inputNames: readonly string[];
@@ -49,7 +52,8 @@ export class Session {
     this.inputNames = session.inputNames;
   }
 
-  static async create(modelPath: string, opts: SessionOptions): Promise<Session> {
+  /** A session over a model file, or over an encoded model held in memory (small helper graphs). */
+  static async create(modelPath: string | Uint8Array, opts: SessionOptions): Promise<Session> {
     const cores = availableCores();
     const threads = opts.threads > 0 ? opts.threads : cores.count;
     const base: ort.InferenceSession.SessionOptions = {
@@ -66,7 +70,7 @@ export class Session {
     opts.log?.(`onnxruntime: ${threads} intra-op thread(s)${opts.threads > 0 ? ' (--threads)' : ` (${cores.source})`}`);
     if (opts.device !== 'cpu') {
       try {
-        const s = await ort.InferenceSession.create(modelPath, { ...base, executionProviders: [opts.device] });
+        const s = await open(modelPath, { ...base, executionProviders: [opts.device] });
         return new Session(s, opts.device);
       } catch (err) {
         const why = (err as Error).message.split('\n')[0];
@@ -80,10 +84,10 @@ export class Session {
       }
     }
     try {
-      const s = await ort.InferenceSession.create(modelPath, { ...base, executionProviders: ['cpu'] });
+      const s = await open(modelPath, { ...base, executionProviders: ['cpu'] });
       return new Session(s, 'cpu');
     } catch (err) {
-      throw new RuntimeConfigError(`cannot load ${modelPath}: ${(err as Error).message}`);
+      throw new RuntimeConfigError(`cannot load ${typeof modelPath === 'string' ? modelPath : 'an in-memory model'}: ${(err as Error).message}`);
     }
   }
 

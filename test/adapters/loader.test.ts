@@ -6,7 +6,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { loadAdapterSync, ThreadLoader, type LoaderOptions } from '../../src/adapters/loader.js';
+import { loadAdapterHere, ThreadLoader, type LoaderOptions } from '../../src/adapters/loader.js';
 import type { AdapterSpec } from '../../src/adapters/spec.js';
 import { LoraplexError } from '../../src/errors.js';
 import { Checkpoint } from '../../src/runtime/checkpoint/checkpoint.js';
@@ -32,9 +32,9 @@ const loader = new ThreadLoader(opts);
 afterAll(() => loader.close());
 
 /** What loading on this thread throws, as the wire would carry it. */
-function syncFailure(spec: AdapterSpec): LoraplexError {
+async function hereFailure(spec: AdapterSpec): Promise<LoraplexError> {
   try {
-    loadAdapterSync(spec, opts);
+    await loadAdapterHere(spec, opts);
   } catch (err) {
     return LoraplexError.from(err);
   }
@@ -46,7 +46,7 @@ describe('ThreadLoader', () => {
     const merge: AdapterSpec = { kind: 'merge', key: 'm', name: 'm', parts: [{ key: 'a', name: 'alpha', dir: alpha.dir, weight: 0.5 }, { key: 'b', name: 'beta', dir: beta.dir, weight: -1 }] };
     for (const spec of [single('alpha', alpha.dir), merge]) {
       const threaded = await loader.load(spec);
-      const inline = loadAdapterSync(spec, opts);
+      const inline = await loadAdapterHere(spec, opts);
       expect([...threaded.factors.keys()]).toEqual([...inline.factors.keys()]);
       for (const [k, f] of inline.factors) {
         expect(threaded.factors.get(k)!.a).toEqual(f.a);
@@ -59,7 +59,7 @@ describe('ThreadLoader', () => {
     const spec = single('nan-weights', nan.dir);
     const err = await loader.load(spec).then(() => null, (e: unknown) => e);
     expect(err).toBeInstanceOf(LoraplexError);
-    expect((err as LoraplexError).toWire()).toEqual(syncFailure(spec).toWire());
+    expect((err as LoraplexError).toWire()).toEqual((await hereFailure(spec)).toWire());
     expect((err as LoraplexError).code).toBe('adapter_invalid');
     expect((err as LoraplexError).param).toBe('adapter_model');
     expect((err as LoraplexError).message).toMatch(/is not a finite float32 value/);
@@ -68,7 +68,7 @@ describe('ThreadLoader', () => {
   it('a directory that changed since it was registered fails with adapter_load_failed (424)', async () => {
     const spec = single('alpha', alpha.dir, { verify: true, key: 'not-its-digest' });
     const err = (await loader.load(spec).then(() => null, (e: unknown) => e)) as LoraplexError;
-    expect(err.toWire()).toEqual(syncFailure(spec).toWire());
+    expect(err.toWire()).toEqual((await hereFailure(spec)).toWire());
     expect(err.code).toBe('adapter_load_failed');
     expect(err.statusCode).toBe(424);
   });
@@ -76,7 +76,7 @@ describe('ThreadLoader', () => {
   it('a missing directory fails as it does on the calling thread, and the loader goes on loading', async () => {
     const spec = single('gone', join(tempDir(), 'nothing-here'));
     const err = (await loader.load(spec).then(() => null, (e: unknown) => e)) as LoraplexError;
-    expect(err.toWire()).toEqual(syncFailure(spec).toWire());
+    expect(err.toWire()).toEqual((await hereFailure(spec)).toWire());
     expect(err.code).not.toBe('internal_error');
     await expect(loader.load(single('beta', beta.dir))).resolves.toMatchObject({ factors: expect.any(Map) });
   });

@@ -3,7 +3,7 @@
  * events collected per request, greedy requests, and the reference each answer is checked against
  * (the request run alone, straight on a model, with no scheduler and no cache).
  */
-import { loadAdapterSync } from '../../src/adapters/loader.js';
+import { loadAdapterHere } from '../../src/adapters/loader.js';
 import type { DecoderModel } from '../../src/runtime/model.js';
 import type { TextTokenizer } from '../../src/runtime/tokenizer.js';
 import type { GrammarHost } from '../../src/scheduler/grammar-host.js';
@@ -38,7 +38,7 @@ export function startEngine(
     load: async (s) => {
       await new Promise((r) => setTimeout(r, opts.loadDelayMs ?? 1));
       if (s.kind === 'single' && opts.failDirs?.has(s.dir)) throw new Error('disk on fire');
-      return loadAdapterSync(s, { spec: model.spec, maxRank, strictBase: null, slotDtype: 'float32' });
+      return loadAdapterHere(s, { spec: model.spec, maxRank, strictBase: null, slotDtype: 'float32' });
     },
     emit: (es) => {
       for (const e of es) {
@@ -83,7 +83,7 @@ export function endOf(events: readonly EngineEvent[] | undefined): Extract<Engin
 /** Greedy tokens of one request run alone, straight on a model (no scheduler, no cache). */
 export async function aloneGreedy(model: DecoderModel, prompt: readonly number[], adapter: Extract<AdapterSpec, { kind: 'single' }> | null, n: number, maxRank = 64): Promise<number[]> {
   while (model.lora.count > 0) model.lora.unload(0);
-  const slot = adapter ? model.lora.load(loadAdapterSync(adapter, { spec: model.spec, maxRank, strictBase: null, slotDtype: 'float32' })) : -1;
+  const slot = adapter ? model.lora.load(await loadAdapterHere(adapter, { spec: model.spec, maxRank, strictBase: null, slotDtype: 'float32' })) : -1;
   const seq = model.newSequence();
   const out: number[] = [];
   let next: readonly number[] = prompt;

@@ -1,6 +1,7 @@
 /** Shared helpers for runtime tests: build + load a tiny model, compare logits. */
 import { loadPeftAdapter } from '../../src/adapters/peft.js';
 import { CheckpointProjections } from '../../src/runtime/checkpoint/projection-weights.js';
+import { RowNorms } from '../../src/runtime/row-norms.js';
 import { buildModel, type BuildOptions } from '../../src/runtime/graph/build.js';
 import { DecoderModel, type StepOutput } from '../../src/runtime/model.js';
 import { tempDir, type TinyAdapter, type TinyModel } from './tiny-model.js';
@@ -21,14 +22,23 @@ export async function loadTiny(
   });
 }
 
-/** Loads a PEFT adapter into the model's next slot and returns the slot. */
-export function loadAdapter(model: DecoderModel, adapter: TinyAdapter): number {
-  const base = new CheckpointProjections(adapter.baseDir);
+const rowNorms = new RowNorms();
+
+/** Loads a PEFT adapter (DoRA included, against its base model's weights) into the model's next slot and returns the slot. */
+export async function loadAdapter(model: DecoderModel, adapter: TinyAdapter): Promise<number> {
+  const weights = new CheckpointProjections(adapter.baseDir);
   try {
-    return model.lora.load(loadPeftAdapter(adapter.dir, model.spec, { maxRank: model.lora.maxRank, base }).weights);
+    return model.lora.load((await loadPeftAdapter(adapter.dir, model.spec, { maxRank: model.lora.maxRank, base: { weights, norms: rowNorms } })).weights);
   } finally {
-    base.release();
+    weights.release();
   }
+}
+
+/** Loads adapters one after the other (slots in order) and returns their slots. */
+export async function loadAdapters(model: DecoderModel, adapters: readonly TinyAdapter[]): Promise<number[]> {
+  const slots: number[] = [];
+  for (const a of adapters) slots.push(await loadAdapter(model, a));
+  return slots;
 }
 
 /** Logits row `i` of a step output. */

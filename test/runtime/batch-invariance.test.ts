@@ -115,7 +115,7 @@ describe('batch invariance', () => {
     it(`${weights}: a greedy probe gets the same tokens, logprobs and logits alone and amid other traffic`, async () => {
       const model = await loadTiny(tm, { weights }, { adapterSlots: 4, kvCacheTokens: 4096 });
       open.push(model);
-      for (const a of adapters) loadAdapter(model, a);
+      for (const a of adapters) await loadAdapter(model, a);
       for (const probe of probes) {
         const alone = await greedy(model, probe, 12, false);
         const busy = await greedy(model, probe, 12, true);
@@ -131,7 +131,7 @@ describe('batch invariance', () => {
   it('a prompt prefilled in one step or in chunks of any size gets the same logits, bit for bit', async () => {
     const model = await loadTiny(tm, { weights: 'int4' }, { adapterSlots: 4, kvCacheTokens: 2048 });
     open.push(model);
-    loadAdapter(model, adapters[0]);
+    await loadAdapter(model, adapters[0]);
     const prompt = Array.from({ length: 37 }, (_, i) => (i * 13) % 128);
     const prefill = async (cuts: number[]): Promise<Uint32Array> => {
       const seq = model.newSequence();

@@ -20,7 +20,7 @@ afterAll(async () => {
 async function threeSlots(): Promise<DecoderModel> {
   const model = await loadTiny(tm, {}, { adapterSlots: 3, kvCacheTokens: 256 });
   open.push(model);
-  for (const a of adapters) loadAdapter(model, a);
+  for (const a of adapters) await loadAdapter(model, a);
   return model;
 }
 

@@ -7,7 +7,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import type { DecoderModel } from '../../src/runtime/model.js';
 import type { RefLora } from '../helpers/model-types.js';
 import { referenceLogits } from '../helpers/reference.js';
-import { argmax, loadAdapter, loadTiny, logitsOf, maxAbsDiff } from '../helpers/runtime.js';
+import { argmax, loadAdapter, loadAdapters, loadTiny, logitsOf, maxAbsDiff } from '../helpers/runtime.js';
 import { makeTinyAdapter, makeTinyModel, PHI3_MODULES, prng, type Flavour, type TinyModel } from '../helpers/tiny-model.js';
 
 const TOL = 1e-4;
@@ -66,13 +66,13 @@ describe.each<Flavour>(['llama', 'qwen2', 'qwen3', 'gemma2', 'gemma3', 'phi3'])(
 
   it('one adapter matches the reference with unmerged LoRA', async () => {
     const model = await load(tm);
-    const slot = loadAdapter(model, adapters[0]);
+    const slot = await loadAdapter(model, adapters[0]);
     await expectPrefillMatches(tm, model, tokens(2, 7, tm.cfg.vocabSize), slot, adapters[0].lora);
   });
 
   it('a ragged batch of 5 rows with 3 adapters (ranks 4/8/2+pattern, rsLoRA) and a base row matches', async () => {
     const model = await load(tm);
-    const slots = adapters.map((a) => loadAdapter(model, a));
+    const slots = await loadAdapters(model, adapters);
     const rows = [
       { slot: slots[0], lora: adapters[0].lora, toks: tokens(3, 6, tm.cfg.vocabSize) },
       { slot: -1, lora: null, toks: tokens(4, 3, tm.cfg.vocabSize) },
@@ -94,7 +94,7 @@ describe.each<Flavour>(['llama', 'qwen2', 'qwen3', 'gemma2', 'gemma3', 'phi3'])(
       makeTinyAdapter(tm, { seed: 24, r: 4, dora: true }),
       makeTinyAdapter(tm, { seed: 25, r: 8, useRslora: true, alpha: 16, targets: ['q_proj', 'v_proj', 'down_proj'], dora: 0.4, rankPattern: { down_proj: 2 } }),
     ];
-    const slots = [loadAdapter(model, adapters[0]), ...dora.map((a) => loadAdapter(model, a))];
+    const slots = [await loadAdapter(model, adapters[0]), ...(await loadAdapters(model, dora))];
     await expectPrefillMatches(tm, model, tokens(2, 7, tm.cfg.vocabSize), slots[1], dora[0].lora);
     const rows = [
       { slot: slots[1], lora: dora[0].lora, toks: tokens(3, 6, tm.cfg.vocabSize) },
@@ -114,7 +114,7 @@ describe.each<Flavour>(['llama', 'qwen2', 'qwen3', 'gemma2', 'gemma3', 'phi3'])(
 
   it('prefill then 10 decode steps (mixed adapters, rows joining mid-decode) match full recomputation', async () => {
     const model = await load(tm);
-    const slots = adapters.map((a) => loadAdapter(model, a));
+    const slots = await loadAdapters(model, adapters);
     interface Row { slot: number; lora: RefLora | null; toks: number[]; seq: ReturnType<DecoderModel['newSequence']>; started: boolean; joinAt: number }
     const rows: Row[] = [
       { slot: slots[1], lora: adapters[1].lora, toks: tokens(8, 5, tm.cfg.vocabSize), seq: model.newSequence(), started: false, joinAt: 0 },
@@ -165,7 +165,7 @@ describe('checkpoint variants', () => {
     });
     const model = await load(tm);
     const adapter = makeTinyAdapter(tm, { seed: 33, r: 4 });
-    const slot = loadAdapter(model, adapter);
+    const slot = await loadAdapter(model, adapter);
     await expectPrefillMatches(tm, model, tokens(15, 12, tm.cfg.vocabSize), slot, adapter.lora);
   });
 
@@ -174,7 +174,7 @@ describe('checkpoint variants', () => {
     const model = await load(tm);
     const fused = makeTinyAdapter(tm, { seed: 37, r: 4, targets: PHI3_MODULES, rankPattern: { gate_up_proj: 6 } });
     const split = makeTinyAdapter(tm, { seed: 38, r: 2 });
-    const slots = [loadAdapter(model, fused), loadAdapter(model, split)];
+    const slots = [await loadAdapter(model, fused), await loadAdapter(model, split)];
     await expectPrefillMatches(tm, model, tokens(19, 12, tm.cfg.vocabSize), slots[0], fused.lora);
     const rows = [
       { toks: tokens(20, 7, tm.cfg.vocabSize), slot: slots[0], lora: fused.lora },
@@ -183,7 +183,7 @@ describe('checkpoint variants', () => {
     const out = await model.step(rows.map((r) => ({ seq: model.newSequence(), tokens: r.toks, slot: r.slot, logits: 'last' as const })));
     rows.forEach((r, i) => expect(maxAbsDiff(logitsOf(out, i), referenceLogits(tm.cfg, tm.weights, r.toks, r.lora).at(-1)!)).toBeLessThan(TOL));
     const both = makeTinyAdapter(tm, { seed: 39, r: 2, targets: ['qkv_proj', 'q_proj'] });
-    expect(() => loadAdapter(model, both)).toThrow(/q_proj has LoRA factors twice/);
+    await expect(loadAdapter(model, both)).rejects.toThrow(/q_proj has LoRA factors twice/);
   });
 
   // A window of 5 over 20 positions: prefill, chunked prefill (past + new keys under the window) and
@@ -195,7 +195,7 @@ describe('checkpoint variants', () => {
     const tm = makeTinyModel({ ...opts, seed: 34 });
     const model = await load(tm);
     const adapter = makeTinyAdapter(tm, { seed: 35, r: 4 });
-    const slot = loadAdapter(model, adapter);
+    const slot = await loadAdapter(model, adapter);
     await expectPrefillMatches(tm, model, tokens(16, 14, tm.cfg.vocabSize), slot, adapter.lora);
     const rows = [
       { toks: tokens(17, 9, tm.cfg.vocabSize), seq: model.newSequence(), slot, lora: adapter.lora, fed: 0 },
@@ -309,7 +309,7 @@ describe('DoRA, LoRA and base rows on the quantized formats (trained-like model)
 
   /** Every row's whole sequence teacher-forced in one mixed step: logits per row [n, V]. */
   async function mixedStep(model: DecoderModel, seqs: number[][]): Promise<Float32Array[]> {
-    const slots = [loadAdapter(model, dora), loadAdapter(model, lora), -1];
+    const slots = [await loadAdapter(model, dora), await loadAdapter(model, lora), -1];
     const out = await model.step(seqs.map((toks, i) => ({ seq: model.newSequence(), tokens: toks, slot: slots[i], logits: 'all' as const })));
     let at = 0;
     return seqs.map((toks) => out.logits.slice((at += toks.length) * V - toks.length * V, at * V));
@@ -317,7 +317,7 @@ describe('DoRA, LoRA and base rows on the quantized formats (trained-like model)
 
   it('fp32 greedy runs of 48 tokens, one per row kind', async () => {
     const model = await load(tm);
-    const slots = [loadAdapter(model, dora), loadAdapter(model, lora), -1];
+    const slots = [await loadAdapter(model, dora), await loadAdapter(model, lora), -1];
     for (const [i, r] of rows.entries()) {
       const seq = model.newSequence();
       const toks = [...r.prompt];

@@ -12,7 +12,7 @@
  * on a fresh model, without any cache.
  */
 import { afterAll, describe, expect, it } from 'vitest';
-import { loadAdapterSync } from '../../src/adapters/loader.js';
+import { loadAdapterHere } from '../../src/adapters/loader.js';
 import { mergeKey, type AdapterSpec } from '../../src/adapters/spec.js';
 import type { DecoderModel } from '../../src/runtime/model.js';
 import { GREEDY } from '../../src/runtime/sampling.js';
@@ -52,7 +52,7 @@ describe('churn', () => {
     const model = await loadTiny(tm, {}, { adapterSlots: 2, kvCacheTokens: 208, maxLoraRank: 16 });
     open.push(model);
     // Room for about three adapters (a combination is as large as two or three of them).
-    const adapterBytes = Math.max(...versions.flatMap((vs, i) => vs.map((_, v) => loadAdapterSync(single(i, v), { spec: model.spec, ...opts }).bytes)));
+    const adapterBytes = Math.max(...(await Promise.all(versions.flatMap((vs, i) => vs.map(async (_, v) => (await loadAdapterHere(single(i, v), { spec: model.spec, ...opts })).bytes)))));
     const events = new Map<number, EngineEvent[]>();
     const ended = new Set<number>();
     const core = new EngineCore({
@@ -62,7 +62,7 @@ describe('churn', () => {
       load: async (s) => {
         // (Load delays have their own generator: the request sequence stays the seed's.)
         await new Promise((r) => setTimeout(r, loadDelay() < 0.5 ? 0 : 2));
-        return loadAdapterSync(s, { spec: model.spec, ...opts });
+        return loadAdapterHere(s, { spec: model.spec, ...opts });
       },
       emit: (es) => {
         for (const e of es) {
@@ -141,7 +141,7 @@ describe('churn', () => {
       const key = `${adapter?.key ?? 'base'}|${prompt}`;
       if ((memo.get(key)?.length ?? 0) < n) {
         while (solo.lora.count > 0) solo.lora.unload(0);
-        const slot = adapter ? solo.lora.load(loadAdapterSync(adapter, { spec: solo.spec, ...opts })) : -1;
+        const slot = adapter ? solo.lora.load(await loadAdapterHere(adapter, { spec: solo.spec, ...opts })) : -1;
         const seq = solo.newSequence();
         const out: number[] = [];
         let toks = prompts[prompt];

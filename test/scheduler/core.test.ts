@@ -4,7 +4,7 @@
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import { aloneGreedy, greedyRequest, startEngine, tokensOf, until, type EngineHarness } from '../helpers/engine.js';
-import { loadAdapterSync } from '../../src/adapters/loader.js';
+import { loadAdapterHere } from '../../src/adapters/loader.js';
 import { mergeLoraWeights } from '../../src/adapters/merge.js';
 import type { DecoderModel } from '../../src/runtime/model.js';
 import { EngineCore, type EngineConfig } from '../../src/scheduler/core.js';
@@ -159,7 +159,7 @@ describe('KV cache pressure', () => {
       model,
       tokenizer: null,
       config: CONFIG,
-      load: async (s) => loadAdapterSync(s, { spec: model.spec, maxRank: 64, strictBase: null, slotDtype: 'float32' }),
+      load: async (s) => loadAdapterHere(s, { spec: model.spec, maxRank: 64, strictBase: null, slotDtype: 'float32' }),
       emit: (es) => es.forEach((e) => events.set(e.id, [...(events.get(e.id) ?? []), e])),
     });
     const done = core.run();
@@ -210,8 +210,8 @@ describe('adapter combinations', () => {
       { i: 5, w: -0.4 },
       { i: 2, w: 1.3 },
     ];
-    const load = (i: number) => loadAdapterSync(spec(i), { spec: model.spec, maxRank: 64, strictBase: null, slotDtype: 'float32' });
-    const merged = mergeLoraWeights(parts.map((p) => ({ weights: load(p.i), weight: p.w })), 64);
+    const load = (i: number) => loadAdapterHere(spec(i), { spec: model.spec, maxRank: 64, strictBase: null, slotDtype: 'float32' });
+    const merged = mergeLoraWeights(await Promise.all(parts.map(async (p) => ({ weights: await load(p.i), weight: p.w }))), 64);
     expect(merged.maxRank).toBe(parts.reduce((n, p) => n + adapters[p.i].lora.get('0.q_proj')!.a.shape[0], 0));
     const slot = model.lora.load(merged);
     const toks = [3, 1, 4, 1, 5, 9, 2, 6];
@@ -253,7 +253,7 @@ describe('distinct adapter recipes', () => {
     const failing = makeTinyAdapter(tm, { seed: 999, r: 2 });
     const probe = await loadTiny(tm);
     open.push(probe);
-    const oneAdapter = Math.max(...[0, 1, 2].map((i) => loadAdapterSync(spec(i), { spec: probe.spec, maxRank: 64, strictBase: null, slotDtype: 'float32' }).bytes));
+    const oneAdapter = Math.max(...(await Promise.all([0, 1, 2].map(async (i) => (await loadAdapterHere(spec(i), { spec: probe.spec, maxRank: 64, strictBase: null, slotDtype: 'float32' })).bytes))));
     const config = { adapterCacheBytes: 3 * oneAdapter, adapterFailureTtlMs: 1, maxQueuedRequests: 20_000 };
     const h = await harness({ slots: 2, config, failDirs: new Set([failing.dir]), loadDelayMs: 0 });
     const N = 10_000;
