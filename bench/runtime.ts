@@ -1,11 +1,13 @@
 /**
  * Runtime benchmarks on a Qwen2.5-0.5B-shaped model with random weights (a small shape in --quick):
- * decode throughput fp32 vs int4, the cost of LoRA by number of distinct adapters, and decode step
- * time at KV capacity C vs 2C with the same live context. All comparisons are interleaved and
+ * decode throughput fp32 vs int4, the cost of LoRA by number of distinct adapters, DoRA against
+ * LoRA (load time, and step time with DoRA rows vs LoRA rows), and decode step time at KV capacity
+ * C vs 2C with the same live context. All comparisons are interleaved and
  * reported as ratios from the same run.
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
+import { loadAdapterHere } from '../src/adapters/loader.js';
 import { loadPeftAdapter } from '../src/adapters/peft.js';
 import { writeRandomPeftAdapter } from '../src/adapters/random.js';
 import { ensureRandomCheckpoint, QWEN2_5_0_5B, type CheckpointShape } from '../src/runtime/checkpoint/random.js';
@@ -40,6 +42,7 @@ export interface RuntimeBenchResult {
   decode: { rows: number; fp32TokPerS: number; int4TokPerS: number; int4OverFp32: number }[];
   lora: { rows: number; u: number; stepMs: number; ratioToU0: number }[];
   loraGraphOverBase: { rows: number; ratio: number }[];
+  dora: { loadMsLora: number; loadMsDora: number; steps: { step: string; loraMs: number; doraMs: number; ratio: number }[] };
   capacity: { c: number; live: number; stepMsC: number; stepMs2C: number; ratio: number };
   markdown: string;
 }
@@ -78,6 +81,24 @@ export async function benchAdapters(ctx: BenchContext, name: string, model: Deco
     weights.push((await loadPeftAdapter(dir, model.spec, { maxRank: 64 })).weights);
   }
   return { dirs, weights };
+}
+
+/**
+ * Writes (once) `count` random rank-16 DoRA adapters on all seven projections and loads them as the
+ * server does (scales from the checkpoint's weights); returns them with each load's time.
+ */
+async function benchDoraAdapters(ctx: BenchContext, name: string, modelDir: string, model: DecoderModel, count: number, rank = 16): Promise<{ weights: LoraWeights[]; loadMs: number[] }> {
+  const weights: LoraWeights[] = [];
+  const loadMs: number[] = [];
+  for (let i = 0; i < count; i++) {
+    const dir = join(ctx.dir, 'adapters', `${name}-dora-r${rank}-${i}`);
+    // Magnitudes near the random base's row norms (std 0.02 · √in), so the scales are near 1.
+    if (!existsSync(join(dir, 'adapter_model.safetensors'))) writeRandomPeftAdapter(dir, model.spec, { rank, seed: 2000 + i, doraMagnitude: 0.02 * Math.sqrt(model.spec.hiddenSize) });
+    const t0 = performance.now();
+    weights.push(await loadAdapterHere({ kind: 'single', key: dir, name: dir, dir }, { spec: model.spec, maxRank: 64, strictBase: null, slotDtype: model.lora.dtype, checkpointDir: modelDir }));
+    loadMs.push(performance.now() - t0);
+  }
+  return { weights, loadMs };
 }
 
 function prompt(n: number, vocab: number, seed: number): number[] {
@@ -162,6 +183,45 @@ export async function runtimeBench(ctx: BenchContext): Promise<RuntimeBenchResul
     await base.close();
   }
 
+  // ---- DoRA vs LoRA: load time, and step time with every row on a DoRA adapter vs a LoRA one
+  let dora: RuntimeBenchResult['dora'];
+  {
+    const model = await loadModel(builtInt4, kvTokens, 16);
+    const count = ctx.quick ? 2 : 4;
+    ctx.log(`DoRA: loading ${count} rank-16 DoRA adapters (all 7 projections) and ${count} LoRA ones`);
+    const lora = await benchAdapters(ctx, name, model, count);
+    const loraLoadMs: number[] = [];
+    for (const dir of lora.dirs) {
+      const t0 = performance.now();
+      await loadAdapterHere({ kind: 'single', key: dir, name: dir, dir }, { spec: model.spec, maxRank: 64, strictBase: null, slotDtype: model.lora.dtype, checkpointDir: modelDir });
+      loraLoadMs.push(performance.now() - t0);
+    }
+    const doraAdapters = await benchDoraAdapters(ctx, name, modelDir, model, count);
+    lora.weights.forEach((w) => model.lora.load(w));
+    doraAdapters.weights.forEach((w) => model.lora.load(w));
+    const steps: RuntimeBenchResult['dora']['steps'] = [];
+    const loraSlot = (i: number): number => i % count;
+    const doraSlot = (i: number): number => count + (i % count);
+    for (const rows of [8, 32]) {
+      ctx.log(`DoRA: decode step, ${rows} rows on DoRA vs LoRA adapters`);
+      const seqs = await prefill(model, rows, promptLen);
+      const t = await interleaved({ lora: decodeStep(model, seqs, loraSlot), dora: decodeStep(model, seqs, doraSlot) }, { rounds });
+      steps.push({ step: `decode, ${rows} rows`, loraMs: t.lora.median, doraMs: t.dora.median, ratio: t.dora.median / t.lora.median });
+      seqs.forEach((s) => model.freeSequence(s));
+    }
+    ctx.log('DoRA: prefill step, 4 rows × 128 tokens on DoRA vs LoRA adapters');
+    const prefillStep = (slotOf: (i: number) => number) => async (): Promise<void> => {
+      const seqs = Array.from({ length: 4 }, () => model.newSequence());
+      await model.step(seqs.map((seq, i) => ({ seq, tokens: prompt(promptLen, model.spec.vocabSize, i), slot: slotOf(i), logits: 'last' as const })));
+      seqs.forEach((s) => model.freeSequence(s));
+    };
+    const t = await interleaved({ lora: prefillStep(loraSlot), dora: prefillStep(doraSlot) }, { rounds: Math.max(3, Math.floor(rounds / 2)) });
+    steps.push({ step: 'prefill, 4 × 128 tokens', loraMs: t.lora.median, doraMs: t.dora.median, ratio: t.dora.median / t.lora.median });
+    const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+    dora = { loadMsLora: median(loraLoadMs), loadMsDora: median(doraAdapters.loadMs), steps };
+    await model.close();
+  }
+
   // ---- KV capacity C vs 2C with the same live context
   let capacity: RuntimeBenchResult['capacity'];
   {
@@ -194,8 +254,12 @@ export async function runtimeBench(ctx: BenchContext): Promise<RuntimeBenchResul
       return [rows, `${fmt(r[0].stepMs)} ms`, ...r.slice(1).map((x) => `${fmt(x.ratioToU0)}×`), `${fmt(b.ratio)}×`];
     })),
     '',
+    `DoRA (int4, rank-16 adapters on all 7 projections): load ${fmt(dora.loadMsDora, 0)} ms vs ${fmt(dora.loadMsLora, 0)} ms for LoRA (median; the DoRA scales come from the checkpoint's weights on the loading thread). Step time with every row on a DoRA adapter vs a LoRA one:`,
+    '',
+    table(['step', 'LoRA rows', 'DoRA rows', 'DoRA / LoRA'], dora.steps.map((s) => [s.step, `${fmt(s.loraMs)} ms`, `${fmt(s.doraMs)} ms`, `${fmt(s.ratio)}×`])),
+    '',
     `KV capacity: decode step with ${capacity.live}-token contexts × 8 rows: ${fmt(capacity.stepMsC)} ms at capacity ${capacity.c} tokens, ` +
       `${fmt(capacity.stepMs2C)} ms at ${2 * capacity.c} (2C / C = ${fmt(capacity.ratio)}×)`,
   ].join('\n');
-  return { shape: name, decode, lora, loraGraphOverBase, capacity, markdown };
+  return { shape: name, decode, lora, loraGraphOverBase, dora, capacity, markdown };
 }

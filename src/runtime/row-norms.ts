@@ -28,7 +28,8 @@ export class RowNorms {
   /** Row norms of W + B·A (W [out, in], B [out, rank], A [rank, in], all row-major). */
   async of(w: Float32Array, b: Float32Array, a: Float32Array, out: number, din: number, rank: number): Promise<Float32Array> {
     if (w.length !== out * din || b.length !== out * rank || a.length !== rank * din) throw new Error('row norms: shapes disagree');
-    this.session ??= Session.create(graph(), { device: 'cpu', allowCpuFallback: false, threads: 1 });
+    // No memory arena: the loader thread would otherwise keep its largest temporaries for good.
+    this.session ??= Session.create(graph(), { device: 'cpu', allowCpuFallback: false, threads: 1, memArena: false });
     const s = await this.session;
     const r = await s.run({ [IN.w]: tensor('float32', w, [out, din]), [IN.b]: tensor('float32', b, [out, rank]), [IN.a]: tensor('float32', a, [rank, din]) }, [OUT]);
     return (r[OUT].data as Float32Array).map(Math.sqrt);
