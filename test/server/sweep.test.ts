@@ -100,7 +100,7 @@ function uploadCases(): Case[] {
   };
   const badConfigs: Record<string, unknown>[] = [
     { r: -1 }, { r: 0 }, { r: 'x' }, { r: 1e9 }, { r: 2.5 }, { lora_alpha: -3 }, { lora_alpha: 'NaN' }, { lora_alpha: 1e300 }, { target_modules: 5 }, { target_modules: ['nope'] },
-    { target_modules: [] }, { target_modules: '(' }, { peft_type: 'IA3' }, { use_dora: true }, { modules_to_save: ['lm_head'] }, { bias: 'all' }, { fan_in_fan_out: true }, { rank_pattern: { q_proj: -1 } }, { rank_pattern: [] }, { alpha_pattern: { q_proj: 'x' } },
+    { target_modules: [] }, { target_modules: '(' }, { peft_type: 'IA3' }, { use_dora: true }, { use_dora: 'yes' }, { modules_to_save: ['lm_head'] }, { bias: 'all' }, { fan_in_fan_out: true }, { rank_pattern: { q_proj: -1 } }, { rank_pattern: [] }, { alpha_pattern: { q_proj: 'x' } },
     { rank_pattern: { q_proj: 64 } }, { r: 2 }, { target_modules: ['q_proj'] },
   ];
   for (const patch of badConfigs) add(`config ${JSON.stringify(patch)}`, form('sweep-a', [['adapter_config.json', JSON.stringify({ ...cfg, ...patch })], ['adapter_model.safetensors', weights]]));
