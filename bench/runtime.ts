@@ -197,26 +197,42 @@ export async function runtimeBench(ctx: BenchContext): Promise<RuntimeBenchResul
       loraLoadMs.push(performance.now() - t0);
     }
     const doraAdapters = await benchDoraAdapters(ctx, name, modelDir, model, count);
-    lora.weights.forEach((w) => model.lora.load(w));
-    doraAdapters.weights.forEach((w) => model.lora.load(w));
-    const steps: RuntimeBenchResult['dora']['steps'] = [];
-    const loraSlot = (i: number): number => i % count;
-    const doraSlot = (i: number): number => count + (i % count);
-    for (const rows of [8, 32]) {
-      ctx.log(`DoRA: decode step, ${rows} rows on DoRA vs LoRA adapters`);
-      const seqs = await prefill(model, rows, promptLen);
-      const t = await interleaved({ lora: decodeStep(model, seqs, loraSlot), dora: decodeStep(model, seqs, doraSlot) }, { rounds });
-      steps.push({ step: `decode, ${rows} rows`, loraMs: t.lora.median, doraMs: t.dora.median, ratio: t.dora.median / t.lora.median });
-      seqs.forEach((s) => model.freeSequence(s));
-    }
-    ctx.log('DoRA: prefill step, 4 rows × 128 tokens on DoRA vs LoRA adapters');
-    const prefillStep = (slotOf: (i: number) => number) => async (): Promise<void> => {
-      const seqs = Array.from({ length: 4 }, () => model.newSequence());
-      await model.step(seqs.map((seq, i) => ({ seq, tokens: prompt(promptLen, model.spec.vocabSize, i), slot: slotOf(i), logits: 'last' as const })));
-      seqs.forEach((s) => model.freeSequence(s));
+    // A step feeds slots 0..U-1 (U the highest slot used + 1), so the adapters loaded last cost more
+    // padding: every step is timed twice, LoRA in the low slots and then DoRA, and the ratios averaged.
+    const ratios = new Map<string, { loraMs: number[]; doraMs: number[] }>();
+    const timed = (step: string, t: Record<'lora' | 'dora', { median: number }>): void => {
+      const r = ratios.get(step) ?? { loraMs: [], doraMs: [] };
+      r.loraMs.push(t.lora.median);
+      r.doraMs.push(t.dora.median);
+      ratios.set(step, r);
     };
-    const t = await interleaved({ lora: prefillStep(loraSlot), dora: prefillStep(doraSlot) }, { rounds: Math.max(3, Math.floor(rounds / 2)) });
-    steps.push({ step: 'prefill, 4 × 128 tokens', loraMs: t.lora.median, doraMs: t.dora.median, ratio: t.dora.median / t.lora.median });
+    for (const order of ['LoRA first', 'DoRA first'] as const) {
+      while (model.lora.count > 0) model.lora.unload(0);
+      const sets = order === 'LoRA first' ? [lora.weights, doraAdapters.weights] : [doraAdapters.weights, lora.weights];
+      sets.flat().forEach((w) => model.lora.load(w));
+      const loraSlot = (i: number): number => (order === 'LoRA first' ? 0 : count) + (i % count);
+      const doraSlot = (i: number): number => (order === 'LoRA first' ? count : 0) + (i % count);
+      for (const rows of [8, 32]) {
+        ctx.log(`DoRA (${order} in the slots): decode step, ${rows} rows on DoRA vs LoRA adapters`);
+        const seqs = await prefill(model, rows, promptLen);
+        timed(`decode, ${rows} rows`, await interleaved({ lora: decodeStep(model, seqs, loraSlot), dora: decodeStep(model, seqs, doraSlot) }, { rounds }));
+        seqs.forEach((s) => model.freeSequence(s));
+      }
+      ctx.log(`DoRA (${order} in the slots): prefill step, 4 rows × 128 tokens on DoRA vs LoRA adapters`);
+      const prefillStep = (slotOf: (i: number) => number) => async (): Promise<void> => {
+        const seqs = Array.from({ length: 4 }, () => model.newSequence());
+        await model.step(seqs.map((seq, i) => ({ seq, tokens: prompt(promptLen, model.spec.vocabSize, i), slot: slotOf(i), logits: 'last' as const })));
+        seqs.forEach((s) => model.freeSequence(s));
+      };
+      timed('prefill, 4 × 128 tokens', await interleaved({ lora: prefillStep(loraSlot), dora: prefillStep(doraSlot) }, { rounds: Math.max(3, Math.floor(rounds / 2)) }));
+    }
+    const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / xs.length;
+    const steps: RuntimeBenchResult['dora']['steps'] = [...ratios].map(([step, r]) => ({
+      step,
+      loraMs: mean(r.loraMs),
+      doraMs: mean(r.doraMs),
+      ratio: Math.sqrt((r.doraMs[0] / r.loraMs[0]) * (r.doraMs[1] / r.loraMs[1])),
+    }));
     const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
     dora = { loadMsLora: median(loraLoadMs), loadMsDora: median(doraAdapters.loadMs), steps };
     await model.close();
