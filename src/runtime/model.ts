@@ -269,7 +269,7 @@ export class DecoderModel {
   }
 
   /**
-   * Groups the tokens of adapter rows by slot: gather [U, n] (padding T = the zero row),
+   * Groups the tokens of adapter rows by slot: gather [U, n] (padding T: marks padding entries),
    * scatter [U, n] (padding 0, which then adds zeros). U = highest slot used + 1 (slots above it
    * are not fed); U = 0 when no row uses an adapter.
    */

@@ -6,15 +6,16 @@
  *
  * Multi-LoRA, grouped pattern (chosen by measurement, see bench/):
  *   Semantics: y[t] += (x[t] @ A[slot[t]]) @ B[slot[t]] for every token whose row has an adapter.
- *   Tokens are gathered into [U, n, in] groups by slot (padded with a zero row), multiplied by the
+ *   Tokens are gathered into [U, n, in] groups by slot (padded with token 0), multiplied by the
  *   stacked A [U, in, R] and B [U, R, out] with batched MatMuls, and added back with ScatterND(add).
  *   Both products are FusedMatMuls whose left operand is read transposed (x·A as (Aᵀ·xᵀ)ᵀ, then
  *   that times B): onnxruntime's SGEMM then never takes its one-row kernel and blocks K at a fixed
  *   256, so a token's delta does not depend on how many tokens share its group or on how the
  *   product is split over threads. (A plain MatMul rounds differently at n = 1, and its K blocking
  *   follows the output width each thread gets.)
- *   Padding entries add exact zeros whatever the stacks hold (Where, not a multiply), so one slot's
- *   weights can never reach another slot's rows or the base rows.
+ *   Padding entries add exact zeros whatever they computed (Where, not a multiply), so one slot's
+ *   weights can never reach another slot's rows or the base rows. (Each row of a group's products
+ *   depends on its own input row only, so what padding gathers cannot change a real row.)
  *   With no adapter rows U = 0 and every LoRA op runs on empty tensors.
  *
  * DoRA (adapters/dora.ts), in the same groups: y = g ⊙ (x·Wᵀ + s·x·Aᵀ·Bᵀ) + b is computed as
@@ -61,20 +62,16 @@ export async function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: Deco
   const pastLen = g.input(IO.pastLen, 'int32', ['B']);
   const logitsIndex = g.input(IO.logitsIndex, 'int32', ['L']);
   const loraGather = opts.lora ? g.input(IO.loraGather, 'int32', ['U', 'n']) : '';
-  const loraScatterIdx = opts.lora
-    ? g.op('Unsqueeze', [g.op('Cast', [g.input(IO.loraScatter, 'int32', ['U', 'n'])], { to: 7 }), g.const64([2])])
-    : '';
+  // [U, n] token of each group entry, padding 0: what the groups gather (padding entries gather
+  // token 0, whose deltas are then replaced by exact zeros) and, as [U, n, 1] int64, where they add.
+  const loraTokens = opts.lora ? g.input(IO.loraScatter, 'int32', ['U', 'n']) : '';
+  const loraScatterIdx = opts.lora ? g.op('Unsqueeze', [g.op('Cast', [loraTokens], { to: 7 }), g.const64([2])]) : '';
   // [U, n, 1] true where a group entry is a real token (padding gathers row T, the zero row). Padding
   // deltas are replaced by exact zeros before they are added to token 0: multiplying would not do,
   // because a slot whose stack holds Inf turns 0 × Inf into NaN.
   const loraReal = opts.lora ? g.op('Unsqueeze', [g.op('Less', [loraGather, g.op('Cast', [g.op('Shape', [inputIds])], { to: 6 })]), g.const64([2])]) : '';
 
   // ---- shared per-step values
-  const zeroRow = new Map<number, string>();
-  const withZeroRow = (x: string, d: number): string => {
-    if (!zeroRow.has(d)) zeroRow.set(d, g.floatInit(`zero_row_${d}`, [1, d], new Float32Array(d)));
-    return g.op('Concat', [x, zeroRow.get(d)!], { axis: 0 });
-  };
   const zeroDelta = opts.lora ? g.floatInit('lora_zero', [1], new Float32Array(1)) : '';
   const tables = new Map<boolean, { cos: string; sin: string }>();
   const ctx: LayerContext<FamilySpec> = {
@@ -95,11 +92,11 @@ export async function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: Deco
     unpadIndex,
     adapt: (y, x, l, parts, bias) => {
       if (!opts.lora) return y;
-      const group = (t: string, d: number): string => g.op('Gather', [withZeroRow(t, d), loraGather], { axis: 0 });
+      const group = (t: string): string => g.op('Gather', [t, loraTokens], { axis: 0 });
       const side = (ts: string[]): string => (ts.length === 1 ? ts[0] : g.op('Concat', ts, { axis: 2 }));
       const din = projectionShape(spec, parts[0])[0];
       const douts = parts.map((p) => projectionShape(spec, p)[1]);
-      const xg = group(x, din);
+      const xg = group(x);
       const lora = side(
         parts.map((p, i) => {
           const a = g.input(loraA(l, p), ft, ['U', din, 'R']);
@@ -110,7 +107,7 @@ export async function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: Deco
         }),
       );
       const gMinusOne = side(parts.map((p, i) => g.input(loraDora(l, p), ft, ['U', 1, douts[i]])));
-      let base = group(y, douts.reduce((n, d) => n + d, 0));
+      let base = group(y);
       if (bias) base = g.op('Sub', [base, g.floatInit(`dora_bias.${l}.${parts[0]}`, [bias.length], bias)]);
       const delta = g.op('Add', [lora, g.op('Mul', [gMinusOne, base])]);
       return g.op('ScatterND', [y, loraScatterIdx, g.op('Where', [loraReal, delta, zeroDelta])], { reduction: 'add' });

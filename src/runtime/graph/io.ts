@@ -34,11 +34,11 @@ export const IO = {
   /** [L] packed tokens whose logits are computed */
   logitsIndex: 'logits_index',
   /**
-   * [U, n] packed token index for each adapter-slot group; padding = T (a zero row).
+   * [U, n] packed token index for each adapter-slot group; padding = T (the graph masks those entries).
    * U = number of slots fed, n = the largest group.
    */
   loraGather: 'lora_gather',
-  /** [U, n] packed token index each grouped row adds its delta to; padding = 0 (the graph adds exact zeros there). */
+  /** [U, n] packed token index each grouped row is gathered from and adds its delta to; padding = 0 (the graph adds exact zeros there). */
   loraScatter: 'lora_scatter',
   /** [L, vocab] float32 */
   logits: 'logits',
