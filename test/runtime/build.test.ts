@@ -6,8 +6,8 @@ import { RuntimeConfigError } from '../../src/errors.js';
 import { buildModel } from '../../src/runtime/graph/build.js';
 import { DecoderModel } from '../../src/runtime/model.js';
 import { referenceLogits } from '../helpers/reference.js';
-import { maxAbsDiff } from '../helpers/runtime.js';
-import { makeTinyModel, tempDir } from '../helpers/tiny-model.js';
+import { loadAdapter, logitsOf, maxAbsDiff } from '../helpers/runtime.js';
+import { makeTinyAdapter, makeTinyModel, tempDir } from '../helpers/tiny-model.js';
 
 describe('build cache', () => {
   it('reuses a build, and rebuilds when the options or the checkpoint change', async () => {
@@ -63,6 +63,13 @@ describe('fp16 activations', () => {
     const out = await model.step([{ seq: model.newSequence(), tokens: toks, slot: -1, logits: 'last' }]);
     const ref = referenceLogits(tm.cfg, tm.weights, toks);
     expect(maxAbsDiff(out.logits, ref[3])).toBeLessThan(0.05);
+    // LoRA and DoRA rows (fp16 slots, the DoRA scales' g − 1 among them) beside a base row.
+    const lora = makeTinyAdapter(tm, { seed: 56, r: 4 });
+    const dora = makeTinyAdapter(tm, { seed: 57, r: 4, dora: 0.3 });
+    const slots = [await loadAdapter(model, lora), await loadAdapter(model, dora)];
+    const rows = [{ slot: slots[1], lora: dora.lora }, { slot: -1, lora: null }, { slot: slots[0], lora: lora.lora }];
+    const mixed = await model.step(rows.map((r) => ({ seq: model.newSequence(), tokens: toks, slot: r.slot, logits: 'last' as const })));
+    rows.forEach((r, i) => expect(maxAbsDiff(logitsOf(mixed, i), referenceLogits(tm.cfg, tm.weights, toks, r.lora)[3]), `row ${i}`).toBeLessThan(0.05));
     await model.close();
   });
 });

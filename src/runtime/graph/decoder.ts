@@ -110,7 +110,11 @@ export async function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: Deco
       let base = group(y);
       if (bias) base = g.op('Sub', [base, g.floatInit(`dora_bias.${l}.${parts[0]}`, [bias.length], bias)]);
       const delta = g.op('Add', [lora, g.op('Mul', [gMinusOne, base])]);
-      return g.op('ScatterND', [y, loraScatterIdx, g.op('Where', [loraReal, delta, zeroDelta])], { reduction: 'add' });
+      const masked = g.op('Where', [loraReal, delta, zeroDelta]);
+      if (ft === 'float') return g.op('ScatterND', [y, loraScatterIdx, masked], { reduction: 'add' });
+      // onnxruntime's CPU ScatterND cannot add in float16: add in float32 and narrow again.
+      const wide = (t: string): string => g.op('Cast', [t], { to: 1 });
+      return g.op('Cast', [g.op('ScatterND', [wide(y), loraScatterIdx, wide(masked)], { reduction: 'add' })], { to: 10 });
     },
   };
 
