@@ -7,8 +7,8 @@
  * the served, quantized one): it is then the g the adapter was trained with whatever format serves the base,
  * and the same for every format. The slots take it in two parts: g folded into B (so the LoRA
  * delta is already g ⊙ s·x·Aᵀ·Bᵀ) and g − 1, which the graph multiplies with the base output
- * (without its bias) and adds. For plain LoRA slots g − 1 is exactly 0, so their rows are
- * computed exactly as without DoRA.
+ * (without its bias) of the DoRA rows' tokens and adds. Plain LoRA and base rows never enter that
+ * term, so they are computed exactly as without DoRA.
  */
 import { AdapterInvalidError } from '../errors.js';
 import type { LoraFactor } from '../runtime/lora-stacks.js';

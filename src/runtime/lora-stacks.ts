@@ -7,7 +7,7 @@
  *
  * Semantics: y[t] += (x[t] @ A[slot[t]]) @ B[slot[t]]
  *
- * DoRA (adapters/dora.ts): each stack also holds G [slots, 1, out], the slot's DoRA scale minus one
+ * DoRA (adapters/dora.ts): each stack also holds G [slots, out], the slot's DoRA scale minus one
  * (g − 1, with g already folded into B), and the graph adds G[slot[t]] ⊙ (x[t]·Wᵀ) as well. Plain
  * LoRA slots, and projections a DoRA adapter does not target, hold exactly 0 there.
  */
@@ -81,7 +81,7 @@ interface Stack {
   dout: number;
   a: FloatStore;
   b: FloatStore;
-  /** [slots, 1, out]: g − 1 (0 for plain LoRA). */
+  /** [slots, out]: g − 1 (0 for plain LoRA). */
   g: FloatStore;
 }
 
@@ -92,6 +92,8 @@ export class LoraStacks {
   private readonly stacks: Stack[] = [];
   /** Rank of every slot's adapter, for repacking. */
   private readonly slotRank: number[] = [];
+  /** Whether every slot's adapter has DoRA scales (the graph runs DoRA groups for those slots only). */
+  private readonly slotDora: boolean[] = [];
   private weights: (LoraWeights | null)[];
   private r = 0;
   /** Bumped whenever the stacks' contents or layout change (feeds cache key). */
@@ -121,6 +123,11 @@ export class LoraStacks {
     return this.weights.length;
   }
 
+  /** Whether the adapter in `slot` is DoRA (its G rows are not all zero). */
+  isDora(slot: number): boolean {
+    return this.slotDora[slot] ?? false;
+  }
+
   /** The rank dimension R of the stacks (0 when empty). */
   get rank(): number {
     return this.r;
@@ -143,6 +150,7 @@ export class LoraStacks {
     const slot = this.weights.length;
     this.weights.push(w);
     this.slotRank.push(w.maxRank);
+    this.slotDora.push([...w.factors.values()].some((f) => f.doraScale !== undefined));
     const wanted = Math.max(this.r, roundRank(w.maxRank, this.maxRank));
     if (wanted !== this.r || this.weights.length > this.slotsAllocated()) this.repack(wanted);
     else this.writeSlot(slot, w);
@@ -161,11 +169,13 @@ export class LoraStacks {
     if (slot !== last) {
       this.weights[slot] = this.weights[last];
       this.slotRank[slot] = this.slotRank[last];
+      this.slotDora[slot] = this.slotDora[last];
       this.writeSlot(slot, this.weights[slot]!);
       moved = last;
     }
     this.weights.pop();
     this.slotRank.pop();
+    this.slotDora.pop();
     const wanted = this.slotRank.length === 0 ? 0 : roundRank(Math.max(...this.slotRank), this.maxRank);
     if (wanted < this.r) this.repack(wanted);
     this.version++;
@@ -217,7 +227,7 @@ export class LoraStacks {
     for (let i = 0; i < src.length; i++) dst[at + i] = floatToHalf(src[i]);
   }
 
-  /** The prefix views [u, in, R] / [u, R, out] / [u, 1, out] of every stack (slots 0..u-1), in graph order. */
+  /** The prefix views [u, in, R] / [u, R, out] / [u, out] of every stack (slots 0..u-1), in graph order. */
   *views(u = this.weights.length): Generator<{ layer: number; projection: Projection; a: FloatStore; aDims: number[]; b: FloatStore; bDims: number[]; g: FloatStore; gDims: number[] }> {
     if (u > this.weights.length) throw new Error(`views of ${u} slots but ${this.weights.length} are loaded`);
     const r = this.r;
@@ -230,7 +240,7 @@ export class LoraStacks {
         b: s.b.subarray(0, u * r * s.dout),
         bDims: [u, r, s.dout],
         g: s.g.subarray(0, u * s.dout),
-        gDims: [u, 1, s.dout],
+        gDims: [u, s.dout],
       };
     }
   }

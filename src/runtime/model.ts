@@ -103,6 +103,8 @@ export class DecoderModel {
     writeIdx: new Scratch(),
     gather: new Scratch(),
     scatter: new Scratch(),
+    doraTokens: new Scratch(),
+    doraSlots: new Scratch(),
   };
 
   private constructor(built: BuiltModel, session: Session, opts: ModelOptions) {
@@ -257,6 +259,9 @@ export class DecoderModel {
       Object.assign(feeds, this.loraTensors(U));
       feeds[IO.loraGather] = tensor('int32', gather, [U, n]);
       feeds[IO.loraScatter] = tensor('int32', scatter, [U, n]);
+      const dora = this.doraTokens(rows);
+      feeds[IO.doraTokens] = tensor('int32', dora.tokens, [dora.tokens.length]);
+      feeds[IO.doraTokenSlots] = tensor('int32', dora.slots, [dora.slots.length]);
     } else if (rows.some((r) => r.slot >= 0)) {
       throw new Error('this graph was built without adapter support');
     }
@@ -298,6 +303,25 @@ export class DecoderModel {
       }
     }
     return { gather, scatter, U, n };
+  }
+
+  /** The packed tokens of DoRA rows and each one's slot (both empty when no row uses a DoRA adapter). */
+  private doraTokens(rows: readonly StepRow[]): { tokens: Int32Array; slots: Int32Array } {
+    let n = 0;
+    for (const r of rows) if (r.slot >= 0 && this.lora.isDora(r.slot)) n += r.tokens.length;
+    const tokens = this.buf.doraTokens.view(n);
+    const slots = this.buf.doraSlots.view(n);
+    let t = 0;
+    let i = 0;
+    for (const r of rows) {
+      const dora = r.slot >= 0 && this.lora.isDora(r.slot);
+      for (let s = 0; s < r.tokens.length; s++, t++) {
+        if (!dora) continue;
+        tokens[i] = t;
+        slots[i++] = r.slot;
+      }
+    }
+    return { tokens, slots };
   }
 
   async close(): Promise<void> {

@@ -66,11 +66,17 @@ describe('LoraStacks', () => {
     s.load(adapter(2, 2));
     s.load(dora(4));
     const q = qView(s);
-    expect(q.gDims).toEqual([3, 1, 8]);
+    expect(q.gDims).toEqual([3, 8]);
     expect(Array.from(q.g)).toEqual([...Array(8).fill(0.125), ...Array(8).fill(0), ...Array(8).fill(0.5)]);
     expect([...s.views()].find((v) => v.projection === 'o_proj')!.g.every((x) => x === 0)).toBe(true);
+    expect([0, 1, 2].map((i) => s.isDora(i))).toEqual([true, false, true]);
+    s.unload(1);
+    expect([0, 1, 2].map((i) => s.isDora(i))).toEqual([true, true, false]);
     s.unload(0);
+    expect(Array.from(qView(s).g)).toEqual([...Array(8).fill(0.5)]);
+    s.load(adapter(2, 2));
     expect(Array.from(qView(s).g)).toEqual([...Array(8).fill(0.5), ...Array(8).fill(0)]);
+    expect([0, 1].map((i) => s.isDora(i))).toEqual([true, false]);
     // A scale whose g − 1 is not finite in float16 is refused before it enters a slot.
     const half = new LoraStacks(spec, 1, 64, true);
     const big = dora(1);

@@ -19,7 +19,7 @@ import { WEIGHT_FORMATS, type WeightFormat } from './quant.js';
 const PARALLEL_PREPARE_BYTES = 256 * 1024 * 1024;
 
 /** Bump when the graph layout changes, so old cached builds are not reused. */
-export const BUILDER_VERSION = 7;
+export const BUILDER_VERSION = 9;
 
 export type Activations = 'fp32' | 'fp16';
 

@@ -18,9 +18,12 @@
  *   depends on its own input row only, so what padding gathers cannot change a real row.)
  *   With no adapter rows U = 0 and every LoRA op runs on empty tensors.
  *
- * DoRA (adapters/dora.ts), in the same groups: y = g ⊙ (x·Wᵀ + s·x·Aᵀ·Bᵀ) + b is computed as
- * y + (x·A)·(B ⊙ g) + (g − 1) ⊙ (y − b), with B ⊙ g in the B stack and g − 1 an input [U, 1, out]
- * per projection. Plain LoRA slots feed g − 1 = 0, so their deltas are the LoRA deltas unchanged.
+ * DoRA (adapters/dora.ts): y = g ⊙ (x·Wᵀ + s·x·Aᵀ·Bᵀ) + b is computed as
+ * y + (g − 1) ⊙ (y − b) + (x·A)·(B ⊙ g), with B ⊙ g in the B stack (so the LoRA groups above
+ * compute the last term unchanged) and g − 1 an input [U, out] per projection. The middle term
+ * runs on the tokens of DoRA rows only ([Td], each with its slot's g − 1, no padding): a step without
+ * a DoRA row has Td = 0 and pays nothing for it. It is scatter-added before the LoRA deltas, because
+ * it reads y, which the scatters then update in place.
  */
 import { familyOf, type FamilySpec } from '../arch/families.js';
 import type { LayerContext } from '../arch/family.js';
@@ -66,10 +69,15 @@ export async function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: Deco
   // token 0, whose deltas are then replaced by exact zeros) and, as [U, n, 1] int64, where they add.
   const loraTokens = opts.lora ? g.input(IO.loraScatter, 'int32', ['U', 'n']) : '';
   const loraScatterIdx = opts.lora ? g.op('Unsqueeze', [g.op('Cast', [loraTokens], { to: 7 }), g.const64([2])]) : '';
-  // [U, n, 1] true where a group entry is a real token (padding gathers row T, the zero row). Padding
+  // [U, n, 1] true where a group entry is a real token (gather index below T). Padding
   // deltas are replaced by exact zeros before they are added to token 0: multiplying would not do,
   // because a slot whose stack holds Inf turns 0 × Inf into NaN.
-  const loraReal = opts.lora ? g.op('Unsqueeze', [g.op('Less', [loraGather, g.op('Cast', [g.op('Shape', [inputIds])], { to: 6 })]), g.const64([2])]) : '';
+  const tokenCount = opts.lora ? g.op('Cast', [g.op('Shape', [inputIds])], { to: 6 }) : '';
+  const loraReal = opts.lora ? g.op('Unsqueeze', [g.op('Less', [loraGather, tokenCount]), g.const64([2])]) : '';
+  // The tokens of DoRA rows [Td] (as [Td, 1] int64 for ScatterND) and each one's slot [Td].
+  const doraTokens = opts.lora ? g.input(IO.doraTokens, 'int32', ['Td']) : '';
+  const doraScatterIdx = opts.lora ? g.op('Unsqueeze', [g.op('Cast', [doraTokens], { to: 7 }), g.const64([1])]) : '';
+  const doraTokenSlots = opts.lora ? g.input(IO.doraTokenSlots, 'int32', ['Td']) : '';
 
   // ---- shared per-step values
   const zeroDelta = opts.lora ? g.floatInit('lora_zero', [1], new Float32Array(1)) : '';
@@ -92,11 +100,17 @@ export async function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: Deco
     unpadIndex,
     adapt: (y, x, l, parts, bias) => {
       if (!opts.lora) return y;
-      const group = (t: string): string => g.op('Gather', [t, loraTokens], { axis: 0 });
       const side = (ts: string[]): string => (ts.length === 1 ? ts[0] : g.op('Concat', ts, { axis: 2 }));
       const din = projectionShape(spec, parts[0])[0];
       const douts = parts.map((p) => projectionShape(spec, p)[1]);
-      const xg = group(x);
+      // DoRA: [Td, out] = (g − 1 of the token's slot) ⊙ (y − b) of the token.
+      const concat = (ts: string[]): string => (ts.length === 1 ? ts[0] : g.op('Concat', ts, { axis: 1 }));
+      const gMinusOne = g.op('Gather', [concat(parts.map((p, i) => g.input(loraDora(l, p), ft, ['U', douts[i]]))), doraTokenSlots], { axis: 0 });
+      let base = g.op('Gather', [y, doraTokens], { axis: 0 });
+      if (bias) base = g.op('Sub', [base, g.floatInit(`dora_bias.${l}.${parts[0]}`, [bias.length], bias)]);
+      const doraDelta = g.op('Mul', [gMinusOne, base]);
+      // LoRA: [U, n, out] = (x·A)·B of each group's tokens.
+      const xg = g.op('Gather', [x, loraTokens], { axis: 0 });
       const lora = side(
         parts.map((p, i) => {
           const a = g.input(loraA(l, p), ft, ['U', din, 'R']);
@@ -106,15 +120,12 @@ export async function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: Deco
           return g.op('FusedMatMul', [mid, b], { transA: 1, alpha: { float: 1 } }, { domain: 'com.microsoft' });
         }),
       );
-      const gMinusOne = side(parts.map((p, i) => g.input(loraDora(l, p), ft, ['U', 1, douts[i]])));
-      let base = group(y);
-      if (bias) base = g.op('Sub', [base, g.floatInit(`dora_bias.${l}.${parts[0]}`, [bias.length], bias)]);
-      const delta = g.op('Add', [lora, g.op('Mul', [gMinusOne, base])]);
-      const masked = g.op('Where', [loraReal, delta, zeroDelta]);
-      if (ft === 'float') return g.op('ScatterND', [y, loraScatterIdx, masked], { reduction: 'add' });
+      const loraDelta = g.op('Where', [loraReal, lora, zeroDelta]);
+      const add = (into: string, idx: string, delta: string): string => g.op('ScatterND', [into, idx, delta], { reduction: 'add' });
+      if (ft === 'float') return add(add(y, doraScatterIdx, doraDelta), loraScatterIdx, loraDelta);
       // onnxruntime's CPU ScatterND cannot add in float16: add in float32 and narrow again.
       const wide = (t: string): string => g.op('Cast', [t], { to: 1 });
-      return g.op('Cast', [g.op('ScatterND', [wide(y), loraScatterIdx, wide(masked)], { reduction: 'add' })], { to: 10 });
+      return g.op('Cast', [add(add(wide(y), doraScatterIdx, wide(doraDelta)), loraScatterIdx, wide(loraDelta))], { to: 10 });
     },
   };
 

@@ -40,6 +40,10 @@ export const IO = {
   loraGather: 'lora_gather',
   /** [U, n] packed token index each grouped row is gathered from and adds its delta to; padding = 0 (the graph adds exact zeros there). */
   loraScatter: 'lora_scatter',
+  /** [Td] the packed tokens of the rows whose adapter is DoRA (Td = 0: none in this step). */
+  doraTokens: 'dora_tokens',
+  /** [Td] the adapter slot of each of those tokens. */
+  doraTokenSlots: 'dora_token_slots',
   /** [L, vocab] float32 */
   logits: 'logits',
 } as const;
@@ -53,5 +57,5 @@ export const newValue = (l: number): string => `new_value.${l}`;
 /** [U, in, R] and [U, R, out]: the LoRA stacks of slots 0..U-1 (scale folded into B). */
 export const loraA = (l: number, module: string): string => `lora.${l}.${module}.a`;
 export const loraB = (l: number, module: string): string => `lora.${l}.${module}.b`;
-/** [U, 1, out]: the DoRA scales minus one of slots 0..U-1 (0 for plain LoRA). */
+/** [U, out]: the DoRA scales minus one of slots 0..U-1 (0 for plain LoRA); the graph reads the rows of dora_token_slots. */
 export const loraDora = (l: number, module: string): string => `lora.${l}.${module}.dora`;
