@@ -46,6 +46,7 @@ export const KNOBS = {
   maxBatchSize: knob({ key: 'maxBatchSize', flag: '--max-batch-size <rows>', env: 'LORAPLEX_MAX_BATCH_SIZE', kind: 'int', default: 32, min: 1, doc: 'sequences in one forward step' }),
   maxRowsPerRequest: knob({ key: 'maxRowsPerRequest', flag: '--max-rows-per-request <n>', env: 'LORAPLEX_MAX_ROWS_PER_REQUEST', kind: 'int', default: 16, min: 1, doc: "sequences one request may ask for: each choice of n (or best_of, times the prompts of /v1/completions) is a batch row; beyond it: 400 naming n or best_of. Rows are also shared fairly at run time: each API key (without keys, each adapter) is owed --max-batch-size divided by the keys with work, and a key below its share takes rows from the one most above it (see docs/operations.md)" }),
   maxBatchPrefillTokens: knob({ key: 'maxBatchPrefillTokens', flag: '--max-batch-prefill-tokens <n>', env: 'LORAPLEX_MAX_BATCH_PREFILL_TOKENS', kind: 'int', default: 512, min: 1, doc: 'prompt tokens processed in one step, beside the decoding rows (longer prompts are chunked): bounds how long a step can delay every running stream' }),
+  maxStepMs: knob({ key: 'maxStepMs', flag: '--max-step-ms <ms>', env: 'LORAPLEX_MAX_STEP_MS', kind: 'int', default: 250, min: 0, doc: 'target time of one step: the prompt tokens of a step are chosen from the measured step times so that the step (its decode rows included) takes about this long, at least 32 tokens and at most --max-batch-prefill-tokens; a slow or busy machine then gets shorter prefill chunks instead of steps that stall every stream. 0 = off (--max-batch-prefill-tokens alone)' }),
   maxQueuedRequests: knob({ key: 'maxQueuedRequests', flag: '--max-queued-requests <n>', env: 'LORAPLEX_MAX_QUEUED_REQUESTS', kind: 'int', default: 256, min: 1, doc: 'waiting requests beyond which new ones are refused with 429' }),
   adapterCycleMs: knob({ key: 'adapterCycleMs', flag: '--adapter-cycle-ms <ms>', env: 'LORAPLEX_ADAPTER_CYCLE_MS', kind: 'int', default: 2000, min: 1, doc: 'time slice after which waiting adapters get their turn over the running ones' }),
   prefixCache: knob({ key: 'prefixCache', flag: '--no-prefix-cache', env: 'LORAPLEX_PREFIX_CACHE', kind: 'bool', default: true, doc: "reuse the KV cache of prompt prefixes seen before (same adapter version, same tokens): a repeated system prompt or conversation history is computed once; cached blocks yield to running requests' need for room" }),
@@ -102,6 +103,7 @@ export interface Config {
   readonly maxBatchSize: number;
   readonly maxRowsPerRequest: number;
   readonly maxBatchPrefillTokens: number;
+  readonly maxStepMs: number;
   readonly maxQueuedRequests: number;
   readonly adapterCycleMs: number;
   readonly prefixCache: boolean;

@@ -26,14 +26,19 @@ import { checkContext, checkPrompt, endOfSequenceIds } from './limits.js';
 import type { LiveRequest } from './live-request.js';
 import { PrefixBook } from './prefix-book.js';
 import type { AdapterSpec, EngineEvent, ValidRequest } from './request.js';
+import { StepTimeModel } from './step-time.js';
 import { SchedulerState, type Dropped, type Job, type PlannedRow } from './state.js';
 
 /** KV tokens reserved beyond a row's context; rows grow by this much at a time. */
 const RESERVE_AHEAD = 64;
+/** The fewest prompt tokens a step sized by time takes (so prompts progress on any machine). */
+const MIN_PREFILL_CHUNK = 32;
 
 export interface EngineConfig {
   maxBatchSize: number;
   maxBatchPrefillTokens: number;
+  /** Target step time: a step's prompt tokens are sized from the measured step times (0 or absent: maxBatchPrefillTokens alone). */
+  maxStepMs?: number;
   /** Backstop: the server refuses beyond its own admission limit before anything reaches here. */
   maxQueuedRequests: number;
   adapterCycleMs: number;
@@ -65,6 +70,10 @@ export class EngineCore {
   private readonly prefix: PrefixBook;
   private readonly constrained: ConstrainedRows;
   private readonly live = new Map<number, LiveRequest>();
+  /** Measured step times, which size each step's prompt tokens when maxStepMs > 0. */
+  private readonly stepTime = new StepTimeModel();
+  private readonly maxStepMs: number;
+  private readonly maxBatchPrefillTokens: number;
   private wakeUp: (() => void) | null = null;
   private stopped = false;
   private lastBatchRows = 0;
@@ -94,6 +103,8 @@ export class EngineCore {
     this.log = opts.log ?? (() => {});
     this.sampler = new Sampler(opts.model.spec.vocabSize);
     this.encode = new EventEncoder(opts.tokenizer, this.sampler);
+    this.maxStepMs = opts.config.maxStepMs ?? 0;
+    this.maxBatchPrefillTokens = opts.config.maxBatchPrefillTokens;
     this.state = new SchedulerState({
       maxBatchSize: opts.config.maxBatchSize,
       maxBatchPrefillTokens: opts.config.maxBatchPrefillTokens,
@@ -238,6 +249,7 @@ export class EngineCore {
     try {
       const out = await this.model.step(this.stepRows(rows));
       t1 = performance.now();
+      this.stepTime.observe(rows.filter((r) => r.kind === 'decode').length, rows.reduce((n, r) => n + (r.kind === 'prefill' ? r.count : 0), 0), t1 - t0);
       this.forwardSeconds += (t1 - t0) / 1000;
       for (const row of rows) this.prefix.publish(this.live.get(row.job.id)!);
       await this.sampleStep(rows, out, t1 - t0, events);
@@ -263,6 +275,7 @@ export class EngineCore {
       Date.now(),
       (key) => this.adapters.readiness(key),
       (job) => this.prefix.probe(this.live.get(job.id)!, job),
+      (decodeRows) => (this.maxStepMs > 0 ? this.stepTime.prefillBudget(decodeRows, this.maxStepMs, MIN_PREFILL_CHUNK, this.maxBatchPrefillTokens) : Infinity),
     );
     for (const d of dropped) events.push(this.retire(d));
     for (const p of preempted) this.suspend(p.resumed);

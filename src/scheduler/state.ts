@@ -271,8 +271,17 @@ export class SchedulerState {
     }
   }
 
-  /** Plans the next step. Mutates the state as if the plan runs (prompt progress, admissions). */
-  step(now: number, readiness: (adapter: string) => Readiness, prefix: PrefixProbe = () => 0): { rows: PlannedRow[]; dropped: Dropped[]; preempted: Preempted[] } {
+  /**
+   * Plans the next step. Mutates the state as if the plan runs (prompt progress, admissions).
+   * `prefillBudget` may lower the step's prompt tokens below maxBatchPrefillTokens, given the step's
+   * decode rows (steps sized by time; see step-time.ts).
+   */
+  step(
+    now: number,
+    readiness: (adapter: string) => Readiness,
+    prefix: PrefixProbe = () => 0,
+    prefillBudget: (decodeRows: number) => number = () => Infinity,
+  ): { rows: PlannedRow[]; dropped: Dropped[]; preempted: Preempted[] } {
     const dropped = this.dropExpired(now, readiness);
     this.updateActive(now);
 
@@ -294,6 +303,7 @@ export class SchedulerState {
       r.context += 1;
       r.sampled += 1;
     }
+    budget = Math.max(1, Math.min(budget, Math.floor(prefillBudget(rows.length))));
     for (const r of ordered) {
       if (r.prefilled < r.job.promptLen && budget > 0 && this.running.has(r.job.id)) {
         const count = Math.min(budget, r.job.promptLen - r.prefilled);

@@ -101,6 +101,7 @@ export async function startServer(
         engine: {
           maxBatchSize: config.maxBatchSize,
           maxBatchPrefillTokens: config.maxBatchPrefillTokens,
+          maxStepMs: config.maxStepMs,
           // The server's admission control refuses first; the engine's bound is a backstop.
           maxQueuedRequests: 2 * config.maxQueuedRequests + config.maxBatchSize,
           adapterCycleMs: config.adapterCycleMs,

@@ -75,6 +75,28 @@ describe('SchedulerState', () => {
     expect(s.waiting).toBe(0);
   });
 
+  it('takes no more prompt tokens than the step-time budget allows for its decode rows (at least 1)', () => {
+    nextId = 1;
+    const s = new SchedulerState({ ...CFG, maxBatchSize: 3 });
+    const a = job(null, 2, 0);
+    const b = job(null, 9, 1);
+    [a, b].forEach((j) => expect(s.append(j)).toBe(true));
+    const asked: number[] = [];
+    // 4 tokens with no decode rows, 2 per decode row fewer.
+    const budget = (decodeRows: number): number => {
+      asked.push(decodeRows);
+      return 4 - 2 * decodeRows;
+    };
+    expect(summary(s.step(0, ready, undefined, budget).rows)).toEqual(['1:prefill:0+2*', '2:prefill:0+2']);
+    expect(summary(s.step(1, ready, undefined, budget).rows)).toEqual(['1:decode:0+1*', '2:prefill:2+2']);
+    // Two decode rows leave 0: a prompt still progresses by one token.
+    s.append(job(null, 1, 2));
+    expect(summary(s.step(2, ready, undefined, () => 0).rows)).toEqual(['1:decode:0+1*', '2:prefill:4+1']);
+    // Above maxBatchPrefillTokens, the configured budget wins.
+    expect(summary(s.step(3, ready, undefined, () => 100).rows)).toEqual(['1:decode:0+1*', '2:prefill:5+4*', '3:prefill:0+1*']);
+    expect(asked).toEqual([0, 1]);
+  });
+
   it('refuses beyond the waiting limit', () => {
     const s = new SchedulerState({ ...CFG, maxQueued: 2 });
     expect(s.append(job(null, 1, 0))).toBe(true);
