@@ -1,0 +1,164 @@
+/**
+ * The matmul kernels onnxruntime offers, measured on the model's projection shapes (one layer's
+ * four: q|k|v, o, gate|up, down) per row count, each as a fraction of the machine's int8 peak:
+ * - MatMulNBits int4 and int8 at accuracy level 4 (int8 activations: VNNI) and int4 at level 1
+ *   (fp32 compute),
+ * - DynamicQuantizeMatMul (int8 weights per column; activations quantized per step: onnxruntime's
+ *   int8 GEMM), and the unfused DynamicQuantizeLinear → MatMulInteger → scale,
+ * - fp32 MatMul.
+ * The int8 peak is derived: cores × clock × 64 int8 multiply-adds per AVX-512 VNNI instruction
+ * (one per cycle per core), × 2 operations per multiply-add. The best int8 GEMM measured on a large
+ * square product is reported beside it.
+ */
+import { readFileSync } from 'node:fs';
+import type { ModelSpec } from '../src/runtime/checkpoint/spec.js';
+import { GraphBuilder } from '../src/runtime/graph/graph-builder.js';
+import { encodeModel } from '../src/runtime/graph/onnx.js';
+import { BLOCK, quantizeNBits } from '../src/runtime/graph/quant.js';
+import { Session, tensor } from '../src/runtime/session.js';
+import { availableCores } from '../src/util/cores.js';
+import { symmetricPrng } from '../src/util/prng.js';
+import { progressBar } from '../src/util/progress.js';
+import { fmt, interleaved, table } from './lib.js';
+import { prepareModel, type BenchContext } from './runtime.js';
+import { Checkpoint } from '../src/runtime/checkpoint/checkpoint.js';
+
+export const KERNELS = ['int4 MatMulNBits, acc 4', 'int4 MatMulNBits, acc 1', 'int8 MatMulNBits, acc 4', 'int8 DynamicQuantizeMatMul', 'int8 MatMulInteger (unfused)', 'fp32 MatMul'] as const;
+export type Kernel = (typeof KERNELS)[number];
+
+export interface KernelsResult {
+  /** Derived int8 peak, TOPS. */
+  peakTops: number;
+  clockGHz: number;
+  cores: number;
+  /** Best int8 GEMM measured on a 2048³ product, TOPS. */
+  measuredInt8Tops: number;
+  cells: { kernel: Kernel; rows: number; tops: number; ofPeak: number }[];
+  markdown: string;
+}
+
+/** [K in, N out] of one layer's projections as the graph runs them. */
+function layerShapes(spec: ModelSpec): [number, number][] {
+  const q = spec.numHeads * spec.headDim;
+  const kv = spec.numKvHeads * spec.headDim;
+  return [
+    [spec.hiddenSize, q + 2 * kv],
+    [q, spec.hiddenSize],
+    [spec.hiddenSize, 2 * spec.intermediateSize],
+    [spec.intermediateSize, spec.hiddenSize],
+  ];
+}
+
+function random(n: number, seed: number, amp = 1): Float32Array {
+  const rand = symmetricPrng(seed);
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) out[i] = amp * rand();
+  return out;
+}
+
+/** Int8 weights [K, N] with one scale per column. */
+function int8Columns(w: Float32Array, k: number, n: number): { q: Int8Array; scales: Float32Array } {
+  const scales = new Float32Array(n);
+  for (let j = 0; j < n; j++) {
+    let m = 0;
+    for (let i = 0; i < k; i++) m = Math.max(m, Math.abs(w[i * n + j]));
+    scales[j] = m / 127 || 1;
+  }
+  const q = new Int8Array(k * n);
+  for (let i = 0; i < k; i++) for (let j = 0; j < n; j++) q[i * n + j] = Math.round(w[i * n + j] / scales[j]);
+  return { q, scales };
+}
+
+/** A one-op graph computing x [M, K] · W [K, N] with `kernel`. */
+async function kernelSession(kernel: Kernel, k: number, n: number, threads: number): Promise<Session> {
+  const g = new GraphBuilder('float', null);
+  const w = random(k * n, k * 31 + n, 0.05); // [K, N]
+  const x = g.input('x', 'float', ['M', k]);
+  const ms = { domain: 'com.microsoft' };
+  if (kernel.includes('MatMulNBits')) {
+    const bits = kernel.startsWith('int4') ? 4 : 8;
+    const wt = new Float32Array(n * k); // [N, K]
+    for (let i = 0; i < k; i++) for (let j = 0; j < n; j++) wt[j * k + i] = w[i * n + j];
+    const q = quantizeNBits(wt, n, k, bits);
+    const packed = g.init('w', 'uint8', [n, q.kBlocks, (BLOCK * bits) / 8], q.packed);
+    const scales = g.init('s', 'float', [n * q.kBlocks], q.scales);
+    const zp = q.zeroPoints ? g.init('zp', 'uint8', [q.zeroPoints.length], q.zeroPoints) : '';
+    g.op('MatMulNBits', zp ? [x, packed, scales, zp] : [x, packed, scales], { K: k, N: n, bits, block_size: BLOCK, accuracy_level: kernel.endsWith('acc 1') ? 1 : 4 }, { ...ms, out: 'y' });
+  } else if (kernel === 'int8 DynamicQuantizeMatMul') {
+    const { q, scales } = int8Columns(w, k, n);
+    g.op('DynamicQuantizeMatMul', [x, g.init('w', 'int8', [k, n], q), g.floatInit('s', [n], scales)], {}, { ...ms, out: 'y' });
+  } else if (kernel === 'int8 MatMulInteger (unfused)') {
+    const { q, scales } = int8Columns(w, k, n);
+    const [xq, xs, xz] = [g.name('xq'), g.name('xs'), g.name('xz')];
+    g.opMulti('DynamicQuantizeLinear', [x], [xq, xs, xz]);
+    const acc = g.op('MatMulInteger', [xq, g.init('w', 'int8', [k, n], q), xz]);
+    g.op('Mul', [g.op('Cast', [acc], { to: 1 }), g.op('Mul', [xs, g.floatInit('s', [n], scales)])], undefined, { out: 'y' });
+  } else {
+    g.op('MatMul', [x, g.floatInit('w', [k, n], w)], undefined, { out: 'y' });
+  }
+  g.output('y', 'float', ['M', n]);
+  const bytes = encodeModel({ name: 'kernel', nodes: g.nodes, initializers: g.initializers, inputs: g.inputs, outputs: g.outputs }, { opset: 23, msOpset: 1, producer: 'loraplex-bench' });
+  return Session.create(bytes, { device: 'cpu', allowCpuFallback: false, threads });
+}
+
+/** The clock the cores run at (the highest `cpu MHz` in /proc/cpuinfo), GHz. */
+function clockGHz(): number {
+  try {
+    const mhz = [...readFileSync('/proc/cpuinfo', 'utf8').matchAll(/^cpu MHz\s*:\s*([\d.]+)/gm)].map((m) => Number(m[1]));
+    if (mhz.length > 0) return Math.max(...mhz) / 1000;
+  } catch {
+    // not Linux: fall through
+  }
+  return 2.3;
+}
+
+export async function kernelsBench(ctx: BenchContext): Promise<KernelsResult> {
+  const { modelDir, name } = await prepareModel(ctx);
+  const ckpt = Checkpoint.open(modelDir);
+  const spec = ckpt.spec;
+  ckpt.close();
+  const cores = availableCores().count;
+  const ghz = clockGHz();
+  const peakTops = (cores * ghz * 1e9 * 64 * 2) / 1e12;
+  const rowsList = ctx.quick ? [1, 8, 128] : [1, 8, 32, 128, 512, 2048];
+  const reps = ctx.quick ? 2 : 5;
+  const shapes = layerShapes(spec);
+  const bar = progressBar('kernels');
+  const cells: KernelsResult['cells'] = [];
+  let done = 0;
+  for (const kernel of KERNELS) {
+    const sessions = await Promise.all(shapes.map(([k, n]) => kernelSession(kernel, k, n, cores)));
+    for (const rows of rowsList) {
+      bar(done++, KERNELS.length * rowsList.length, `${kernel} at ${rows} rows`);
+      const feeds = shapes.map(([k]) => ({ x: tensor('float32', random(rows * k, rows + k), [rows, k]) }));
+      const t = await interleaved(Object.fromEntries(sessions.map((s, i) => [String(i), () => s.run(feeds[i], ['y'])])), { rounds: reps, warmup: 1 });
+      const ms = Object.values(t).reduce((a, v) => a + v.min, 0);
+      const ops = shapes.reduce((sum, [k, n]) => sum + 2 * rows * k * n, 0);
+      const tops = ops / (ms / 1000) / 1e12;
+      cells.push({ kernel, rows, tops, ofPeak: tops / peakTops });
+    }
+    for (const s of sessions) await s.release();
+  }
+  // The best int8 GEMM onnxruntime does here: a large square product.
+  const big = ctx.quick ? 1024 : 2048;
+  const square = await kernelSession('int8 DynamicQuantizeMatMul', big, big, cores);
+  const xs = { x: tensor('float32', random(big * big, 7), [big, big]) };
+  const sq = await interleaved({ s: () => square.run(xs, ['y']) }, { rounds: reps, warmup: 1 });
+  await square.release();
+  const measuredInt8Tops = (2 * big ** 3) / (sq.s.min / 1000) / 1e12;
+  bar.stop();
+  const markdown = [
+    `### Matmul kernels (${name}, one layer's projections ${shapes.map(([k, n]) => `${k}→${n}`).join(', ')}; ${cores} threads)`,
+    '',
+    `int8 peak, derived: ${cores} cores × ${fmt(ghz, 2)} GHz × 64 multiply-adds per VNNI instruction × 2 = **${fmt(peakTops, 2)} TOPS**; ` +
+      `best int8 GEMM measured (DynamicQuantizeMatMul, ${big}³): ${fmt(measuredInt8Tops, 3)} TOPS (${fmt((100 * measuredInt8Tops) / peakTops, 0)}% of the derived peak).`,
+    '',
+    'TOPS (fraction of the derived int8 peak) by kernel and rows:',
+    '',
+    table(['kernel', ...rowsList.map(String)], KERNELS.map((kernel) => [kernel, ...rowsList.map((rows) => {
+      const c = cells.find((x) => x.kernel === kernel && x.rows === rows)!;
+      return `${fmt(c.tops, 3)} (${fmt(100 * c.ofPeak, 0)}%)`;
+    })])),
+  ].join('\n');
+  return { peakTops, clockGHz: ghz, cores, measuredInt8Tops, cells, markdown };
+}
