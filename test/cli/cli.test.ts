@@ -38,12 +38,15 @@ describe('loraplex CLI', () => {
     expect(lastJson(second.stdout)).toMatchObject({ built: false, dir: lastJson(first.stdout).dir });
   });
 
-  it('generate greedy tokens equal the reference argmax chain, with an adapter', async () => {
-    const r = await cli(['generate', '--model', tm.dir, '--adapter', adapter.dir, '--quant', 'fp32', '--prompt-ids', '1,2,3', '--max-tokens', '4', '--json', '--cache-dir', cacheDir]);
-    expect(r.code).toBe(0);
+  it.each([
+    ['a LoRA adapter', adapter],
+    ['a DoRA adapter', makeTinyAdapter(tm, { seed: 63, dora: 0.3 })],
+  ])('generate greedy tokens equal the reference argmax chain, with %s', async (_, a) => {
+    const r = await cli(['generate', '--model', tm.dir, '--adapter', a.dir, '--quant', 'fp32', '--prompt-ids', '1,2,3', '--max-tokens', '4', '--json', '--cache-dir', cacheDir]);
+    expect(r.code, r.stderr).toBe(0);
     const out = lastJson(r.stdout);
     const toks = [1, 2, 3];
-    for (let i = 0; i < 4; i++) toks.push(argmax(referenceLogits(tm.cfg, tm.weights, toks, adapter.lora).at(-1)!));
+    for (let i = 0; i < 4; i++) toks.push(argmax(referenceLogits(tm.cfg, tm.weights, toks, a.lora).at(-1)!));
     expect(out.tokens).toEqual(toks.slice(3));
   });
 
