@@ -7,7 +7,7 @@ import { writeOrCheck } from './generated.js';
 import { KNOBS, type Knob } from '../src/config.js';
 
 const groups: [string, string[]][] = [
-  ['Model and runtime', ['model', 'quant', 'activations', 'device', 'allowCpuFallback', 'threads', 'ortProfile', 'cacheDir', 'maxContext', 'kvCacheTokens', 'prefixCache', 'prefixCacheScope', 'maxLoraRank', 'maxActiveAdapters']],
+  ['Model and runtime', ['model', 'quant', 'activations', 'lmHeadAccuracy', 'device', 'allowCpuFallback', 'threads', 'ortProfile', 'cacheDir', 'maxContext', 'kvCacheTokens', 'prefixCache', 'prefixCacheScope', 'maxLoraRank', 'maxActiveAdapters']],
   ['Adapters and scheduling', ['adapters', 'adapterCacheBytes', 'maxBatchSize', 'maxRowsPerRequest', 'maxBatchPrefillTokens', 'maxStepMs', 'maxQueuedRequests', 'adapterCycleMs', 'requestTimeoutMs', 'storePollMs', 'storeGraceMs', 'strictBase']],
   ['Request validation', ['promptTimeoutMs', 'tokenizerWorkers', 'grammarCompileTimeoutMs', 'grammarMaskTimeoutMs', 'grammarMemoryMb', 'toolCallParser', 'reasoningParser']],
   ['HTTP server', ['host', 'port', 'servedModelName', 'adminToken', 'apiKeys', 'metricsKey', 'metricsAdapterLabels', 'metricsVllmNames', 'metricsPort', 'loraRoots', 'maxUploadBytes', 'headersTimeoutMs', 'bodyTimeoutMs', 'streamStallMs', 'shutdownGraceMs', 'logLevel', 'logPrompts']],

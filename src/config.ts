@@ -30,6 +30,7 @@ export const KNOBS = {
   // ---- model and runtime
   model: knob({ key: 'model', flag: '--model <dir>', env: 'LORAPLEX_MODEL', kind: 'string', doc: 'Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer files)' }),
   quant: knob({ key: 'quant', flag: '--quant <format>', env: 'LORAPLEX_QUANT', kind: 'string', default: 'int4', choices: WEIGHT_FORMATS, doc: 'weight format of the base model: int4 and int8 are the fast CPU paths; nf4 is what QLoRA trained against (slower on CPU)' }),
+  lmHeadAccuracy: knob({ key: 'lmHeadAccuracy', flag: '--lm-head-accuracy <type>', env: 'LORAPLEX_LM_HEAD_ACCURACY', kind: 'string', default: 'int8', choices: ['int8', 'fp32'], doc: 'compute precision of the output projection (lm_head) with int4/int8 weights: int8 quantizes its input like every other projection (fast); fp32 keeps it in float, so rounding the input cannot flip a greedy token at a near-tie' }),
   activations: knob({ key: 'activations', flag: '--activations <type>', env: 'LORAPLEX_ACTIVATIONS', kind: 'string', default: 'fp32', choices: ['fp32', 'fp16'], doc: 'activation precision; fp16 is meant for GPU execution providers' }),
   device: knob({ key: 'device', flag: '--device <ep>', env: 'LORAPLEX_DEVICE', kind: 'string', default: 'cpu', choices: DEVICES, doc: 'onnxruntime execution provider' }),
   allowCpuFallback: knob({ key: 'allowCpuFallback', flag: '--allow-cpu-fallback', env: 'LORAPLEX_ALLOW_CPU_FALLBACK', kind: 'bool', default: false, doc: 'run on the CPU when the chosen device is unavailable (otherwise refuse to start)' }),
@@ -89,6 +90,7 @@ export interface Config {
   readonly model?: string;
   readonly quant: WeightFormat;
   readonly activations: 'fp32' | 'fp16';
+  readonly lmHeadAccuracy: 'int8' | 'fp32';
   readonly device: Device;
   readonly allowCpuFallback: boolean;
   readonly threads: number;

@@ -9,7 +9,7 @@ import { LoraplexError } from '../errors.js';
 import { runBuild, runDemo, runGenerate, runServe, type GenerateArgs } from './commands.js';
 
 const RUNTIME_KEYS = [
-  'model', 'quant', 'activations', 'device', 'allowCpuFallback', 'threads', 'ortProfile', 'cacheDir', 'maxContext', 'kvCacheTokens',
+  'model', 'quant', 'activations', 'lmHeadAccuracy', 'device', 'allowCpuFallback', 'threads', 'ortProfile', 'cacheDir', 'maxContext', 'kvCacheTokens',
   'maxLoraRank', 'maxActiveAdapters',
 ] as const satisfies readonly KnobKey[];
 

@@ -5,6 +5,7 @@ import { existsSync } from 'node:fs';
 import { RuntimeConfigError } from '../errors.js';
 import { buildModel, type BuiltModel } from './graph/build.js';
 import type { WeightFormat } from './graph/quant.js';
+import type { LinearCompute } from './graph/linear.js';
 import { DecoderModel } from './model.js';
 import type { Device } from './session.js';
 import { TextTokenizer } from './tokenizer.js';
@@ -14,6 +15,8 @@ export interface RuntimeSettings {
   model: string;
   quant: WeightFormat;
   activations: 'fp32' | 'fp16';
+  /** The lm_head's compute precision with int4/int8 weights. */
+  lmHeadAccuracy?: LinearCompute;
   device: Device;
   allowCpuFallback: boolean;
   threads: number;
@@ -37,7 +40,7 @@ export async function buildFromSettings(s: RuntimeSettings, progress?: Progress,
   if (!existsSync(s.model)) throw new RuntimeConfigError(`model directory ${s.model} does not exist`);
   return buildModel(
     s.model,
-    { weights: s.quant, activations: s.activations, maxPositions: s.maxContext > 0 ? s.maxContext : undefined },
+    { weights: s.quant, activations: s.activations, maxPositions: s.maxContext > 0 ? s.maxContext : undefined, lmHeadAccuracy: s.lmHeadAccuracy },
     { cacheDir: s.cacheDir, progress, log },
   );
 }

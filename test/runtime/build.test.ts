@@ -74,6 +74,31 @@ describe('fp16 activations', () => {
   });
 });
 
+describe('lm_head accuracy', () => {
+  it('fp32 compute for the lm_head is its own build and gives other logits than int8 compute, both near the reference', async () => {
+    const tm = makeTinyModel({ seed: 58, flavour: 'llama', hiddenSize: 128, vocabSize: 256, tieWordEmbeddings: false });
+    const cacheDir = tempDir();
+    const toks = [5, 9, 100, 3, 77];
+    const ref = referenceLogits(tm.cfg, tm.weights, toks)[4];
+    const logits: Float32Array[] = [];
+    const dirs: string[] = [];
+    for (const lmHeadAccuracy of ['int8', 'fp32'] as const) {
+      const built = await buildModel(tm.dir, { weights: 'int8', activations: 'fp32', lmHeadAccuracy }, { cacheDir });
+      expect(built.options.lmHeadAccuracy).toBe(lmHeadAccuracy);
+      dirs.push(built.dir);
+      const model = await DecoderModel.load(built, { device: 'cpu', allowCpuFallback: false, threads: 1, kvCacheTokens: 64, adapterSlots: 1, maxLoraRank: 8 });
+      const out = await model.step([{ seq: model.newSequence(), tokens: toks, slot: -1, logits: 'last' }]);
+      logits.push(out.logits.slice());
+      // (int8 weights on a random model: within the format's error of the reference.)
+      expect(maxAbsDiff(out.logits, ref)).toBeLessThan(1);
+      await model.close();
+    }
+    expect(dirs[0]).not.toBe(dirs[1]);
+    expect(maxAbsDiff(logits[0], logits[1])).toBeGreaterThan(0);
+    await expect(buildModel(tm.dir, { weights: 'int8', activations: 'fp32', lmHeadAccuracy: 'int4' as never }, { cacheDir })).rejects.toThrow(/lm_head accuracy "int4" is not one of int8, fp32/);
+  });
+});
+
 describe('execution providers', () => {
   it('says clearly when a device is unusable, and falls back only when allowed', async () => {
     const tm = makeTinyModel({ seed: 55 });

@@ -14,6 +14,7 @@ import { ExternalDataWriter, GraphBuilder } from './graph-builder.js';
 import { encodeModel } from './onnx.js';
 import { inlinePreparer, ThreadPreparer } from './prepare-pool.js';
 import { WEIGHT_FORMATS, type WeightFormat } from './quant.js';
+import type { LinearCompute } from './linear.js';
 
 /** Checkpoints above this size have their weights prepared on helper threads. */
 const PARALLEL_PREPARE_BYTES = 256 * 1024 * 1024;
@@ -23,6 +24,9 @@ export const BUILDER_VERSION = 9;
 
 export type Activations = 'fp32' | 'fp16';
 
+/** The lm_head's default compute precision (see BuildOptions.lmHeadAccuracy). */
+export const DEFAULT_LM_HEAD_ACCURACY: LinearCompute = 'int8';
+
 export interface BuildOptions {
   weights: WeightFormat;
   /** fp16 activations and weights, for GPU execution providers. */
@@ -31,7 +35,15 @@ export interface BuildOptions {
   maxPositions?: number;
   /** Build the multi-LoRA inputs (default). false = a base-only graph, used to measure LoRA's cost. */
   lora?: boolean;
+  /**
+   * The lm_head's compute precision with int4/int8 weights (MatMulNBits accuracy level): 'int8'
+   * quantizes its input to int8 (the fast CPU path, used by every other projection), 'fp32' keeps
+   * it in float (slower; cannot flip greedy tokens at near-ties through activation rounding).
+   */
+  lmHeadAccuracy?: LinearCompute;
 }
+
+export const LM_HEAD_ACCURACIES: readonly LinearCompute[] = ['int8', 'fp32'];
 
 export interface BuiltModel {
   dir: string;
@@ -76,7 +88,9 @@ export async function buildModel(
       activations: options.activations,
       maxPositions: resolveMaxPositions(ckpt.spec, options.maxPositions),
       lora: options.lora ?? true,
+      lmHeadAccuracy: options.lmHeadAccuracy ?? DEFAULT_LM_HEAD_ACCURACY,
     };
+    if (!LM_HEAD_ACCURACIES.includes(opts.lmHeadAccuracy)) throw new RuntimeConfigError(`lm_head accuracy ${JSON.stringify(opts.lmHeadAccuracy)} is not one of ${LM_HEAD_ACCURACIES.join(', ')}`);
     mkdirSync(ctx.cacheDir, { recursive: true });
     const memo = hashMemo(join(ctx.cacheDir, 'file-hashes.json'));
     const checkpointHash = await ckpt.contentHash(memo);

@@ -32,7 +32,7 @@ import type { Checkpoint } from '../checkpoint/checkpoint.js';
 import { projectionShape, type ModelSpec } from '../checkpoint/spec.js';
 import type { GraphBuilder } from './graph-builder.js';
 import { IO, loraA, loraB, loraDora } from './io.js';
-import { emitLinear, type PreparedLinear } from './linear.js';
+import { emitLinear, type LinearCompute, type PreparedLinear } from './linear.js';
 import type { Preparer } from './prepare-pool.js';
 import type { WeightFormat } from './quant.js';
 import { toHalfArray } from '../checkpoint/safetensors.js';
@@ -43,6 +43,8 @@ export interface DecoderOptions {
   maxPositions: number;
   /** Include the multi-LoRA inputs and ops (false: a base-only graph, for comparison). */
   lora: boolean;
+  /** The lm_head's compute precision with int4/int8 weights (default int8). */
+  lmHeadAccuracy?: LinearCompute;
 }
 
 export type ProgressFn = (done: number, total: number, label: string) => void;
@@ -158,7 +160,7 @@ export async function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: Deco
 
   // ---- logits for the requested tokens only
   const last = g.op('Gather', [state.x, logitsIndex], { axis: 0 });
-  let logits = emitLinear(g, last, 'lm_head', await (head ?? startHead()));
+  let logits = emitLinear(g, last, 'lm_head', await (head ?? startHead()), opts.lmHeadAccuracy ?? 'int8');
   if (ft !== 'float') logits = g.op('Cast', [logits], { to: 1 });
   const cap = family.finalLogitSoftcap?.(spec) ?? null;
   if (cap !== null) logits = softcap(g, logits, cap, 'final_softcap');

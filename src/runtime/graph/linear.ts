@@ -7,7 +7,8 @@
  * WeightFormat: a format added to the list without its preparation, its node or its buffers does
  * not compile (there is no fallthrough to a default).
  *   fp32:  MatMul(x, Wᵀ [K, N])
- *   int8/int4: com.microsoft MatMulNBits, block 32, accuracy_level 4 (int8 activations: the fast CPU path)
+ *   int8/int4: com.microsoft MatMulNBits, block 32, accuracy_level 4 (int8 activations: the fast CPU
+ *              path), or 1 (fp32 activations) when the projection asks for fp32 compute
  *   nf4:   com.microsoft MatMulBnb4 (what QLoRA trains against; much slower on CPU), fed at least
  *          2 rows: it dequantizes and runs a plain SGEMM, whose one-row kernel rounds differently,
  *          so a lone token would get other bits than the same token in a larger step
@@ -36,7 +37,7 @@ interface WeightFormatImpl<F extends WeightFormat> {
   /** Converts the weight (runs on a helper thread for large models). */
   prepare(weight: LinearWeight, format: F): PreparedOf<F>;
   /** Adds the initializers and the node computing x·Wᵀ (+ bias); returns the output's name. */
-  emit(g: GraphBuilder, x: string, name: string, p: PreparedOf<F>, bias: string | null): string;
+  emit(g: GraphBuilder, x: string, name: string, p: PreparedOf<F>, bias: string | null, compute: LinearCompute): string;
   /** The buffers the prepared weight owns (transferred from a helper thread). */
   buffers(p: PreparedOf<F>): ArrayBufferLike[];
 }
@@ -45,13 +46,13 @@ const withBias = (g: GraphBuilder, y: string, bias: string | null): string => (b
 
 const nBits: WeightFormatImpl<'int8' | 'int4'> = {
   prepare: (weight, format) => ({ format, q: quantizeNBits(weight.w, weight.n, weight.k, format === 'int8' ? 8 : 4), n: weight.n, k: weight.k, bias: weight.bias ?? null }) as PreparedOf<'int8' | 'int4'>,
-  emit: (g, x, name, { n, k, q }, bias) => {
+  emit: (g, x, name, { n, k, q }, bias, compute) => {
     const packed = g.init(`${name}.q${q.bits}`, 'uint8', [n, q.kBlocks, (BLOCK * q.bits) / 8], q.packed);
     const scales = g.floatInit(`${name}.scales`, [n * q.kBlocks], q.scales);
     const zp = q.zeroPoints ? g.init(`${name}.zp`, 'uint8', [q.zeroPoints.length], q.zeroPoints) : '';
     const inputs = [x, packed, scales, zp, '', bias ?? ''];
     while (inputs[inputs.length - 1] === '') inputs.pop();
-    return g.op('MatMulNBits', inputs, { K: k, N: n, bits: q.bits, block_size: BLOCK, accuracy_level: 4 }, { domain: 'com.microsoft' });
+    return g.op('MatMulNBits', inputs, { K: k, N: n, bits: q.bits, block_size: BLOCK, accuracy_level: compute === 'int8' ? 4 : 1 }, { domain: 'com.microsoft' });
   },
   buffers: ({ q }) => [q.packed.buffer, q.scales.buffer, ...(q.zeroPoints ? [q.zeroPoints.buffer] : [])],
 };
@@ -91,9 +92,15 @@ export function prepareLinear(weight: LinearWeight, format: WeightFormat): Prepa
   return implOf(format).prepare(weight, format);
 }
 
-export function emitLinear(g: GraphBuilder, x: string, name: string, p: PreparedLinear): string {
+/**
+ * Which precision a quantized projection computes in: 'int8' quantizes its input per block (the
+ * fast CPU path), 'fp32' does not. Only MatMulNBits (int4/int8 weights) has the choice.
+ */
+export type LinearCompute = 'int8' | 'fp32';
+
+export function emitLinear(g: GraphBuilder, x: string, name: string, p: PreparedLinear, compute: LinearCompute = 'int8'): string {
   const bias = p.bias ? g.floatInit(`${name}.bias`, [p.n], p.bias) : null;
-  return implOf(p.format).emit(g, x, name, p, bias);
+  return implOf(p.format).emit(g, x, name, p, bias, compute);
 }
 
 /** Every buffer a prepared weight owns, once each. */
