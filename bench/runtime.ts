@@ -42,6 +42,7 @@ export interface RuntimeBenchResult {
   decode: { rows: number; fp32TokPerS: number; int4TokPerS: number; int4OverFp32: number }[];
   lora: { rows: number; u: number; stepMs: number; ratioToU0: number }[];
   loraGraphOverBase: { rows: number; ratio: number }[];
+  lmHead: { step: string; int8Ms: number; fp32Ms: number; ratio: number }[];
   dora: { loadMsLora: number; loadMsDora: number; steps: { step: string; loraMs: number; doraMs: number; ratio: number }[] };
   capacity: { c: number; live: number; stepMsC: number; stepMs2C: number; ratio: number };
   markdown: string;
@@ -147,6 +148,24 @@ export async function runtimeBench(ctx: BenchContext): Promise<RuntimeBenchResul
     }
     await models.fp32.close();
     await models.int4.close();
+  }
+
+  // ---- the lm_head's compute precision: int8 (the default) vs fp32, same int4 weights
+  const lmHead: RuntimeBenchResult['lmHead'] = [];
+  {
+    const fp32Head = await loadModel(await buildFor(ctx, modelDir, { weights: 'int4', activations: 'fp32', lmHeadAccuracy: 'fp32' }), kvTokens);
+    const int8Head = await loadModel(builtInt4, kvTokens);
+    for (const rows of rowCounts) {
+      ctx.log(`lm_head compute, ${rows} rows: int8 vs fp32`);
+      const a = await prefill(int8Head, rows, promptLen);
+      const b = await prefill(fp32Head, rows, promptLen);
+      const t = await interleaved({ int8: decodeStep(int8Head, a), fp32: decodeStep(fp32Head, b) }, { rounds });
+      lmHead.push({ step: `decode, ${rows} rows`, int8Ms: t.int8.median, fp32Ms: t.fp32.median, ratio: t.fp32.median / t.int8.median });
+      a.forEach((s) => int8Head.freeSequence(s));
+      b.forEach((s) => fp32Head.freeSequence(s));
+    }
+    await fp32Head.close();
+    await int8Head.close();
   }
 
   // ---- LoRA cost by distinct adapters in the batch, and the LoRA graph at U = 0 vs a base-only graph
@@ -270,6 +289,10 @@ export async function runtimeBench(ctx: BenchContext): Promise<RuntimeBenchResul
       return [rows, `${fmt(r[0].stepMs)} ms`, ...r.slice(1).map((x) => `${fmt(x.ratioToU0)}×`), `${fmt(b.ratio)}×`];
     })),
     '',
+    'lm_head compute precision (int4 weights; decode steps, every row asking for logits):',
+    '',
+    table(['step', 'lm_head int8 (default)', 'lm_head fp32', 'fp32 / int8'], lmHead.map((h) => [h.step, `${fmt(h.int8Ms)} ms`, `${fmt(h.fp32Ms)} ms`, `${fmt(h.ratio)}×`])),
+    '',
     `DoRA (int4, rank-16 adapters on all 7 projections): load ${fmt(dora.loadMsDora, 0)} ms vs ${fmt(dora.loadMsLora, 0)} ms for LoRA (median; the DoRA scales come from the checkpoint's weights on the loading thread). Step time with every row on a DoRA adapter vs a LoRA one:`,
     '',
     table(['step', 'LoRA rows', 'DoRA rows', 'DoRA / LoRA'], dora.steps.map((s) => [s.step, `${fmt(s.loraMs)} ms`, `${fmt(s.doraMs)} ms`, `${fmt(s.ratio)}×`])),
@@ -277,5 +300,5 @@ export async function runtimeBench(ctx: BenchContext): Promise<RuntimeBenchResul
     `KV capacity: decode step with ${capacity.live}-token contexts × 8 rows: ${fmt(capacity.stepMsC)} ms at capacity ${capacity.c} tokens, ` +
       `${fmt(capacity.stepMs2C)} ms at ${2 * capacity.c} (2C / C = ${fmt(capacity.ratio)}×)`,
   ].join('\n');
-  return { shape: name, decode, lora, loraGraphOverBase, dora, capacity, markdown };
+  return { shape: name, decode, lmHead, lora, loraGraphOverBase, dora, capacity, markdown };
 }

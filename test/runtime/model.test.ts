@@ -262,9 +262,15 @@ describe.each([
     expect(greedy.length).toBe(prompt.length + 64);
   });
 
-  it.each(['int8', 'int4', 'nf4'] as const)('%s agrees with fp32 on the top-1 token', async (weights) => {
+  it.each([
+    ['int8', 'int8'],
+    ['int8', 'fp32'],
+    ['int4', 'int8'],
+    ['int4', 'fp32'],
+    ['nf4', 'int8'],
+  ] as const)('%s (lm_head computing in %s) agrees with fp32 on the top-1 token', async (weights, lmHeadAccuracy) => {
     expect(greedy.length).toBeGreaterThan(0);
-    const model = await load(tm, { weights });
+    const model = await load(tm, { weights, lmHeadAccuracy });
     const out = await model.step([{ seq: model.newSequence(), tokens: greedy.slice(0, -1), slot: -1, logits: 'all' }]);
     let agree = 0;
     for (let i = 0; i < 64; i++) {
@@ -278,7 +284,7 @@ describe.each([
       ref += reference[i] ** 2;
     }
     const rel = Math.sqrt(err / ref);
-    console.log(`${kind} model, ${weights} vs fp32: top-1 agreement ${((agree / 64) * 100).toFixed(1)}% (${agree}/64), logits relRMS ${rel.toFixed(4)}`);
+    console.log(`${kind} model, ${weights} (lm_head ${lmHeadAccuracy}) vs fp32: top-1 agreement ${((agree / 64) * 100).toFixed(1)}% (${agree}/64), logits relRMS ${rel.toFixed(4)}`);
     expect(agree / 64).toBeGreaterThanOrEqual(min[weights]);
     expect(rel).toBeLessThan(maxRel[weights]);
   });
