@@ -47,6 +47,31 @@ const alone = (model: DecoderModel, prompt: number[], lora: TinyAdapter | null, 
   aloneGreedy(model, prompt, lora ? { kind: 'single', key: 'x', name: 'x', dir: lora.dir } : null, n);
 
 describe('EngineCore under load', () => {
+  it('steps sized by time: an unreachable target cuts prompts into the smallest chunks, and no answer changes', async () => {
+    const rand = prng(9);
+    const prompts = Array.from({ length: 6 }, () => Array.from({ length: 90 + Math.floor(rand() * 40) }, () => Math.floor(rand() * tm.cfg.vocabSize)));
+    const solo = await loadTiny(tm, {}, { adapterSlots: 1 });
+    open.push(solo);
+    const steps: number[] = [];
+    for (const maxStepMs of [0, 1e-6]) {
+      const h = await harness({ slots: 3, config: { maxBatchPrefillTokens: 512, maxStepMs } });
+      // A first request teaches the model what a prompt token costs; then the prompts arrive together.
+      h.core.submit(request(1, prompts[0].map((t) => (t + 1) % tm.cfg.vocabSize), spec(0), 2));
+      await until(() => h.events.get(1)?.some((e) => e.t === 'end') ?? false);
+      const before = h.core.stats().steps;
+      prompts.forEach((p, i) => h.core.submit(request(10 + i, p, i % 2 === 0 ? spec(i % 3) : null, 3)));
+      await until(() => prompts.every((_, i) => h.events.get(10 + i)?.some((e) => e.t === 'end' || e.t === 'error')));
+      steps.push(h.core.stats().steps - before);
+      for (const [i, p] of prompts.entries()) expect(tokensOf(h.events.get(10 + i)!), `prompt ${i}`).toEqual(await alone(solo, p, i % 2 === 0 ? adapters[i % 3] : null, 3));
+      h.core.stop();
+      await h.done;
+    }
+    // ~650 prompt tokens: a few steps by tokens (512 a step); 32-token chunks by time.
+    const promptTokens = prompts.reduce((n, p) => n + p.length, 0);
+    expect(steps[0]).toBeLessThanOrEqual(6);
+    expect(steps[1]).toBeGreaterThanOrEqual(Math.ceil(promptTokens / 32));
+  });
+
   it('36 requests over 6 adapters and the base, 3 slots, 8 rows: each equals the request run alone; none lost or doubled', async () => {
     const h = await harness({ slots: 3 });
     const rand = prng(5);
