@@ -6,9 +6,10 @@
  * - DynamicQuantizeMatMul (int8 weights per column; activations quantized per step: onnxruntime's
  *   int8 GEMM), and the unfused DynamicQuantizeLinear → MatMulInteger → scale,
  * - fp32 MatMul.
- * The int8 peak is derived: cores × clock × 64 int8 multiply-adds per AVX-512 VNNI instruction
- * (one per cycle per core), × 2 operations per multiply-add. The best int8 GEMM measured on a large
- * square product is reported beside it.
+ * The int8 peak is measured: the best int8 GEMM onnxruntime does on a large square product (on a
+ * 2-vCPU EPYC it reached 1.21 TOPS, above the 0.54 TOPS of one VNNI instruction per cycle at the
+ * reported clock, so the cores issue two per cycle or run faster than /proc/cpuinfo says).
+ * Fractions are of that; the one-instruction-per-cycle figure is printed beside it.
  */
 import { readFileSync } from 'node:fs';
 import type { ModelSpec } from '../src/runtime/checkpoint/spec.js';
@@ -27,12 +28,13 @@ export const KERNELS = ['int4 MatMulNBits, acc 4', 'int4 MatMulNBits, acc 1', 'i
 export type Kernel = (typeof KERNELS)[number];
 
 export interface KernelsResult {
-  /** Derived int8 peak, TOPS. */
+  /** One VNNI instruction per cycle per core at the reported clock, TOPS. */
   peakTops: number;
   clockGHz: number;
   cores: number;
   /** Best int8 GEMM measured on a 2048³ product, TOPS. */
   measuredInt8Tops: number;
+  /** Fractions are of measuredInt8Tops. */
   cells: { kernel: Kernel; rows: number; tops: number; ofPeak: number }[];
   markdown: string;
 }
@@ -135,7 +137,7 @@ export async function kernelsBench(ctx: BenchContext): Promise<KernelsResult> {
       const ms = Object.values(t).reduce((a, v) => a + v.min, 0);
       const ops = shapes.reduce((sum, [k, n]) => sum + 2 * rows * k * n, 0);
       const tops = ops / (ms / 1000) / 1e12;
-      cells.push({ kernel, rows, tops, ofPeak: tops / peakTops });
+      cells.push({ kernel, rows, tops, ofPeak: 0 });
     }
     for (const s of sessions) await s.release();
   }
@@ -145,15 +147,17 @@ export async function kernelsBench(ctx: BenchContext): Promise<KernelsResult> {
   const xs = { x: tensor('float32', random(big * big, 7), [big, big]) };
   const sq = await interleaved({ s: () => square.run(xs, ['y']) }, { rounds: reps, warmup: 1 });
   await square.release();
-  const measuredInt8Tops = (2 * big ** 3) / (sq.s.min / 1000) / 1e12;
+  // (A small machine or a quick run may do better on the layer shapes than on the square: the peak is the best seen.)
+  const measuredInt8Tops = Math.max((2 * big ** 3) / (sq.s.min / 1000) / 1e12, ...cells.filter((c) => c.kernel.startsWith('int8')).map((c) => c.tops));
+  for (const c of cells) c.ofPeak = c.tops / measuredInt8Tops;
   bar.stop();
   const markdown = [
     `### Matmul kernels (${name}, one layer's projections ${shapes.map(([k, n]) => `${k}→${n}`).join(', ')}; ${cores} threads)`,
     '',
-    `int8 peak, derived: ${cores} cores × ${fmt(ghz, 2)} GHz × 64 multiply-adds per VNNI instruction × 2 = **${fmt(peakTops, 2)} TOPS**; ` +
-      `best int8 GEMM measured (DynamicQuantizeMatMul, ${big}³): ${fmt(measuredInt8Tops, 3)} TOPS (${fmt((100 * measuredInt8Tops) / peakTops, 0)}% of the derived peak).`,
+    `int8 peak, measured (the best int8 kernel, the layer shapes above or a ${big}³ DynamicQuantizeMatMul): **${fmt(measuredInt8Tops, 3)} TOPS**; one VNNI instruction per cycle per core at the reported clock ` +
+      `(${cores} × ${fmt(ghz, 2)} GHz × 64 multiply-adds × 2) would be ${fmt(peakTops, 2)} TOPS.`,
     '',
-    'TOPS (fraction of the derived int8 peak) by kernel and rows:',
+    'TOPS (fraction of the measured int8 peak) by kernel and rows:',
     '',
     table(['kernel', ...rowsList.map(String)], KERNELS.map((kernel) => [kernel, ...rowsList.map((rows) => {
       const c = cells.find((x) => x.kernel === kernel && x.rows === rows)!;

@@ -46,8 +46,8 @@ export async function w8Bench(ctx: BenchContext, configs?: [string, string[]][])
   const newTokens = ctx.quick ? 16 : 64;
   const base = ['--model', modelDir, '--adapters', store, '--quant', 'int4', '--cache-dir', join(ctx.dir, 'builds'), '--port', '0', '--host', '127.0.0.1', '--max-context', '4096', '--store-poll-ms', '0'];
   const plan = configs ?? [
-    ['steps sized by tokens (--max-step-ms 0)', ['--max-step-ms', '0']],
-    ['default (steps sized by time, --max-step-ms 250)', []],
+    ['default (steps sized by tokens)', []],
+    ['steps sized by time (--max-step-ms 250)', ['--max-step-ms', '250']],
   ];
   const cells: W8Cell[] = [];
   const bar = progressBar('W8');
