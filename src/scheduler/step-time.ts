@@ -18,6 +18,9 @@ export class StepTimeModel {
   private readonly xy = new Float64Array(3);
   /** Weight of the recent steps that had prefill tokens (the per-token cost is known once it is > 0). */
   private prefillWeight = 0;
+  /** Σ w·ms and Σ w·tokens over the steps with prefill tokens (their average cost per prompt token). */
+  private prefillMs = 0;
+  private prefillTokens = 0;
 
   observe(decodeRows: number, prefillTokens: number, ms: number): void {
     if (!(ms >= 0 && Number.isFinite(ms))) return;
@@ -29,6 +32,8 @@ export class StepTimeModel {
       this.xy[i] += x[i] * ms;
     }
     this.prefillWeight = this.prefillWeight * FORGET + (prefillTokens > 0 ? 1 : 0);
+    this.prefillMs = this.prefillMs * FORGET + (prefillTokens > 0 ? ms : 0);
+    this.prefillTokens = this.prefillTokens * FORGET + prefillTokens;
   }
 
   /** [fixed ms, ms per decode row, ms per prefill token], or null before any step with prefill. */
@@ -41,13 +46,20 @@ export class StepTimeModel {
 
   /**
    * Prompt tokens that fit beside `decodeRows` decode rows in `targetMs`, between `min` and `max`
-   * (`max` itself while nothing is known, or when prompt tokens seem free).
+   * (`max` itself while nothing is known).
+   *
+   * A prompt token is never free: when the fit says it costs nothing or less (a few noisy steps
+   * can, e.g. a small model's prompt step that ran faster than a decode step), it is charged what
+   * prompt steps cost on average per token, an over-estimate (it includes their fixed cost), so
+   * the step stays under the target.
    */
   prefillBudget(decodeRows: number, targetMs: number, min: number, max: number): number {
     const f = this.fit();
-    if (!f || !(f[2] > 0)) return max;
+    if (!f) return max;
+    const perToken = f[2] > 0 ? f[2] : this.prefillMs / this.prefillTokens;
+    if (!(perToken > 0)) return max;
     const room = targetMs - Math.max(0, f[0]) - Math.max(0, f[1]) * decodeRows;
-    return Math.max(min, Math.min(max, Math.floor(room / f[2])));
+    return Math.max(min, Math.min(max, Math.floor(room / perToken)));
   }
 }
 

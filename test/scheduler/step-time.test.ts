@@ -56,6 +56,19 @@ describe('StepTimeModel', () => {
     expect(busy).toBeGreaterThanOrEqual(32);
   });
 
+  it('never takes prompt tokens for free: after a few noisy steps that make them look free, a target still cuts the step', () => {
+    const m = new StepTimeModel();
+    // A small model: one 110-token prompt step that was faster than the decode step after it.
+    m.observe(0, 110, 1);
+    m.observe(1, 0, 3);
+    expect(m.fit()![2]).toBeLessThan(0); // least squares alone says a prompt token costs nothing
+    // An unreachable target still gives the smallest chunk; a reachable one charges each prompt
+    // token what prompt steps cost on average (1 ms / 110 tokens), not nothing.
+    expect(m.prefillBudget(0, 1e-6, 32, 512)).toBe(32);
+    expect(m.prefillBudget(1, 1e-6, 32, 512)).toBe(32);
+    expect(m.prefillBudget(0, 3, 1, 512)).toBeLessThanOrEqual(2 * 110);
+  });
+
   it('ignores times that are not finite', () => {
     const m = new StepTimeModel();
     run(m, 100, [20, 5, 6.8], 4);
