@@ -12,7 +12,6 @@
  * Fractions are of that; the one-instruction-per-cycle figure is printed beside it.
  */
 import { readFileSync } from 'node:fs';
-import type { ModelSpec } from '../src/runtime/checkpoint/spec.js';
 import { GraphBuilder } from '../src/runtime/graph/graph-builder.js';
 import { encodeModel } from '../src/runtime/graph/onnx.js';
 import { BLOCK, quantizeNBits } from '../src/runtime/graph/quant.js';
@@ -22,6 +21,7 @@ import { symmetricPrng } from '../src/util/prng.js';
 import { progressBar } from '../src/util/progress.js';
 import { fmt, interleaved, table } from './lib.js';
 import { prepareModel, type BenchContext } from './runtime.js';
+import { layerShapes } from './roofline.js';
 import { Checkpoint } from '../src/runtime/checkpoint/checkpoint.js';
 
 export const KERNELS = ['int4 MatMulNBits, acc 4', 'int4 MatMulNBits, acc 1', 'int8 MatMulNBits, acc 4', 'int8 DynamicQuantizeMatMul', 'int8 MatMulInteger (unfused)', 'fp32 MatMul'] as const;
@@ -37,18 +37,6 @@ export interface KernelsResult {
   /** Fractions are of measuredInt8Tops. */
   cells: { kernel: Kernel; rows: number; tops: number; ofPeak: number }[];
   markdown: string;
-}
-
-/** [K in, N out] of one layer's projections as the graph runs them. */
-function layerShapes(spec: ModelSpec): [number, number][] {
-  const q = spec.numHeads * spec.headDim;
-  const kv = spec.numKvHeads * spec.headDim;
-  return [
-    [spec.hiddenSize, q + 2 * kv],
-    [q, spec.hiddenSize],
-    [spec.hiddenSize, 2 * spec.intermediateSize],
-    [spec.intermediateSize, spec.hiddenSize],
-  ];
 }
 
 function random(n: number, seed: number, amp = 1): Float32Array {

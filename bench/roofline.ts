@@ -36,7 +36,7 @@ export interface RooflineResult {
 }
 
 /** [K in, N out] of one layer's linear projections as the graph runs them (q|k|v and gate|up fused). */
-function layerShapes(spec: ModelSpec): [number, number][] {
+export function layerShapes(spec: ModelSpec): [number, number][] {
   const q = spec.numHeads * spec.headDim;
   const kv = spec.numKvHeads * spec.headDim;
   return [

@@ -92,7 +92,7 @@ export class LoraStacks {
   private readonly stacks: Stack[] = [];
   /** Rank of every slot's adapter, for repacking. */
   private readonly slotRank: number[] = [];
-  /** Whether every slot's adapter has DoRA scales (the graph runs DoRA groups for those slots only). */
+  /** Per slot: whether its adapter has DoRA scales (the graph runs the DoRA term for those rows only). */
   private readonly slotDora: boolean[] = [];
   private weights: (LoraWeights | null)[];
   private r = 0;
