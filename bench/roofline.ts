@@ -23,14 +23,14 @@ import { availableCores } from '../src/util/cores.js';
 import { symmetricPrng } from '../src/util/prng.js';
 import { progressBar } from '../src/util/progress.js';
 import { fmt, interleaved, table } from './lib.js';
-import { buildFor, prepareModel, type BenchContext } from './runtime.js';
+import { benchAdapters, buildFor, prepareModel, type BenchContext } from './runtime.js';
 
 export interface RooflineResult {
   threads: number;
   ceiling: { bits: number; rows: number; tflops: number }[];
   bandwidthGBs: number;
   steps: { kind: 'prefill' | 'decode'; tokens: number; ms: number; tflops: number; ofCeiling: number; ofBandwidth?: number }[];
-  ops: { step: string; shares: Record<string, number> }[];
+  ops: { step: string; shares: Record<string, number>; nodes: number; ms: number }[];
   options: { variant: string; decode8Ms: number; prefill512Ms: number }[];
   markdown: string;
 }
@@ -91,34 +91,39 @@ async function bandwidth(): Promise<number> {
   return (2 * src.length) / (best / 1000) / 1e9;
 }
 
-/** Operator type → the breakdown's category. */
-function category(op: string, node: string): string {
+/** Operator type (and its first input's rank) → the breakdown's category. */
+function category(op: string, firstInputRank: number): string {
   if (op === 'MatMulNBits' || op === 'MatMulBnb4') return 'matmuls';
-  if (op === 'MatMul') return node.includes('lora') ? 'LoRA' : 'LoRA';
-  if (op === 'Attention') return 'attention';
-  if (op === 'ScatterND' || op === 'Where') return 'LoRA';
+  // The only fp32 matmuls in a quantized graph are the LoRA groups' products.
+  if (op === 'MatMul' || op === 'FusedMatMul' || op === 'Where') return 'LoRA';
+  if (op === 'Attention' || op === 'GroupQueryAttention') return 'attention';
+  // ScatterND adds the LoRA/DoRA deltas into [T, out]; on the [B, W, kv] past it writes the new keys and values.
+  if (op === 'ScatterND') return firstInputRank === 3 ? 'attention' : 'LoRA';
   if (/LayerNormalization|RotaryEmbedding/.test(op)) return 'norms/rotary';
   if (/Gather|Concat|Split|Reshape|Unsqueeze|Squeeze|Shape|Cast|Range|Slice/.test(op)) return 'gathers/shape';
   return 'other';
 }
 
-/** Shares of kernel time by category, from an onnxruntime profile (only the last `steps` runs). */
-function opShares(profilePath: string): Record<string, number> {
-  const events = JSON.parse(readFileSync(profilePath, 'utf8')) as { cat: string; name: string; dur: number; args?: { op_name?: string } }[];
-  const runs = events.filter((e) => e.cat === 'Session' && e.name === 'model_run');
-  const lastRun = runs.at(-1);
+/** Profile of the last run: kernel time shares by category, nodes run, and the run's time. */
+function opShares(profilePath: string): { shares: Record<string, number>; nodes: number; ms: number } {
+  type Event = { cat: string; name: string; dur: number; ts: number; args?: { op_name?: string; input_type_shape?: Record<string, number[]>[] } };
+  const events = JSON.parse(readFileSync(profilePath, 'utf8')) as Event[];
+  const lastRun = events.filter((e) => e.cat === 'Session' && e.name === 'model_run').at(-1);
   const totals: Record<string, number> = {};
   let sum = 0;
+  let nodes = 0;
   for (const e of events) {
     if (e.cat !== 'Node' || !e.name.endsWith('_kernel_time') || !e.args?.op_name) continue;
-    if (lastRun && (e as unknown as { ts: number }).ts < (lastRun as unknown as { ts: number }).ts) continue;
-    const c = category(e.args.op_name, e.name);
+    if (lastRun && e.ts < lastRun.ts) continue;
+    const first = e.args.input_type_shape?.[0];
+    const c = category(e.args.op_name, first ? (Object.values(first)[0]?.length ?? 0) : 0);
     totals[c] = (totals[c] ?? 0) + e.dur;
     sum += e.dur;
+    nodes++;
   }
   if (lastRun) totals['outside kernels'] = Math.max(0, lastRun.dur - sum);
   const all = Object.values(totals).reduce((a, b) => a + b, 0);
-  return Object.fromEntries(Object.entries(totals).map(([k, v]) => [k, v / all]));
+  return { shares: Object.fromEntries(Object.entries(totals).map(([k, v]) => [k, v / all])), nodes, ms: (lastRun?.dur ?? 0) / 1000 };
 }
 
 function prompt(n: number, vocab: number, seed: number): number[] {
@@ -195,16 +200,22 @@ export async function rooflineBench(ctx: BenchContext): Promise<RooflineResult> 
     }
     await timed.close();
     // The profiler writes one file; its runs are in order: the last run of each measured step
-    // is the one to read, so profile the two representative steps again in their own sessions.
+    // is the one to read, so profile the representative steps again in their own sessions.
+    // The 8-row decode is profiled twice: base rows, and every row on its own adapter (W8's steps).
+    const decode8 = (slotOf: (row: number) => number) => async (m: DecoderModel): Promise<void> => {
+      const seqs = [] as KvSequence[];
+      for (let i = 0; i < 8; i++) {
+        const seq = m.newSequence();
+        await m.step([{ seq, tokens: prompt(128, spec.vocabSize, i), slot: slotOf(i), logits: 'none' }]);
+        seqs.push(seq);
+      }
+      for (let r = 0; r < 3; r++) await m.step(seqs.map((seq, i) => ({ seq, tokens: [(seq.length * 31 + i) % spec.vocabSize], slot: slotOf(i), logits: 'last' as const })));
+    };
     for (const [label, run] of [
-      ['decode 8 rows', async (m: DecoderModel) => {
-        const seqs = [] as KvSequence[];
-        for (let i = 0; i < 8; i++) {
-          const seq = m.newSequence();
-          await m.step([{ seq, tokens: prompt(128, spec.vocabSize, i), slot: -1, logits: 'none' }]);
-          seqs.push(seq);
-        }
-        for (let r = 0; r < 3; r++) await m.step(seqs.map((seq, i) => ({ seq, tokens: [(seq.length * 31 + i) % spec.vocabSize], slot: -1, logits: 'last' as const })));
+      ['decode 8 rows', decode8(() => -1)],
+      ['decode 8 rows, 8 adapters', async (m: DecoderModel) => {
+        (await benchAdapters(ctx, name, m, 8)).weights.forEach((w) => m.lora.load(w));
+        await decode8((i) => i)(m);
       }],
       [`prefill ${chunks.at(-1)}`, async (m: DecoderModel) => {
         for (let r = 0; r < 2; r++) {
@@ -220,7 +231,7 @@ export async function rooflineBench(ctx: BenchContext): Promise<RooflineResult> 
       await run(m);
       await m.close();
       const file = readdirSync(dir).find((f) => f.startsWith(`ops-${prefixes.length - 1}`) && f.endsWith('.json'));
-      if (file) ops.push({ step: label, shares: opShares(join(dir, file)) });
+      if (file) ops.push({ step: label, ...opShares(join(dir, file)) });
     }
 
     // ---- 3. session options on the same two steps
@@ -276,7 +287,7 @@ export async function rooflineBench(ctx: BenchContext): Promise<RooflineResult> 
       '',
       'Step time by operator (onnxruntime profiler, kernel time; "outside kernels" is the rest of session.run):',
       '',
-      table(['step', ...CATEGORIES], ops.map((o) => [o.step, ...CATEGORIES.map((c) => `${fmt(100 * (o.shares[c] ?? 0), 0)}%`)])),
+      table(['step', 'nodes run', 'ms (profiled)', ...CATEGORIES], ops.map((o) => [o.step, String(o.nodes), fmt(o.ms, 1), ...CATEGORIES.map((c) => `${fmt(100 * (o.shares[c] ?? 0), 0)}%`)])),
       '',
       'Session options (median ms):',
       '',
