@@ -103,6 +103,9 @@ export class DecoderModel {
     writeIdx: new Scratch(),
     gather: new Scratch(),
     scatter: new Scratch(),
+    rowGather: new Scratch(),
+    rowScatter: new Scratch(),
+    rowSlots: new Scratch(),
     doraTokens: new Scratch(),
     doraSlots: new Scratch(),
   };
@@ -255,10 +258,13 @@ export class DecoderModel {
       [IO.logitsIndex]: tensor('int32', logitsIdx, [L]),
     };
     if (this.hasLora) {
-      const { gather, scatter, U, n } = this.groupBySlot(rows, T);
+      const { slots, byRow, U } = this.loraGroups(rows, T);
       Object.assign(feeds, this.loraTensors(U));
-      feeds[IO.loraGather] = tensor('int32', gather, [U, n]);
-      feeds[IO.loraScatter] = tensor('int32', scatter, [U, n]);
+      feeds[IO.loraGather] = tensor('int32', slots.gather, [U, slots.n]);
+      feeds[IO.loraScatter] = tensor('int32', slots.scatter, [U, slots.n]);
+      feeds[IO.loraRowGather] = tensor('int32', byRow.gather, [byRow.slots.length, byRow.m]);
+      feeds[IO.loraRowScatter] = tensor('int32', byRow.scatter, [byRow.slots.length, byRow.m]);
+      feeds[IO.loraRowSlots] = tensor('int32', byRow.slots, [byRow.slots.length]);
       const dora = this.doraTokens(rows);
       feeds[IO.doraTokens] = tensor('int32', dora.tokens, [dora.tokens.length]);
       feeds[IO.doraTokenSlots] = tensor('int32', dora.slots, [dora.slots.length]);
@@ -274,35 +280,56 @@ export class DecoderModel {
   }
 
   /**
-   * Groups the tokens of adapter rows by slot: gather [U, n] (padding T: marks padding entries),
-   * scatter [U, n] (padding 0, which then adds zeros). U = highest slot used + 1 (slots above it
-   * are not fed); U = 0 when no row uses an adapter.
+   * Groups the tokens of adapter rows for the graph (graph/decoder.ts). Rows with one new token go
+   * into slot groups: gather [U, n] (padding T: marks padding entries), scatter [U, n] (padding 0,
+   * which then adds zeros), U = highest slot used + 1 (slots above it are not fed), n = the
+   * largest group. Each row with more tokens (a prompt chunk) gets a row group of its own: [G, m]
+   * alike, m = the longest of them, with its slot. U = 0 when no row uses an adapter.
    */
-  private groupBySlot(rows: readonly StepRow[], T: number): { gather: Int32Array; scatter: Int32Array; U: number; n: number } {
+  private loraGroups(rows: readonly StepRow[], T: number): {
+    slots: { gather: Int32Array; scatter: Int32Array; n: number };
+    byRow: { gather: Int32Array; scatter: Int32Array; slots: Int32Array; m: number };
+    U: number;
+  } {
     const counts = new Int32Array(this.lora.count);
     let U = 0;
+    let G = 0;
+    let m = 0;
     for (const r of rows) {
-      if (r.slot >= 0) {
-        counts[r.slot] += r.tokens.length;
-        U = Math.max(U, r.slot + 1);
-      }
+      if (r.slot < 0) continue;
+      U = Math.max(U, r.slot + 1);
+      if (r.tokens.length > 1) {
+        G++;
+        m = Math.max(m, r.tokens.length);
+      } else counts[r.slot]++;
     }
-    if (U === 0) return { gather: new Int32Array(0), scatter: new Int32Array(0), U: 0, n: 0 };
     let n = 0;
     for (let u = 0; u < U; u++) n = Math.max(n, counts[u]);
     const gather = this.buf.gather.view(U * n).fill(T);
     const scatter = this.buf.scatter.view(U * n).fill(0);
+    const rowGather = this.buf.rowGather.view(G * m).fill(T);
+    const rowScatter = this.buf.rowScatter.view(G * m).fill(0);
+    const rowSlots = this.buf.rowSlots.view(G);
     const fill = new Int32Array(U);
     let t = 0;
+    let g = 0;
     for (const r of rows) {
-      for (let s = 0; s < r.tokens.length; s++, t++) {
-        if (r.slot < 0) continue;
+      const len = r.tokens.length;
+      if (r.slot >= 0 && len > 1) {
+        rowSlots[g] = r.slot;
+        for (let s = 0; s < len; s++) {
+          rowGather[g * m + s] = t + s;
+          rowScatter[g * m + s] = t + s;
+        }
+        g++;
+      } else if (r.slot >= 0) {
         const at = r.slot * n + fill[r.slot]++;
         gather[at] = t;
         scatter[at] = t;
       }
+      t += len;
     }
-    return { gather, scatter, U, n };
+    return { slots: { gather, scatter, n }, byRow: { gather: rowGather, scatter: rowScatter, slots: rowSlots, m }, U };
   }
 
   /** The packed tokens of DoRA rows and each one's slot (both empty when no row uses a DoRA adapter). */

@@ -40,6 +40,16 @@ export const IO = {
   loraGather: 'lora_gather',
   /** [U, n] packed token index each grouped row is gathered from and adds its delta to; padding = 0 (the graph adds exact zeros there). */
   loraScatter: 'lora_scatter',
+  /**
+   * [G, m] packed token index for each row group: one group per prefill row (more than one new
+   * token) with an adapter, so a long prompt chunk does not pad every slot group to its length;
+   * padding = T. G = number of such rows, m = the longest of them.
+   */
+  loraRowGather: 'lora_row_gather',
+  /** [G, m] packed token index each row-group entry is gathered from and adds its delta to; padding = 0. */
+  loraRowScatter: 'lora_row_scatter',
+  /** [G] the adapter slot of each row group (an index into the stacks fed). */
+  loraRowSlots: 'lora_row_slots',
   /** [Td] the packed tokens of the rows whose adapter is DoRA (Td = 0: none in this step). */
   doraTokens: 'dora_tokens',
   /** [Td] the adapter slot of each of those tokens. */
