@@ -42,6 +42,8 @@ export interface RuntimeBenchResult {
   decode: { rows: number; fp32TokPerS: number; int4TokPerS: number; int4OverFp32: number }[];
   lora: { rows: number; u: number; stepMs: number; ratioToU0: number }[];
   loraGraphOverBase: { rows: number; ratio: number }[];
+  /** A prompt chunk's step with and without adapters, alone and beside decode rows. */
+  loraChunk: { tokens: number; steps: { step: string; ms: number }[] };
   lmHead: { step: string; int8Ms: number; fp32Ms: number; ratio: number }[];
   dora: { loadMsLora: number; loadMsDora: number; steps: { step: string; loraMs: number; doraMs: number; ratio: number }[] };
   capacity: { c: number; live: number; stepMsC: number; stepMs2C: number; ratio: number };
@@ -171,6 +173,7 @@ export async function runtimeBench(ctx: BenchContext): Promise<RuntimeBenchResul
   // ---- LoRA cost by distinct adapters in the batch, and the LoRA graph at U = 0 vs a base-only graph
   const lora: RuntimeBenchResult['lora'] = [];
   const loraGraphOverBase: RuntimeBenchResult['loraGraphOverBase'] = [];
+  const loraChunk: RuntimeBenchResult['loraChunk'] = { tokens: 0, steps: [] };
   {
     const model = await loadModel(builtInt4, kvTokens);
     const base = await loadModel(await buildFor(ctx, modelDir, { weights: 'int4', activations: 'fp32', lora: false }), kvTokens);
@@ -198,6 +201,38 @@ export async function runtimeBench(ctx: BenchContext): Promise<RuntimeBenchResul
       seqs.forEach((s) => model.freeSequence(s));
       baseSeqs.forEach((s) => base.freeSequence(s));
     }
+
+    // A prompt chunk on a high slot while lower slots hold other adapters: its tokens must not pad
+    // every slot's group to the chunk's length (graph/decoder.ts: row groups).
+    const tokens = ctx.quick ? 128 : 512;
+    ctx.log(`LoRA cost of a ${tokens}-token prompt chunk: no adapter, slot 0, slot 7 of 8, and beside 7 decode rows`);
+    const decodeSeqs = await prefill(model, 7, promptLen, (i) => i);
+    const V = model.spec.vocabSize;
+    const chunkStep = (slot: number, withDecode: boolean) => async (): Promise<void> => {
+      const seq = model.newSequence();
+      const decodeRows = withDecode ? decodeSeqs.map((s, i) => ({ seq: s, tokens: [(s.length * 31 + i) % V], slot: i, logits: 'last' as const })) : [];
+      await model.step([{ seq, tokens: prompt(tokens, V, 77), slot, logits: 'last' }, ...decodeRows]);
+      model.freeSequence(seq);
+    };
+    const c = await interleaved(
+      {
+        base: chunkStep(-1, false),
+        slot0: chunkStep(0, false),
+        slot7: chunkStep(7, false),
+        mixed: chunkStep(7, true),
+        decode: decodeStep(model, decodeSeqs, (i) => i),
+      },
+      { rounds: Math.max(3, Math.floor(rounds / 3)) },
+    );
+    loraChunk.tokens = tokens;
+    loraChunk.steps = [
+      { step: 'prompt chunk, no adapter', ms: c.base.median },
+      { step: 'prompt chunk on slot 0', ms: c.slot0.median },
+      { step: 'prompt chunk on slot 7 (slots 0–6 loaded, idle)', ms: c.slot7.median },
+      { step: 'prompt chunk on slot 7 + 7 decode rows on slots 0–6', ms: c.mixed.median },
+      { step: '7 decode rows on slots 0–6 alone', ms: c.decode.median },
+    ];
+    decodeSeqs.forEach((s) => model.freeSequence(s));
     await model.close();
     await base.close();
   }
@@ -289,6 +324,10 @@ export async function runtimeBench(ctx: BenchContext): Promise<RuntimeBenchResul
       return [rows, `${fmt(r[0].stepMs)} ms`, ...r.slice(1).map((x) => `${fmt(x.ratioToU0)}×`), `${fmt(b.ratio)}×`];
     })),
     '',
+    `A ${loraChunk.tokens}-token prompt chunk with 8 adapters loaded (step time, and as a ratio to the chunk with no adapter):`,
+    '',
+    table(['step', 'ms', '/ no adapter'], loraChunk.steps.map((x) => [x.step, fmt(x.ms, 1), `${fmt(x.ms / loraChunk.steps[0].ms)}×`])),
+    '',
     'lm_head compute precision (int4 weights; decode steps, every row asking for logits):',
     '',
     table(['step', 'lm_head int8 (default)', 'lm_head fp32', 'fp32 / int8'], lmHead.map((h) => [h.step, `${fmt(h.int8Ms)} ms`, `${fmt(h.fp32Ms)} ms`, `${fmt(h.ratio)}×`])),
@@ -300,5 +339,5 @@ export async function runtimeBench(ctx: BenchContext): Promise<RuntimeBenchResul
     `KV capacity: decode step with ${capacity.live}-token contexts × 8 rows: ${fmt(capacity.stepMsC)} ms at capacity ${capacity.c} tokens, ` +
       `${fmt(capacity.stepMs2C)} ms at ${2 * capacity.c} (2C / C = ${fmt(capacity.ratio)}×)`,
   ].join('\n');
-  return { shape: name, decode, lmHead, lora, loraGraphOverBase, dora, capacity, markdown };
+  return { shape: name, decode, lmHead, lora, loraGraphOverBase, loraChunk, dora, capacity, markdown };
 }
