@@ -283,8 +283,9 @@ export class DecoderModel {
    * Groups the tokens of adapter rows for the graph (graph/decoder.ts). Rows with one new token go
    * into slot groups: gather [U, n] (padding T: marks padding entries), scatter [U, n] (padding 0,
    * which then adds zeros), U = highest slot used + 1 (slots above it are not fed), n = the
-   * largest group. Each row with more tokens (a prompt chunk) gets a row group of its own: [G, m]
-   * alike, m = the longest of them, with its slot. U = 0 when no row uses an adapter.
+   * largest group. The prompt rows (more tokens) of each slot form a row group: [G, m] alike, m =
+   * the most prompt tokens of one slot, with the group's slot; G is at most the slots in use, so
+   * many short prompts cost no more gathered stacks than one. U = 0 when no row uses an adapter.
    */
   private loraGroups(rows: readonly StepRow[], T: number): {
     slots: { gather: Int32Array; scatter: Int32Array; n: number };
@@ -292,36 +293,42 @@ export class DecoderModel {
     U: number;
   } {
     const counts = new Int32Array(this.lora.count);
+    const promptCounts = new Int32Array(this.lora.count);
     let U = 0;
-    let G = 0;
-    let m = 0;
     for (const r of rows) {
       if (r.slot < 0) continue;
       U = Math.max(U, r.slot + 1);
-      if (r.tokens.length > 1) {
-        G++;
-        m = Math.max(m, r.tokens.length);
-      } else counts[r.slot]++;
+      if (r.tokens.length > 1) promptCounts[r.slot] += r.tokens.length;
+      else counts[r.slot]++;
     }
     let n = 0;
-    for (let u = 0; u < U; u++) n = Math.max(n, counts[u]);
+    let m = 0;
+    let G = 0;
+    // [slot] its row group, -1 when it has no prompt rows
+    const groupOfSlot = new Int32Array(U).fill(-1);
+    for (let u = 0; u < U; u++) {
+      n = Math.max(n, counts[u]);
+      m = Math.max(m, promptCounts[u]);
+      if (promptCounts[u] > 0) groupOfSlot[u] = G++;
+    }
     const gather = this.buf.gather.view(U * n).fill(T);
     const scatter = this.buf.scatter.view(U * n).fill(0);
     const rowGather = this.buf.rowGather.view(G * m).fill(T);
     const rowScatter = this.buf.rowScatter.view(G * m).fill(0);
     const rowSlots = this.buf.rowSlots.view(G);
+    for (let u = 0; u < U; u++) if (groupOfSlot[u] >= 0) rowSlots[groupOfSlot[u]] = u;
     const fill = new Int32Array(U);
+    const rowFill = new Int32Array(G);
     let t = 0;
-    let g = 0;
     for (const r of rows) {
       const len = r.tokens.length;
       if (r.slot >= 0 && len > 1) {
-        rowSlots[g] = r.slot;
+        const g = groupOfSlot[r.slot];
         for (let s = 0; s < len; s++) {
-          rowGather[g * m + s] = t + s;
-          rowScatter[g * m + s] = t + s;
+          const at = g * m + rowFill[g]++;
+          rowGather[at] = t + s;
+          rowScatter[at] = t + s;
         }
-        g++;
       } else if (r.slot >= 0) {
         const at = r.slot * n + fill[r.slot]++;
         gather[at] = t;

@@ -18,10 +18,11 @@
  *   depends on its own input row only, so what padding gathers cannot change a real row.)
  *   With no adapter rows U = 0 and every LoRA op runs on empty tensors.
  *   Slot groups share one length n, the largest group's, so they serve decode rows (one token
- *   each). Each prefill row with an adapter gets a row group of its own instead ([G, m, in], m =
- *   the longest such row), with its slot's A and B gathered from the stacks: otherwise one prompt
- *   chunk would pad every other slot's group to its length (measured: a 512-token prompt on slot 7
- *   of 8 took 2.2× the base model's step, with the LoRA work of 8 × 512 tokens). The products are
+ *   each). The prompt rows (more than one new token) of each slot form a row group instead ([G, m,
+ *   in], m = the most prompt tokens of one slot), with its slot's A and B gathered from the stacks:
+ *   otherwise one prompt chunk would pad every other slot's group to its length (measured: a
+ *   512-token prompt on slot 7 of 8 took 2.2–2.9× the base model's step, with the LoRA work of
+ *   8 × 512 tokens). The products are
  *   the same FusedMatMuls on the same values, so which kind of group a token is in does not change
  *   its bits. A step without prefill rows has G = 0.
  *
@@ -87,7 +88,7 @@ export async function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: Deco
   const doraTokens = opts.lora ? g.input(IO.doraTokens, 'int32', ['Td']) : '';
   const doraScatterIdx = opts.lora ? g.op('Unsqueeze', [g.op('Cast', [doraTokens], { to: 7 }), g.const64([1])]) : '';
   const doraTokenSlots = opts.lora ? g.input(IO.doraTokenSlots, 'int32', ['Td']) : '';
-  // Row groups [G, m]: one per prefill row with an adapter (gathers like the slot groups above) and
+  // Row groups [G, m]: the prompt rows of one slot each (gathers like the slot groups above), and
   // [G] each one's slot, whose stacks the group gathers.
   const rowGather = opts.lora ? g.input(IO.loraRowGather, 'int32', ['G', 'm']) : '';
   const rowTokens = opts.lora ? g.input(IO.loraRowScatter, 'int32', ['G', 'm']) : '';

@@ -41,9 +41,9 @@ export const IO = {
   /** [U, n] packed token index each grouped row is gathered from and adds its delta to; padding = 0 (the graph adds exact zeros there). */
   loraScatter: 'lora_scatter',
   /**
-   * [G, m] packed token index for each row group: one group per prefill row (more than one new
-   * token) with an adapter, so a long prompt chunk does not pad every slot group to its length;
-   * padding = T. G = number of such rows, m = the longest of them.
+   * [G, m] packed token index for each row group: the prompt rows (more than one new token) of one
+   * adapter slot, so a long prompt chunk does not pad every slot group to its length; padding = T.
+   * G = slots with prompt rows in the step, m = the most prompt tokens of one slot.
    */
   loraRowGather: 'lora_row_gather',
   /** [G, m] packed token index each row-group entry is gathered from and adds its delta to; padding = 0. */
