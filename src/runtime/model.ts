@@ -7,7 +7,7 @@
 import { RuntimeLimitError } from './limit-error.js';
 import type { ModelSpec } from './checkpoint/spec.js';
 import type { BuiltModel } from './graph/build.js';
-import { IO, loraA, loraB, loraDora, newKey, newValue, pastKey, pastValue } from './graph/io.js';
+import { ATTENTION_GROUPS, attentionInputs, IO, loraA, loraB, loraDora, newKey, newValue, pastKey, pastValue, type AttentionGroupName } from './graph/io.js';
 import { KV_BLOCK, KvPool, KvSequence, NULL_KV_TOKEN, type FloatStore } from './kv-cache.js';
 import { availableMemory } from '../util/memory.js';
 import { LoraStacks } from './lora-stacks.js';
@@ -94,11 +94,10 @@ export class DecoderModel {
   private readonly buf = {
     ids: new Scratch(),
     pos: new Scratch(),
-    pad: new Scratch(),
     unpad: new Scratch(),
-    kvIdx: new Scratch(),
-    kvNew: new Scratch(),
-    pastLen: new Scratch(),
+    attention: Object.fromEntries(
+      ATTENTION_GROUPS.map((name) => [name, { pad: new Scratch(), kvIdx: new Scratch(), kvNew: new Scratch(), newTokens: new Scratch(), pastLen: new Scratch() }]),
+    ) as Record<AttentionGroupName, { pad: Scratch; kvIdx: Scratch; kvNew: Scratch; newTokens: Scratch; pastLen: Scratch }>,
     logitsIdx: new Scratch(),
     writeIdx: new Scratch(),
     gather: new Scratch(),
@@ -183,10 +182,6 @@ export class DecoderModel {
     const B = rows.length;
     if (B === 0) throw new Error('step needs at least one row');
     let T = 0;
-    // At least 2 query slots: a one-row attention product takes a GEMV kernel that rounds
-    // differently, so decode rows would change bits when a prefill joins their step (graph/io.ts).
-    let S = 2;
-    let W = 0;
     let L = 0;
     for (const r of rows) {
       const n = r.tokens.length;
@@ -202,8 +197,6 @@ export class DecoderModel {
         }
       }
       T += n;
-      S = Math.max(S, n);
-      W = Math.max(W, r.seq.length + n);
       L += r.logits === 'all' ? n : r.logits === 'last' ? 1 : 0;
     }
     // Reserve KV space for all rows first, so a full pool fails the step before any state changes.
@@ -215,11 +208,6 @@ export class DecoderModel {
 
     const ids = this.buf.ids.view(T);
     const pos = this.buf.pos.view(T);
-    const pad = this.buf.pad.view(B * S);
-    const unpad = this.buf.unpad.view(T);
-    const kvIdx = this.buf.kvIdx.view(B * W);
-    const kvNew = this.buf.kvNew.view(T * 2);
-    const pastLen = this.buf.pastLen.view(B);
     const logitsIdx = this.buf.logitsIdx.view(L);
     const writeIdx = this.buf.writeIdx.view(T);
     const logitsRow = new Int32Array(B).fill(-1);
@@ -229,34 +217,22 @@ export class DecoderModel {
       const r = rows[b];
       const past = r.seq.length;
       const n = r.tokens.length;
-      pastLen[b] = past;
-      kvIdx.set(r.seq.indices.subarray(0, past), b * W);
-      kvIdx.fill(NULL_KV_TOKEN, b * W + past, (b + 1) * W);
       if (r.logits !== 'none') logitsRow[b] = li;
       for (let s = 0; s < n; s++, t++) {
         ids[t] = r.tokens[s];
         pos[t] = past + s;
-        pad[b * S + s] = t;
-        unpad[t] = b * S + s;
-        kvNew[2 * t] = b;
-        kvNew[2 * t + 1] = past + s;
         writeIdx[t] = r.seq.indices[past + s];
         if (r.logits === 'all' || (r.logits === 'last' && s === n - 1)) logitsIdx[li++] = t;
       }
-      pad.fill(t - 1, b * S + n, (b + 1) * S);
     }
 
     const feeds: Record<string, Tensor> = {
       ...this.poolFeeds,
       [IO.inputIds]: tensor('int32', ids, [T]),
       [IO.positionIds]: tensor('int32', pos, [T]),
-      [IO.padIndex]: tensor('int32', pad, [B, S]),
-      [IO.unpadIndex]: tensor('int32', unpad, [T]),
-      [IO.kvIndex]: tensor('int32', kvIdx, [B, W]),
-      [IO.kvNewSlot]: tensor('int32', kvNew, [T, 2]),
-      [IO.pastLen]: tensor('int32', pastLen, [B]),
       [IO.logitsIndex]: tensor('int32', logitsIdx, [L]),
     };
+    this.attentionFeeds(rows, T, feeds);
     if (this.hasLora) {
       const { slots, byRow, U } = this.loraGroups(rows, T);
       Object.assign(feeds, this.loraTensors(U));
@@ -277,6 +253,66 @@ export class DecoderModel {
     }
     for (const r of rows) r.seq.length += r.tokens.length;
     return { logits: out[IO.logits].data as Float32Array, logitsRow, vocabSize: this.spec.vocabSize };
+  }
+
+  /**
+   * The attention groups' inputs (graph/io.ts): decode rows (one new token) and prompt rows (more),
+   * each group padded to its own longest row, and unpad_index into their concatenated outputs. A
+   * group with no rows gets the placeholder row: two queries that read token 0, one null key.
+   */
+  private attentionFeeds(rows: readonly StepRow[], T: number, feeds: Record<string, Tensor>): void {
+    const unpad = this.buf.unpad.view(T);
+    // [row] its first packed token
+    const firstToken = new Int32Array(rows.length);
+    for (let b = 1; b < rows.length; b++) firstToken[b] = firstToken[b - 1] + rows[b - 1].tokens.length;
+    let offset = 0;
+    for (const name of ATTENTION_GROUPS) {
+      const io = attentionInputs(name);
+      const buf = this.buf.attention[name];
+      const members: number[] = [];
+      for (let b = 0; b < rows.length; b++) if (rows[b].tokens.length > 1 === (name === 'prompt')) members.push(b);
+      // At least 2 query slots: a one-row attention product takes a GEMV kernel that rounds
+      // differently, so a row's bits would depend on its group's length (graph/io.ts).
+      let S = 2;
+      let W = 1;
+      let Tg = 0;
+      for (const b of members) {
+        const r = rows[b];
+        S = Math.max(S, r.tokens.length);
+        W = Math.max(W, r.seq.length + r.tokens.length);
+        Tg += r.tokens.length;
+      }
+      const Bg = Math.max(1, members.length);
+      const pad = buf.pad.view(Bg * S).fill(0);
+      const kvIdx = buf.kvIdx.view(Bg * W).fill(NULL_KV_TOKEN);
+      const pastLen = buf.pastLen.view(Bg).fill(0);
+      const kvNew = buf.kvNew.view(Tg * 2);
+      const newTokens = buf.newTokens.view(Tg);
+      let tg = 0;
+      members.forEach((b, i) => {
+        const r = rows[b];
+        const past = r.seq.length;
+        const n = r.tokens.length;
+        pastLen[i] = past;
+        kvIdx.set(r.seq.indices.subarray(0, past), i * W);
+        for (let s = 0; s < n; s++, tg++) {
+          const t = firstToken[b] + s;
+          pad[i * S + s] = t;
+          unpad[t] = offset + i * S + s;
+          kvNew[2 * tg] = i;
+          kvNew[2 * tg + 1] = past + s;
+          newTokens[tg] = t;
+        }
+        pad.fill(firstToken[b] + n - 1, i * S + n, (i + 1) * S);
+      });
+      feeds[io.padIndex] = tensor('int32', pad, [Bg, S]);
+      feeds[io.kvIndex] = tensor('int32', kvIdx, [Bg, W]);
+      feeds[io.pastLen] = tensor('int32', pastLen, [Bg]);
+      feeds[io.kvNewSlot] = tensor('int32', kvNew, [Tg, 2]);
+      feeds[io.newTokens] = tensor('int32', newTokens, [Tg]);
+      offset += Bg * S;
+    }
+    feeds[IO.unpadIndex] = tensor('int32', unpad, [T]);
   }
 
   /**

@@ -34,12 +34,9 @@ export interface LayerContext<S extends ModelSpec = ModelSpec> {
   positions: string;
   /** The rotary cos/sin tables [maxPositions, rotaryDim / 2]: the model's, or (local) its sliding layers' own (Family.slidingRope). */
   rotary(local: boolean): { cos: string; sin: string };
-  /** The attention mask [B, 1, S, W] for a window (null: causal over the whole context), and the gathers between packed tokens, padded rows and the KV pool. */
-  mask(window: number | null): string;
-  kvIndex: string;
-  /** [T, 2] int64 (row, key slot) of each packed token's new key and value. */
-  kvNewSlot: string;
-  padIndex: string;
+  /** The step's attention groups (graph/io.ts): attention runs once per group. */
+  attentionGroups: AttentionGroup[];
+  /** [T] where each packed token's attention output sits in the groups' concatenated padded outputs. */
   unpadIndex: string;
   /**
    * A linear layer's output y = x·Wᵀ (+ bias), holding the projections `parts` side by side, plus
@@ -47,6 +44,20 @@ export interface LayerContext<S extends ModelSpec = ModelSpec> {
    * (g − 1) ⊙ x·Wᵀ (see graph/decoder.ts). y itself in a base-only graph.
    */
   adapt(y: string, x: string, l: number, parts: readonly Projection[], bias: Float32Array | null): string;
+}
+
+/** One attention group's per-step values (graph/io.ts attentionInputs). */
+export interface AttentionGroup {
+  /** The attention mask [Bg, 1, Sg, Wg] for a window (null: causal over the whole context). */
+  mask(window: number | null): string;
+  /** [Bg, Sg] packed token of each padded query. */
+  padIndex: string;
+  /** [Bg, Wg] pool index of each key position. */
+  kvIndex: string;
+  /** [Tg, 2] int64 (row, key slot) of each of the group's new keys and values. */
+  kvNewSlot: string;
+  /** [Tg] packed index of each of the group's new tokens. */
+  newTokens: string;
 }
 
 /** Between layers: the normalized input of the next layer (`x`) and the residual stream (`h`). */

@@ -42,13 +42,19 @@ export function emitAttention(ctx: LayerContext, l: number, x: string, pQkv: Pre
 
   const pk = g.input(pastKey(l), ft, ['pool', kvDim]);
   const pv = g.input(pastValue(l), ft, ['pool', kvDim]);
-  // [B, W, kvDim] by position: each row's past from the pool, its new keys written after them (so a
-  // key's slot never depends on the other rows' lengths; see graph/io.ts).
-  const keys = g.op('ScatterND', [g.op('Gather', [pk, ctx.kvIndex], { axis: 0 }), ctx.kvNewSlot, kr]);
-  const values = g.op('ScatterND', [g.op('Gather', [pv, ctx.kvIndex], { axis: 0 }), ctx.kvNewSlot, v]);
-  const qPadded = g.op('Gather', [qr, ctx.padIndex], { axis: 0 });
-  const attn = g.op('Attention', [qPadded, keys, values, ctx.mask(opts.window)], { q_num_heads: spec.numHeads, kv_num_heads: spec.numKvHeads, ...opts.attrs });
-  const attnPacked = g.op('Gather', [g.op('Reshape', [attn, g.const64([-1, qDim])]), ctx.unpadIndex], { axis: 0 });
+  // Per attention group: [Bg, Wg, kvDim] by position, each row's past from the pool with its new
+  // keys written after them (so a key's slot never depends on the other rows' lengths; see
+  // graph/io.ts), and the group's padded queries.
+  const outputs = ctx.attentionGroups.map((grp) => {
+    const own = (t: string): string => g.op('Gather', [t, grp.newTokens], { axis: 0 });
+    const keys = g.op('ScatterND', [g.op('Gather', [pk, grp.kvIndex], { axis: 0 }), grp.kvNewSlot, own(kr)]);
+    const values = g.op('ScatterND', [g.op('Gather', [pv, grp.kvIndex], { axis: 0 }), grp.kvNewSlot, own(v)]);
+    const qPadded = g.op('Gather', [qr, grp.padIndex], { axis: 0 });
+    const attn = g.op('Attention', [qPadded, keys, values, grp.mask(opts.window)], { q_num_heads: spec.numHeads, kv_num_heads: spec.numKvHeads, ...opts.attrs });
+    return g.op('Reshape', [attn, g.const64([-1, qDim])]);
+  });
+  const padded = outputs.length === 1 ? outputs[0] : g.op('Concat', outputs, { axis: 0 });
+  const attnPacked = g.op('Gather', [padded, ctx.unpadIndex], { axis: 0 });
   return ctx.adapt(emitLinear(g, attnPacked, `layers.${l}.o`, pO), attnPacked, l, ['o_proj'], pO.bias);
 }
 

@@ -8,7 +8,8 @@
  *   qkv  = x·W_qkv (+bias) (+LoRA)        fused q|k|v projection
  *   q, k = RMSNorm per head (Qwen3 only)
  *   q, k = rotary(q), rotary(k)            k and v are also outputs (new_key/new_value.l)
- *   a    = Attention(q, [past k ; k], [past v ; v], mask)   past gathered from the pool by kv_index
+ *   a    = Attention(q, [past k ; k], [past v ; v], mask)   per attention group (decode rows, prompt
+ *                                      rows); past gathered from the pool by kv_index
  *   h    = h + a·W_o (+LoRA)
  *   x    = RMSNorm(h); gu = x·W_gate|up (+LoRA); h = h + (silu(g)·u)·W_down (+LoRA)
  * and the next layer's (or the final) RMSNorm fused with the residual add.

@@ -34,12 +34,12 @@
  * it reads y, which the scatters then update in place.
  */
 import { familyOf, type FamilySpec } from '../arch/families.js';
-import type { LayerContext } from '../arch/family.js';
+import type { AttentionGroup, LayerContext } from '../arch/family.js';
 import { rotaryTable, type Rope } from '../arch/rope.js';
 import type { Checkpoint } from '../checkpoint/checkpoint.js';
 import { projectionShape, type ModelSpec } from '../checkpoint/spec.js';
 import type { GraphBuilder } from './graph-builder.js';
-import { IO, loraA, loraB, loraDora } from './io.js';
+import { ATTENTION_GROUPS, attentionInputs, IO, loraA, loraB, loraDora } from './io.js';
 import { emitLinear, type LinearCompute, type PreparedLinear } from './linear.js';
 import type { Preparer } from './prepare-pool.js';
 import type { WeightFormat } from './quant.js';
@@ -68,11 +68,22 @@ export async function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: Deco
   // ---- inputs
   const inputIds = g.input(IO.inputIds, 'int32', ['T']);
   const positionIds = g.input(IO.positionIds, 'int32', ['T']);
-  const padIndex = g.input(IO.padIndex, 'int32', ['B', 'S']);
   const unpadIndex = g.input(IO.unpadIndex, 'int32', ['T']);
-  const kvIndex = g.input(IO.kvIndex, 'int32', ['B', 'W']);
-  const kvNewSlot = g.op('Cast', [g.input(IO.kvNewSlot, 'int32', ['T', 2])], { to: 7 });
-  const pastLen = g.input(IO.pastLen, 'int32', ['B']);
+  const scalar64 = memoScalars(g);
+  const attentionGroups = ATTENTION_GROUPS.map((name): AttentionGroup => {
+    const io = attentionInputs(name);
+    const dim = (d: string): string => `${d}_${name}`;
+    const padIndex = g.input(io.padIndex, 'int32', [dim('B'), dim('S')]);
+    const kvIndex = g.input(io.kvIndex, 'int32', [dim('B'), dim('W')]);
+    const pastLen = g.input(io.pastLen, 'int32', [dim('B')]);
+    return {
+      padIndex,
+      kvIndex,
+      kvNewSlot: g.op('Cast', [g.input(io.kvNewSlot, 'int32', [dim('T'), 2])], { to: 7 }),
+      newTokens: g.input(io.newTokens, 'int32', [dim('T')]),
+      mask: buildMask(g, padIndex, kvIndex, pastLen, scalar64),
+    };
+  });
   const logitsIndex = g.input(IO.logitsIndex, 'int32', ['L']);
   const loraGather = opts.lora ? g.input(IO.loraGather, 'int32', ['U', 'n']) : '';
   // [U, n] token of each group entry, padding 0: what the groups gather (padding entries gather
@@ -110,10 +121,7 @@ export async function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: Deco
       if (!tables.has(kind)) tables.set(kind, rotaryTables(g, own ?? spec, opts.maxPositions, kind));
       return tables.get(kind)!;
     },
-    mask: buildMask(g, padIndex, kvIndex, pastLen),
-    kvIndex,
-    kvNewSlot,
-    padIndex,
+    attentionGroups,
     unpadIndex,
     adapt: (y, x, l, parts, bias) => {
       if (!opts.lora) return y;
@@ -200,21 +208,31 @@ function embeddings(g: GraphBuilder, table: Float32Array, spec: ModelSpec, input
   return g.op('Cast', [g.op('Gather', [half, inputIds], { axis: 0 })], { to: 1 });
 }
 
+/** int64 scalar initializers by value, each created once (the attention groups' masks share them). */
+function memoScalars(g: GraphBuilder): (value: number) => string {
+  const made = new Map<number, string>();
+  return (value) => {
+    let name = made.get(value);
+    if (!name) made.set(value, (name = g.int64Scalar(`i64_${value < 0 ? `m${-value}` : value}`, value)));
+    return name;
+  };
+}
+
 /**
- * The attention mask [B, 1, S, W], true = attend. Key slot j of row b holds the key at position j,
- * so query s (at position past_len[b] + s) sees slots j <= past_len[b] + s. Padded queries see a
- * superset that is never empty (slot 0), so no softmax row is all masked; their outputs are dropped
- * by unpad_index.
+ * An attention group's mask [Bg, 1, Sg, Wg], true = attend. Key slot j of row b holds the key at
+ * position j, so query s (at position past_len[b] + s) sees slots j <= past_len[b] + s. Padded
+ * queries see a superset that is never empty (slot 0), so no softmax row is all masked; their
+ * outputs are dropped by unpad_index.
  */
-function buildMask(g: GraphBuilder, padIndex: string, kvIndex: string, pastLen: string): (window: number | null) => string {
+function buildMask(g: GraphBuilder, padIndex: string, kvIndex: string, pastLen: string, scalar64: (value: number) => string): (window: number | null) => string {
   const W = g.op('Shape', [kvIndex], { start: 1, end: 2 });
   const S = g.op('Shape', [padIndex], { start: 1, end: 2 });
-  const zero = g.int64Scalar('i64_zero', 0);
-  const one = g.int64Scalar('i64_one', 1);
+  const zero = scalar64(0);
+  const one = scalar64(1);
   const scalar = (t: string): string => g.op('Squeeze', [t, g.const64([0])]);
   const shape4 = (t: string, dims: number[]): string => g.op('Reshape', [t, g.const64(dims)]);
   const keyAt = shape4(g.op('Range', [zero, scalar(W), one]), [1, 1, 1, -1]);
-  // [B, 1, S, 1] absolute position of each query
+  // [Bg, 1, Sg, 1] absolute position of each query
   const queryAt = g.op('Add', [shape4(g.op('Cast', [pastLen], { to: 7 }), [-1, 1, 1, 1]), shape4(g.op('Range', [zero, scalar(S), one]), [1, 1, -1, 1])]);
   const full = g.op('LessOrEqual', [keyAt, queryAt]);
   // A sliding window of W: a query at position q sees keys at positions > q - W (itself and the W - 1 before it).
@@ -223,7 +241,7 @@ function buildMask(g: GraphBuilder, padIndex: string, kvIndex: string, pastLen: 
     if (window === null) return full;
     let m = windowed.get(window);
     if (!m) {
-      const inWindow = g.op('Greater', [keyAt, g.op('Sub', [queryAt, g.int64Scalar(`i64_window_${window}`, window)])]);
+      const inWindow = g.op('Greater', [keyAt, g.op('Sub', [queryAt, scalar64(window)])]);
       windowed.set(window, (m = g.op('And', [full, inWindow])));
     }
     return m;

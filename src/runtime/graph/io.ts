@@ -3,34 +3,56 @@
  * builder and the runtime that feeds it. All index inputs are int32.
  *
  * A step packs the new tokens of B rows into T tokens (row-major: row 0's tokens, then row 1's, ...).
- * Attention runs on a padded [B, S] view (S = the longest row's new tokens, at least 2) against
- * each row's keys laid out by position: [B, W] slots, slot j holding the key at position j (the
- * row's past from the token pool, then this step's keys), W = the longest row in the step.
+ * Attention runs per group of rows (ATTENTION_GROUPS): the decode rows (one new token each) and the
+ * prompt rows (more), so a prompt chunk does not pad every decode row to its length. Each group g
+ * has a padded [Bg, Sg] view of its queries (Sg = its longest row's new tokens, at least 2) against
+ * each of its rows' keys laid out by position: [Bg, Wg] slots, slot j holding the key at position j
+ * (the row's past from the token pool, then this step's keys), Wg = the group's longest row. A
+ * group with no rows in the step gets one placeholder row (onnxruntime's Attention refuses a batch
+ * of 0): no new tokens, one null key, and no packed token reads its outputs.
  *
  * Batch invariance: a row's logits do not depend on the other rows of its step, bit for bit. Its
- * keys sit at the same slots whatever W is (padding only follows them), and S >= 2 keeps the
+ * keys sit at the same slots whatever Wg is (padding only follows them), and Sg >= 2 keeps the
  * attention products off onnxruntime's one-row GEMV kernel, which rounds differently from the tiled
  * kernel a longer step takes.
  */
+
+/** The attention groups, in the order their outputs are concatenated (see unpad_index). */
+export const ATTENTION_GROUPS = ['decode', 'prompt'] as const;
+export type AttentionGroupName = (typeof ATTENTION_GROUPS)[number];
+
+/** The per-step inputs of one attention group. */
+export function attentionInputs(group: AttentionGroupName): {
+  /** [Bg, Sg] packed token index for each padded query slot (padding: one of the row's own tokens, or any token for the placeholder; its output is dropped) */
+  padIndex: string;
+  /** [Bg, Wg] pool index of the key at each position of each row: its past tokens, then the null block (all zeros; masked where no key of this step overwrites it). */
+  kvIndex: string;
+  /** [Tg, 2] (row in the group, position) of each of the group's new tokens: the key slot its new key and value go to. */
+  kvNewSlot: string;
+  /** [Tg] the packed index of each of the group's new tokens (row-major, as kv_new_slot lists them). */
+  newTokens: string;
+  /** [Bg] number of past tokens of each row */
+  pastLen: string;
+} {
+  return {
+    padIndex: `pad_index.${group}`,
+    kvIndex: `kv_index.${group}`,
+    kvNewSlot: `kv_new_slot.${group}`,
+    newTokens: `new_tokens.${group}`,
+    pastLen: `past_len.${group}`,
+  };
+}
 
 export const IO = {
   /** [T] token ids */
   inputIds: 'input_ids',
   /** [T] absolute position of each token (rotary) */
   positionIds: 'position_ids',
-  /** [B, S] packed token index for each padded query slot (padding: one of the row's own tokens; its output is dropped) */
-  padIndex: 'pad_index',
-  /** [T] index b*S + s of each packed token in the padded view */
-  unpadIndex: 'unpad_index',
   /**
-   * [B, W] pool index of the key at each position of each row: its past tokens, then the null block
-   * (all zeros; masked where no key of this step overwrites it).
+   * [T] index of each packed token's attention output in the concatenation of the groups' padded
+   * outputs, group after group in ATTENTION_GROUPS order: offset(g) + b·Sg + s.
    */
-  kvIndex: 'kv_index',
-  /** [T, 2] (row, position) of each packed token: the key slot its new key and value go to. */
-  kvNewSlot: 'kv_new_slot',
-  /** [B] number of past tokens of each row */
-  pastLen: 'past_len',
+  unpadIndex: 'unpad_index',
   /** [L] packed tokens whose logits are computed */
   logitsIndex: 'logits_index',
   /**
