@@ -2,9 +2,11 @@
  * W8: the CPU serving workload the throughput work is measured on. A real `loraplex serve` process
  * (its own CPU and memory measured from /proc) on the Qwen2.5-0.5B-shaped int4 model with 8 rank-16
  * adapters (all seven projections) picked in a zipf mix; 64 requests of 136-token prompts and 64
- * output tokens at concurrency 8, streamed over HTTP. Reported per configuration: output tokens/s,
- * time to first token and inter-token latency (p50/p99), the average cores the server used, and its
- * peak resident memory. Configurations run one after the other on the same machine.
+ * output tokens at concurrency 8, streamed over HTTP; and a prefill-heavy mix on the same adapters
+ * (1,024-token prompts, 16 output tokens). Reported per workload and configuration: output and
+ * prompt tokens/s, time to first token and inter-token latency (p50/p99), the average cores the
+ * server used, and its peak resident memory. Configurations run one after the other on the same
+ * machine.
  */
 import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -17,14 +19,25 @@ import { prepareModel, type BenchContext } from './runtime.js';
 import { cpuSeconds, rssMiB, startServer, stream } from './server-process.js';
 
 export interface W8Cell {
+  workload: string;
   config: string;
+  /** Output tokens per second. */
   tokPerS: number;
+  /** Prompt tokens per second (prefilled, over the same wall time). */
+  promptTokPerS: number;
   ttftP50: number;
   ttftP99: number;
   itlP50: number;
   itlP99: number;
   cores: number;
   peakRssMiB: number;
+}
+
+interface Workload {
+  name: string;
+  requests: number;
+  promptLen: number;
+  newTokens: number;
 }
 
 export async function w8Bench(ctx: BenchContext, configs?: [string, string[]][]): Promise<{ cells: W8Cell[]; markdown: string }> {
@@ -40,81 +53,94 @@ export async function w8Bench(ctx: BenchContext, configs?: [string, string[]][])
       writeRandomPeftAdapter(dir, spec, { rank: 16, seed: 2000 + i });
     }
   }
-  const requests = ctx.quick ? 16 : 64;
+  const workloads: Workload[] = [
+    { name: 'W8', requests: ctx.quick ? 16 : 64, promptLen: 136, newTokens: ctx.quick ? 16 : 64 },
+    { name: 'prefill-heavy', requests: ctx.quick ? 8 : 32, promptLen: ctx.quick ? 256 : 1024, newTokens: 16 },
+  ];
   const concurrency = 8;
-  const promptLen = 136;
-  const newTokens = ctx.quick ? 16 : 64;
   const base = ['--model', modelDir, '--adapters', store, '--quant', 'int4', '--cache-dir', join(ctx.dir, 'builds'), '--port', '0', '--host', '127.0.0.1', '--max-context', '4096', '--store-poll-ms', '0'];
   const plan = configs ?? [
     ['default (steps sized by tokens)', []],
     ['steps sized by time (--max-step-ms 250)', ['--max-step-ms', '250']],
   ];
   const cells: W8Cell[] = [];
+  const totalRequests = plan.length * workloads.reduce((n, w) => n + w.requests, 0);
   const bar = progressBar('W8');
+  let finished = 0;
   for (const [label, args] of plan) {
     const { url, child } = await startServer([...base, ...args]);
     try {
-      const rand = prng(8);
-      const zipf = zipfPicker(8, rand);
-      const pick = (): string => `a${zipf()}`;
-      const bodies = Array.from({ length: requests }, () => ({
-        model: pick(),
-        prompt: Array.from({ length: promptLen }, () => Math.floor(rand() * Math.min(spec.vocabSize, 150000))),
-        max_tokens: newTokens,
-        temperature: 0,
-        ignore_eos: true,
-        stream: true,
-        logprobs: 0,
-      }));
-      // Warm-up: every adapter loaded once.
-      await Promise.all(Array.from({ length: 8 }, (_, i) => stream(url, { ...bodies[0], model: `a${i}`, max_tokens: 2 })));
-      const pid = child.pid!;
-      let peak = rssMiB(pid);
-      const sampler = setInterval(() => (peak = Math.max(peak, rssMiB(pid))), 100);
-      const cpu0 = cpuSeconds(pid);
-      const t0 = performance.now();
-      let next = 0;
-      let tokens = 0;
-      const ttfts: number[] = [];
-      const gaps: number[] = [];
-      await Promise.all(
-        Array.from({ length: concurrency }, async () => {
-          while (next < requests) {
-            const r = await stream(url, bodies[next++]);
-            tokens += r.tokens;
-            ttfts.push(r.ttft);
-            gaps.push(...r.gaps);
-            bar(ttfts.length + cells.length * requests, plan.length * requests, label);
-          }
-        }),
-      );
-      const seconds = (performance.now() - t0) / 1000;
-      clearInterval(sampler);
-      peak = Math.max(peak, rssMiB(pid));
-      cells.push({
-        config: label,
-        tokPerS: tokens / seconds,
-        ttftP50: quantile(ttfts, 0.5),
-        ttftP99: quantile(ttfts, 0.99),
-        itlP50: quantile(gaps, 0.5),
-        itlP99: quantile(gaps, 0.99),
-        cores: (cpuSeconds(pid) - cpu0) / seconds,
-        peakRssMiB: peak,
-      });
+      for (const w of workloads) {
+        const rand = prng(8);
+        const zipf = zipfPicker(8, rand);
+        const pick = (): string => `a${zipf()}`;
+        const bodies = Array.from({ length: w.requests }, () => ({
+          model: pick(),
+          prompt: Array.from({ length: w.promptLen }, () => Math.floor(rand() * Math.min(spec.vocabSize, 150000))),
+          max_tokens: w.newTokens,
+          temperature: 0,
+          ignore_eos: true,
+          stream: true,
+          logprobs: 0,
+        }));
+        // Warm-up: every adapter loaded once.
+        await Promise.all(Array.from({ length: 8 }, (_, i) => stream(url, { ...bodies[0], model: `a${i}`, max_tokens: 2 })));
+        const pid = child.pid!;
+        let peak = rssMiB(pid);
+        const sampler = setInterval(() => (peak = Math.max(peak, rssMiB(pid))), 100);
+        const cpu0 = cpuSeconds(pid);
+        const t0 = performance.now();
+        let next = 0;
+        let tokens = 0;
+        const ttfts: number[] = [];
+        const gaps: number[] = [];
+        await Promise.all(
+          Array.from({ length: concurrency }, async () => {
+            while (next < w.requests) {
+              const r = await stream(url, bodies[next++]);
+              tokens += r.tokens;
+              ttfts.push(r.ttft);
+              gaps.push(...r.gaps);
+              bar(++finished, totalRequests, `${w.name}, ${label}`);
+            }
+          }),
+        );
+        const seconds = (performance.now() - t0) / 1000;
+        clearInterval(sampler);
+        peak = Math.max(peak, rssMiB(pid));
+        cells.push({
+          workload: w.name,
+          config: label,
+          tokPerS: tokens / seconds,
+          promptTokPerS: (w.requests * w.promptLen) / seconds,
+          ttftP50: quantile(ttfts, 0.5),
+          ttftP99: quantile(ttfts, 0.99),
+          itlP50: quantile(gaps, 0.5),
+          itlP99: quantile(gaps, 0.99),
+          cores: (cpuSeconds(pid) - cpu0) / seconds,
+          peakRssMiB: peak,
+        });
+      }
     } finally {
       child.kill('SIGKILL');
     }
   }
   bar.stop();
-  const markdown = [
-    `### W8 (${name}, int4, 8 rank-16 adapters zipf, ${requests} requests × ${promptLen}-token prompts → ${newTokens} tokens, concurrency ${concurrency}, a separate server process)`,
-    '',
-    table(
-      ['configuration', 'tok/s', 'TTFT p50 / p99 (ms)', 'ITL p50 / p99 (ms)', 'cores used', 'peak RSS (MiB)'],
-      cells.map((c) => [c.config, fmt(c.tokPerS, 1), `${fmt(c.ttftP50, 0)} / ${fmt(c.ttftP99, 0)}`, `${fmt(c.itlP50, 0)} / ${fmt(c.itlP99, 0)}`, fmt(c.cores, 2), fmt(c.peakRssMiB, 0)]),
-    ),
-    '',
-    cells.length > 1 ? `Default / first configuration: **${fmt(cells.at(-1)!.tokPerS / cells[0].tokPerS, 2)}×** tokens/s.` : '',
-  ].join('\n');
+  const markdown = workloads
+    .flatMap((w) => {
+      const own = cells.filter((c) => c.workload === w.name);
+      return [
+        `### ${w.name} (${name}, int4, 8 rank-16 adapters zipf, ${w.requests} requests × ${w.promptLen}-token prompts → ${w.newTokens} tokens, concurrency ${concurrency}, a separate server process)`,
+        '',
+        table(
+          ['configuration', 'tok/s', 'prompt tok/s', 'TTFT p50 / p99 (ms)', 'ITL p50 / p99 (ms)', 'cores used', 'peak RSS (MiB)'],
+          own.map((c) => [c.config, fmt(c.tokPerS, 1), fmt(c.promptTokPerS, 0), `${fmt(c.ttftP50, 0)} / ${fmt(c.ttftP99, 0)}`, `${fmt(c.itlP50, 0)} / ${fmt(c.itlP99, 0)}`, fmt(c.cores, 2), fmt(c.peakRssMiB, 0)]),
+        ),
+        '',
+        own.length > 1 ? `Last / first configuration: **${fmt(own.at(-1)!.tokPerS / own[0].tokPerS, 2)}×** tokens/s.` : '',
+        '',
+      ];
+    })
+    .join('\n');
   return { cells, markdown };
 }
