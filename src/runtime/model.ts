@@ -101,10 +101,10 @@ export class DecoderModel {
     logitsIdx: new Scratch(),
     writeIdx: new Scratch(),
     gather: new Scratch(),
-    scatter: new Scratch(),
     rowGather: new Scratch(),
-    rowScatter: new Scratch(),
     rowSlots: new Scratch(),
+    pick: new Scratch(),
+    pickTokens: new Scratch(),
     doraTokens: new Scratch(),
     doraSlots: new Scratch(),
   };
@@ -234,13 +234,13 @@ export class DecoderModel {
     };
     this.attentionFeeds(rows, T, feeds);
     if (this.hasLora) {
-      const { slots, byRow, U } = this.loraGroups(rows, T);
+      const { slots, byRow, picked, U } = this.loraGroups(rows);
       Object.assign(feeds, this.loraTensors(U));
       feeds[IO.loraGather] = tensor('int32', slots.gather, [U, slots.n]);
-      feeds[IO.loraScatter] = tensor('int32', slots.scatter, [U, slots.n]);
       feeds[IO.loraRowGather] = tensor('int32', byRow.gather, [byRow.slots.length, byRow.m]);
-      feeds[IO.loraRowScatter] = tensor('int32', byRow.scatter, [byRow.slots.length, byRow.m]);
       feeds[IO.loraRowSlots] = tensor('int32', byRow.slots, [byRow.slots.length]);
+      feeds[IO.loraPick] = tensor('int32', picked.entries, [picked.entries.length]);
+      feeds[IO.loraTokens] = tensor('int32', picked.tokens, [picked.tokens.length]);
       const dora = this.doraTokens(rows);
       feeds[IO.doraTokens] = tensor('int32', dora.tokens, [dora.tokens.length]);
       feeds[IO.doraTokenSlots] = tensor('int32', dora.slots, [dora.slots.length]);
@@ -317,23 +317,27 @@ export class DecoderModel {
 
   /**
    * Groups the tokens of adapter rows for the graph (graph/decoder.ts). Rows with one new token go
-   * into slot groups: gather [U, n] (padding T: marks padding entries), scatter [U, n] (padding 0,
-   * which then adds zeros), U = highest slot used + 1 (slots above it are not fed), n = the
-   * largest group. The prompt rows (more tokens) of each slot form a row group: [G, m] alike, m =
-   * the most prompt tokens of one slot, with the group's slot; G is at most the slots in use, so
-   * many short prompts cost no more gathered stacks than one. U = 0 when no row uses an adapter.
+   * into slot groups: gather [U, n] (padding 0), U = highest slot used + 1 (slots above it are not
+   * fed), n = the largest group. The prompt rows (more tokens) of each slot form a row group: [G, m]
+   * alike, m = the most prompt tokens of one slot, with the group's slot; G is at most the slots in
+   * use, so many short prompts cost no more gathered stacks than one. `picked` lists each adapter
+   * token once: its entry among the groups' entries laid end to end, and the token itself. U = 0
+   * when no row uses an adapter.
    */
-  private loraGroups(rows: readonly StepRow[], T: number): {
-    slots: { gather: Int32Array; scatter: Int32Array; n: number };
-    byRow: { gather: Int32Array; scatter: Int32Array; slots: Int32Array; m: number };
+  private loraGroups(rows: readonly StepRow[]): {
+    slots: { gather: Int32Array; n: number };
+    byRow: { gather: Int32Array; slots: Int32Array; m: number };
+    picked: { entries: Int32Array; tokens: Int32Array };
     U: number;
   } {
     const counts = new Int32Array(this.lora.count);
     const promptCounts = new Int32Array(this.lora.count);
     let U = 0;
+    let Tl = 0;
     for (const r of rows) {
       if (r.slot < 0) continue;
       U = Math.max(U, r.slot + 1);
+      Tl += r.tokens.length;
       if (r.tokens.length > 1) promptCounts[r.slot] += r.tokens.length;
       else counts[r.slot]++;
     }
@@ -347,15 +351,16 @@ export class DecoderModel {
       m = Math.max(m, promptCounts[u]);
       if (promptCounts[u] > 0) groupOfSlot[u] = G++;
     }
-    const gather = this.buf.gather.view(U * n).fill(T);
-    const scatter = this.buf.scatter.view(U * n).fill(0);
-    const rowGather = this.buf.rowGather.view(G * m).fill(T);
-    const rowScatter = this.buf.rowScatter.view(G * m).fill(0);
+    const gather = this.buf.gather.view(U * n).fill(0);
+    const rowGather = this.buf.rowGather.view(G * m).fill(0);
     const rowSlots = this.buf.rowSlots.view(G);
+    const entries = this.buf.pick.view(Tl);
+    const tokens = this.buf.pickTokens.view(Tl);
     for (let u = 0; u < U; u++) if (groupOfSlot[u] >= 0) rowSlots[groupOfSlot[u]] = u;
     const fill = new Int32Array(U);
     const rowFill = new Int32Array(G);
     let t = 0;
+    let p = 0;
     for (const r of rows) {
       const len = r.tokens.length;
       if (r.slot >= 0 && len > 1) {
@@ -363,16 +368,18 @@ export class DecoderModel {
         for (let s = 0; s < len; s++) {
           const at = g * m + rowFill[g]++;
           rowGather[at] = t + s;
-          rowScatter[at] = t + s;
+          entries[p] = U * n + at;
+          tokens[p++] = t + s;
         }
       } else if (r.slot >= 0) {
         const at = r.slot * n + fill[r.slot]++;
         gather[at] = t;
-        scatter[at] = t;
+        entries[p] = at;
+        tokens[p++] = t;
       }
       t += len;
     }
-    return { slots: { gather, scatter, n }, byRow: { gather: rowGather, scatter: rowScatter, slots: rowSlots, m }, U };
+    return { slots: { gather, n }, byRow: { gather: rowGather, slots: rowSlots, m }, picked: { entries, tokens }, U };
   }
 
   /** The packed tokens of DoRA rows and each one's slot (both empty when no row uses a DoRA adapter). */

@@ -9,13 +9,13 @@ import { tempDir, type TinyAdapter, type TinyModel } from './tiny-model.js';
 export async function loadTiny(
   model: TinyModel,
   build: Partial<BuildOptions> = {},
-  opts: { kvCacheTokens?: number; adapterSlots?: number; maxLoraRank?: number; cacheDir?: string } = {},
+  opts: { kvCacheTokens?: number; adapterSlots?: number; maxLoraRank?: number; cacheDir?: string; threads?: number } = {},
 ): Promise<DecoderModel> {
   const built = await buildModel(model.dir, { weights: 'fp32', activations: 'fp32', ...build }, { cacheDir: opts.cacheDir ?? tempDir() });
   return DecoderModel.load(built, {
     device: 'cpu',
     allowCpuFallback: false,
-    threads: 1,
+    threads: opts.threads ?? 1,
     kvCacheTokens: opts.kvCacheTokens ?? 1024,
     adapterSlots: opts.adapterSlots ?? 4,
     maxLoraRank: opts.maxLoraRank ?? 64,

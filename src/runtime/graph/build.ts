@@ -20,7 +20,7 @@ import type { LinearCompute } from './linear.js';
 const PARALLEL_PREPARE_BYTES = 256 * 1024 * 1024;
 
 /** Bump when the graph layout changes, so old cached builds are not reused. */
-export const BUILDER_VERSION = 11;
+export const BUILDER_VERSION = 12;
 
 export type Activations = 'fp32' | 'fp16';
 

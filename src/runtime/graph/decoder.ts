@@ -13,25 +13,29 @@
  *   256, so a token's delta does not depend on how many tokens share its group or on how the
  *   product is split over threads. (A plain MatMul rounds differently at n = 1, and its K blocking
  *   follows the output width each thread gets.)
- *   Padding entries add exact zeros whatever they computed (Where, not a multiply), so one slot's
- *   weights can never reach another slot's rows or the base rows. (Each row of a group's products
- *   depends on its own input row only, so what padding gathers cannot change a real row.)
- *   With no adapter rows U = 0 and every LoRA op runs on empty tensors.
  *   Slot groups share one length n, the largest group's, so they serve decode rows (one token
  *   each). The prompt rows (more than one new token) of each slot form a row group instead ([G, m,
  *   in], m = the most prompt tokens of one slot), with its slot's A and B gathered from the stacks:
  *   otherwise one prompt chunk would pad every other slot's group to its length (measured: a
  *   512-token prompt on slot 7 of 8 took 2.2–2.9× the base model's step, with the LoRA work of
- *   8 × 512 tokens). The products are
- *   the same FusedMatMuls on the same values, so which kind of group a token is in does not change
- *   its bits. A step without prefill rows has G = 0.
+ *   8 × 512 tokens). The products are the same FusedMatMuls on the same values, so which kind of
+ *   group a token is in does not change its bits. A step without prefill rows has G = 0.
+ *   The deltas of both kinds of group are laid end to end and lora_pick takes each adapter token's
+ *   own entry, so padding entries are never added anywhere (one slot's weights can never reach
+ *   another slot's rows or the base rows, Inf and NaN included) and each token appears once in the
+ *   ScatterND. That matters: onnxruntime's CPU ScatterND splits its updates over threads with no
+ *   care for repeated indices, so two updates of one token race, and an add can be lost (padding
+ *   that added zeros to token 0 did lose token 0's delta in over half of the steps measured with 2
+ *   threads). (Each row of a group's products depends on its own input row only, so what padding
+ *   gathers cannot change a real row.) With no adapter rows U = G = Tl = 0 and every LoRA op runs
+ *   on empty tensors.
  *
  * DoRA (adapters/dora.ts): y = g ⊙ (x·Wᵀ + s·x·Aᵀ·Bᵀ) + b is computed as
  * y + (g − 1) ⊙ (y − b) + (x·A)·(B ⊙ g), with B ⊙ g in the B stack (so the LoRA groups above
  * compute the last term unchanged) and g − 1 an input [U, out] per projection. The middle term
  * runs on the tokens of DoRA rows only ([Td], each with its slot's g − 1, no padding): a step without
  * a DoRA row has Td = 0 and pays nothing for it. It is scatter-added before the LoRA deltas, because
- * it reads y, which the scatters then update in place.
+ * it reads y, which the scatters then update in place; each DoRA token appears once in it.
  */
 import { familyOf, type FamilySpec } from '../arch/families.js';
 import type { AttentionGroup, LayerContext } from '../arch/family.js';
@@ -85,30 +89,21 @@ export async function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: Deco
     };
   });
   const logitsIndex = g.input(IO.logitsIndex, 'int32', ['L']);
+  // Slot groups [U, n] and row groups [G, m] (the prompt rows of one slot each, with [G] each one's
+  // slot, whose stacks the group gathers): the packed token each group entry gathers, padding 0.
   const loraGather = opts.lora ? g.input(IO.loraGather, 'int32', ['U', 'n']) : '';
-  // [U, n] token of each group entry, padding 0: what the groups gather (padding entries gather
-  // token 0, whose deltas are then replaced by exact zeros) and, as [U, n, 1] int64, where they add.
-  const loraTokens = opts.lora ? g.input(IO.loraScatter, 'int32', ['U', 'n']) : '';
-  const loraScatterIdx = opts.lora ? g.op('Unsqueeze', [g.op('Cast', [loraTokens], { to: 7 }), g.const64([2])]) : '';
-  // [U, n, 1] true where a group entry is a real token (gather index below T). Padding
-  // deltas are replaced by exact zeros before they are added to token 0: multiplying would not do,
-  // because a slot whose stack holds Inf turns 0 × Inf into NaN.
-  const tokenCount = opts.lora ? g.op('Cast', [g.op('Shape', [inputIds])], { to: 6 }) : '';
-  const loraReal = opts.lora ? g.op('Unsqueeze', [g.op('Less', [loraGather, tokenCount]), g.const64([2])]) : '';
+  const rowGather = opts.lora ? g.input(IO.loraRowGather, 'int32', ['G', 'm']) : '';
+  const rowSlots = opts.lora ? g.input(IO.loraRowSlots, 'int32', ['G']) : '';
+  // [Tl] each adapter token's entry among the groups' entries, and (as [Tl, 1] int64) the token
+  // its delta adds to: every token once, padding entries never (see the header).
+  const loraPick = opts.lora ? g.input(IO.loraPick, 'int32', ['Tl']) : '';
+  const loraScatterIdx = opts.lora ? g.op('Unsqueeze', [g.op('Cast', [g.input(IO.loraTokens, 'int32', ['Tl'])], { to: 7 }), g.const64([1])]) : '';
   // The tokens of DoRA rows [Td] (as [Td, 1] int64 for ScatterND) and each one's slot [Td].
   const doraTokens = opts.lora ? g.input(IO.doraTokens, 'int32', ['Td']) : '';
   const doraScatterIdx = opts.lora ? g.op('Unsqueeze', [g.op('Cast', [doraTokens], { to: 7 }), g.const64([1])]) : '';
   const doraTokenSlots = opts.lora ? g.input(IO.doraTokenSlots, 'int32', ['Td']) : '';
-  // Row groups [G, m]: the prompt rows of one slot each (gathers like the slot groups above), and
-  // [G] each one's slot, whose stacks the group gathers.
-  const rowGather = opts.lora ? g.input(IO.loraRowGather, 'int32', ['G', 'm']) : '';
-  const rowTokens = opts.lora ? g.input(IO.loraRowScatter, 'int32', ['G', 'm']) : '';
-  const rowSlots = opts.lora ? g.input(IO.loraRowSlots, 'int32', ['G']) : '';
-  const rowScatterIdx = opts.lora ? g.op('Unsqueeze', [g.op('Cast', [rowTokens], { to: 7 }), g.const64([2])]) : '';
-  const rowReal = opts.lora ? g.op('Unsqueeze', [g.op('Less', [rowGather, tokenCount]), g.const64([2])]) : '';
 
   // ---- shared per-step values
-  const zeroDelta = opts.lora ? g.floatInit('lora_zero', [1], new Float32Array(1)) : '';
   const tables = new Map<boolean, { cos: string; sin: string }>();
   const ctx: LayerContext<FamilySpec> = {
     g,
@@ -143,14 +138,16 @@ export async function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: Deco
         const mid = g.op('FusedMatMul', [a, xg], { transA: 1, transB: 1, alpha: { float: 1 } }, { domain: 'com.microsoft' });
         return g.op('FusedMatMul', [mid, b], { transA: 1, alpha: { float: 1 } }, { domain: 'com.microsoft' });
       };
-      const xg = g.op('Gather', [x, loraTokens], { axis: 0 });
-      const loraDelta = g.op('Where', [loraReal, side(parts.map((_, i) => product(xg, as[i], bs[i]))), zeroDelta]);
-      const xr = g.op('Gather', [x, rowTokens], { axis: 0 });
       const bySlot = (stack: string): string => g.op('Gather', [stack, rowSlots], { axis: 0 });
-      const rowDelta = g.op('Where', [rowReal, side(parts.map((_, i) => product(xr, bySlot(as[i]), bySlot(bs[i])))), zeroDelta]);
+      const xg = g.op('Gather', [x, loraGather], { axis: 0 });
+      const xr = g.op('Gather', [x, rowGather], { axis: 0 });
+      const width = douts.reduce((a, b) => a + b, 0);
+      const entries = (delta: string): string => g.op('Reshape', [delta, g.const64([-1, width])]);
+      const slotDelta = entries(side(parts.map((_, i) => product(xg, as[i], bs[i]))));
+      const rowDelta = entries(side(parts.map((_, i) => product(xr, bySlot(as[i]), bySlot(bs[i])))));
+      const loraDelta = g.op('Gather', [g.op('Concat', [slotDelta, rowDelta], { axis: 0 }), loraPick], { axis: 0 });
       const add = (into: string, idx: string, delta: string): string => g.op('ScatterND', [into, idx, delta], { reduction: 'add' });
-      const adds = (into: string, wide: (t: string) => string): string =>
-        add(add(add(into, doraScatterIdx, wide(doraDelta)), loraScatterIdx, wide(loraDelta)), rowScatterIdx, wide(rowDelta));
+      const adds = (into: string, wide: (t: string) => string): string => add(add(into, doraScatterIdx, wide(doraDelta)), loraScatterIdx, wide(loraDelta));
       if (ft === 'float') return adds(y, (t) => t);
       // onnxruntime's CPU ScatterND cannot add in float16: add in float32 and narrow again.
       const wide = (t: string): string => g.op('Cast', [t], { to: 1 });

@@ -56,22 +56,25 @@ export const IO = {
   /** [L] packed tokens whose logits are computed */
   logitsIndex: 'logits_index',
   /**
-   * [U, n] packed token index for each adapter-slot group; padding = T (the graph masks those entries).
-   * U = number of slots fed, n = the largest group.
+   * [U, n] packed token index each adapter-slot group entry gathers; padding = 0 (its delta is
+   * never picked). U = number of slots fed, n = the largest group.
    */
   loraGather: 'lora_gather',
-  /** [U, n] packed token index each grouped row is gathered from and adds its delta to; padding = 0 (the graph adds exact zeros there). */
-  loraScatter: 'lora_scatter',
   /**
-   * [G, m] packed token index for each row group: the prompt rows (more than one new token) of one
-   * adapter slot, so a long prompt chunk does not pad every slot group to its length; padding = T.
-   * G = slots with prompt rows in the step, m = the most prompt tokens of one slot.
+   * [G, m] packed token index each row-group entry gathers: the prompt rows (more than one new
+   * token) of one adapter slot, so a long prompt chunk does not pad every slot group to its length;
+   * padding = 0. G = slots with prompt rows in the step, m = the most prompt tokens of one slot.
    */
   loraRowGather: 'lora_row_gather',
-  /** [G, m] packed token index each row-group entry is gathered from and adds its delta to; padding = 0. */
-  loraRowScatter: 'lora_row_scatter',
   /** [G] the adapter slot of each row group (an index into the stacks fed). */
   loraRowSlots: 'lora_row_slots',
+  /**
+   * [Tl] for each token of a row with an adapter, its entry among the groups' entries laid end to
+   * end: slot group u's entry i is u·n + i, row group g's entry j is U·n + g·m + j.
+   */
+  loraPick: 'lora_pick',
+  /** [Tl] the packed token each picked delta adds to (each token at most once). */
+  loraTokens: 'lora_tokens',
   /** [Td] the packed tokens of the rows whose adapter is DoRA (Td = 0: none in this step). */
   doraTokens: 'dora_tokens',
   /** [Td] the adapter slot of each of those tokens. */
