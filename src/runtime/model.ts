@@ -58,6 +58,15 @@ class Scratch {
   }
 }
 
+/** The per-step index buffers of one attention group (graph/io.ts attentionInputs). */
+class AttentionScratch {
+  readonly pad = new Scratch();
+  readonly kvIdx = new Scratch();
+  readonly kvNew = new Scratch();
+  readonly newTokens = new Scratch();
+  readonly pastLen = new Scratch();
+}
+
 /** Bytes one token takes in the KV cache: keys and values of every layer. */
 export function kvBytesPerToken(spec: ModelSpec, half: boolean): number {
   return spec.numLayers * 2 * spec.numKvHeads * spec.headDim * (half ? 2 : 4);
@@ -95,9 +104,7 @@ export class DecoderModel {
     ids: new Scratch(),
     pos: new Scratch(),
     unpad: new Scratch(),
-    attention: Object.fromEntries(
-      ATTENTION_GROUPS.map((name) => [name, { pad: new Scratch(), kvIdx: new Scratch(), kvNew: new Scratch(), newTokens: new Scratch(), pastLen: new Scratch() }]),
-    ) as Record<AttentionGroupName, { pad: Scratch; kvIdx: Scratch; kvNew: Scratch; newTokens: Scratch; pastLen: Scratch }>,
+    attention: { decode: new AttentionScratch(), prompt: new AttentionScratch() } satisfies Record<AttentionGroupName, AttentionScratch>,
     logitsIdx: new Scratch(),
     writeIdx: new Scratch(),
     gather: new Scratch(),

@@ -73,7 +73,6 @@ export async function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: Deco
   const inputIds = g.input(IO.inputIds, 'int32', ['T']);
   const positionIds = g.input(IO.positionIds, 'int32', ['T']);
   const unpadIndex = g.input(IO.unpadIndex, 'int32', ['T']);
-  const scalar64 = memoScalars(g);
   const attentionGroups = ATTENTION_GROUPS.map((name): AttentionGroup => {
     const io = attentionInputs(name);
     const dim = (d: string): string => `${d}_${name}`;
@@ -85,7 +84,7 @@ export async function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: Deco
       kvIndex,
       kvNewSlot: g.op('Cast', [g.input(io.kvNewSlot, 'int32', [dim('T'), 2])], { to: 7 }),
       newTokens: g.input(io.newTokens, 'int32', [dim('T')]),
-      mask: buildMask(g, padIndex, kvIndex, pastLen, scalar64),
+      mask: buildMask(g, padIndex, kvIndex, pastLen),
     };
   });
   const logitsIndex = g.input(IO.logitsIndex, 'int32', ['L']);
@@ -205,27 +204,17 @@ function embeddings(g: GraphBuilder, table: Float32Array, spec: ModelSpec, input
   return g.op('Cast', [g.op('Gather', [half, inputIds], { axis: 0 })], { to: 1 });
 }
 
-/** int64 scalar initializers by value, each created once (the attention groups' masks share them). */
-function memoScalars(g: GraphBuilder): (value: number) => string {
-  const made = new Map<number, string>();
-  return (value) => {
-    let name = made.get(value);
-    if (!name) made.set(value, (name = g.int64Scalar(`i64_${value < 0 ? `m${-value}` : value}`, value)));
-    return name;
-  };
-}
-
 /**
  * An attention group's mask [Bg, 1, Sg, Wg], true = attend. Key slot j of row b holds the key at
  * position j, so query s (at position past_len[b] + s) sees slots j <= past_len[b] + s. Padded
  * queries see a superset that is never empty (slot 0), so no softmax row is all masked; their
  * outputs are dropped by unpad_index.
  */
-function buildMask(g: GraphBuilder, padIndex: string, kvIndex: string, pastLen: string, scalar64: (value: number) => string): (window: number | null) => string {
+function buildMask(g: GraphBuilder, padIndex: string, kvIndex: string, pastLen: string): (window: number | null) => string {
   const W = g.op('Shape', [kvIndex], { start: 1, end: 2 });
   const S = g.op('Shape', [padIndex], { start: 1, end: 2 });
-  const zero = scalar64(0);
-  const one = scalar64(1);
+  const zero = g.int64Scalar(0);
+  const one = g.int64Scalar(1);
   const scalar = (t: string): string => g.op('Squeeze', [t, g.const64([0])]);
   const shape4 = (t: string, dims: number[]): string => g.op('Reshape', [t, g.const64(dims)]);
   const keyAt = shape4(g.op('Range', [zero, scalar(W), one]), [1, 1, 1, -1]);
@@ -238,7 +227,7 @@ function buildMask(g: GraphBuilder, padIndex: string, kvIndex: string, pastLen: 
     if (window === null) return full;
     let m = windowed.get(window);
     if (!m) {
-      const inWindow = g.op('Greater', [keyAt, g.op('Sub', [queryAt, scalar64(window)])]);
+      const inWindow = g.op('Greater', [keyAt, g.op('Sub', [queryAt, g.int64Scalar(window)])]);
       windowed.set(window, (m = g.op('And', [full, inWindow])));
     }
     return m;
