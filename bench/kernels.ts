@@ -5,6 +5,8 @@
  *   (fp32 compute),
  * - DynamicQuantizeMatMul (int8 weights per column; activations quantized per step: onnxruntime's
  *   int8 GEMM), and the unfused DynamicQuantizeLinear → MatMulInteger → scale,
+ * - the w8a8 weight format's projection (int8 weights per column, each row of activations
+ *   quantized on its own so a token's result does not depend on its step; MatMulIntegerToFloat),
  * - fp32 MatMul.
  * The int8 peak is measured: the best int8 GEMM onnxruntime does on a large square product (on a
  * 2-vCPU EPYC it reached 1.21 TOPS, above the 0.54 TOPS of one VNNI instruction per cycle at the
@@ -14,6 +16,7 @@
 import { readFileSync } from 'node:fs';
 import { GraphBuilder } from '../src/runtime/graph/graph-builder.js';
 import { encodeModel } from '../src/runtime/graph/onnx.js';
+import { emitLinear, prepareLinear } from '../src/runtime/graph/linear.js';
 import { BLOCK, quantizeNBits } from '../src/runtime/graph/quant.js';
 import { Session, tensor } from '../src/runtime/session.js';
 import { availableCores } from '../src/util/cores.js';
@@ -24,7 +27,7 @@ import { prepareModel, type BenchContext } from './runtime.js';
 import { layerShapes } from './roofline.js';
 import { Checkpoint } from '../src/runtime/checkpoint/checkpoint.js';
 
-export const KERNELS = ['int4 MatMulNBits, acc 4', 'int4 MatMulNBits, acc 1', 'int8 MatMulNBits, acc 4', 'int8 DynamicQuantizeMatMul', 'int8 MatMulInteger (unfused)', 'fp32 MatMul'] as const;
+export const KERNELS = ['int4 MatMulNBits, acc 4', 'int4 MatMulNBits, acc 1', 'int8 MatMulNBits, acc 4', 'int8 DynamicQuantizeMatMul', 'int8 MatMulInteger (unfused)', 'w8a8 MatMulIntegerToFloat, rows quantized alone', 'fp32 MatMul'] as const;
 export type Kernel = (typeof KERNELS)[number];
 
 export interface KernelsResult {
@@ -83,6 +86,10 @@ async function kernelSession(kernel: Kernel, k: number, n: number, threads: numb
     g.opMulti('DynamicQuantizeLinear', [x], [xq, xs, xz]);
     const acc = g.op('MatMulInteger', [xq, g.init('w', 'int8', [k, n], q), xz]);
     g.op('Mul', [g.op('Cast', [acc], { to: 1 }), g.op('Mul', [xs, g.floatInit('s', [n], scales)])], undefined, { out: 'y' });
+  } else if (kernel === 'w8a8 MatMulIntegerToFloat, rows quantized alone') {
+    const wt = new Float32Array(n * k); // [N, K]
+    for (let i = 0; i < k; i++) for (let j = 0; j < n; j++) wt[j * k + i] = w[i * n + j];
+    g.op('Identity', [emitLinear(g, x, 'w', prepareLinear({ w: wt, n, k }, 'w8a8'))], undefined, { out: 'y' });
   } else {
     g.op('MatMul', [x, g.floatInit('w', [k, n], w)], undefined, { out: 'y' });
   }

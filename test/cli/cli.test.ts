@@ -53,7 +53,7 @@ describe('loraplex CLI', () => {
   it.each([
     [['generate', '--prompt-ids', '1'], /--model \(or LORAPLEX_MODEL\) is required/],
     [['generate', '--model', '/nonexistent', '--prompt-ids', '1'], /model directory \/nonexistent does not exist/],
-    [['build', '--model', '.', '--quant', 'int5', '--threads', '-1'], /--quant \(LORAPLEX_QUANT\) must be one of fp32, int8, int4, nf4, got "int5"; --threads \(LORAPLEX_THREADS\) must be >= 0, got -1/],
+    [['build', '--model', '.', '--quant', 'int5', '--threads', '-1'], /--quant \(LORAPLEX_QUANT\) must be one of fp32, int8, int4, nf4, w8a8, got "int5"; --threads \(LORAPLEX_THREADS\) must be >= 0, got -1/],
     [['generate', '--model', '.', '--prompt-ids', '1,x'], /--prompt-ids must be comma-separated non-negative integers, got "1,x"/],
     [['generate', '--model', '.', '--prompt-ids', '1', '--prompt', 'hi'], /give exactly one of --prompt-ids, --prompt or --chat/],
     [['generate', '--model', '.', '--prompt-ids', '1', '--temperature', 'hot'], /--temperature must be a number, got "hot"/],

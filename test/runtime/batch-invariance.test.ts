@@ -111,7 +111,7 @@ describe('batch invariance', () => {
     { prompt: [7], slot: 2 },
     { prompt: [11, 12, 13, 14], slot: 3 },
   ];
-  for (const weights of ['int4', 'int8', 'nf4', 'fp32'] as WeightFormat[]) {
+  for (const weights of ['int4', 'int8', 'nf4', 'fp32', 'w8a8'] as WeightFormat[]) {
     it(`${weights}: a greedy probe gets the same tokens, logprobs and logits alone and amid other traffic`, async () => {
       const model = await loadTiny(tm, { weights }, { adapterSlots: 4, kvCacheTokens: 4096 });
       open.push(model);

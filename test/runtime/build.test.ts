@@ -37,7 +37,7 @@ describe('build cache', () => {
 
   it('prepares weights on helper threads with byte-identical results', async () => {
     const tm = makeTinyModel({ seed: 56, flavour: 'qwen2' });
-    for (const weights of ['int4', 'nf4', 'fp32'] as const) {
+    for (const weights of ['int4', 'nf4', 'fp32', 'w8a8'] as const) {
       const inline = await buildModel(tm.dir, { weights, activations: 'fp32' }, { cacheDir: tempDir(), parallel: false });
       const threaded = await buildModel(tm.dir, { weights, activations: 'fp32' }, { cacheDir: tempDir(), parallel: true });
       for (const f of ['model.onnx', 'model.onnx.data']) {
@@ -49,8 +49,13 @@ describe('build cache', () => {
   it('refuses unknown weight formats', async () => {
     const tm = makeTinyModel({ seed: 53 });
     await expect(buildModel(tm.dir, { weights: 'int3' as 'int4', activations: 'fp32' }, { cacheDir: tempDir() })).rejects.toThrow(
-      /weight format "int3" is not one of fp32, int8, int4, nf4/,
+      /weight format "int3" is not one of fp32, int8, int4, nf4, w8a8/,
     );
+  });
+
+  it('refuses w8a8 with fp16 activations, naming why', async () => {
+    const tm = makeTinyModel({ seed: 53 });
+    await expect(buildModel(tm.dir, { weights: 'w8a8', activations: 'fp16' }, { cacheDir: tempDir() })).rejects.toThrow(/"w8a8" needs fp32 activations/);
   });
 });
 

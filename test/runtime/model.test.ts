@@ -228,12 +228,12 @@ describe('checkpoint variants', () => {
  * where every layer rewrites the residual stream and 4-bit noise compounds) is reported for contrast.
  */
 describe.each([
-  { kind: 'trained-like', flavour: 'llama' as Flavour, headDim: 32, residualScale: 0.3, peaked: 1, min: { int8: 0.95, int4: 0.95, nf4: 0.9 }, maxRel: { int8: 0.03, int4: 0.2, nf4: 0.2 } },
-  { kind: 'random', flavour: 'llama' as Flavour, headDim: 32, residualScale: 1, peaked: 0, min: { int8: 0.95, int4: 0, nf4: 0 }, maxRel: { int8: 0.05, int4: 0.4, nf4: 0.4 } },
-  { kind: 'trained-like Gemma 2', flavour: 'gemma2' as Flavour, headDim: 32, residualScale: 0.3, peaked: 1, min: { int8: 0.95, int4: 0.95, nf4: 0.9 }, maxRel: { int8: 0.03, int4: 0.2, nf4: 0.2 } },
-  { kind: 'trained-like Gemma 3', flavour: 'gemma3' as Flavour, headDim: 64, residualScale: 0.3, peaked: 1, min: { int8: 0.95, int4: 0.95, nf4: 0.9 }, maxRel: { int8: 0.03, int4: 0.2, nf4: 0.2 } },
-  { kind: 'trained-like Phi-3', flavour: 'phi3' as Flavour, headDim: 32, residualScale: 0.3, peaked: 1, min: { int8: 0.95, int4: 0.95, nf4: 0.9 }, maxRel: { int8: 0.03, int4: 0.2, nf4: 0.2 } },
-  { kind: 'trained-like Qwen3', flavour: 'qwen3' as Flavour, headDim: 64, residualScale: 0.3, peaked: 1, min: { int8: 0.95, int4: 0.95, nf4: 0.9 }, maxRel: { int8: 0.03, int4: 0.2, nf4: 0.2 } },
+  { kind: 'trained-like', flavour: 'llama' as Flavour, headDim: 32, residualScale: 0.3, peaked: 1, min: { int8: 0.95, int4: 0.95, nf4: 0.9, w8a8: 0.95 }, maxRel: { int8: 0.03, int4: 0.2, nf4: 0.2, w8a8: 0.03 } },
+  { kind: 'random', flavour: 'llama' as Flavour, headDim: 32, residualScale: 1, peaked: 0, min: { int8: 0.95, int4: 0, nf4: 0, w8a8: 0.95 }, maxRel: { int8: 0.05, int4: 0.4, nf4: 0.4, w8a8: 0.05 } },
+  { kind: 'trained-like Gemma 2', flavour: 'gemma2' as Flavour, headDim: 32, residualScale: 0.3, peaked: 1, min: { int8: 0.95, int4: 0.95, nf4: 0.9, w8a8: 0.95 }, maxRel: { int8: 0.03, int4: 0.2, nf4: 0.2, w8a8: 0.03 } },
+  { kind: 'trained-like Gemma 3', flavour: 'gemma3' as Flavour, headDim: 64, residualScale: 0.3, peaked: 1, min: { int8: 0.95, int4: 0.95, nf4: 0.9, w8a8: 0.95 }, maxRel: { int8: 0.03, int4: 0.2, nf4: 0.2, w8a8: 0.03 } },
+  { kind: 'trained-like Phi-3', flavour: 'phi3' as Flavour, headDim: 32, residualScale: 0.3, peaked: 1, min: { int8: 0.95, int4: 0.95, nf4: 0.9, w8a8: 0.95 }, maxRel: { int8: 0.03, int4: 0.2, nf4: 0.2, w8a8: 0.03 } },
+  { kind: 'trained-like Qwen3', flavour: 'qwen3' as Flavour, headDim: 64, residualScale: 0.3, peaked: 1, min: { int8: 0.95, int4: 0.95, nf4: 0.9, w8a8: 0.95 }, maxRel: { int8: 0.03, int4: 0.2, nf4: 0.2, w8a8: 0.03 } },
 ])('quantized formats on a $kind model', ({ kind, flavour, headDim, residualScale, peaked, min, maxRel }) => {
   // Wide enough that quantization blocks are realistic.
   const tm = makeTinyModel({
@@ -268,6 +268,7 @@ describe.each([
     ['int4', 'int8'],
     ['int4', 'fp32'],
     ['nf4', 'int8'],
+    ['w8a8', 'int8'],
   ] as const)('%s (lm_head computing in %s) agrees with fp32 on the top-1 token', async (weights, lmHeadAccuracy) => {
     expect(greedy.length).toBeGreaterThan(0);
     const model = await load(tm, { weights, lmHeadAccuracy });
@@ -309,9 +310,9 @@ describe('DoRA, LoRA and base rows on the quantized formats (trained-like model)
     { name: 'base', adapter: null, prompt: tokens(47, 8, V) },
   ];
   const fp32: { greedy: number[]; logits: Float32Array }[] = [];
-  const min = { int8: 0.95, int4: 0.95, nf4: 0.9 };
+  const min = { int8: 0.95, int4: 0.95, nf4: 0.9, w8a8: 0.95 };
   // Adapter rows move a little more than base rows (their deltas ride on quantized activations).
-  const maxRel = { int8: 0.03, int4: 0.25, nf4: 0.25 };
+  const maxRel = { int8: 0.03, int4: 0.25, nf4: 0.25, w8a8: 0.03 };
 
   /** Every row's whole sequence teacher-forced in one mixed step: logits per row [n, V]. */
   async function mixedStep(model: DecoderModel, seqs: number[][]): Promise<Float32Array[]> {
@@ -341,7 +342,7 @@ describe('DoRA, LoRA and base rows on the quantized formats (trained-like model)
     expect(maxAbsDiff(all[0].subarray(0, V), referenceLogits(tm.cfg, tm.weights, [fp32[0].greedy[0]], new Map([...dora.lora].map(([k, p]) => [k, { a: p.a, b: p.b, scale: p.scale }])))[0])).toBeGreaterThan(1e-3);
   });
 
-  it.each(['int8', 'int4', 'nf4'] as const)('%s: each row kind agrees with its fp32 run on the top-1 token', async (weights) => {
+  it.each(['int8', 'int4', 'nf4', 'w8a8'] as const)('%s: each row kind agrees with its fp32 run on the top-1 token', async (weights) => {
     expect(fp32.length).toBe(3);
     const got = await mixedStep(await load(tm, { weights }), fp32.map((f) => f.greedy.slice(0, -1)));
     rows.forEach((r, i) => {

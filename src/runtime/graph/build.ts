@@ -81,6 +81,9 @@ export async function buildModel(
   if (options.activations !== 'fp32' && options.activations !== 'fp16') {
     throw new RuntimeConfigError(`activations ${JSON.stringify(options.activations)} must be fp32 or fp16`);
   }
+  if (options.weights === 'w8a8' && options.activations !== 'fp32') {
+    throw new RuntimeConfigError('weight format "w8a8" needs fp32 activations (onnxruntime\'s integer GEMM returns fp32)');
+  }
   const ckpt = Checkpoint.open(modelDir);
   try {
     const opts: Required<BuildOptions> = {

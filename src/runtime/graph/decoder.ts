@@ -44,7 +44,7 @@ import type { Checkpoint } from '../checkpoint/checkpoint.js';
 import { projectionShape, type ModelSpec } from '../checkpoint/spec.js';
 import type { GraphBuilder } from './graph-builder.js';
 import { ATTENTION_GROUPS, attentionInputs, IO, loraA, loraB, loraDora } from './io.js';
-import { emitLinear, type LinearCompute, type PreparedLinear } from './linear.js';
+import { emitLinear, lmHeadFormat, type LinearCompute, type PreparedLinear } from './linear.js';
 import type { Preparer } from './prepare-pool.js';
 import type { WeightFormat } from './quant.js';
 import { toHalfArray } from '../checkpoint/safetensors.js';
@@ -165,7 +165,7 @@ export async function buildDecoder(g: GraphBuilder, ckpt: Checkpoint, opts: Deco
     return all;
   };
   const startHead = (): Promise<PreparedLinear> => {
-    const p = preparer.prepare({ w: ckpt.read(family.headTensor(spec)), n: spec.vocabSize, k: spec.hiddenSize }, opts.weights);
+    const p = preparer.prepare({ w: ckpt.read(family.headTensor(spec)), n: spec.vocabSize, k: spec.hiddenSize }, lmHeadFormat(opts.weights));
     p.catch(() => {});
     return p;
   };

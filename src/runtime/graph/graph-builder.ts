@@ -136,4 +136,15 @@ export class GraphBuilder {
     }
     return name;
   }
+
+  private readonly named = new Set<string>();
+
+  /** A small constant shared by every node that asks for it by name: created on first use. */
+  sharedInit(name: string, type: DataTypeName, dims: readonly number[], data: () => ArrayBufferView): string {
+    if (!this.named.has(name)) {
+      this.named.add(name);
+      this.init(name, type, dims, data());
+    }
+    return name;
+  }
 }

@@ -9,12 +9,19 @@
  *   fp32:  MatMul(x, Wᵀ [K, N])
  *   int8/int4: com.microsoft MatMulNBits, block 32, accuracy_level 4 (int8 activations: the fast CPU
  *              path), or 1 (fp32 activations) when the projection asks for fp32 compute
+ *   w8a8:  int8 weights per output channel, and each row of x quantized to int8 on its own (scale =
+ *          its max |x| / 127) by QuantizeLinear, so a token's codes never depend on the other tokens
+ *          of its step; com.microsoft MatMulIntegerToFloat (onnxruntime's VNNI integer GEMM, exact
+ *          int32 accumulation) scales the columns, a Mul the rows. Unsigned codes with zero point
+ *          128: signed-by-signed has no fast path (~10× slower). The fast format for prefill-sized
+ *          steps; outlier channels in real activations cost it more accuracy than the per-block
+ *          int8 format
  *   nf4:   com.microsoft MatMulBnb4 (what QLoRA trains against; much slower on CPU), fed at least
  *          2 rows: it dequantizes and runs a plain SGEMM, whose one-row kernel rounds differently,
  *          so a lone token would get other bits than the same token in a larger step
  */
 import type { GraphBuilder } from './graph-builder.js';
-import { BLOCK, quantizeNBits, quantizeNf4, type NBitsWeight, type Nf4Weight, type WeightFormat } from './quant.js';
+import { BLOCK, quantizeChannels, quantizeNBits, quantizeNf4, type ChannelInt8Weight, type NBitsWeight, type Nf4Weight, type WeightFormat } from './quant.js';
 
 export interface LinearWeight {
   /** [N out, K in], Hugging Face Linear layout */
@@ -29,6 +36,7 @@ export type PreparedLinear = { n: number; k: number; bias: Float32Array | null }
   | { format: 'nf4'; q: Nf4Weight }
   | { format: 'int8'; q: NBitsWeight }
   | { format: 'int4'; q: NBitsWeight }
+  | { format: 'w8a8'; q: ChannelInt8Weight }
 );
 
 type PreparedOf<F extends WeightFormat> = Extract<PreparedLinear, { format: F }>;
@@ -57,6 +65,18 @@ const nBits: WeightFormatImpl<'int8' | 'int4'> = {
   buffers: ({ q }) => [q.packed.buffer, q.scales.buffer, ...(q.zeroPoints ? [q.zeroPoints.buffer] : [])],
 };
 
+/**
+ * Each row of x [T, K] quantized on its own: uint8 codes (zero point 128) and the row scales
+ * [T, 1]. A row of zeros gets a tiny scale rather than 0 (its codes are all 128).
+ */
+function quantizeRows(g: GraphBuilder, x: string, k: number): { codes: string; scale: string } {
+  const amax = g.op('ReduceMax', [g.op('Abs', [x]), g.const64([-1])], { keepdims: 1 });
+  const scale = g.op('Mul', [g.op('Max', [amax, g.sharedInit('w8a8.tiny', 'float', [], () => new Float32Array([1e-30]))]), g.sharedInit('w8a8.inv127', 'float', [], () => new Float32Array([1 / 127]))]);
+  const zp = g.op('Expand', [g.sharedInit('w8a8.zp_row', 'uint8', [1, 1], () => new Uint8Array([128])), g.op('Shape', [scale])]);
+  // Blocked quantization with one block per row: the scale stays [T, 1] for the Mul after the GEMM.
+  return { codes: g.op('QuantizeLinear', [x, scale, zp], { axis: 1, block_size: k }), scale };
+}
+
 export const WEIGHT_FORMAT_TABLE: { [F in WeightFormat]: WeightFormatImpl<F> } = {
   fp32: {
     prepare: ({ w, n, k, bias }) => {
@@ -82,10 +102,28 @@ export const WEIGHT_FORMAT_TABLE: { [F in WeightFormat]: WeightFormatImpl<F> } =
   },
   int8: nBits as WeightFormatImpl<'int8'>,
   int4: nBits as WeightFormatImpl<'int4'>,
+  w8a8: {
+    prepare: ({ w, n, k, bias }) => ({ format: 'w8a8', q: quantizeChannels(w, n, k), n, k, bias: bias ?? null }),
+    emit: (g, x, name, { n, k, q }, bias) => {
+      const { codes, scale } = quantizeRows(g, x, k);
+      const inputs = [codes, g.init(`${name}.q8`, 'int8', [k, n], q.q), g.sharedInit('w8a8.one', 'float', [], () => new Float32Array([1])), g.init(`${name}.scales`, 'float', [n], q.scales), g.sharedInit('w8a8.zp', 'uint8', [], () => new Uint8Array([128]))];
+      const y = g.op('MatMulIntegerToFloat', inputs, {}, { domain: 'com.microsoft' });
+      return withBias(g, g.op('Mul', [y, scale]), bias);
+    },
+    buffers: ({ q }) => [q.q.buffer, q.scales.buffer],
+  },
 };
 
 /** The table's entry for a prepared weight (one cast: TypeScript cannot correlate the two unions). */
 const implOf = (format: WeightFormat): WeightFormatImpl<WeightFormat> => WEIGHT_FORMAT_TABLE[format] as unknown as WeightFormatImpl<WeightFormat>;
+
+/**
+ * The lm_head's format: w8a8 models keep it in per-block int8 (MatMulNBits, the same bytes), so its
+ * compute precision stays a choice (int8 activations per block of 32, or fp32).
+ */
+export function lmHeadFormat(weights: WeightFormat): WeightFormat {
+  return weights === 'w8a8' ? 'int8' : weights;
+}
 
 /** Converts a weight for its format: Wᵀ for fp32, quantized blocks otherwise. */
 export function prepareLinear(weight: LinearWeight, format: WeightFormat): PreparedLinear {
@@ -94,7 +132,8 @@ export function prepareLinear(weight: LinearWeight, format: WeightFormat): Prepa
 
 /**
  * Which precision a quantized projection computes in: 'int8' quantizes its input per block (the
- * fast CPU path), 'fp32' does not. Only MatMulNBits (int4/int8 weights) has the choice.
+ * fast CPU path), 'fp32' does not. Only MatMulNBits (int4/int8 weights) has the choice; w8a8
+ * always quantizes its input (per row).
  */
 export type LinearCompute = 'int8' | 'fp32';
 

@@ -5,14 +5,39 @@
  * a float scale and (for 4 bits) a zero point; values are packed low bits first:
  *   B [N, ceil(K/BLOCK), BLOCK*bits/8] uint8, scales [N * ceil(K/BLOCK)], zero_points [N, ceil(kb*bits/8)].
  *   w ≈ (q - zp) * scale
+ * MatMulIntegerToFloat (w8a8): W as int8 per output channel, see quantizeChannels.
  * MatMulBnb4 (nf4): W [N, K] flattened, cut into blocks of `BLOCK`, per block absmax; each value is the
  * index of the nearest NF4 code of w/absmax, two per byte with the *first* element in the high nibble.
  */
 
 export const BLOCK = 32;
 
-export type WeightFormat = 'fp32' | 'int8' | 'int4' | 'nf4';
-export const WEIGHT_FORMATS: readonly WeightFormat[] = ['fp32', 'int8', 'int4', 'nf4'];
+export type WeightFormat = 'fp32' | 'int8' | 'int4' | 'nf4' | 'w8a8';
+export const WEIGHT_FORMATS: readonly WeightFormat[] = ['fp32', 'int8', 'int4', 'nf4', 'w8a8'];
+
+/** int8 weights with one scale per output channel, laid out for onnxruntime's integer GEMM. */
+export interface ChannelInt8Weight {
+  /** [K, N]: the transpose of the Linear layout, symmetric codes in -127..127 */
+  q: Int8Array;
+  /** [N]: w ≈ q * scale, scale = max|w| of the output channel / 127 */
+  scales: Float32Array;
+}
+
+/** Quantizes W given as [N, K] row-major to int8 per output channel (symmetric, absmax/127). */
+export function quantizeChannels(w: Float32Array, n: number, k: number): ChannelInt8Weight {
+  const q = new Int8Array(k * n);
+  const scales = new Float32Array(n);
+  for (let row = 0; row < n; row++) {
+    const off = row * k;
+    let amax = 0;
+    for (let i = 0; i < k; i++) amax = Math.max(amax, Math.abs(w[off + i]));
+    const scale = amax / 127;
+    scales[row] = scale;
+    const inv = scale === 0 ? 0 : 1 / scale;
+    for (let i = 0; i < k; i++) q[i * n + row] = Math.max(-127, Math.min(127, Math.round(w[off + i] * inv)));
+  }
+  return { q, scales };
+}
 
 export interface NBitsWeight {
   bits: 4 | 8;

@@ -17,7 +17,7 @@ afterAll(() => preparer.close());
 
 describe('ThreadPreparer', () => {
   it('prepares every format as inline preparation does, several weights at once', async () => {
-    const formats: WeightFormat[] = ['fp32', 'int8', 'int4', 'nf4'];
+    const formats: WeightFormat[] = ['fp32', 'int8', 'int4', 'nf4', 'w8a8'];
     const weights = formats.map((format, i) => ({ format, w: weight(8 + i, 64, i % 2 === 0) }));
     // Inline first: the threaded call moves the weight's buffers away.
     const want = weights.map(({ format, w }) => prepareLinear({ ...w, w: w.w.slice(), bias: w.bias?.slice() ?? null }, format));
