@@ -55,6 +55,13 @@ export interface TinyModelOptions {
   peaked?: number;
   /** Multiplier on o_proj/down_proj (the residual writers); trained models keep these small. Default 1. */
   residualScale?: number;
+  /**
+   * Outlier channels like a real LLM's: two hidden channels of every projection's normed input are
+   * `outliers` times larger (their norm weights scaled up) while the projections' columns for them
+   * are scaled down by as much, so the fp32 model computes the same function but the activations a
+   * quantizer sees have a few huge channels. Non-Gemma llama-style flavours only. 0 = none.
+   */
+  outliers?: number;
 }
 
 export interface TinyModel {
@@ -200,6 +207,27 @@ export function makeTinyModel(opts: TinyModelOptions = {}, dir = tempDir()): Tin
     put(`${p}.mlp.down_proj.weight`, [H, I], (opts.residualScale ?? 1) / Math.sqrt(I));
   }
   put('model.norm.weight', [H], 0.1, normMean);
+  if (opts.outliers) {
+    if (gemma || phi3) throw new Error('outliers: llama-style flavours only');
+    const channels = [3, Math.floor(H / 2) + 1];
+    for (let l = 0; l < cfg.numLayers; l++) {
+      const p = `model.layers.${l}`;
+      const groups: [string, string[]][] = [
+        ['input_layernorm', ['self_attn.q_proj', 'self_attn.k_proj', 'self_attn.v_proj']],
+        ['post_attention_layernorm', ['mlp.gate_proj', 'mlp.up_proj']],
+      ];
+      for (const [norm, projections] of groups) {
+        const nw = w.get(`${p}.${norm}.weight`)!.data;
+        for (const c of channels) {
+          nw[c] *= opts.outliers;
+          for (const proj of projections) {
+            const t = w.get(`${p}.${proj}.weight`)!;
+            for (let row = 0; row < t.shape[0]; row++) t.data[row * H + c] /= opts.outliers;
+          }
+        }
+      }
+    }
+  }
   if (!cfg.tieWordEmbeddings) put('lm_head.weight', [cfg.vocabSize, H], 0.35);
   if (opts.peaked) {
     if (cfg.tieWordEmbeddings) throw new Error('peaked needs an untied head');

@@ -226,6 +226,7 @@ describe('checkpoint variants', () => {
  * 'trained-like' (small residual writers, a head where each token strongly predicts a successor:
  * peaked distributions like a trained LM's) carries the assertions; 'random' (plain Gaussian weights,
  * where every layer rewrites the residual stream and 4-bit noise compounds) is reported for contrast.
+ * One more trained-like model has outlier channels (see makeTinyModel's `outliers`).
  */
 describe.each([
   { kind: 'trained-like', flavour: 'llama' as Flavour, headDim: 32, residualScale: 0.3, peaked: 1, min: { int8: 0.95, int4: 0.95, nf4: 0.9, w8a8: 0.95 }, maxRel: { int8: 0.03, int4: 0.2, nf4: 0.2, w8a8: 0.03 } },
@@ -234,11 +235,13 @@ describe.each([
   { kind: 'trained-like Gemma 3', flavour: 'gemma3' as Flavour, headDim: 64, residualScale: 0.3, peaked: 1, min: { int8: 0.95, int4: 0.95, nf4: 0.9, w8a8: 0.95 }, maxRel: { int8: 0.03, int4: 0.2, nf4: 0.2, w8a8: 0.03 } },
   { kind: 'trained-like Phi-3', flavour: 'phi3' as Flavour, headDim: 32, residualScale: 0.3, peaked: 1, min: { int8: 0.95, int4: 0.95, nf4: 0.9, w8a8: 0.95 }, maxRel: { int8: 0.03, int4: 0.2, nf4: 0.2, w8a8: 0.03 } },
   { kind: 'trained-like Qwen3', flavour: 'qwen3' as Flavour, headDim: 64, residualScale: 0.3, peaked: 1, min: { int8: 0.95, int4: 0.95, nf4: 0.9, w8a8: 0.95 }, maxRel: { int8: 0.03, int4: 0.2, nf4: 0.2, w8a8: 0.03 } },
-])('quantized formats on a $kind model', ({ kind, flavour, headDim, residualScale, peaked, min, maxRel }) => {
+  // Activations with a few ×20 channels, as real LLMs have: w8a8's one scale per row loses more to them than the per-block formats do.
+  { kind: 'trained-like, ×20 outlier channels', flavour: 'llama' as Flavour, headDim: 32, residualScale: 0.3, peaked: 1, outliers: 20, min: { int8: 0.95, int4: 0.95, nf4: 0.9, w8a8: 0.95 }, maxRel: { int8: 0.05, int4: 0.25, nf4: 0.25, w8a8: 0.1 } },
+])('quantized formats on a $kind model', ({ kind, flavour, headDim, residualScale, peaked, outliers, min, maxRel }) => {
   // Wide enough that quantization blocks are realistic.
   const tm = makeTinyModel({
     flavour, seed: 41, hiddenSize: 256, intermediateSize: 512, numHeads: 8, numKvHeads: 2, headDim, vocabSize: 512, tieWordEmbeddings: false,
-    residualScale, peaked,
+    residualScale, peaked, outliers,
   });
   const V = tm.cfg.vocabSize;
   const prompt = tokens(16, 8, V);
