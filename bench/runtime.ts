@@ -45,6 +45,8 @@ export interface RuntimeBenchResult {
   /** A prompt chunk's step with and without adapters, alone and beside decode rows. */
   loraChunk: { tokens: number; steps: { step: string; ms: number }[] };
   lmHead: { step: string; int8Ms: number; fp32Ms: number; ratio: number }[];
+  /** The same steps with int4 and w8a8 weights, 8 adapters loaded. */
+  w8a8: { step: string; int4Ms: number; w8a8Ms: number; speedup: number }[];
   dora: { loadMsLora: number; loadMsDora: number; steps: { step: string; loraMs: number; doraMs: number; ratio: number }[] };
   capacity: { c: number; live: number; stepMsC: number; stepMs2C: number; ratio: number };
   markdown: string;
@@ -237,6 +239,42 @@ export async function runtimeBench(ctx: BenchContext): Promise<RuntimeBenchResul
     await base.close();
   }
 
+  // ---- w8a8 (int8 weights per channel, activations per row) vs int4, the same steps on both
+  const w8a8: RuntimeBenchResult['w8a8'] = [];
+  {
+    const models = { int4: await loadModel(builtInt4, kvTokens), w8a8: await loadModel(await buildFor(ctx, modelDir, { weights: 'w8a8', activations: 'fp32' }), kvTokens) };
+    for (const m of Object.values(models)) (await benchAdapters(ctx, name, m, 8)).weights.forEach((w) => m.lora.load(w));
+    const V = models.int4.spec.vocabSize;
+    const tokens = ctx.quick ? 128 : 512;
+    const chunk = (model: DecoderModel, slot: number, decodeSeqs: KvSequence[]) => async (): Promise<void> => {
+      const seq = model.newSequence();
+      const decodeRows = decodeSeqs.map((s, i) => ({ seq: s, tokens: [(s.length * 31 + i) % V], slot: i, logits: 'last' as const }));
+      await model.step([{ seq, tokens: prompt(decodeRows.length > 0 ? 136 : tokens, V, 78), slot, logits: 'last' }, ...decodeRows]);
+      model.freeSequence(seq);
+    };
+    const cases: [string, (model: DecoderModel) => Promise<{ run: () => Promise<unknown>; seqs: KvSequence[] }>][] = [
+      [`${tokens}-token prompt chunk, no adapter`, async (m) => ({ run: chunk(m, -1, []), seqs: [] })],
+      [`${tokens}-token prompt chunk on an adapter`, async (m) => ({ run: chunk(m, 3, []), seqs: [] })],
+      ['136-token prompt + 7 decode rows, 8 adapters', async (m) => { const seqs = await prefill(m, 7, promptLen, (i) => i); return { run: chunk(m, 7, seqs), seqs }; }],
+      ...[1, 8, 32].map((rows): (typeof cases)[number] => [`decode, ${rows} row${rows > 1 ? 's' : ''}${rows > 1 ? ', 8 adapters' : ''}`, async (m) => {
+        const slot = (i: number) => (rows > 1 ? i % 8 : -1);
+        const seqs = await prefill(m, rows, promptLen, slot);
+        return { run: decodeStep(m, seqs, slot), seqs };
+      }]),
+    ];
+    for (const [step, make] of cases) {
+      ctx.log(`w8a8 vs int4: ${step}`);
+      const a = await make(models.int4);
+      const b = await make(models.w8a8);
+      const t = await interleaved({ int4: a.run, w8a8: b.run }, { rounds: step.includes('decode') ? rounds : Math.max(3, Math.floor(rounds / 3)) });
+      w8a8.push({ step, int4Ms: t.int4.median, w8a8Ms: t.w8a8.median, speedup: t.int4.median / t.w8a8.median });
+      a.seqs.forEach((s) => models.int4.freeSequence(s));
+      b.seqs.forEach((s) => models.w8a8.freeSequence(s));
+    }
+    await models.int4.close();
+    await models.w8a8.close();
+  }
+
   // ---- DoRA vs LoRA: load time, and step time with every row on a DoRA adapter vs a LoRA one
   let dora: RuntimeBenchResult['dora'];
   {
@@ -328,6 +366,10 @@ export async function runtimeBench(ctx: BenchContext): Promise<RuntimeBenchResul
     '',
     table(['step', 'ms', '/ no adapter'], loraChunk.steps.map((x) => [x.step, fmt(x.ms, 1), `${fmt(x.ms / loraChunk.steps[0].ms)}×`])),
     '',
+    'Weight formats: w8a8 (int8 weights per channel, each token\'s activations quantized on its own, onnxruntime\'s integer GEMM) vs int4 (MatMulNBits), 8 rank-16 adapters loaded:',
+    '',
+    table(['step', 'int4', 'w8a8', 'int4 / w8a8'], w8a8.map((x) => [x.step, `${fmt(x.int4Ms, 1)} ms`, `${fmt(x.w8a8Ms, 1)} ms`, `${fmt(x.speedup)}×`])),
+    '',
     'lm_head compute precision (int4 weights; decode steps, every row asking for logits):',
     '',
     table(['step', 'lm_head int8 (default)', 'lm_head fp32', 'fp32 / int8'], lmHead.map((h) => [h.step, `${fmt(h.int8Ms)} ms`, `${fmt(h.fp32Ms)} ms`, `${fmt(h.ratio)}×`])),
@@ -339,5 +381,5 @@ export async function runtimeBench(ctx: BenchContext): Promise<RuntimeBenchResul
     `KV capacity: decode step with ${capacity.live}-token contexts × 8 rows: ${fmt(capacity.stepMsC)} ms at capacity ${capacity.c} tokens, ` +
       `${fmt(capacity.stepMs2C)} ms at ${2 * capacity.c} (2C / C = ${fmt(capacity.ratio)}×)`,
   ].join('\n');
-  return { shape: name, decode, lmHead, lora, loraGraphOverBase, loraChunk, dora, capacity, markdown };
+  return { shape: name, decode, lmHead, w8a8, lora, loraGraphOverBase, loraChunk, dora, capacity, markdown };
 }

@@ -1,6 +1,6 @@
 /**
  * W8: the CPU serving workload the throughput work is measured on. A real `loraplex serve` process
- * (its own CPU and memory measured from /proc) on the Qwen2.5-0.5B-shaped int4 model with 8 rank-16
+ * (its own CPU and memory measured from /proc) on the Qwen2.5-0.5B-shaped model (int4, and w8a8) with 8 rank-16
  * adapters (all seven projections) picked in a zipf mix; 64 requests of 136-token prompts and 64
  * output tokens at concurrency 8, streamed over HTTP; and a prefill-heavy mix on the same adapters
  * (1,024-token prompts, 16 output tokens). Reported per workload and configuration: output and
@@ -60,8 +60,10 @@ export async function w8Bench(ctx: BenchContext, configs?: [string, string[]][])
   const concurrency = 8;
   const base = ['--model', modelDir, '--adapters', store, '--quant', 'int4', '--cache-dir', join(ctx.dir, 'builds'), '--port', '0', '--host', '127.0.0.1', '--max-context', '4096', '--store-poll-ms', '0'];
   const plan = configs ?? [
-    ['default (steps sized by tokens)', []],
+    ['default (int4, steps sized by tokens)', []],
     ['steps sized by time (--max-step-ms 250)', ['--max-step-ms', '250']],
+    ['w8a8 (--quant w8a8)', ['--quant', 'w8a8']],
+    ['w8a8, steps sized by time', ['--quant', 'w8a8', '--max-step-ms', '250']],
   ];
   const cells: W8Cell[] = [];
   const totalRequests = plan.length * workloads.reduce((n, w) => n + w.requests, 0);
@@ -130,14 +132,14 @@ export async function w8Bench(ctx: BenchContext, configs?: [string, string[]][])
     .flatMap((w) => {
       const own = cells.filter((c) => c.workload === w.name);
       return [
-        `### ${w.name} (${name}, int4, 8 rank-16 adapters zipf, ${w.requests} requests × ${w.promptLen}-token prompts → ${w.newTokens} tokens, concurrency ${concurrency}, a separate server process)`,
+        `### ${w.name} (${name}, int4 unless the configuration says otherwise, 8 rank-16 adapters zipf, ${w.requests} requests × ${w.promptLen}-token prompts → ${w.newTokens} tokens, concurrency ${concurrency}, a separate server process)`,
         '',
         table(
           ['configuration', 'tok/s', 'prompt tok/s', 'TTFT p50 / p99 (ms)', 'ITL p50 / p99 (ms)', 'cores used', 'peak RSS (MiB)'],
           own.map((c) => [c.config, fmt(c.tokPerS, 1), fmt(c.promptTokPerS, 0), `${fmt(c.ttftP50, 0)} / ${fmt(c.ttftP99, 0)}`, `${fmt(c.itlP50, 0)} / ${fmt(c.itlP99, 0)}`, fmt(c.cores, 2), fmt(c.peakRssMiB, 0)]),
         ),
         '',
-        own.length > 1 ? `Last / first configuration: **${fmt(own.at(-1)!.tokPerS / own[0].tokPerS, 2)}×** tokens/s.` : '',
+        own.length > 1 ? `Tokens/s over the first configuration's: ${own.slice(1).map((c) => `${c.config} **${fmt(c.tokPerS / own[0].tokPerS, 2)}×**`).join(', ')}.` : '',
         '',
       ];
     })
