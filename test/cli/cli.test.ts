@@ -50,6 +50,14 @@ describe('loraplex CLI', () => {
     expect(out.tokens).toEqual(toks.slice(3));
   });
 
+  it('generate with w8a8 weights and a LoRA adapter follows the reference argmax chain', async () => {
+    const r = await cli(['generate', '--model', tm.dir, '--adapter', adapter.dir, '--quant', 'w8a8', '--prompt-ids', '1,2,3', '--max-tokens', '4', '--json', '--cache-dir', cacheDir]);
+    expect(r.code, r.stderr).toBe(0);
+    const toks = [1, 2, 3];
+    for (let i = 0; i < 4; i++) toks.push(argmax(referenceLogits(tm.cfg, tm.weights, toks, adapter.lora).at(-1)!));
+    expect(lastJson(r.stdout).tokens).toEqual(toks.slice(3));
+  });
+
   it.each([
     [['generate', '--prompt-ids', '1'], /--model \(or LORAPLEX_MODEL\) is required/],
     [['generate', '--model', '/nonexistent', '--prompt-ids', '1'], /model directory \/nonexistent does not exist/],
