@@ -6,7 +6,7 @@
  * - whole steps of the real graph: prefill chunks of 32/128/512/2048 tokens and decode at 1/8/32
  *   rows, as TFLOP/s and as a fraction of the matmul ceiling at the same row count; at 1 row, the
  *   weight bytes a step reads over its time, as a fraction of the bandwidth;
- * - a breakdown of step time by operator type (onnxruntime's profiler);
+ * - a breakdown of step time by operator type (onnxruntime's profiler), int4 and w8a8;
  * - session options (threads, spinning, memory arena) compared on the same steps.
  */
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -93,7 +93,7 @@ async function bandwidth(): Promise<number> {
 
 /** Operator type (and its first input's rank) → the breakdown's category. */
 function category(op: string, firstInputRank: number): string {
-  if (op === 'MatMulNBits' || op === 'MatMulBnb4') return 'matmuls';
+  if (op === 'MatMulNBits' || op === 'MatMulBnb4' || op === 'MatMulIntegerToFloat') return 'matmuls';
   // The only fp32 matmuls in a quantized graph are the LoRA groups' products.
   if (op === 'MatMul' || op === 'FusedMatMul' || op === 'Where') return 'LoRA';
   if (op === 'Attention' || op === 'GroupQueryAttention') return 'attention';
@@ -201,7 +201,8 @@ export async function rooflineBench(ctx: BenchContext): Promise<RooflineResult> 
     await timed.close();
     // The profiler writes one file; its runs are in order: the last run of each measured step
     // is the one to read, so profile the representative steps again in their own sessions.
-    // The 8-row decode is profiled twice: base rows, and every row on its own adapter (W8's steps).
+    // The 8-row decode is profiled twice: base rows, and every row on its own adapter (W8's steps);
+    // that step and the largest prefill again on w8a8 weights (its per-row quantization counts as 'other').
     const decode8 = (slotOf: (row: number) => number) => async (m: DecoderModel): Promise<void> => {
       const seqs = [] as KvSequence[];
       for (let i = 0; i < 8; i++) {
@@ -211,23 +212,28 @@ export async function rooflineBench(ctx: BenchContext): Promise<RooflineResult> 
       }
       for (let r = 0; r < 3; r++) await m.step(seqs.map((seq, i) => ({ seq, tokens: [(seq.length * 31 + i) % spec.vocabSize], slot: slotOf(i), logits: 'last' as const })));
     };
-    for (const [label, run] of [
-      ['decode 8 rows', decode8(() => -1)],
-      ['decode 8 rows, 8 adapters', async (m: DecoderModel) => {
-        (await benchAdapters(ctx, name, m, 8)).weights.forEach((w) => m.lora.load(w));
-        await decode8((i) => i)(m);
-      }],
-      [`prefill ${chunks.at(-1)}`, async (m: DecoderModel) => {
-        for (let r = 0; r < 2; r++) {
-          const seq = m.newSequence();
-          await m.step([{ seq, tokens: prompt(chunks.at(-1)!, spec.vocabSize, r), slot: -1, logits: 'last' }]);
-          m.freeSequence(seq);
-        }
-      }],
+    const builtW8a8 = await buildFor(ctx, modelDir, { weights: 'w8a8', activations: 'fp32' });
+    const withAdapters = async (m: DecoderModel): Promise<void> => {
+      (await benchAdapters(ctx, name, m, 8)).weights.forEach((w) => m.lora.load(w));
+      await decode8((i) => i)(m);
+    };
+    const prefillLast = async (m: DecoderModel): Promise<void> => {
+      for (let r = 0; r < 2; r++) {
+        const seq = m.newSequence();
+        await m.step([{ seq, tokens: prompt(chunks.at(-1)!, spec.vocabSize, r), slot: -1, logits: 'last' }]);
+        m.freeSequence(seq);
+      }
+    };
+    for (const [label, graph, run] of [
+      ['decode 8 rows', built, decode8(() => -1)],
+      ['decode 8 rows, 8 adapters', built, withAdapters],
+      [`prefill ${chunks.at(-1)}`, built, prefillLast],
+      ['w8a8: decode 8 rows, 8 adapters', builtW8a8, withAdapters],
+      [`w8a8: prefill ${chunks.at(-1)}`, builtW8a8, prefillLast],
     ] as const) {
       const prefix = join(dir, `ops-${prefixes.length}`);
       prefixes.push(prefix);
-      const m = await DecoderModel.load(built, { device: 'cpu', allowCpuFallback: false, threads: 0, kvCacheTokens: kvTokens, adapterSlots: 8, maxLoraRank: 64, profilePrefix: prefix });
+      const m = await DecoderModel.load(graph, { device: 'cpu', allowCpuFallback: false, threads: 0, kvCacheTokens: kvTokens, adapterSlots: 8, maxLoraRank: 64, profilePrefix: prefix });
       await run(m);
       await m.close();
       const file = readdirSync(dir).find((f) => f.startsWith(`ops-${prefixes.length - 1}`) && f.endsWith('.json'));
