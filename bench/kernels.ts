@@ -17,7 +17,7 @@ import { readFileSync } from 'node:fs';
 import { GraphBuilder } from '../src/runtime/graph/graph-builder.js';
 import { encodeModel } from '../src/runtime/graph/onnx.js';
 import { emitLinear, prepareLinear } from '../src/runtime/graph/linear.js';
-import { BLOCK, quantizeNBits } from '../src/runtime/graph/quant.js';
+import { BLOCK, quantizeChannels, quantizeNBits } from '../src/runtime/graph/quant.js';
 import { Session, tensor } from '../src/runtime/session.js';
 import { availableCores } from '../src/util/cores.js';
 import { symmetricPrng } from '../src/util/prng.js';
@@ -49,46 +49,31 @@ function random(n: number, seed: number, amp = 1): Float32Array {
   return out;
 }
 
-/** Int8 weights [K, N] with one scale per column. */
-function int8Columns(w: Float32Array, k: number, n: number): { q: Int8Array; scales: Float32Array } {
-  const scales = new Float32Array(n);
-  for (let j = 0; j < n; j++) {
-    let m = 0;
-    for (let i = 0; i < k; i++) m = Math.max(m, Math.abs(w[i * n + j]));
-    scales[j] = m / 127 || 1;
-  }
-  const q = new Int8Array(k * n);
-  for (let i = 0; i < k; i++) for (let j = 0; j < n; j++) q[i * n + j] = Math.round(w[i * n + j] / scales[j]);
-  return { q, scales };
-}
-
 /** A one-op graph computing x [M, K] · W [K, N] with `kernel`. */
 async function kernelSession(kernel: Kernel, k: number, n: number, threads: number): Promise<Session> {
   const g = new GraphBuilder('float', null);
   const w = random(k * n, k * 31 + n, 0.05); // [K, N]
+  const wt = new Float32Array(n * k); // [N, K], the Linear layout the quantizers take
+  for (let i = 0; i < k; i++) for (let j = 0; j < n; j++) wt[j * k + i] = w[i * n + j];
   const x = g.input('x', 'float', ['M', k]);
   const ms = { domain: 'com.microsoft' };
   if (kernel.includes('MatMulNBits')) {
     const bits = kernel.startsWith('int4') ? 4 : 8;
-    const wt = new Float32Array(n * k); // [N, K]
-    for (let i = 0; i < k; i++) for (let j = 0; j < n; j++) wt[j * k + i] = w[i * n + j];
     const q = quantizeNBits(wt, n, k, bits);
     const packed = g.init('w', 'uint8', [n, q.kBlocks, (BLOCK * bits) / 8], q.packed);
     const scales = g.init('s', 'float', [n * q.kBlocks], q.scales);
     const zp = q.zeroPoints ? g.init('zp', 'uint8', [q.zeroPoints.length], q.zeroPoints) : '';
     g.op('MatMulNBits', zp ? [x, packed, scales, zp] : [x, packed, scales], { K: k, N: n, bits, block_size: BLOCK, accuracy_level: kernel.endsWith('acc 1') ? 1 : 4 }, { ...ms, out: 'y' });
   } else if (kernel === 'int8 DynamicQuantizeMatMul') {
-    const { q, scales } = int8Columns(w, k, n);
+    const { q, scales } = quantizeChannels(wt, n, k);
     g.op('DynamicQuantizeMatMul', [x, g.init('w', 'int8', [k, n], q), g.floatInit('s', [n], scales)], {}, { ...ms, out: 'y' });
   } else if (kernel === 'int8 MatMulInteger (unfused)') {
-    const { q, scales } = int8Columns(w, k, n);
+    const { q, scales } = quantizeChannels(wt, n, k);
     const [xq, xs, xz] = [g.name('xq'), g.name('xs'), g.name('xz')];
     g.opMulti('DynamicQuantizeLinear', [x], [xq, xs, xz]);
     const acc = g.op('MatMulInteger', [xq, g.init('w', 'int8', [k, n], q), xz]);
     g.op('Mul', [g.op('Cast', [acc], { to: 1 }), g.op('Mul', [xs, g.floatInit('s', [n], scales)])], undefined, { out: 'y' });
   } else if (kernel === 'w8a8 MatMulIntegerToFloat, rows quantized alone') {
-    const wt = new Float32Array(n * k); // [N, K]
-    for (let i = 0; i < k; i++) for (let j = 0; j < n; j++) wt[j * k + i] = w[i * n + j];
     g.op('Identity', [emitLinear(g, x, 'w', prepareLinear({ w: wt, n, k }, 'w8a8'))], undefined, { out: 'y' });
   } else {
     g.op('MatMul', [x, g.floatInit('w', [k, n], w)], undefined, { out: 'y' });

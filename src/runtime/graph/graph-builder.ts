@@ -125,16 +125,9 @@ export class GraphBuilder {
     return this.init(name, 'int64', [values.length], BigInt64Array.from(values.map((v) => BigInt(v))));
   }
 
-  private readonly scalars = new Map<number, string>();
-
   /** A shared int64 scalar constant, created once per value. */
   int64Scalar(value: number): string {
-    let name = this.scalars.get(value);
-    if (!name) {
-      name = this.init(`i64_${value < 0 ? `m${-value}` : value}`, 'int64', [], BigInt64Array.of(BigInt(value)));
-      this.scalars.set(value, name);
-    }
-    return name;
+    return this.sharedInit(`i64_${value < 0 ? `m${-value}` : value}`, 'int64', [], () => BigInt64Array.of(BigInt(value)));
   }
 
   private readonly named = new Set<string>();
