@@ -10,7 +10,7 @@ const groups: [string, string[]][] = [
   ['Model and runtime', ['model', 'quant', 'activations', 'lmHeadAccuracy', 'device', 'allowCpuFallback', 'threads', 'ortProfile', 'cacheDir', 'maxContext', 'kvCacheTokens', 'prefixCache', 'prefixCacheScope', 'maxLoraRank', 'maxActiveAdapters']],
   ['Adapters and scheduling', ['adapters', 'adapterCacheBytes', 'maxBatchSize', 'maxRowsPerRequest', 'maxBatchPrefillTokens', 'maxStepMs', 'maxQueuedRequests', 'adapterCycleMs', 'requestTimeoutMs', 'storePollMs', 'storeGraceMs', 'strictBase']],
   ['Request validation', ['promptTimeoutMs', 'tokenizerWorkers', 'grammarCompileTimeoutMs', 'grammarMaskTimeoutMs', 'grammarMemoryMb', 'toolCallParser', 'reasoningParser']],
-  ['HTTP server', ['host', 'port', 'servedModelName', 'adminToken', 'apiKeys', 'metricsKey', 'metricsAdapterLabels', 'metricsVllmNames', 'metricsPort', 'loraRoots', 'maxUploadBytes', 'headersTimeoutMs', 'bodyTimeoutMs', 'streamStallMs', 'shutdownGraceMs', 'logLevel', 'logPrompts']],
+  ['HTTP server', ['host', 'port', 'servedModelName', 'adminToken', 'apiKeys', 'metricsKey', 'metricsAdapterLabels', 'metricsVllmNames', 'metricsPort', 'loraRoots', 'maxUploadBytes', 'headersTimeoutMs', 'bodyTimeoutMs', 'keepAliveTimeoutMs', 'streamStallMs', 'shutdownGraceMs', 'logLevel', 'logPrompts']],
 ];
 
 const all = new Set(Object.keys(KNOBS));

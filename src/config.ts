@@ -75,6 +75,7 @@ export const KNOBS = {
   metricsPort: knob({ key: 'metricsPort', flag: '--metrics-port <n>', env: 'LORAPLEX_METRICS_PORT', kind: 'int', min: 0, doc: 'also serve GET /metrics and GET /health on this port, on --host, without any key (for in-cluster scrapers: the endpoint picker, Prometheus); keep the port reachable only inside the cluster. Unset = off' }),
   loraRoots: knob({ key: 'loraRoots', flag: '--lora-roots <dirs>', env: 'LORAPLEX_LORA_ROOTS', kind: 'list', doc: 'comma-separated directories /v1/load_lora_adapter may read adapters from' }),
   headersTimeoutMs: knob({ key: 'headersTimeoutMs', flag: '--headers-timeout-ms <ms>', env: 'LORAPLEX_HEADERS_TIMEOUT_MS', kind: 'int', default: 10000, min: 1, doc: "time a client has to send a request's headers (beyond it: 408, connection closed)" }),
+  keepAliveTimeoutMs: knob({ key: 'keepAliveTimeoutMs', flag: '--keep-alive-timeout-ms <ms>', env: 'LORAPLEX_KEEP_ALIVE_TIMEOUT_MS', kind: 'int', default: 72000, min: 2000, doc: "how long an idle keep-alive connection stays open; clients are told a shorter time (the Keep-Alive header's timeout, 12 s or a sixth less) so they stop reusing it first. Keep it above the idle timeout of any load balancer in front (Google Cloud's asks for 620000)" }),
   bodyTimeoutMs: knob({ key: 'bodyTimeoutMs', flag: '--body-timeout-ms <ms>', env: 'LORAPLEX_BODY_TIMEOUT_MS', kind: 'int', default: 30000, min: 1, doc: 'time a client has to send a JSON body; for uploads, the longest pause without progress (beyond it: 408)' }),
   streamStallMs: knob({ key: 'streamStallMs', flag: '--stream-stall-ms <ms>', env: 'LORAPLEX_STREAM_STALL_MS', kind: 'int', default: 30000, min: 1, doc: 'how long a streaming client may leave more than 256 KiB of its stream unread (its socket not draining) before the connection is closed and the request cancelled, freeing its batch rows' }),
   shutdownGraceMs: knob({ key: 'shutdownGraceMs', flag: '--shutdown-grace-ms <ms>', env: 'LORAPLEX_SHUTDOWN_GRACE_MS', kind: 'int', default: 30000, min: 0, doc: 'on SIGTERM, how long running requests may finish (health answers 503 meanwhile) before they are cancelled' }),
@@ -127,6 +128,7 @@ export interface Config {
   readonly metricsPort?: number;
   readonly loraRoots?: string[];
   readonly headersTimeoutMs: number;
+  readonly keepAliveTimeoutMs: number;
   readonly bodyTimeoutMs: number;
   readonly streamStallMs: number;
   readonly shutdownGraceMs: number;

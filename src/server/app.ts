@@ -23,6 +23,7 @@ import { keyMatches, presentedKey } from './auth.js';
 import { tenantOf } from './cache-partition.js';
 import type { ServerContext } from './context.js';
 import { clientTimer, type ClientTimer } from './client-timer.js';
+import { closeIdleAfterPendingReads, keepAliveHintSeconds } from './keep-alive.js';
 import { installErrorHandling, rawErrorResponse, sendError, type RouteFlavor } from './errors.js';
 import { adminRoutes } from './routes/admin.js';
 import { openaiRoutes } from './routes/openai.js';
@@ -50,16 +51,12 @@ declare module 'fastify' {
   }
 }
 
-/** How long an idle keep-alive connection stays open, and the shorter timeout advertised to clients. */
-const KEEP_ALIVE_MS = 72_000;
-const KEEP_ALIVE_MARGIN_S = 12;
-const KEEP_ALIVE_HINT = `timeout=${KEEP_ALIVE_MS / 1000 - KEEP_ALIVE_MARGIN_S}`;
-
 /** Routes that are never counted as open work (shutdown does not wait for them). */
 const OPS_ROUTES = new Set(['/health', '/metrics']);
 
 export async function buildApp(ctx: ServerContext, opts: { logger?: Logger | null } = {}): Promise<FastifyInstance> {
-  const { headersTimeoutMs, bodyTimeoutMs } = ctx.settings;
+  const { headersTimeoutMs, bodyTimeoutMs, keepAliveTimeoutMs } = ctx.settings;
+  const keepAliveHint = `timeout=${keepAliveHintSeconds(keepAliveTimeoutMs)}`;
   const app = Fastify({
     ...(opts.logger ? { loggerInstance: opts.logger as unknown as FastifyBaseLogger } : { logger: false }),
     bodyLimit: MAX_JSON_BODY,
@@ -68,16 +65,15 @@ export async function buildApp(ctx: ServerContext, opts: { logger?: Logger | nul
     genReqId: () => `req-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`,
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, allErrors: false } },
     serverFactory: (handler) =>
-      // keepAliveTimeout as fastify's default (72 s): longer than clients' and load balancers' idle
-      // timeouts, so a client never sends on a connection the server is closing. Clients that
-      // follow the server's Keep-Alive hint (undici, so fetch and OpenAI's SDK) keep a connection
-      // until about a second before it, and on a busy machine their timer fires late: a request
-      // sent on a connection the server closes at that moment fails with ECONNRESET. So the hint
-      // is KEEP_ALIVE_MARGIN_S below the real timeout.
-      createServer({ headersTimeout: headersTimeoutMs, requestTimeout: 0, keepAliveTimeout: KEEP_ALIVE_MS, connectionsCheckingInterval: Math.min(1000, headersTimeoutMs) }, (req: IncomingMessage, res: ServerResponse) => {
-        res.setHeader('keep-alive', KEEP_ALIVE_HINT);
-        (handler as (req: IncomingMessage, res: ServerResponse) => void)(req, res);
-      }),
+      // Idle connections: see keep-alive.ts.
+      {
+        const server = createServer({ headersTimeout: headersTimeoutMs, requestTimeout: 0, keepAliveTimeout: keepAliveTimeoutMs, connectionsCheckingInterval: Math.min(1000, headersTimeoutMs) }, (req: IncomingMessage, res: ServerResponse) => {
+          res.setHeader('keep-alive', keepAliveHint);
+          (handler as (req: IncomingMessage, res: ServerResponse) => void)(req, res);
+        });
+        closeIdleAfterPendingReads(server);
+        return server;
+      },
     clientErrorHandler: (err: NodeJS.ErrnoException, socket: Socket) => {
       if (!socket.writable) return socket.destroy();
       const code = err.code === 'HPE_HEADER_OVERFLOW' ? 'header_too_large' : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'request_timeout' : 'bad_request';

@@ -53,6 +53,7 @@ export function serverSettings(c: Config): ServerSettings {
     storeDir: c.adapters ?? null,
     headersTimeoutMs: c.headersTimeoutMs,
     bodyTimeoutMs: c.bodyTimeoutMs,
+    keepAliveTimeoutMs: c.keepAliveTimeoutMs,
     streamStallMs: c.streamStallMs,
   };
 }

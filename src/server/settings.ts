@@ -29,6 +29,8 @@ export interface ServerSettings {
   /** Time to receive a request's headers / its body (uploads: time without progress). */
   headersTimeoutMs: number;
   bodyTimeoutMs: number;
+  /** How long an idle keep-alive connection stays open (clients are told less: app.ts). */
+  keepAliveTimeoutMs: number;
   /** How long a streaming client may leave more than STALL_BYTES unread before its request is cancelled (sse.ts). */
   streamStallMs: number;
 }
