@@ -7,6 +7,7 @@
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { clientTimer } from '../../src/server/client-timer.js';
+import { holdLoop } from '../helpers/event-loop.js';
 
 let server: Server | null = null;
 const sockets: Socket[] = [];
@@ -25,14 +26,6 @@ async function pair(): Promise<{ serverSide: Socket; client: Socket }> {
   sockets.push(client, serverSide);
   return { serverSide, client };
 }
-
-/** Holds the event loop, as a descheduled process does. */
-const holdLoop = (ms: number): void => {
-  const until = performance.now() + ms;
-  while (performance.now() < until) {
-    // busy
-  }
-};
 
 describe('client timer', () => {
   it('does not fire when the data arrived in time but the event loop ran late', async () => {

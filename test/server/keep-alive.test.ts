@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startServer, type RunningServer } from '../../src/server/serve.js';
 import { keepAliveHintSeconds } from '../../src/server/keep-alive.js';
 import { testConfig, tinyQwen } from '../helpers/server.js';
+import { holdLoop } from '../helpers/event-loop.js';
 
 const KEEP_ALIVE_MS = 2000;
 const tm = tinyQwen(1401, 64);
@@ -27,14 +28,6 @@ afterAll(async () => {
   for (const s of sockets) s.destroy();
   await server?.close(0);
 });
-
-/** Holds the event loop, as a descheduled process does. */
-const holdLoop = (ms: number): void => {
-  const until = performance.now() + ms;
-  while (performance.now() < until) {
-    // busy
-  }
-};
 
 /** A raw HTTP/1.1 connection that reads whole responses (Content-Length bodies) and records how it ended. */
 function rawConnection(): { socket: Socket; request(path: string): Promise<{ status: number; headers: string; body: string }>; closed: Promise<string> } {
