@@ -3,9 +3,9 @@
  * closed without resetting a request that arrived in time.
  *
  * A client may reuse an idle connection until the server's keep-alive timeout. Clients that follow
- * the server's Keep-Alive hint (undici, so fetch and OpenAI's SDK) keep a connection until about a
- * second before it, and on a busy machine their timer fires late; so the hint is below the real
- * timeout (keepAliveHintSeconds).
+ * the server's Keep-Alive hint (undici, so fetch and OpenAI's SDK) keep a connection until two
+ * seconds before it (undici's threshold), and their clock lags when their event loop is held up;
+ * so the hint is below the real timeout (keepAliveHintSeconds).
  *
  * The server's own timer can fire late too: when its event loop was held up (cores saturated, a
  * long synchronous step), the expired timer runs in the same loop turn in which the client's
