@@ -182,6 +182,24 @@ export class LoraStacks {
     return moved;
   }
 
+  /**
+   * Exchanges the adapters in slots `i` and `j` (their stack rows, DoRA scales and flags), so that a
+   * step's adapters can sit in the lowest slots: the graph reads slots 0..U-1, U = the highest slot
+   * a row uses + 1. Both slots keep the current rank stride, so this is three copies of each.
+   */
+  swap(i: number, j: number): void {
+    for (const slot of [i, j]) if (!Number.isInteger(slot) || slot < 0 || slot >= this.weights.length) throw new Error(`slot ${slot} is not loaded`);
+    if (i === j) return;
+    const r = this.r;
+    for (const s of this.stacks) {
+      swapRegions(s.a, i, j, s.din * r);
+      swapRegions(s.b, i, j, r * s.dout);
+      swapRegions(s.g, i, j, s.dout);
+    }
+    for (const list of [this.weights, this.slotRank, this.slotDora] as unknown[][]) [list[i], list[j]] = [list[j], list[i]];
+    this.version++;
+  }
+
   private slotsAllocated(): number {
     const s = this.stacks[0];
     const per = s.din * this.r;
@@ -244,6 +262,13 @@ export class LoraStacks {
       };
     }
   }
+}
+
+/** Exchanges the `per`-element regions of slots i and j of a stack. */
+function swapRegions(store: FloatStore, i: number, j: number, per: number): void {
+  const held = store.slice(i * per, (i + 1) * per);
+  store.copyWithin(i * per, j * per, (j + 1) * per);
+  store.set(held, j * per);
 }
 
 function roundRank(rank: number, max: number): number {

@@ -33,39 +33,43 @@ describe('AdapterSlots', () => {
     const t = new AdapterSlots(stacks);
     expect(t.acquire(['a'], get).size).toBe(0);
     expect(t.occupants()).toEqual(['a']);
+    // b loads into the free slot, then moves to slot 0: the step uses b alone.
     t.acquire(['b'], get);
-    expect(t.occupants()).toEqual(['a', 'b']);
-    expect(stackTags(stacks)).toEqual([1, 2]);
+    expect(t.occupants()).toEqual(['b', 'a']);
+    expect(stackTags(stacks)).toEqual([2, 1]);
     expect(t.loads).toBe(2);
-    // a is used again: b is now the least recently used.
+    // a is used again (moved back, not reloaded): b is now the least recently used.
     t.acquire(['a'], get);
     expect(t.loads).toBe(2);
+    expect(t.occupants()).toEqual(['a', 'b']);
     t.acquire(['c'], get);
-    expect(t.occupants()).toEqual(['a', 'c']);
-    expect(stackTags(stacks)).toEqual([1, 3]);
+    expect(t.occupants()).toEqual(['c', 'a']);
+    expect(stackTags(stacks)).toEqual([3, 1]);
     // Pinned a stays even though it is older; c goes.
     t.pin('a');
     t.acquire(['c'], get);
     t.acquire(['d'], get);
-    expect(t.occupants()).toEqual(['a', 'd']);
+    expect(t.occupants()).toEqual(['d', 'a']);
+    expect(stackTags(stacks)).toEqual([4, 1]);
     expect(t.isPinned('a')).toBe(true);
     // Both pinned: a third adapter has nowhere to go.
     t.pin('d');
     expect(() => t.acquire(['b'], get)).toThrow(/all adapter slots are pinned/);
-    expect(t.occupants()).toEqual(['a', 'd']);
+    expect(t.occupants()).toEqual(['d', 'a']);
     // Pins count: two pins need two unpins.
     t.pin('a');
     t.unpin('a');
     expect(t.isPinned('a')).toBe(true);
     t.unpin('a');
     expect(t.isPinned('a')).toBe(false);
-    // remove() refuses a pinned adapter; removing slot 0 moves d (the last) into it.
+    // remove() refuses a pinned adapter; removing slot 0 moves the last slot's adapter into it.
     expect(t.remove('d')).toBe(false);
-    expect(t.remove('a')).toBe(true);
-    expect(t.occupants()).toEqual(['d']);
-    expect(t.slotOf('d')).toBe(0);
-    expect(stackTags(stacks)).toEqual([4]);
-    expect(t.slotOf('a')).toBeUndefined();
+    t.unpin('d');
+    expect(t.remove('d')).toBe(true);
+    expect(t.occupants()).toEqual(['a']);
+    expect(t.slotOf('a')).toBe(0);
+    expect(stackTags(stacks)).toEqual([1]);
+    expect(t.slotOf('d')).toBeUndefined();
   });
 
   it('refuses weights that are not finite, leaving the slots as they were', () => {
@@ -75,8 +79,32 @@ describe('AdapterSlots', () => {
     const refused = t.acquire(['bad', 'b'], get);
     expect([...refused.keys()]).toEqual(['bad']);
     expect(refused.get('bad')!.code).toBe('adapter_invalid');
-    expect(t.occupants()).toEqual(['a', 'b']);
-    expect(stackTags(stacks)).toEqual([1, 2]);
+    expect(t.occupants()).toEqual(['b', 'a']);
+    expect(stackTags(stacks)).toEqual([2, 1]);
+  });
+
+  it("puts a step's adapters in the lowest slots, so the graph reads no other adapter's stacks", () => {
+    // The graph runs the LoRA groups of slots 0..U-1, U = the highest slot a row uses + 1: an
+    // adapter left in a low slot by earlier traffic must not make a lone row's step pay for it.
+    const stacks = new LoraStacks(spec, 3, 8, false);
+    const t = new AdapterSlots(stacks);
+    t.acquire(['a', 'b', 'c'], get);
+    expect(t.occupants()).toEqual(['a', 'b', 'c']);
+    t.acquire(['c'], get);
+    expect(t.slotOf('c')).toBe(0);
+    expect(stackTags(stacks)[0]).toBe(3);
+    t.acquire(['b', 'c'], get);
+    expect([t.slotOf('b'), t.slotOf('c')].sort()).toEqual([0, 1]);
+    expect(t.occupants()[2]).toBe('a');
+    expect(stackTags(stacks)).toEqual(t.occupants().map((k) => ({ a: 1, b: 2, c: 3 })[k]));
+    // A new adapter also lands low: d evicts the least recently used (a), then takes slot 0.
+    t.acquire(['d'], get);
+    expect(t.slotOf('d')).toBe(0);
+    expect(stackTags(stacks)).toEqual(t.occupants().map((k) => ({ b: 2, c: 3, d: 4 })[k]));
+    // Already low: nothing moves.
+    const before = t.occupants();
+    t.acquire(['d'], get);
+    expect(t.occupants()).toEqual(before);
   });
 
   it('an adapter that is not in the host cache is an error (the loop loads before it places)', () => {

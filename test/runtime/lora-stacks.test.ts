@@ -84,6 +84,34 @@ describe('LoraStacks', () => {
     expect(() => half.load(big)).toThrow(/DoRA scale − 1\) holds 69999 at index 2/);
   });
 
+  it('swaps two slots: A, B, DoRA scales and the DoRA flag move together, in both stack dtypes', () => {
+    for (const half of [false, true]) {
+      const s = new LoraStacks(spec, 3, 64, half);
+      const w = adapter(2, 2);
+      const f = w.factors.get(factorKey(0, 'q_proj'))!;
+      s.load(adapter(1, 2));
+      s.load({ ...w, factors: new Map([[factorKey(0, 'q_proj'), { ...f, doraScale: new Float32Array(8).fill(1.5) }]]) });
+      s.load(adapter(3, 2));
+      const before = qView(s);
+      const slot = (v: ReturnType<typeof qView>, i: number) => [v.a.slice(i * 64, (i + 1) * 64), v.b.slice(i * 64, (i + 1) * 64), v.g.slice(i * 8, (i + 1) * 8)];
+      const [s0, s1, s2] = [0, 1, 2].map((i) => slot(before, i));
+      const version = s.version;
+      s.swap(0, 1);
+      expect(s.version).toBeGreaterThan(version);
+      const after = qView(s);
+      expect(slot(after, 0)).toEqual(s1);
+      expect(slot(after, 1)).toEqual(s0);
+      expect(slot(after, 2)).toEqual(s2);
+      expect([0, 1, 2].map((i) => s.isDora(i))).toEqual([true, false, false]);
+      // The moved slots unload like any other: the last slot moves into the hole, and slot 0 (tag 2, DoRA) stays whole.
+      s.unload(1);
+      expect(slot(qView(s), 0)).toEqual(s1);
+      expect(slot(qView(s), 1)).toEqual(s2);
+      expect([0, 1].map((i) => s.isDora(i))).toEqual([true, false]);
+      expect(() => s.swap(0, 2)).toThrow(/slot 2 is not loaded/);
+    }
+  });
+
   it('refuses a full set of slots and a rank above the maximum', () => {
     const s = new LoraStacks(spec, 1, 8, false);
     s.load(adapter(1, 8));

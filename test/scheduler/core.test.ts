@@ -323,3 +323,35 @@ describe('unloading an adapter that waiting requests want', () => {
     await h.done;
   }, 120_000);
 });
+
+describe('adapter slots', () => {
+  it("a lone request's steps read only its own adapter's slot, whatever earlier traffic left in the others", async () => {
+    const model = await loadTiny(tm, {}, { adapterSlots: 3, kvCacheTokens: 2048, maxLoraRank: 64 });
+    open.push(model);
+    // The real model runs; the wrapper only records the slots each step's rows use.
+    const slotsPerStep: number[][] = [];
+    const step = model.step.bind(model);
+    model.step = (rows) => {
+      slotsPerStep.push(rows.map((r) => r.slot));
+      return step(rows);
+    };
+    const h = startEngine(model, CONFIG, { maxRank: 64 });
+    const solo = await loadTiny(tm, {}, { adapterSlots: 1 });
+    open.push(solo);
+    [0, 1, 2].forEach((a) => h.core.submit(request(a + 1, [1 + a, 2, 3], spec(a), 3)));
+    await h.ended([1, 2, 3]);
+    // Three adapters sit in the three slots. Each one alone now: its rows use slot 0, so the graph
+    // runs one slot's LoRA groups (it runs slots 0..highest used), not the others' too.
+    for (const a of [2, 1, 0, 2]) {
+      const from = slotsPerStep.length;
+      h.core.submit(request(10 + a, [4, 5, 6], spec(a), 3));
+      await h.ended([10 + a]);
+      const used = slotsPerStep.slice(from).flat();
+      expect(used.length, `adapter ${a}`).toBeGreaterThan(0);
+      expect(new Set(used), `adapter ${a}`).toEqual(new Set([0]));
+      expect(tokensOf(h.events.get(10 + a)!)).toEqual(await alone(solo, [4, 5, 6], adapters[a], 3));
+    }
+    h.core.stop();
+    await h.done;
+  });
+});
