@@ -25,6 +25,8 @@ export class AdapterSlots {
   private readonly lastUsed = new Map<string, number>();
   private clock = 0;
   loads = 0;
+  /** Swaps that moved a step's adapters into the lowest slots (each copies two adapters' stacks). */
+  moves = 0;
 
   /** The tensor stacks the graph reads; this table says which adapter sits in which of their slots. */
   constructor(slots: LoraStacks) {
@@ -98,6 +100,7 @@ export class AdapterSlots {
       while (wanted.has(this.bySlot[free]!)) free++;
       const other = this.bySlot[free]!;
       this.slots.swap(free, slot);
+      this.moves++;
       this.bySlot[free] = key;
       this.bySlot[slot] = other;
       this.index.set(key, free);

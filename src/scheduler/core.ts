@@ -495,6 +495,7 @@ export class EngineCore {
       prefixCacheHitTokens: this.prefix.hitTokens,
       cache: { ...cache.stats },
       slotLoads: slots.loads,
+      slotMoves: slots.moves,
       runningAdapters: [...running].sort(),
       waitingAdapters: [...waiting].sort(),
       maxLora: this.model.lora.capacity,

@@ -30,6 +30,8 @@ export interface EngineStats {
   prefixCacheHitTokens: number;
   cache: CacheStats;
   slotLoads: number;
+  /** Swaps that moved a step's adapters into the lowest graph slots. */
+  slotMoves: number;
   /** Adapter names with running rows / with waiting requests. */
   runningAdapters: string[];
   waitingAdapters: string[];

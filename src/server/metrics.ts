@@ -32,7 +32,7 @@ export class Metrics {
   private readonly cacheCounters: Record<'hits' | 'misses' | 'loads' | 'loadFailures' | 'evictions', Counter>;
   private readonly prefixCounters: Record<'prefixCacheQueryTokens' | 'prefixCacheHitTokens', Counter>;
   private readonly last: Record<string, number> = {};
-  private readonly engineGauges: Record<'batch' | 'cacheBytes' | 'slotLoads' | 'preemptions' | 'cachedBlocks' | 'idleBlocks', Gauge>;
+  private readonly engineGauges: Record<'batch' | 'cacheBytes' | 'slotLoads' | 'slotMoves' | 'preemptions' | 'cachedBlocks' | 'idleBlocks', Gauge>;
   private readonly grammarGauges: Record<'replacements' | 'rowsFailed' | 'memoryBytes' | 'lateMasks', Gauge>;
   private readonly protocol: ProtocolGauges[];
   private readonly residency: Gauge<'adapter' | 'location'>;
@@ -63,10 +63,11 @@ export class Metrics {
     const batch = new Gauge({ name: 'loraplex_batch_size', help: 'Rows in the last forward step', registers: [r] });
     const cacheBytes = new Gauge({ name: 'loraplex_adapter_cache_bytes', help: 'Bytes of adapters in the host cache', registers: [r] });
     const slotLoads = new Gauge({ name: 'loraplex_adapter_slot_loads', help: 'Adapters written into graph slots since start', registers: [r] });
+    const slotMoves = new Gauge({ name: 'loraplex_adapter_slot_moves', help: "Slot swaps since start that moved a step's adapters into the lowest graph slots", registers: [r] });
     const preemptions = new Gauge({ name: 'loraplex_preemptions', help: 'Requests taken out of the batch to free KV cache since start (resumed by recomputation)', registers: [r] });
     const cachedBlocks = new Gauge({ name: 'loraplex_prefix_cache_blocks', help: 'KV blocks (16 tokens each) in the prefix cache, held by requests or idle', registers: [r] });
     const idleBlocks = new Gauge({ name: 'loraplex_prefix_cache_idle_blocks', help: 'Prefix-cache blocks no request holds (reclaimed first when the KV cache needs room)', registers: [r] });
-    this.engineGauges = { batch, cacheBytes, slotLoads, preemptions, cachedBlocks, idleBlocks };
+    this.engineGauges = { batch, cacheBytes, slotLoads, slotMoves, preemptions, cachedBlocks, idleBlocks };
     this.grammarGauges = {
       replacements: new Gauge({ name: 'loraplex_grammar_thread_replacements', help: 'Grammar threads replaced since start (a row over --grammar-mask-timeout-ms, XGrammar aborting, or memory past --grammar-memory-mb)', registers: [r] }),
       rowsFailed: new Gauge({ name: 'loraplex_grammar_rows_failed', help: 'Constrained rows failed since start because their grammar needed too much CPU per token or made XGrammar abort', registers: [r] }),
@@ -108,6 +109,7 @@ export class Metrics {
     g.batch.set(s.lastBatchRows);
     g.cacheBytes.set(s.cache.bytes);
     g.slotLoads.set(s.slotLoads);
+    g.slotMoves.set(s.slotMoves);
     g.preemptions.set(s.preemptions);
     g.cachedBlocks.set(s.kvCachedBlocks);
     g.idleBlocks.set(s.kvIdleBlocks);

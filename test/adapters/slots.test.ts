@@ -102,9 +102,11 @@ describe('AdapterSlots', () => {
     expect(t.slotOf('d')).toBe(0);
     expect(stackTags(stacks)).toEqual(t.occupants().map((k) => ({ b: 2, c: 3, d: 4 })[k]));
     // Already low: nothing moves.
-    const before = t.occupants();
+    const [before, moves] = [t.occupants(), t.moves];
+    expect(moves).toBe(2);
     t.acquire(['d'], get);
     expect(t.occupants()).toEqual(before);
+    expect(t.moves).toBe(moves);
   });
 
   it('an adapter that is not in the host cache is an error (the loop loads before it places)', () => {

@@ -351,6 +351,7 @@ describe('adapter slots', () => {
       expect(new Set(used), `adapter ${a}`).toEqual(new Set([0]));
       expect(tokensOf(h.events.get(10 + a)!)).toEqual(await alone(solo, [4, 5, 6], adapters[a], 3));
     }
+    expect(h.core.stats().slotMoves).toBeGreaterThan(0);
     h.core.stop();
     await h.done;
   });
