@@ -6,7 +6,8 @@
  * (1,024-token prompts, 16 output tokens). Reported per workload and configuration: output and
  * prompt tokens/s, time to first token and inter-token latency (p50/p99), the average cores the
  * server used, and its peak resident memory. Configurations run one after the other on the same
- * machine.
+ * machine. After the mix, one stream at a time: the base model, then each adapter alone, while the
+ * mix's 8 adapters still sit in the slots (what a tenant alone pays for the others' residency).
  */
 import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -33,6 +34,17 @@ export interface W8Cell {
   peakRssMiB: number;
 }
 
+/** Streams run alone after the mix, one configuration. */
+export interface W8Alone {
+  config: string;
+  /** Inter-token p50 of a base-model stream (ms). */
+  baseItlP50: number;
+  /** Inter-token p50 of each adapter's stream, a7 first (ms). */
+  adapterItlP50: number[];
+  /** Slot swaps the server made in the whole configuration (`loraplex_adapter_slot_moves`). */
+  slotMoves: number;
+}
+
 interface Workload {
   name: string;
   requests: number;
@@ -40,7 +52,7 @@ interface Workload {
   newTokens: number;
 }
 
-export async function w8Bench(ctx: BenchContext, configs?: [string, string[]][]): Promise<{ cells: W8Cell[]; markdown: string }> {
+export async function w8Bench(ctx: BenchContext, configs?: [string, string[]][]): Promise<{ cells: W8Cell[]; alone: W8Alone[]; markdown: string }> {
   const { modelDir, name } = await prepareModel(ctx);
   const store = join(ctx.dir, 'w8-store', name);
   const ckpt = Checkpoint.open(modelDir);
@@ -66,6 +78,8 @@ export async function w8Bench(ctx: BenchContext, configs?: [string, string[]][])
     ['w8a8, steps sized by time', ['--quant', 'w8a8', '--max-step-ms', '250']],
   ];
   const cells: W8Cell[] = [];
+  const alone: W8Alone[] = [];
+  const aloneTokens = ctx.quick ? 8 : 24;
   const totalRequests = plan.length * workloads.reduce((n, w) => n + w.requests, 0);
   const bar = progressBar('W8');
   let finished = 0;
@@ -123,6 +137,20 @@ export async function w8Bench(ctx: BenchContext, configs?: [string, string[]][])
           peakRssMiB: peak,
         });
       }
+      const rand = prng(9);
+      // The base model's id: the one entry of /v1/models without a parent.
+      const models = (await (await fetch(`${url}/v1/models`)).json()) as { data: { id: string; parent: string | null }[] };
+      const baseId = models.data.find((m) => m.parent === null)!.id;
+      const lone = async (model: string): Promise<number> => {
+        const prompt = Array.from({ length: 136 }, () => Math.floor(rand() * Math.min(spec.vocabSize, 150000)));
+        const r = await stream(url, { model, prompt, max_tokens: aloneTokens, temperature: 0, ignore_eos: true, stream: true, logprobs: 0 });
+        return quantile(r.gaps, 0.5);
+      };
+      const baseItlP50 = await lone(baseId);
+      const adapterItlP50: number[] = [];
+      for (let i = 7; i >= 0; i--) adapterItlP50.push(await lone(`a${i}`));
+      const metrics = await (await fetch(`${url}/metrics`)).text();
+      alone.push({ config: label, baseItlP50, adapterItlP50, slotMoves: Number(/^loraplex_adapter_slot_moves (\d+)/m.exec(metrics)?.[1] ?? NaN) });
     } finally {
       child.kill('SIGKILL');
     }
@@ -144,5 +172,14 @@ export async function w8Bench(ctx: BenchContext, configs?: [string, string[]][])
       ];
     })
     .join('\n');
-  return { cells, markdown };
+  const aloneMarkdown = [
+    `### One stream at a time after the mix (${aloneTokens} tokens each; the mix left its 8 adapters in the slots)`,
+    '',
+    table(
+      ['configuration', 'base model ITL p50 (ms)', 'each adapter alone, ITL p50 (ms, a7 … a0)', 'mean over adapters (ms)', 'slot moves (whole run)'],
+      alone.map((a) => [a.config, fmt(a.baseItlP50, 0), a.adapterItlP50.map((x) => fmt(x, 0)).join(' '), fmt(a.adapterItlP50.reduce((s, x) => s + x, 0) / a.adapterItlP50.length, 1), String(a.slotMoves)]),
+    ),
+    '',
+  ].join('\n');
+  return { cells, alone, markdown: `${markdown}\n${aloneMarkdown}` };
 }
