@@ -26,6 +26,8 @@ const { values } = parseArgs({
     dir: { type: 'string', default: join('.cache', 'bench') },
     out: { type: 'string' },
     only: { type: 'string' },
+    /** Another checkout whose server's default configuration W8 runs too, in the same run. */
+    baseline: { type: 'string' },
   },
 });
 
@@ -39,7 +41,7 @@ const roofline = only.has('roofline') ? await rooflineBench(ctx) : null;
 const runtime = only.has('runtime') ? await runtimeBench(ctx) : null;
 const engine = only.has('engine') ? await engineBench(ctx) : null;
 const http = only.has('http') ? await httpBench(ctx) : null;
-const w8 = only.has('w8') ? await w8Bench(ctx) : null;
+const w8 = only.has('w8') ? await w8Bench(ctx, undefined, values.baseline) : null;
 const prefix = only.has('prefix') ? await prefixBench(ctx) : null;
 const grammar = only.has('grammar') ? await grammarBench(ctx) : null;
 const grammarBatch = only.has('grammar') ? await grammarBatchBench(ctx) : null;

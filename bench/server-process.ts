@@ -25,8 +25,14 @@ export function rssMiB(pid: number): number {
   return m ? Number(m[1]) / 1024 : 0;
 }
 
-export async function startServer(args: string[]): Promise<{ url: string; child: ChildProcess }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'serve', ...args], { env: { ...process.env, LORAPLEX_LOG_LEVEL: 'info' } });
+/**
+ * Starts `loraplex serve` with these arguments; `checkout` runs another checkout's server instead
+ * (a before/after comparison in one run: `npm run bench -- --baseline DIR`).
+ */
+export async function startServer(args: string[], checkout?: string): Promise<{ url: string; child: ChildProcess }> {
+  const cli = checkout ? join(checkout, 'src/cli/index.ts') : CLI;
+  if (!existsSync(cli)) throw new Error(`no loraplex checkout at ${checkout}: ${cli} is missing`);
+  const child = spawn(process.execPath, ['--import', 'tsx', cli, 'serve', ...args], { cwd: checkout, env: { ...process.env, LORAPLEX_LOG_LEVEL: 'info' } });
   let out = '';
   child.stdout!.on('data', (d) => (out += d));
   child.stderr!.on('data', (d) => (out += d));

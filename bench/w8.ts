@@ -8,6 +8,8 @@
  * server used, and its peak resident memory. Configurations run one after the other on the same
  * machine. After the mix, one stream at a time: the base model, then each adapter alone, while the
  * mix's 8 adapters still sit in the slots (what a tenant alone pays for the others' residency).
+ * With a baseline checkout (`--baseline DIR`), its server's default configuration runs first and the
+ * default configuration here runs again last, so the two compare within one run.
  */
 import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -52,7 +54,10 @@ interface Workload {
   newTokens: number;
 }
 
-export async function w8Bench(ctx: BenchContext, configs?: [string, string[]][]): Promise<{ cells: W8Cell[]; alone: W8Alone[]; markdown: string }> {
+/** A configuration: its label, the server's extra arguments, and the checkout it runs (default: this one). */
+export type W8Config = [label: string, args: string[], checkout?: string];
+
+export async function w8Bench(ctx: BenchContext, configs?: W8Config[], baseline?: string): Promise<{ cells: W8Cell[]; alone: W8Alone[]; markdown: string }> {
   const { modelDir, name } = await prepareModel(ctx);
   const store = join(ctx.dir, 'w8-store', name);
   const ckpt = Checkpoint.open(modelDir);
@@ -71,20 +76,25 @@ export async function w8Bench(ctx: BenchContext, configs?: [string, string[]][])
   ];
   const concurrency = 8;
   const base = ['--model', modelDir, '--adapters', store, '--quant', 'int4', '--cache-dir', join(ctx.dir, 'builds'), '--port', '0', '--host', '127.0.0.1', '--max-context', '4096', '--store-poll-ms', '0'];
-  const plan = configs ?? [
+  const plan: W8Config[] = configs ?? [
     ['default (int4, steps sized by time: --max-step-ms 250)', []],
     ['steps sized by tokens (--max-step-ms 0)', ['--max-step-ms', '0']],
     ['w8a8 (--quant w8a8)', ['--quant', 'w8a8']],
     ['w8a8, steps sized by tokens', ['--quant', 'w8a8', '--max-step-ms', '0']],
   ];
+  if (baseline) {
+    const [label, args] = plan[0];
+    plan.unshift([`baseline (${baseline}), its default`, [], baseline]);
+    plan.push([`${label}, again`, args]);
+  }
   const cells: W8Cell[] = [];
   const alone: W8Alone[] = [];
   const aloneTokens = ctx.quick ? 8 : 24;
   const totalRequests = plan.length * workloads.reduce((n, w) => n + w.requests, 0);
   const bar = progressBar('W8');
   let finished = 0;
-  for (const [label, args] of plan) {
-    const { url, child } = await startServer([...base, ...args]);
+  for (const [label, args, checkout] of plan) {
+    const { url, child } = await startServer([...base, ...args], checkout);
     try {
       for (const w of workloads) {
         const rand = prng(8);
@@ -140,7 +150,8 @@ export async function w8Bench(ctx: BenchContext, configs?: [string, string[]][])
       const rand = prng(9);
       // The base model's id: the one entry of /v1/models without a parent.
       const models = (await (await fetch(`${url}/v1/models`)).json()) as { data: { id: string; parent: string | null }[] };
-      const baseId = models.data.find((m) => m.parent === null)!.id;
+      const baseId = models.data.find((m) => m.parent === null)?.id;
+      if (!baseId) throw new Error(`${label}: /v1/models lists no base model (an entry without a parent)`);
       const lone = async (model: string): Promise<number> => {
         const prompt = Array.from({ length: 136 }, () => Math.floor(rand() * Math.min(spec.vocabSize, 150000)));
         const r = await stream(url, { model, prompt, max_tokens: aloneTokens, temperature: 0, ignore_eos: true, stream: true, logprobs: 0 });
