@@ -32,7 +32,7 @@ export function rssMiB(pid: number): number {
 export async function startServer(args: string[], checkout?: string): Promise<{ url: string; child: ChildProcess }> {
   const cli = checkout ? join(checkout, 'src/cli/index.ts') : CLI;
   if (!existsSync(cli)) throw new Error(`no loraplex checkout at ${checkout}: ${cli} is missing`);
-  const child = spawn(process.execPath, ['--import', 'tsx', cli, 'serve', ...args], { cwd: checkout, env: { ...process.env, LORAPLEX_LOG_LEVEL: 'info' } });
+  const child = spawn(process.execPath, ['--import', 'tsx', cli, 'serve', ...args], { env: { ...process.env, LORAPLEX_LOG_LEVEL: 'info' } });
   let out = '';
   child.stdout!.on('data', (d) => (out += d));
   child.stderr!.on('data', (d) => (out += d));
