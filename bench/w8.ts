@@ -76,11 +76,13 @@ export async function w8Bench(ctx: BenchContext, configs?: W8Config[], baseline?
   ];
   const concurrency = 8;
   const base = ['--model', modelDir, '--adapters', store, '--quant', 'int4', '--cache-dir', join(ctx.dir, 'builds'), '--port', '0', '--host', '127.0.0.1', '--max-context', '4096', '--store-poll-ms', '0'];
-  const plan: W8Config[] = configs ?? [
-    ['default (int4, steps sized by time: --max-step-ms 250)', []],
-    ['steps sized by tokens (--max-step-ms 0)', ['--max-step-ms', '0']],
-    ['w8a8 (--quant w8a8)', ['--quant', 'w8a8']],
-    ['w8a8, steps sized by tokens', ['--quant', 'w8a8', '--max-step-ms', '0']],
+  const plan: W8Config[] = [
+    ...(configs ?? [
+      ['default (int4, steps sized by time: --max-step-ms 250)', []],
+      ['steps sized by tokens (--max-step-ms 0)', ['--max-step-ms', '0']],
+      ['w8a8 (--quant w8a8)', ['--quant', 'w8a8']],
+      ['w8a8, steps sized by tokens', ['--quant', 'w8a8', '--max-step-ms', '0']],
+    ]),
   ];
   if (baseline) {
     const [label, args] = plan[0];
